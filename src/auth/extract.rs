@@ -1,0 +1,175 @@
+//! Finding the credential in a request: pure functions, no tower.
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, Uri};
+
+use crate::key::KeyFormats;
+
+/// What the headers carry.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Credential<'a> {
+    /// No credential we recognise.
+    Missing,
+    /// A credential that cannot be a key (several `Authorization` headers, non-ASCII, …).
+    Bad,
+    /// A candidate key.
+    Key(&'a str),
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+///
+/// The scheme is matched case-insensitively (RFC 7235); one or more spaces separate it from the
+/// token; trailing spaces are ignored. Returns `None` for another scheme, an empty token, or a
+/// token containing whitespace or non-visible characters.
+///
+/// ```
+/// use tower_api_key::auth::parse_bearer;
+/// assert_eq!(parse_bearer(b"Bearer br_live_abc"), Some("br_live_abc"));
+/// assert_eq!(parse_bearer(b"bearer   br_live_abc "), Some("br_live_abc"));
+/// assert_eq!(parse_bearer(b"Basic dXNlcjpwYXNz"), None);
+/// assert_eq!(parse_bearer(b"Bearer a b"), None);
+/// ```
+pub fn parse_bearer(value: &[u8]) -> Option<&str> {
+    const SCHEME: &[u8] = b"bearer";
+    if value.len() <= SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    let rest = &value[SCHEME.len()..];
+    if rest.first() != Some(&b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    if token.is_empty() || !token.iter().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    // All bytes are ASCII graphic, so this cannot fail; avoid a panic path regardless.
+    std::str::from_utf8(token).ok()
+}
+
+/// The candidate key of a request: `Authorization: Bearer` first, then the custom header.
+pub(crate) fn credential<'a>(headers: &'a HeaderMap, custom: Option<&HeaderName>) -> Credential<'a> {
+    let mut auth = headers.get_all(AUTHORIZATION).iter();
+    if let Some(first) = auth.next() {
+        if auth.next().is_some() {
+            return Credential::Bad;
+        }
+        if let Some(token) = parse_bearer(first.as_bytes()) {
+            return Credential::Key(token);
+        }
+        let is_bearer_scheme = first.as_bytes().len() >= 6
+            && first.as_bytes()[..6].eq_ignore_ascii_case(b"bearer");
+        if is_bearer_scheme {
+            // `Bearer` with an empty or unparsable token: a key was attempted.
+            return Credential::Bad;
+        }
+    }
+    if let Some(name) = custom {
+        let mut values = headers.get_all(name).iter();
+        if let Some(v) = values.next() {
+            if values.next().is_some() {
+                return Credential::Bad;
+            }
+            let trimmed = v.as_bytes().trim_ascii();
+            return match std::str::from_utf8(trimmed) {
+                Ok(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()) => {
+                    Credential::Key(s)
+                }
+                _ => Credential::Bad,
+            };
+        }
+    }
+    Credential::Missing
+}
+
+/// Query parameter names that carry credentials by convention.
+const CREDENTIAL_PARAMS: &[&str] = &["api_key", "apikey", "api-key", "access_token", "x-api-key"];
+
+/// Whether the URL's query string carries something that looks like a key: a value with one of
+/// our prefixes, or a parameter named like a credential.
+pub(crate) fn key_in_query(uri: &Uri, formats: &KeyFormats) -> bool {
+    let Some(query) = uri.query() else {
+        return false;
+    };
+    if query.is_empty() {
+        return false;
+    }
+    if formats.appears_in(query) {
+        return true;
+    }
+    query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or("");
+        CREDENTIAL_PARAMS
+            .iter()
+            .any(|p| name.eq_ignore_ascii_case(p))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(parse_bearer(b"BEARER k"), Some("k"));
+        assert_eq!(parse_bearer(b"Bearer"), None);
+        assert_eq!(parse_bearer(b"Bearer "), None);
+        assert_eq!(parse_bearer(b"Bearerk"), None);
+        assert_eq!(parse_bearer(b"Token k"), None);
+    }
+
+    #[test]
+    fn credential_sources() {
+        let x = HeaderName::from_static("x-api-key");
+        assert_eq!(credential(&headers(&[]), Some(&x)), Credential::Missing);
+        assert_eq!(
+            credential(&headers(&[("authorization", "Bearer k1")]), Some(&x)),
+            Credential::Key("k1")
+        );
+        assert_eq!(
+            credential(&headers(&[("x-api-key", "k2")]), Some(&x)),
+            Credential::Key("k2")
+        );
+        assert_eq!(
+            credential(&headers(&[("x-api-key", "k2")]), None),
+            Credential::Missing
+        );
+        assert_eq!(
+            credential(&headers(&[("authorization", "Basic abc")]), None),
+            Credential::Missing
+        );
+        assert_eq!(
+            credential(&headers(&[("authorization", "Bearer ")]), None),
+            Credential::Bad
+        );
+        assert_eq!(
+            credential(
+                &headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+                None
+            ),
+            Credential::Bad
+        );
+    }
+
+    #[test]
+    fn query_detection() {
+        let f = KeyFormats::default();
+        let q = |s: &str| key_in_query(&s.parse::<Uri>().unwrap(), &f);
+        assert!(q("/v1/browsers?api_key=abc"));
+        assert!(q("/v1/browsers?x=1&ACCESS_TOKEN=abc"));
+        assert!(q("/v1/browsers?k=br_live_abcdef"));
+        assert!(!q("/v1/browsers?page=2"));
+        assert!(!q("/v1/browsers"));
+    }
+}

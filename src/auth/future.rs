@@ -1,0 +1,185 @@
+//! The response future of [`ApiKeyAuth`](super::ApiKeyAuth).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::Shared;
+use crate::key::KeyHash;
+use crate::reject::ResponseBody;
+use crate::store::{KeyStore, StoreError};
+
+pin_project! {
+    /// Response future of [`ApiKeyAuth`](super::ApiKeyAuth): a pending store lookup, the inner
+    /// service's future, or a rejection. Never boxed.
+    pub struct ResponseFuture<S, St, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+        St: KeyStore,
+    {
+        #[pin]
+        state: State<S, St, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, St, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+        St: KeyStore,
+    {
+        Lookup {
+            lookup: St::Lookup,
+            pending: Option<Pending<S, St, ReqBody>>,
+            deadline: Option<Pin<Box<Sleep>>>,
+            armed: bool,
+        },
+        Inner {
+            #[pin]
+            fut: S::Future,
+        },
+        Rejected {
+            res: Option<Response<Bytes>>,
+        },
+    }
+}
+
+struct Pending<S, St, ReqBody> {
+    hash: KeyHash,
+    req: Request<ReqBody>,
+    inner: S,
+    shared: Arc<Shared<St>>,
+}
+
+impl<S, St, ReqBody> ResponseFuture<S, St, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+    St: KeyStore,
+{
+    pub(super) fn inner(fut: S::Future) -> Self {
+        Self {
+            state: State::Inner { fut },
+        }
+    }
+
+    pub(super) fn rejected(res: Response<Bytes>) -> Self {
+        Self {
+            state: State::Rejected { res: Some(res) },
+        }
+    }
+
+    pub(super) fn lookup(
+        lookup: St::Lookup,
+        hash: KeyHash,
+        req: Request<ReqBody>,
+        inner: S,
+        shared: Arc<Shared<St>>,
+    ) -> Self {
+        Self {
+            state: State::Lookup {
+                lookup,
+                pending: Some(Pending {
+                    hash,
+                    req,
+                    inner,
+                    shared,
+                }),
+                deadline: None,
+                armed: false,
+            },
+        }
+    }
+}
+
+impl<S, St, ReqBody, ResBody> Future for ResponseFuture<S, St, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    St: KeyStore,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Lookup {
+                    lookup,
+                    pending,
+                    deadline,
+                    armed,
+                } => {
+                    let result = match Pin::new(lookup).poll(cx) {
+                        Poll::Ready(r) => r,
+                        Poll::Pending => {
+                            if !*armed {
+                                *armed = true;
+                                // Arm the timeout only for lookups that actually wait, and only
+                                // inside a tokio runtime (outside one, `sleep` would panic).
+                                if let Some(p) = pending.as_ref() {
+                                    if tokio::runtime::Handle::try_current().is_ok() {
+                                        *deadline =
+                                            Some(Box::pin(tokio::time::sleep(p.shared.timeout)));
+                                    }
+                                }
+                            }
+                            match deadline.as_mut() {
+                                Some(d) => {
+                                    ready!(d.as_mut().poll(cx));
+                                    Err(StoreError::Timeout)
+                                }
+                                None => return Poll::Pending,
+                            }
+                        }
+                    };
+                    // `pending` is `Some` until this point: it is taken only here, and the state
+                    // changes below before the next poll.
+                    let Some(Pending {
+                        hash,
+                        mut req,
+                        mut inner,
+                        shared,
+                    }) = pending.take()
+                    else {
+                        return Poll::Ready(Ok(polled_after_completion()));
+                    };
+                    match shared.decide(result, &hash) {
+                        Ok(principal) => {
+                            req.extensions_mut().insert(principal);
+                            let fut = inner.call(req);
+                            state.set(State::Inner { fut });
+                        }
+                        Err(rejection) => {
+                            let res = shared.responder.respond(&rejection, req.headers());
+                            state.set(State::Rejected { res: Some(res) });
+                        }
+                    }
+                }
+                StateProj::Inner { fut } => {
+                    return fut.poll(cx).map_ok(|res| res.map(ResponseBody::inner));
+                }
+                StateProj::Rejected { res } => {
+                    return Poll::Ready(Ok(match res.take() {
+                        Some(res) => res.map(ResponseBody::full),
+                        None => polled_after_completion(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// What a future polled again after completing yields, instead of panicking.
+pub(crate) fn polled_after_completion<B>() -> Response<ResponseBody<B>> {
+    tracing::error!("tower-api-key response future polled after completion");
+    let mut res = Response::new(ResponseBody::full(Bytes::new()));
+    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    res
+}

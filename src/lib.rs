@@ -1,0 +1,79 @@
+//! # tower-api-key
+//!
+//! API-key authentication for any [tower] service (axum, hyper, tonic), the way hosted API
+//! platforms sell it: prefixed secret keys shown once and stored only as SHA-256 hashes,
+//! per-key permission scopes, expiry, immediate revocation, rotation, and per-organization plans.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use axum::{Router, routing::post};
+//! use tower_api_key::{ApiKeyAuth, KeyManager, MemoryStore, NewKey, OrgId, Principal, ScopeGuard, Scopes};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! let manager = KeyManager::new(store.clone());
+//!
+//! // Mint a key: the secret is returned once; only its hash is stored.
+//! let created = manager
+//!     .create(&OrgId::from("org_1"), NewKey::new("ci").scopes(Scopes::parse(["browser_sessions:create"])?))
+//!     .await?;
+//!
+//! let app: Router = Router::new()
+//!     .route(
+//!         "/v1/browsers",
+//!         post(|p: Principal| async move { format!("session for {}", p.org_id()) })
+//!             .route_layer(ScopeGuard::require("browser_sessions:create")),
+//!     )
+//!     .layer(ApiKeyAuth::new(store));
+//! # let _ = (app, created);
+//! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+//!
+//! Clients send `Authorization: Bearer br_live_…`. A missing or invalid key gets
+//! `401 Invalid or missing API key`; see [`reject`] for every response a client can see.
+//!
+//! ## Pieces
+//!
+//! - [`KeyFormat`], [`ApiKey`], [`KeyHash`]: generating, checking and hashing keys.
+//! - [`KeyStore`] with [`MemoryStore`] (the embedded default); [`KeyManager`] to create, list,
+//!   revoke and rotate keys and set plans.
+//! - [`ApiKeyAuth`]: the layer that authenticates and inserts a [`Principal`].
+//! - [`ScopeGuard`]: per-route scope checks, or a [`ScopeRules`] table for hyper and tonic.
+//! - [`Clock`]: injectable time, so expiry is testable without sleeping.
+//!
+//! ## Features
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `axum` | `Principal` / `Option<Principal>` extractors |
+//! | `tonic` | [`PrincipalExt`](grpc::PrincipalExt) for `tonic::Request` |
+//!
+//! [tower]: https://docs.rs/tower
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod auth;
+pub mod clock;
+mod future;
+pub mod key;
+pub mod manage;
+pub mod principal;
+pub mod reject;
+pub mod scope;
+pub mod store;
+
+#[cfg(feature = "axum")]
+pub mod axum;
+#[cfg(feature = "tonic")]
+pub mod grpc;
+
+pub use auth::{ApiKeyAuth, ApiKeyAuthLayer};
+pub use clock::{Clock, ManualClock, Timestamp};
+pub use future::GuardFuture;
+pub use key::{ApiKey, KeyFormat, KeyFormats, KeyHash, MalformedKey};
+pub use manage::{CreatedKey, KeyManager, ManageError, NewKey, Rotation};
+pub use principal::{InvalidScope, KeyId, OrgId, Plan, Principal, Quota, Scope, Scopes};
+pub use reject::{Rejection, Responder, ResponseBody};
+pub use scope::{Requirement, RuleMatch, ScopeGuard, ScopeGuardLayer, ScopeRules};
+pub use store::{BoxedStore, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey};

@@ -1,0 +1,345 @@
+//! [`KeyManager`]: create, list, get, revoke and rotate keys; set plans.
+//!
+//! Every operation is scoped to an organization: a key id from another organization is
+//! [`ManageError::NotFound`], exactly as if it did not exist. The `*_for` variants act on behalf of
+//! an authenticated [`Principal`] and enforce that a key never grants more than it holds.
+
+use std::time::Duration;
+
+use crate::clock::{Clock, Timestamp};
+use crate::key::{ApiKey, KeyFormat, KeyFormats, RngError};
+use crate::principal::{KeyId, OrgId, Plan, Principal, Scopes};
+use crate::store::{KeyRecord, KeyStore, StoreError};
+
+/// A key management operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManageError {
+    /// No such key in this organization.
+    #[error("no such API key")]
+    NotFound,
+    /// The acting key may not grant these scopes: they are not within its own.
+    #[error("an API key can only grant scopes it holds itself")]
+    ScopeEscalation,
+    /// The key is revoked; revoked keys cannot be rotated or reinstated.
+    #[error("the API key is revoked")]
+    Revoked,
+    /// The name is empty or longer than 128 characters.
+    #[error("key names must be 1 to 128 characters")]
+    InvalidName,
+    /// No configured format issues keys for this environment.
+    #[error("no key format for environment {0:?}")]
+    UnknownEnvironment(String),
+    /// The expiry is not in the future.
+    #[error("expiry must be in the future")]
+    ExpiryInPast,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The random number generator failed.
+    #[error(transparent)]
+    Rng(#[from] RngError),
+}
+
+/// The parameters of a new key.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::{NewKey, Scopes};
+/// let spec = NewKey::new("ci-pipeline")
+///     .scopes(Scopes::parse(["browser_sessions:create", "browser_sessions:read"])?)
+///     .expires_in(Duration::from_secs(90 * 24 * 3600));
+/// # Ok::<(), tower_api_key::InvalidScope>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct NewKey {
+    name: String,
+    scopes: Scopes,
+    expiry: Option<Expiry>,
+    environment: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Expiry {
+    At(Timestamp),
+    In(Duration),
+}
+
+impl NewKey {
+    /// A full-access key named `name`, never expiring, in the primary format.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The key's scopes (empty = full access).
+    pub fn scopes(mut self, scopes: Scopes) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// Expire at a given time.
+    pub fn expires_at(mut self, at: Timestamp) -> Self {
+        self.expiry = Some(Expiry::At(at));
+        self
+    }
+
+    /// Expire this long after creation.
+    pub fn expires_in(mut self, d: Duration) -> Self {
+        self.expiry = Some(Expiry::In(d));
+        self
+    }
+
+    /// Issue the key in the format of this environment (e.g. `test` for `br_test_`).
+    pub fn environment(mut self, env: impl Into<String>) -> Self {
+        self.environment = Some(env.into());
+        self
+    }
+}
+
+/// A freshly created key: the secret, shown once, and its record.
+#[derive(Debug)]
+pub struct CreatedKey {
+    /// The secret. Give it to the user once; it cannot be recovered.
+    pub key: ApiKey,
+    /// The stored record (no secret in it).
+    pub record: KeyRecord,
+}
+
+/// Options of [`KeyManager::rotate`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rotation {
+    /// Keep the old key working this long after the rotation (default: revoke it at once).
+    pub grace: Option<Duration>,
+}
+
+impl Rotation {
+    /// Revoke the old key immediately.
+    pub fn immediate() -> Self {
+        Self::default()
+    }
+
+    /// Keep the old key working for `grace`, then it is revoked.
+    pub fn with_grace(grace: Duration) -> Self {
+        Self { grace: Some(grace) }
+    }
+}
+
+/// Manages keys in a [`KeyStore`].
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use tower_api_key::{KeyManager, MemoryStore, NewKey, OrgId, Rotation};
+///
+/// let manager = KeyManager::new(MemoryStore::new());
+/// let org = OrgId::from("org_acme");
+/// let created = manager.create(&org, NewKey::new("web")).await?;
+/// println!("your key (shown once): {}", created.key.expose_secret());
+///
+/// let rotated = manager.rotate(&org, &created.record.id, Rotation::immediate()).await?;
+/// assert_eq!(rotated.record.name, "web");
+/// let old = manager.get(&org, &created.record.id).await?;
+/// assert!(old.revoked_at.is_some());
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct KeyManager<St> {
+    store: St,
+    formats: KeyFormats,
+    clock: Clock,
+}
+
+impl<St: KeyStore> KeyManager<St> {
+    /// A manager issuing `br_live_` keys, with the system clock.
+    pub fn new(store: St) -> Self {
+        Self {
+            store,
+            formats: KeyFormats::default(),
+            clock: Clock::system(),
+        }
+    }
+
+    /// Issue keys in these formats (the first is the default; others by
+    /// [`NewKey::environment`]).
+    pub fn formats(mut self, formats: impl Into<KeyFormats>) -> Self {
+        self.formats = formats.into();
+        self
+    }
+
+    /// The clock for creation, expiry and revocation times.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &St {
+        &self.store
+    }
+
+    /// The accepted formats.
+    pub fn key_formats(&self) -> &KeyFormats {
+        &self.formats
+    }
+
+    fn format_for(&self, env: Option<&str>) -> Result<&KeyFormat, ManageError> {
+        match env {
+            None => Ok(self.formats.primary()),
+            Some(env) => self
+                .formats
+                .for_environment(env)
+                .ok_or_else(|| ManageError::UnknownEnvironment(env.to_owned())),
+        }
+    }
+
+    /// Create a key for `org`. The secret is in the result and nowhere else.
+    pub async fn create(&self, org: &OrgId, spec: NewKey) -> Result<CreatedKey, ManageError> {
+        self.create_inner(org, spec, None).await
+    }
+
+    /// Create a key on behalf of `actor`, in the actor's organization. Fails with
+    /// [`ManageError::ScopeEscalation`] unless the new key's scopes are within the actor's (a
+    /// full-access key may only be minted by a full-access key).
+    pub async fn create_for(
+        &self,
+        actor: &Principal,
+        spec: NewKey,
+    ) -> Result<CreatedKey, ManageError> {
+        if !actor.scopes().covers(&spec.scopes) {
+            return Err(ManageError::ScopeEscalation);
+        }
+        self.create_inner(actor.org_id(), spec, None).await
+    }
+
+    async fn create_inner(
+        &self,
+        org: &OrgId,
+        spec: NewKey,
+        rotated_from: Option<KeyId>,
+    ) -> Result<CreatedKey, ManageError> {
+        let name = spec.name.trim();
+        if name.is_empty() || name.chars().count() > 128 {
+            return Err(ManageError::InvalidName);
+        }
+        let format = self.format_for(spec.environment.as_deref())?;
+        let now = self.clock.now();
+        let expires_at = match spec.expiry {
+            None => None,
+            Some(Expiry::At(t)) => Some(t),
+            Some(Expiry::In(d)) => Some(now.saturating_add(d)),
+        };
+        if expires_at.is_some_and(|t| t <= now) {
+            return Err(ManageError::ExpiryInPast);
+        }
+        let key = format.generate()?;
+        let mut record = KeyRecord::new(
+            KeyId::generate()?,
+            org.clone(),
+            name.to_owned(),
+            key.hash(),
+            key.hint(format),
+            spec.scopes,
+            format.environment_arc().clone(),
+            now,
+        );
+        record.expires_at = expires_at;
+        record.rotated_from = rotated_from;
+        self.store.insert(record.clone()).await?;
+        tracing::info!(key_id = %record.id, org_id = %org, "api key created");
+        Ok(CreatedKey { key, record })
+    }
+
+    /// The organization's keys, newest first (never secrets; with last-used times).
+    pub async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, ManageError> {
+        Ok(self.store.list(org).await?)
+    }
+
+    /// One key of the organization.
+    pub async fn get(&self, org: &OrgId, id: &KeyId) -> Result<KeyRecord, ManageError> {
+        match self.store.get(id).await? {
+            Some(r) if &r.org_id == org => Ok(r),
+            _ => Err(ManageError::NotFound),
+        }
+    }
+
+    /// Revoke a key now. Immediate (the next request with it is refused), permanent, and
+    /// idempotent: revoking a revoked key changes nothing.
+    pub async fn revoke(&self, org: &OrgId, id: &KeyId) -> Result<KeyRecord, ManageError> {
+        self.get(org, id).await?;
+        let record = self
+            .store
+            .revoke(id, self.clock.now())
+            .await?
+            .ok_or(ManageError::NotFound)?;
+        tracing::info!(key_id = %id, org_id = %org, "api key revoked");
+        Ok(record)
+    }
+
+    /// Replace a key: a new key with the same name, scopes, organization and environment; the old
+    /// one revoked now, or when `rotation.grace` has passed.
+    pub async fn rotate(
+        &self,
+        org: &OrgId,
+        id: &KeyId,
+        rotation: Rotation,
+    ) -> Result<CreatedKey, ManageError> {
+        let old = self.get(org, id).await?;
+        self.rotate_record(old, rotation).await
+    }
+
+    /// [`rotate`](Self::rotate) on behalf of `actor`: only keys of the actor's organization whose
+    /// scopes are within the actor's.
+    pub async fn rotate_for(
+        &self,
+        actor: &Principal,
+        id: &KeyId,
+        rotation: Rotation,
+    ) -> Result<CreatedKey, ManageError> {
+        let old = self.get(actor.org_id(), id).await?;
+        if !actor.scopes().covers(&old.scopes) {
+            return Err(ManageError::ScopeEscalation);
+        }
+        self.rotate_record(old, rotation).await
+    }
+
+    async fn rotate_record(
+        &self,
+        old: KeyRecord,
+        rotation: Rotation,
+    ) -> Result<CreatedKey, ManageError> {
+        let now = self.clock.now();
+        if old.is_revoked(now) || old.revoked_at.is_some() {
+            return Err(ManageError::Revoked);
+        }
+        let mut spec = NewKey::new(old.name.clone())
+            .scopes(old.scopes.clone())
+            .environment(old.environment.to_string());
+        if let Some(exp) = old.expires_at {
+            spec = spec.expires_at(exp);
+        }
+        let created = self
+            .create_inner(&old.org_id, spec, Some(old.id.clone()))
+            .await?;
+        let revoke_at = now.saturating_add(rotation.grace.unwrap_or_default());
+        self.store.revoke(&old.id, revoke_at).await?;
+        tracing::info!(
+            key_id = %old.id, new_key_id = %created.record.id, org_id = %old.org_id,
+            grace_secs = rotation.grace.map_or(0, |g| g.as_secs()), "api key rotated"
+        );
+        Ok(created)
+    }
+
+    /// Set an organization's plan; its next request is limited by it.
+    pub async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), ManageError> {
+        self.store.set_plan(org, plan).await?;
+        tracing::info!(org_id = %org, plan = plan.name(), "plan changed");
+        Ok(())
+    }
+
+    /// An organization's plan.
+    pub async fn plan(&self, org: &OrgId) -> Result<Plan, ManageError> {
+        Ok(self.store.plan(org).await?)
+    }
+}

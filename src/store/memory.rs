@@ -1,0 +1,262 @@
+//! The embedded in-memory store.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::{Ready, ready};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::clock::Timestamp;
+use crate::key::{KeyHash, KeyHashBuilder};
+use crate::principal::{KeyId, OrgId, Plan};
+
+use super::{KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
+
+/// The embedded default [`KeyStore`]: lock-free reads, serialized writes, nothing on disk.
+///
+/// Lookups on the request path read one lock-free map ([`papaya`]) keyed by the key's hash, with
+/// the digest itself as the hash, and return the record together with the organization's plan in
+/// one step. Writes (create, revoke, plan changes) take a mutex, so the maps always agree.
+/// Clones share the same data.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use tower_api_key::{KeyManager, MemoryStore, NewKey, OrgId};
+/// let store = MemoryStore::new();
+/// let manager = KeyManager::new(store.clone());
+/// let created = manager.create(&OrgId::from("org_1"), NewKey::new("ci")).await?;
+/// assert_eq!(manager.list(&OrgId::from("org_1")).await?.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Request path: hash → (record, plan). Read lock-free.
+    by_hash: papaya::HashMap<KeyHash, StoredKey, KeyHashBuilder>,
+    /// Last-used times, kept apart so records stay immutable snapshots.
+    last_used: papaya::HashMap<KeyId, Timestamp>,
+    /// Everything else, for management: behind one mutex that also serializes writes.
+    admin: Mutex<Admin>,
+    default_plan: Plan,
+}
+
+#[derive(Default)]
+struct Admin {
+    by_id: HashMap<KeyId, KeyHash>,
+    by_org: HashMap<OrgId, Vec<KeyId>>,
+    plans: HashMap<OrgId, Plan>,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("keys", &self.inner.by_hash.len())
+            .field("default_plan", &self.inner.default_plan)
+            .finish()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store; organizations without a plan are on [`Plan::Free`].
+    pub fn new() -> Self {
+        Self::with_default_plan(Plan::Free)
+    }
+
+    /// An empty store whose organizations default to `plan`.
+    pub fn with_default_plan(plan: Plan) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                by_hash: papaya::HashMap::builder().hasher(KeyHashBuilder).build(),
+                last_used: papaya::HashMap::new(),
+                admin: Mutex::new(Admin::default()),
+                default_plan: plan,
+            }),
+        }
+    }
+
+    /// Pre-size the request-path map for `additional` more keys.
+    pub fn reserve(&self, additional: usize) {
+        self.inner.by_hash.pin().reserve(additional);
+    }
+
+    /// Number of keys stored (revoked ones included).
+    pub fn len(&self) -> usize {
+        self.inner.by_hash.len()
+    }
+
+    /// Whether the store holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn admin(&self) -> MutexGuard<'_, Admin> {
+        // A panic while holding the lock cannot leave the maps half-written in a way that matters
+        // more than refusing service, so recover the guard instead of propagating the poison.
+        self.inner
+            .admin
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn with_last_used(&self, record: &KeyRecord) -> KeyRecord {
+        let mut r = record.clone();
+        if let Some(t) = self.inner.last_used.pin().get(&r.id) {
+            r.last_used_at = Some(r.last_used_at.map_or(*t, |old| old.max(*t)));
+        }
+        r
+    }
+
+    fn insert_sync(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let mut admin = self.admin();
+        let by_hash = self.inner.by_hash.pin();
+        if admin.by_id.contains_key(&record.id) || by_hash.contains_key(&record.hash) {
+            return Err(StoreError::Duplicate);
+        }
+        let plan = admin
+            .plans
+            .get(&record.org_id)
+            .copied()
+            .unwrap_or(self.inner.default_plan);
+        admin.by_id.insert(record.id.clone(), record.hash);
+        admin
+            .by_org
+            .entry(record.org_id.clone())
+            .or_default()
+            .push(record.id.clone());
+        by_hash.insert(
+            record.hash,
+            StoredKey {
+                record: Arc::new(record),
+                plan,
+            },
+        );
+        Ok(())
+    }
+
+    fn get_sync(&self, id: &KeyId) -> Option<KeyRecord> {
+        let hash = *self.admin().by_id.get(id)?;
+        let by_hash = self.inner.by_hash.pin();
+        by_hash.get(&hash).map(|s| self.with_last_used(&s.record))
+    }
+
+    fn list_sync(&self, org: &OrgId) -> Vec<KeyRecord> {
+        let admin = self.admin();
+        let by_hash = self.inner.by_hash.pin();
+        let mut out: Vec<KeyRecord> = admin
+            .by_org
+            .get(org)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| admin.by_id.get(id))
+            .filter_map(|h| by_hash.get(h))
+            .map(|s| self.with_last_used(&s.record))
+            .collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        out
+    }
+
+    fn revoke_sync(&self, id: &KeyId, at: Timestamp) -> Option<KeyRecord> {
+        let admin = self.admin();
+        let hash = *admin.by_id.get(id)?;
+        let by_hash = self.inner.by_hash.pin();
+        let current = by_hash.get(&hash)?.clone();
+        let mut record = KeyRecord::clone(&current.record);
+        match record.revoked_at {
+            Some(t) if t <= at => {}
+            _ => {
+                record.revoked_at = Some(at);
+                by_hash.insert(
+                    hash,
+                    StoredKey {
+                        record: Arc::new(record.clone()),
+                        plan: current.plan,
+                    },
+                );
+            }
+        }
+        drop(admin);
+        Some(self.with_last_used(&record))
+    }
+
+    fn set_plan_sync(&self, org: &OrgId, plan: Plan) {
+        let mut admin = self.admin();
+        admin.plans.insert(org.clone(), plan);
+        let by_hash = self.inner.by_hash.pin();
+        for id in admin.by_org.get(org).into_iter().flatten() {
+            let Some(hash) = admin.by_id.get(id) else {
+                continue;
+            };
+            if let Some(current) = by_hash.get(hash) {
+                let updated = StoredKey {
+                    record: current.record.clone(),
+                    plan,
+                };
+                by_hash.insert(*hash, updated);
+            }
+        }
+    }
+}
+
+impl KeyStore for MemoryStore {
+    type Lookup = Ready<LookupResult>;
+
+    #[inline]
+    fn find_by_hash(&self, hash: &KeyHash) -> Self::Lookup {
+        ready(Ok(self.inner.by_hash.pin().get(hash).cloned()))
+    }
+
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.insert_sync(record)
+    }
+
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.get_sync(id))
+    }
+
+    async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(self.list_sync(org))
+    }
+
+    async fn revoke(&self, id: &KeyId, at: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.revoke_sync(id, at))
+    }
+
+    async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        let known: Vec<&(KeyId, Timestamp)> = {
+            let admin = self.admin();
+            batch
+                .iter()
+                .filter(|(id, _)| admin.by_id.contains_key(id))
+                .collect()
+        };
+        let last_used = self.inner.last_used.pin();
+        for (id, t) in known {
+            last_used.update_or_insert(id.clone(), |old| (*old).max(*t), *t);
+        }
+        Ok(())
+    }
+
+    async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
+        self.set_plan_sync(org, plan);
+        Ok(())
+    }
+
+    async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
+        Ok(self
+            .admin()
+            .plans
+            .get(org)
+            .copied()
+            .unwrap_or(self.inner.default_plan))
+    }
+}

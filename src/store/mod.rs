@@ -1,0 +1,346 @@
+//! Where key records live: the [`KeyStore`] trait, its [`KeyRecord`], and implementations.
+//!
+//! A store holds only [`KeyHash`]es, never raw keys. Records are immutable snapshots shared by
+//! `Arc`: a revocation replaces the record, it never mutates one a request is reading.
+//!
+//! # Design note: a named lookup future
+//!
+//! [`KeyStore::find_by_hash`] returns an associated future type, not `impl Future`, so that
+//! [`ApiKeyAuth`](crate::ApiKeyAuth)'s response future can name it and stay unboxed. The
+//! in-memory store answers with [`std::future::Ready`]: no allocation, no await point. Stores that
+//! talk to a network box their future; the round trip dwarfs the allocation. The management
+//! operations are plain `async` methods: they are not on the request path.
+//!
+//! For `dyn` users, [`DynKeyStore`] is object safe and [`BoxedStore`] turns an
+//! `Arc<dyn DynKeyStore>` back into a `KeyStore`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::clock::Timestamp;
+use crate::key::KeyHash;
+use crate::principal::{KeyId, OrgId, Plan, Scopes};
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+/// A boxed error from a store's driver.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached or failed; requests get `503`, never `401`.
+    #[error("key store unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// The store did not answer in time; requests get `503`.
+    #[error("key store timed out")]
+    Timeout,
+    /// A record with the same id or hash already exists.
+    #[error("a key with this id or hash already exists")]
+    Duplicate,
+}
+
+impl StoreError {
+    /// Wrap a driver error as [`StoreError::Unavailable`].
+    pub fn unavailable(e: impl Into<BoxError>) -> Self {
+        Self::Unavailable(e.into())
+    }
+}
+
+/// Everything stored about one key. Never contains the secret.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct KeyRecord {
+    /// Public identifier.
+    pub id: KeyId,
+    /// Owning organization.
+    pub org_id: OrgId,
+    /// Human label, e.g. `ci-pipeline`.
+    pub name: String,
+    /// SHA-256 of the full key.
+    #[serde(skip)]
+    pub hash: KeyHash,
+    /// Prefix and last four characters, e.g. `br_live_…o5p6`.
+    pub hint: String,
+    /// Permissions; empty = full access.
+    pub scopes: Scopes,
+    /// Environment of the key's format (`live`, `test`).
+    pub environment: Arc<str>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// When the key stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// When the key was (or will be, after a rotation's grace period) revoked. Permanent.
+    pub revoked_at: Option<Timestamp>,
+    /// Last time a request used the key, at the recorder's granularity. Filled in by `get` and
+    /// `list`; the snapshot seen on the request path may lag.
+    pub last_used_at: Option<Timestamp>,
+    /// The key this one replaced, when it was created by a rotation.
+    pub rotated_from: Option<KeyId>,
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("name", &self.name)
+            .field("hint", &self.hint)
+            .field("scopes", &self.scopes)
+            .field("environment", &&*self.environment)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("last_used_at", &self.last_used_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a key stands at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Past its expiry.
+    Expired,
+    /// Revoked; permanent.
+    Revoked,
+}
+
+impl KeyRecord {
+    /// Build a record. Used by [`KeyManager`](crate::KeyManager) and by store implementations
+    /// reading rows back.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: KeyId,
+        org_id: OrgId,
+        name: String,
+        hash: KeyHash,
+        hint: String,
+        scopes: Scopes,
+        environment: Arc<str>,
+        created_at: Timestamp,
+    ) -> Self {
+        Self {
+            id,
+            org_id,
+            name,
+            hash,
+            hint,
+            scopes,
+            environment,
+            created_at,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+            rotated_from: None,
+        }
+    }
+
+    /// Whether the key is revoked at `now`.
+    #[inline]
+    pub fn is_revoked(&self, now: Timestamp) -> bool {
+        matches!(self.revoked_at, Some(t) if t <= now)
+    }
+
+    /// Whether the key is expired at `now`.
+    #[inline]
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        matches!(self.expires_at, Some(t) if t <= now)
+    }
+
+    /// The key's status at `now` (revocation wins over expiry).
+    pub fn status(&self, now: Timestamp) -> KeyStatus {
+        if self.is_revoked(now) {
+            KeyStatus::Revoked
+        } else if self.is_expired(now) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+/// What a successful [`KeyStore::find_by_hash`] yields: the record and its organization's plan.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    /// The key's record.
+    pub record: Arc<KeyRecord>,
+    /// The owning organization's current plan.
+    pub plan: Plan,
+}
+
+/// The result of a lookup on the request path.
+pub type LookupResult = Result<Option<StoredKey>, StoreError>;
+
+/// Storage for key records and organization plans.
+///
+/// Implementations must be cheap to clone (shared state behind `Arc`). See the
+/// [module docs](self) for why the lookup future is an associated type.
+pub trait KeyStore: Clone + Send + Sync + 'static {
+    /// The future of [`find_by_hash`](Self::find_by_hash). `Unpin` so that
+    /// [`ApiKeyAuth`](crate::ApiKeyAuth) can poll it once in place and still move it: use
+    /// [`std::future::Ready`] for synchronous stores and a boxed future for remote ones.
+    type Lookup: Future<Output = LookupResult> + Send + Unpin + 'static;
+
+    /// Find the key whose hash is `hash`, with its organization's plan. Revoked and expired
+    /// records are returned too (the caller decides); `None` means no such key.
+    fn find_by_hash(&self, hash: &KeyHash) -> Self::Lookup;
+
+    /// Store a new record. Fails with [`StoreError::Duplicate`] if its id or hash exists.
+    fn insert(&self, record: KeyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A record by id, with its last-used time.
+    fn get(&self, id: &KeyId)
+    -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// All records of an organization, newest first, with last-used times.
+    fn list(&self, org: &OrgId) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+
+    /// Revoke a key as of `at`. Revocation only ever moves earlier: if the key is already revoked
+    /// at or before `at`, nothing changes. Returns the updated record, `None` if no such key.
+    fn revoke(
+        &self,
+        id: &KeyId,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// Record last-used times in one batch. Forward-only: a time earlier than the stored one is
+    /// ignored. Unknown ids are ignored.
+    fn touch_last_used(
+        &self,
+        batch: &[(KeyId, Timestamp)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Set an organization's plan; takes effect on its next request.
+    fn set_plan(
+        &self,
+        org: &OrgId,
+        plan: Plan,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// An organization's plan (the store's default plan if never set).
+    fn plan(&self, org: &OrgId) -> impl Future<Output = Result<Plan, StoreError>> + Send;
+}
+
+/// A boxed future, as used by [`DynKeyStore`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An object-safe [`KeyStore`], implemented for every `KeyStore`.
+#[allow(missing_docs)]
+pub trait DynKeyStore: Send + Sync + 'static {
+    fn find_by_hash(&self, hash: &KeyHash) -> BoxFuture<'static, LookupResult>;
+    fn insert(&self, record: KeyRecord) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn get<'a>(&'a self, id: &'a KeyId) -> BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>;
+    fn list<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, Result<Vec<KeyRecord>, StoreError>>;
+    fn revoke<'a>(
+        &'a self,
+        id: &'a KeyId,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>;
+    fn touch_last_used<'a>(
+        &'a self,
+        batch: &'a [(KeyId, Timestamp)],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn set_plan<'a>(&'a self, org: &'a OrgId, plan: Plan) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn plan<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, Result<Plan, StoreError>>;
+}
+
+impl<T: KeyStore> DynKeyStore for T {
+    fn find_by_hash(&self, hash: &KeyHash) -> BoxFuture<'static, LookupResult> {
+        Box::pin(KeyStore::find_by_hash(self, hash))
+    }
+    fn insert(&self, record: KeyRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(KeyStore::insert(self, record))
+    }
+    fn get<'a>(&'a self, id: &'a KeyId) -> BoxFuture<'a, Result<Option<KeyRecord>, StoreError>> {
+        Box::pin(KeyStore::get(self, id))
+    }
+    fn list<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, Result<Vec<KeyRecord>, StoreError>> {
+        Box::pin(KeyStore::list(self, org))
+    }
+    fn revoke<'a>(
+        &'a self,
+        id: &'a KeyId,
+        at: Timestamp,
+    ) -> BoxFuture<'a, Result<Option<KeyRecord>, StoreError>> {
+        Box::pin(KeyStore::revoke(self, id, at))
+    }
+    fn touch_last_used<'a>(
+        &'a self,
+        batch: &'a [(KeyId, Timestamp)],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(KeyStore::touch_last_used(self, batch))
+    }
+    fn set_plan<'a>(&'a self, org: &'a OrgId, plan: Plan) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(KeyStore::set_plan(self, org, plan))
+    }
+    fn plan<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, Result<Plan, StoreError>> {
+        Box::pin(KeyStore::plan(self, org))
+    }
+}
+
+/// A type-erased store: `Arc<dyn DynKeyStore>` usable wherever a [`KeyStore`] is expected.
+///
+/// ```
+/// use tower_api_key::{BoxedStore, MemoryStore};
+/// let store = BoxedStore::new(MemoryStore::new());
+/// let _layer = tower_api_key::ApiKeyAuth::new(store);
+/// ```
+#[derive(Clone)]
+pub struct BoxedStore(Arc<dyn DynKeyStore>);
+
+impl fmt::Debug for BoxedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BoxedStore(..)")
+    }
+}
+
+impl BoxedStore {
+    /// Erase a store's type.
+    pub fn new(store: impl KeyStore) -> Self {
+        Self(Arc::new(store))
+    }
+
+    /// Wrap an existing `Arc<dyn DynKeyStore>`.
+    pub fn from_arc(store: Arc<dyn DynKeyStore>) -> Self {
+        Self(store)
+    }
+}
+
+impl KeyStore for BoxedStore {
+    type Lookup = BoxFuture<'static, LookupResult>;
+
+    fn find_by_hash(&self, hash: &KeyHash) -> Self::Lookup {
+        self.0.find_by_hash(hash)
+    }
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.0.insert(record).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.0.get(id).await
+    }
+    async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+        self.0.list(org).await
+    }
+    async fn revoke(&self, id: &KeyId, at: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
+        self.0.revoke(id, at).await
+    }
+    async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        self.0.touch_last_used(batch).await
+    }
+    async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
+        self.0.set_plan(org, plan).await
+    }
+    async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
+        self.0.plan(org).await
+    }
+}
