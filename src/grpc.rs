@@ -26,3 +26,33 @@ impl<T> PrincipalExt for tonic::Request<T> {
         self.extensions().get::<Principal>()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KeyRecord;
+    use crate::{KeyHash, Plan, Scopes, Timestamp};
+    use std::sync::Arc;
+
+    #[test]
+    fn principal_from_tonic_request() {
+        let mut req = tonic::Request::new(());
+        assert_eq!(
+            req.require_principal().unwrap_err().code(),
+            tonic::Code::Internal
+        );
+        let record = KeyRecord::new(
+            "key_1".into(),
+            "org_1".into(),
+            "n".into(),
+            KeyHash::of("x"),
+            "h".into(),
+            Scopes::full_access(),
+            Arc::from("live"),
+            Timestamp::EPOCH,
+        );
+        req.extensions_mut()
+            .insert(Principal::new(Arc::new(record), Plan::Free));
+        assert_eq!(req.principal().unwrap().org_id().as_str(), "org_1");
+    }
+}

@@ -1,0 +1,181 @@
+//! Shared fixtures for the integration tests.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower_api_key::{
+    Clock, CreatedKey, KeyManager, ManualClock, MemoryStore, NewKey, OrgId, Principal, Scopes,
+    Timestamp,
+};
+
+/// A store, a manager and a manual clock that all agree on the time.
+pub struct Fixture {
+    pub store: MemoryStore,
+    pub manager: KeyManager<MemoryStore>,
+    pub clock: Clock,
+    pub time: ManualClock,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let (clock, time) = Clock::manual(Timestamp::from_unix_secs(1_800_000_000));
+        let store = MemoryStore::new();
+        let manager = KeyManager::new(store.clone()).clock(clock.clone());
+        Self {
+            store,
+            manager,
+            clock,
+            time,
+        }
+    }
+
+    pub async fn mint(&self, org: &str, scopes: &[&str]) -> CreatedKey {
+        self.manager
+            .create(
+                &OrgId::from(org),
+                NewKey::new("test").scopes(Scopes::parse(scopes).unwrap()),
+            )
+            .await
+            .unwrap()
+    }
+
+    pub async fn mint_expiring(&self, org: &str, ttl: Duration) -> CreatedKey {
+        self.manager
+            .create(&OrgId::from(org), NewKey::new("expiring").expires_in(ttl))
+            .await
+            .unwrap()
+    }
+}
+
+/// An inner service answering 200 with `org_id key_id` of the principal, or `anonymous`.
+pub async fn echo_principal<B>(req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = match req.extensions().get::<Principal>() {
+        Some(p) => format!("{} {} {}", p.org_id(), p.key_id(), p.environment()),
+        None => "anonymous".to_owned(),
+    };
+    Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+pub fn get(uri: &str, auth: Option<&str>) -> Request<Full<Bytes>> {
+    let mut b = Request::get(uri);
+    if let Some(a) = auth {
+        b = b.header("authorization", a);
+    }
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+pub fn bearer(key: &CreatedKey) -> String {
+    format!("Bearer {}", key.key.expose_secret())
+}
+
+pub async fn body_string<B>(res: Response<B>) -> String
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+pub async fn body_json<B>(res: Response<B>) -> serde_json::Value
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    serde_json::from_str(&body_string(res).await).unwrap()
+}
+
+/// Stores that misbehave on purpose, and one that counts lookups.
+pub mod stores {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tower_api_key::store::{BoxFuture, LookupResult};
+    use tower_api_key::{
+        KeyHash, KeyId, KeyRecord, KeyStore, MemoryStore, OrgId, Plan, StoreError, Timestamp,
+    };
+
+    /// How the wrapper answers lookups.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Mode {
+        /// Delegate at once.
+        Pass,
+        /// Delegate after yielding once (a lookup that is pending at first).
+        Yield,
+        /// Fail with `Unavailable`.
+        Fail,
+        /// Never answer.
+        Hang,
+    }
+
+    /// Wraps a `MemoryStore`, counts `find_by_hash` calls and can misbehave.
+    #[derive(Clone)]
+    pub struct TestStore {
+        pub inner: MemoryStore,
+        pub lookups: Arc<AtomicUsize>,
+        pub mode: Mode,
+    }
+
+    impl TestStore {
+        pub fn new(inner: MemoryStore, mode: Mode) -> Self {
+            Self {
+                inner,
+                lookups: Arc::new(AtomicUsize::new(0)),
+                mode,
+            }
+        }
+        pub fn lookups(&self) -> usize {
+            self.lookups.load(Ordering::SeqCst)
+        }
+    }
+
+    impl KeyStore for TestStore {
+        type Lookup = Pin<Box<dyn Future<Output = LookupResult> + Send>>;
+
+        fn find_by_hash(&self, hash: &KeyHash) -> Self::Lookup {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let inner = self.inner.clone();
+            let hash = *hash;
+            let mode = self.mode;
+            let fut: BoxFuture<'static, LookupResult> = Box::pin(async move {
+                match mode {
+                    Mode::Pass => inner.find_by_hash(&hash).await,
+                    Mode::Yield => {
+                        tokio::task::yield_now().await;
+                        inner.find_by_hash(&hash).await
+                    }
+                    Mode::Fail => Err(StoreError::unavailable("connection refused")),
+                    Mode::Hang => std::future::pending().await,
+                }
+            });
+            fut
+        }
+        async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+            self.inner.insert(record).await
+        }
+        async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
+            self.inner.list(org).await
+        }
+        async fn revoke(&self, id: &KeyId, at: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
+            self.inner.revoke(id, at).await
+        }
+        async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+            self.inner.touch_last_used(batch).await
+        }
+        async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
+            self.inner.set_plan(org, plan).await
+        }
+        async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
+            self.inner.plan(org).await
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The same authentication served three ways with real servers and clients on 127.0.0.1:
+//! an axum `Router`, a bare hyper 1 server (hyper-util), and a tonic gRPC server called by a
+//! tonic client.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_api_key::{ApiKeyAuth, Principal, ScopeGuard, ScopeRules};
+
+async fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+async fn http_status(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    auth: Option<&str>,
+) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, format!("http://{addr}{path}"));
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn axum_router() {
+    use axum::Router;
+    use axum::routing::{get, post};
+
+    let fx = Fixture::new();
+    let reader = fx.mint("org_a", &["browser_sessions:read"]).await;
+    let app = Router::new()
+        .route(
+            "/v1/browsers",
+            post(|p: Principal| async move { format!("created for {}", p.org_id()) })
+                .route_layer(ScopeGuard::require("browser_sessions:create")),
+        )
+        .route(
+            "/v1/browsers/{id}",
+            get(|p: Principal| async move { format!("read by {}", p.org_id()) })
+                .route_layer(ScopeGuard::require("browser_sessions:read")),
+        )
+        .layer(ApiKeyAuth::new(fx.store.clone()).clock(fx.clock.clone()));
+    let (l, addr) = listener().await;
+    tokio::spawn(async move { axum::serve(l, app).await });
+
+    let auth = bearer(&reader);
+    assert_eq!(
+        http_status(addr, Method::GET, "/v1/browsers/b1", Some(&auth)).await,
+        (200, "read by org_a".to_owned())
+    );
+    let (status, body) = http_status(addr, Method::POST, "/v1/browsers", Some(&auth)).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("insufficient_scope"));
+    let (status, body) = http_status(addr, Method::GET, "/v1/browsers/b1", None).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("Invalid or missing API key"));
+}
+
+#[tokio::test]
+async fn axum_extractor_without_the_layer_says_so() {
+    use axum::Router;
+    use axum::routing::get;
+    let app: Router = Router::new().route("/", get(|_: Principal| async { "unreachable" }));
+    let (l, addr) = listener().await;
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let (status, body) = http_status(addr, Method::GET, "/", None).await;
+    assert_eq!(status, 500);
+    assert!(body.contains("auth_layer_missing"), "{body}");
+    assert!(body.contains("ApiKeyAuth"), "{body}");
+}
+
+#[tokio::test]
+async fn optional_principal_extractor() {
+    use axum::Router;
+    use axum::routing::get;
+    let app: Router = Router::new().route(
+        "/",
+        get(|p: Option<Principal>| async move {
+            p.map_or("anonymous".to_owned(), |p| p.org_id().to_string())
+        }),
+    );
+    let (l, addr) = listener().await;
+    tokio::spawn(async move { axum::serve(l, app).await });
+    assert_eq!(
+        http_status(addr, Method::GET, "/", None).await,
+        (200, "anonymous".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn bare_hyper_server() {
+    let fx = Fixture::new();
+    let reader = fx.mint("org_h", &["browser_sessions:read"]).await;
+    let svc = ServiceBuilder::new()
+        .layer(ApiKeyAuth::new(fx.store.clone()).clock(fx.clock.clone()))
+        .layer(ScopeGuard::rules(
+            ScopeRules::new()
+                .route(Method::GET, "/v1/browsers/{id}", "browser_sessions:read")
+                .route(
+                    Method::DELETE,
+                    "/v1/browsers/{id}",
+                    "browser_sessions:delete",
+                ),
+        ))
+        .service_fn(|req: Request<hyper::body::Incoming>| async move {
+            let org = req
+                .extensions()
+                .get::<Principal>()
+                .map(|p| p.org_id().to_string())
+                .unwrap_or_default();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                "hyper {org}"
+            )))))
+        });
+    let (l, addr) = listener().await;
+    tokio::spawn(async move {
+        loop {
+            let Ok((io, _)) = l.accept().await else {
+                return;
+            };
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+    });
+
+    let auth = bearer(&reader);
+    assert_eq!(
+        http_status(addr, Method::GET, "/v1/browsers/x", Some(&auth)).await,
+        (200, "hyper org_h".to_owned())
+    );
+    assert_eq!(
+        http_status(addr, Method::DELETE, "/v1/browsers/x", Some(&auth))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        http_status(
+            addr,
+            Method::GET,
+            "/v1/browsers/x",
+            Some("Bearer br_live_nope")
+        )
+        .await
+        .0,
+        401
+    );
+}
+
+/// Hand-written tonic service and messages: what `tonic-build` would generate, without `protoc`.
+mod grpc {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tower_api_key::Principal;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WhoamiRequest {}
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WhoamiReply {
+        #[prost(string, tag = "1")]
+        pub org_id: String,
+        #[prost(string, tag = "2")]
+        pub key_id: String,
+    }
+
+    pub const WHOAMI: &str = "/test.v1.Account/Whoami";
+    pub const CLOSE: &str = "/test.v1.Account/Close";
+
+    type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+    #[derive(Clone, Default)]
+    pub struct AccountServer;
+
+    impl tonic::server::NamedService for AccountServer {
+        const NAME: &'static str = "test.v1.Account";
+    }
+
+    struct Whoami;
+
+    impl tonic::server::UnaryService<WhoamiRequest> for Whoami {
+        type Response = WhoamiReply;
+        type Future = BoxFuture<Result<tonic::Response<WhoamiReply>, tonic::Status>>;
+        fn call(&mut self, request: tonic::Request<WhoamiRequest>) -> Self::Future {
+            // With the `tonic` feature, `tower_api_key::grpc::PrincipalExt::require_principal`
+            // does this in one call.
+            let principal = request.extensions().get::<Principal>();
+            let reply = principal
+                .ok_or_else(|| tonic::Status::internal("no principal"))
+                .map(|p| WhoamiReply {
+                    org_id: p.org_id().to_string(),
+                    key_id: p.key_id().to_string(),
+                });
+            Box::pin(async move { reply.map(tonic::Response::new) })
+        }
+    }
+
+    impl tower::Service<http::Request<tonic::body::Body>> for AccountServer {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            match req.uri().path() {
+                WHOAMI | CLOSE => Box::pin(async move {
+                    let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                    Ok(grpc.unary(Whoami, req).await)
+                }),
+                _ => Box::pin(async move {
+                    Ok(tonic::Status::unimplemented("no such method").into_http())
+                }),
+            }
+        }
+    }
+
+    pub async fn call(
+        channel: tonic::transport::Channel,
+        path: &'static str,
+        key: Option<&str>,
+    ) -> Result<WhoamiReply, tonic::Status> {
+        let mut client = tonic::client::Grpc::new(channel);
+        client
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+        let mut req = tonic::Request::new(WhoamiRequest {});
+        if let Some(key) = key {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        }
+        let codec = tonic_prost::ProstCodec::default();
+        client
+            .unary(req, http::uri::PathAndQuery::from_static(path), codec)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+#[tokio::test]
+async fn tonic_server_and_client() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_g", &["account:read"]).await;
+    let rules = ScopeRules::new()
+        .grpc(grpc::WHOAMI, "account:read")
+        .grpc(grpc::CLOSE, "account:close");
+    let (l, addr) = listener().await;
+    let store = fx.store.clone();
+    let clock = fx.clock.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(ApiKeyAuth::new(store).clock(clock))
+            .layer(ScopeGuard::rules(rules))
+            .add_service(grpc::AccountServer)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+            .await
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let reply = grpc::call(channel.clone(), grpc::WHOAMI, Some(key.key.expose_secret()))
+        .await
+        .unwrap();
+    assert_eq!(reply.org_id, "org_g");
+    assert_eq!(reply.key_id, key.record.id.to_string());
+
+    let err = grpc::call(channel.clone(), grpc::WHOAMI, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert_eq!(err.message(), "Invalid or missing API key");
+
+    let err = grpc::call(channel.clone(), grpc::WHOAMI, Some("br_live_bad"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    let err = grpc::call(channel, grpc::CLOSE, Some(key.key.expose_secret()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("account:close"), "{}", err.message());
+}
