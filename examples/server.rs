@@ -1,0 +1,611 @@
+//! The seeds' API on axum, behind tower-api-key.
+//!
+//! ```text
+//! cargo run --example server                 # 127.0.0.1:3000, in-memory store, /dev/seed on
+//! cargo run --example server -- --addr 127.0.0.1:8080 --no-dev-seed
+//! RUST_LOG=tower_api_key=debug cargo run --example server
+//! ```
+//!
+//! Routes (all under `/v1` need `Authorization: Bearer br_live_…`):
+//!
+//! | route | scope |
+//! |---|---|
+//! | `POST /v1/browsers`, `GET` / `DELETE /v1/browsers/{id}` | `browser_sessions:create` / `:read` / `:delete` |
+//! | `POST /v1/sandboxes`, `GET` / `DELETE /v1/sandboxes/{id}` | `sandbox_sessions:create` / `:read` / `:delete` |
+//! | `POST /v1/sandboxes/{id}/exec` | `sandbox_sessions:exec` |
+//! | `GET /v1/usage` | `org:billing` |
+//! | `POST` / `GET /v1/api-keys`, `DELETE /v1/api-keys/{id}`, `POST /v1/api-keys/{id}/rotate` | `api_keys:manage` |
+//! | `GET /healthz`, `POST /dev/seed` | none (no key) |
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tower_api_key::{
+    ApiKeyAuth, KeyId, KeyManager, ManageError, MemoryStore, NewKey, OrgId, Plan, Principal,
+    Rotation, ScopeGuard, Scopes, Timestamp,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Errors: one problem+json shape for everything the handlers refuse.
+
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    title: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, title: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            title: title.into(),
+        }
+    }
+    fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("No such {what}"),
+        )
+    }
+    fn bad_request(title: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", title)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "code": self.code,
+        });
+        (
+            self.status,
+            [("content-type", "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        Self::bad_request(format!("Invalid JSON body: {}", r.body_text()))
+    }
+}
+
+impl From<ManageError> for ApiError {
+    fn from(e: ManageError) -> Self {
+        match e {
+            ManageError::NotFound => Self::not_found("API key"),
+            ManageError::ScopeEscalation => Self::new(
+                StatusCode::FORBIDDEN,
+                "scope_escalation",
+                "An API key can only grant permissions it holds itself",
+            ),
+            ManageError::Revoked => Self::new(
+                StatusCode::CONFLICT,
+                "api_key_revoked",
+                "The API key is revoked",
+            ),
+            ManageError::InvalidName | ManageError::ExpiryInPast => {
+                Self::bad_request(e.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "key management failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Key management is temporarily unavailable",
+                )
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Parse a JSON body, treating an empty body as `{}`.
+fn body<T: for<'de> Deserialize<'de> + Default>(
+    json: Result<Json<T>, JsonRejection>,
+) -> ApiResult<T> {
+    match json {
+        Ok(Json(v)) => Ok(v),
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State.
+
+#[derive(Clone, Serialize)]
+struct Session {
+    id: String,
+    #[serde(skip)]
+    org_id: OrgId,
+    kind: &'static str,
+    status: &'static str,
+    weight: String,
+    created_at: Timestamp,
+}
+
+#[derive(Clone)]
+struct AppState {
+    manager: KeyManager<MemoryStore>,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    requests: Arc<Mutex<HashMap<OrgId, u64>>>,
+}
+
+impl AppState {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn random_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 12];
+    // The OS RNG failing is not recoverable for an id; fall back to the time for the demo.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&Timestamp::now().as_unix_nanos().to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{hex}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions (browsers and sandboxes): visible to their own organization only.
+
+#[derive(Deserialize, Default)]
+struct CreateSession {
+    weight: Option<String>,
+}
+
+async fn create_session(
+    state: &AppState,
+    principal: &Principal,
+    kind: &'static str,
+    req: CreateSession,
+) -> ApiResult<(StatusCode, Json<Session>)> {
+    let weight = req.weight.unwrap_or_else(|| "light".to_owned());
+    if !matches!(weight.as_str(), "light" | "medium" | "heavy") {
+        return Err(ApiError::bad_request(
+            "weight must be one of light, medium, heavy",
+        ));
+    }
+    let session = Session {
+        id: random_id(if kind == "browser" { "brs_" } else { "sbx_" }),
+        org_id: principal.org_id().clone(),
+        kind,
+        status: "running",
+        weight,
+        created_at: Timestamp::now(),
+    };
+    state.sessions().insert(session.id.clone(), session.clone());
+    Ok((StatusCode::CREATED, Json(session)))
+}
+
+fn own_session(
+    state: &AppState,
+    principal: &Principal,
+    kind: &str,
+    id: &str,
+) -> ApiResult<Session> {
+    state
+        .sessions()
+        .get(id)
+        .filter(|s| &s.org_id == principal.org_id() && s.kind == kind)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(&format!("{kind} session")))
+}
+
+async fn create_browser(
+    State(state): State<AppState>,
+    principal: Principal,
+    json: Result<Json<CreateSession>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Session>)> {
+    create_session(&state, &principal, "browser", body(json)?).await
+}
+
+async fn get_browser(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Session>> {
+    own_session(&state, &principal, "browser", &id).map(Json)
+}
+
+async fn delete_session(
+    state: &AppState,
+    principal: &Principal,
+    kind: &str,
+    id: &str,
+) -> ApiResult<StatusCode> {
+    own_session(state, principal, kind, id)?;
+    state.sessions().remove(id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_browser(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    delete_session(&state, &principal, "browser", &id).await
+}
+
+async fn create_sandbox(
+    State(state): State<AppState>,
+    principal: Principal,
+    json: Result<Json<CreateSession>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Session>)> {
+    create_session(&state, &principal, "sandbox", body(json)?).await
+}
+
+async fn get_sandbox(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Session>> {
+    own_session(&state, &principal, "sandbox", &id).map(Json)
+}
+
+async fn delete_sandbox(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    delete_session(&state, &principal, "sandbox", &id).await
+}
+
+#[derive(Deserialize, Default)]
+struct Exec {
+    command: Option<String>,
+}
+
+async fn exec_sandbox(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    json: Result<Json<Exec>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let exec = body(json)?;
+    own_session(&state, &principal, "sandbox", &id)?;
+    let command = exec
+        .command
+        .ok_or_else(|| ApiError::bad_request("command is required"))?;
+    Ok(Json(
+        json!({ "sandbox_id": id, "exit_code": 0, "stdout": command }),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage.
+
+async fn usage(State(state): State<AppState>, principal: Principal) -> Json<serde_json::Value> {
+    let requests = state
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(principal.org_id())
+        .copied()
+        .unwrap_or(0);
+    let open = state
+        .sessions()
+        .values()
+        .filter(|s| &s.org_id == principal.org_id())
+        .count();
+    let quota = principal.plan().quota();
+    Json(json!({
+        "org_id": principal.org_id(),
+        "plan": principal.plan().name(),
+        "requests": requests,
+        "limits": {
+            "requests_per_window": quota.requests,
+            "window_secs": quota.period.as_secs(),
+            "concurrent_sessions": quota.concurrent_sessions,
+        },
+        "open_sessions": open,
+    }))
+}
+
+/// Counts authenticated requests per organization for `/v1/usage`.
+async fn count_requests(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(p) = req.extensions().get::<Principal>() {
+        *state
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(p.org_id().clone())
+            .or_default() += 1;
+    }
+    next.run(req).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key management.
+
+#[derive(Deserialize, Default)]
+struct CreateKey {
+    name: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    expires_in_secs: Option<u64>,
+}
+
+fn parse_scopes(scopes: &[String]) -> ApiResult<Scopes> {
+    Scopes::parse(scopes).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    json: Result<Json<CreateKey>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let req = body(json)?;
+    let mut spec = NewKey::new(req.name.unwrap_or_else(|| "api key".to_owned()))
+        .scopes(parse_scopes(&req.scopes)?);
+    if let Some(secs) = req.expires_in_secs {
+        spec = spec.expires_in(Duration::from_secs(secs));
+    }
+    let created = state.manager.create_for(&principal, spec).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "key": created.key.expose_secret(), "api_key": created.record })),
+    ))
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<serde_json::Value>> {
+    let keys = state.manager.list(principal.org_id()).await?;
+    Ok(Json(json!({ "data": keys })))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<tower_api_key::KeyRecord>> {
+    Ok(Json(
+        state
+            .manager
+            .revoke(principal.org_id(), &KeyId::from(id))
+            .await?,
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct RotateKey {
+    grace_secs: Option<u64>,
+}
+
+async fn rotate_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    json: Result<Json<RotateKey>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let req = body(json)?;
+    let rotation = match req.grace_secs {
+        Some(s) => Rotation::with_grace(Duration::from_secs(s)),
+        None => Rotation::immediate(),
+    };
+    let created = state
+        .manager
+        .rotate_for(&principal, &KeyId::from(id), rotation)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "key": created.key.expose_secret(), "api_key": created.record })),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Development seed endpoint.
+
+#[derive(Deserialize, Default)]
+struct Seed {
+    org_id: Option<String>,
+    plan: Option<Plan>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    expires_in_secs: Option<u64>,
+    name: Option<String>,
+}
+
+async fn dev_seed(
+    State(state): State<AppState>,
+    json: Result<Json<Seed>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let seed = body(json)?;
+    let org = OrgId::from(seed.org_id.unwrap_or_else(|| random_id("org_")));
+    if org.as_str().is_empty() || org.as_str().len() > 128 {
+        return Err(ApiError::bad_request("org_id must be 1 to 128 characters"));
+    }
+    if let Some(plan) = seed.plan {
+        state.manager.set_plan(&org, plan).await?;
+    }
+    let mut spec = NewKey::new(seed.name.unwrap_or_else(|| "dev seed".to_owned()))
+        .scopes(parse_scopes(&seed.scopes)?);
+    if let Some(secs) = seed.expires_in_secs {
+        spec = spec.expires_in(Duration::from_secs(secs));
+    }
+    let created = state.manager.create(&org, spec).await?;
+    let plan = state.manager.plan(&org).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "key": created.key.expose_secret(),
+            "key_id": created.record.id,
+            "org_id": org,
+            "scopes": created.record.scopes,
+            "plan": plan,
+            "expires_at": created.record.expires_at,
+        })),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wiring.
+
+struct Options {
+    addr: SocketAddr,
+    dev_seed: bool,
+}
+
+fn options() -> Result<Options, String> {
+    let mut opts = Options {
+        addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        dev_seed: true,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => {
+                let v = args
+                    .next()
+                    .ok_or("--addr needs a value, e.g. 127.0.0.1:3000")?;
+                opts.addr = v.parse().map_err(|e| format!("bad --addr {v:?}: {e}"))?;
+            }
+            "--no-dev-seed" => opts.dev_seed = false,
+            "-h" | "--help" => {
+                return Err("usage: server [--addr HOST:PORT] [--no-dev-seed]".to_owned());
+            }
+            other => return Err(format!("unknown argument {other:?}; try --help")),
+        }
+    }
+    Ok(opts)
+}
+
+fn app(state: AppState, with_dev_seed: bool) -> Router {
+    let store = state.manager.store().clone();
+    let api = Router::new()
+        .route(
+            "/v1/browsers",
+            post(create_browser).route_layer(ScopeGuard::require("browser_sessions:create")),
+        )
+        .route(
+            "/v1/browsers/{id}",
+            get(get_browser)
+                .route_layer(ScopeGuard::require("browser_sessions:read"))
+                .merge(
+                    axum::routing::delete(delete_browser)
+                        .route_layer(ScopeGuard::require("browser_sessions:delete")),
+                ),
+        )
+        .route(
+            "/v1/sandboxes",
+            post(create_sandbox).route_layer(ScopeGuard::require("sandbox_sessions:create")),
+        )
+        .route(
+            "/v1/sandboxes/{id}",
+            get(get_sandbox)
+                .route_layer(ScopeGuard::require("sandbox_sessions:read"))
+                .merge(
+                    axum::routing::delete(delete_sandbox)
+                        .route_layer(ScopeGuard::require("sandbox_sessions:delete")),
+                ),
+        )
+        .route(
+            "/v1/sandboxes/{id}/exec",
+            post(exec_sandbox).route_layer(ScopeGuard::require("sandbox_sessions:exec")),
+        )
+        .route(
+            "/v1/usage",
+            get(usage).route_layer(ScopeGuard::require("org:billing")),
+        )
+        .route(
+            "/v1/api-keys",
+            post(create_key)
+                .get(list_keys)
+                .route_layer(ScopeGuard::require("api_keys:manage")),
+        )
+        .route(
+            "/v1/api-keys/{id}",
+            axum::routing::delete(revoke_key).route_layer(ScopeGuard::require("api_keys:manage")),
+        )
+        .route(
+            "/v1/api-keys/{id}/rotate",
+            post(rotate_key).route_layer(ScopeGuard::require("api_keys:manage")),
+        )
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(ApiKeyAuth::new(store));
+
+    let mut open = Router::new().route("/healthz", get(|| async { Json(json!({"status": "ok"})) }));
+    if with_dev_seed {
+        open = open.route("/dev/seed", post(dev_seed));
+    }
+    open.merge(api).with_state(state)
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_api_key=info".into()),
+        )
+        .init();
+    let opts = match options() {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    let store = MemoryStore::new();
+    let state = AppState {
+        manager: KeyManager::new(store),
+        sessions: Arc::default(),
+        requests: Arc::default(),
+    };
+    let listener = match tokio::net::TcpListener::bind(opts.addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", opts.addr);
+            std::process::exit(1);
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(opts.addr);
+    println!("listening on http://{addr}");
+    if opts.dev_seed {
+        println!(
+            "mint a key:  curl -s -X POST http://{addr}/dev/seed -H 'content-type: application/json' -d '{{\"scopes\":[\"browser_sessions:create\",\"browser_sessions:read\"]}}'"
+        );
+    }
+    let app = app(state, opts.dev_seed);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        eprintln!("server error: {e}");
+        std::process::exit(1);
+    }
+}
