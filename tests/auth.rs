@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,22 +13,21 @@ use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_api_key::{ApiKeyAuth, KeyFormat, KeyFormats, KeyStore, Rejection, Responder};
 
+type EchoFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>,
+>;
+type Stack = ApiKeyAuth<tower::util::ServiceFn<fn(Request<Full<Bytes>>) -> EchoFuture>, TestStore>;
+
+fn boxed_echo(req: Request<Full<Bytes>>) -> EchoFuture {
+    Box::pin(echo_principal(req))
+}
+
 /// The stack under test: ApiKeyAuth over a store that counts lookups, on the fixture's clock.
-fn stack(
-    fx: &Fixture,
-    mode: Mode,
-) -> (
-    TestStore,
-    impl tower::Service<
-        Request<Full<Bytes>>,
-        Response = Response<tower_api_key::ResponseBody<Full<Bytes>>>,
-        Error = std::convert::Infallible,
-    > + Clone,
-) {
+fn stack(fx: &Fixture, mode: Mode) -> (TestStore, Stack) {
     let store = TestStore::new(fx.store.clone(), mode);
     let svc = ServiceBuilder::new()
         .layer(ApiKeyAuth::new(store.clone()).clock(fx.clock.clone()))
-        .service(service_fn(echo_principal));
+        .service(service_fn(boxed_echo as fn(_) -> _));
     (store, svc)
 }
 
