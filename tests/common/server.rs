@@ -1,0 +1,72 @@
+//! Start the real example binary on a free port.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+/// The example server, killed on drop.
+pub struct ExampleServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+fn example_binary() -> std::path::PathBuf {
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // Build (or confirm up to date) the example with the same cargo and target dir.
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let status = Command::new(cargo)
+                .args(["build", "--example", "server", "--quiet"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build --example server");
+            assert!(status.success(), "cargo build --example server failed");
+            // tests run from target/<profile>/deps/<test>; examples live in target/<profile>/examples
+            let exe = std::env::current_exe().expect("current exe");
+            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+            let bin = profile_dir.join("examples").join("server");
+            assert!(bin.exists(), "{} missing", bin.display());
+            bin
+        })
+        .clone()
+}
+
+impl ExampleServer {
+    /// Start `server --addr 127.0.0.1:0 <args>` and wait for its "listening on" line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(example_binary())
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn example server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines
+            .next()
+            .expect("server printed nothing")
+            .expect("read server stdout");
+        let base = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for ExampleServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
