@@ -353,22 +353,90 @@ where
 }
 
 /// The default renderer: problem+json, or gRPC trailers-only, with a `realm`.
+///
+/// The responses that never vary (missing key, invalid key, key in the query string) are
+/// rendered once, at construction; refusing a request then costs a copy of their headers, not a
+/// JSON serialization.
 #[derive(Debug, Clone)]
 pub struct DefaultRender {
     realm: Arc<str>,
+    fixed: Arc<[Prerendered; 6]>,
+}
+
+#[derive(Debug)]
+struct Prerendered {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Prerendered {
+    fn of(res: Response<Bytes>) -> Self {
+        let (parts, body) = res.into_parts();
+        Self {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    fn response(&self) -> Response<Bytes> {
+        let mut res = Response::new(self.body.clone());
+        *res.status_mut() = self.status;
+        *res.headers_mut() = self.headers.clone();
+        res
+    }
+}
+
+impl DefaultRender {
+    /// The default renderer with `realm` in its `WWW-Authenticate` challenges.
+    pub fn new(realm: &str) -> Self {
+        let fixed = [
+            Rejection::MissingKey,
+            Rejection::InvalidKey(InvalidKey::Unknown),
+            Rejection::KeyInQuery,
+        ];
+        let render = |i: usize| {
+            let r = &fixed[i % 3];
+            Prerendered::of(if i < 3 {
+                r.problem_response(realm)
+            } else {
+                r.grpc_response()
+            })
+        };
+        Self {
+            realm: Arc::from(realm),
+            fixed: Arc::new([
+                render(0),
+                render(1),
+                render(2),
+                render(3),
+                render(4),
+                render(5),
+            ]),
+        }
+    }
 }
 
 impl Default for DefaultRender {
     fn default() -> Self {
-        Self {
-            realm: Arc::from("api"),
-        }
+        Self::new("api")
     }
 }
 
 impl RenderRejection for DefaultRender {
     fn render(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
-        rejection.default_response(request_headers, &self.realm)
+        let slot = match rejection {
+            Rejection::MissingKey => Some(0),
+            Rejection::InvalidKey(_) => Some(1),
+            Rejection::KeyInQuery => Some(2),
+            _ => None,
+        };
+        match slot {
+            Some(i) if is_grpc(request_headers) => self.fixed[i + 3].response(),
+            Some(i) => self.fixed[i].response(),
+            None => rejection.default_response(request_headers, &self.realm),
+        }
     }
 }
 
@@ -412,9 +480,7 @@ impl Responder {
 
     /// The default renderer with another `WWW-Authenticate` realm than `api`.
     pub fn with_realm(realm: &str) -> Self {
-        Self(Arc::new(DefaultRender {
-            realm: Arc::from(realm),
-        }))
+        Self(Arc::new(DefaultRender::new(realm)))
     }
 
     /// Render a rejection.
@@ -546,6 +612,26 @@ mod tests {
             retry_after: 0,
         });
         assert_eq!(r.problem_response("api").headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn prerendered_responses_equal_fresh_ones() {
+        let render = DefaultRender::new("r");
+        let mut grpc = HeaderMap::new();
+        grpc.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        for r in [
+            Rejection::MissingKey,
+            Rejection::InvalidKey(InvalidKey::Expired),
+            Rejection::KeyInQuery,
+        ] {
+            for headers in [HeaderMap::new(), grpc.clone()] {
+                let cached = render.render(&r, &headers);
+                let fresh = r.default_response(&headers, "r");
+                assert_eq!(cached.status(), fresh.status());
+                assert_eq!(cached.headers(), fresh.headers());
+                assert_eq!(cached.body(), fresh.body());
+            }
+        }
     }
 
     #[test]
