@@ -103,7 +103,11 @@ fn bench_auth(c: &mut Criterion) {
 
     let mut none = Noop;
     g.bench_function("baseline/no_layer", |b| {
-        b.iter_batched(|| req(&fx.good), |r| run(&mut none, r), BatchSize::SmallInput)
+        b.iter_batched(
+            || req(&fx.good),
+            |r| run(&mut none, r),
+            BatchSize::SmallInput,
+        )
     });
 
     let token = fx.good.trim_start_matches("Bearer ").to_owned();
@@ -129,11 +133,7 @@ fn bench_auth(c: &mut Criterion) {
                 let key = tower_api_key::auth::parse_bearer(value).unwrap();
                 formats.check(key).unwrap();
                 let hash = KeyHash::of(key);
-                let found = store
-                    .find_by_hash(&hash)
-                    .into_inner()
-                    .unwrap()
-                    .unwrap();
+                let found = store.find_by_hash(&hash).into_inner().unwrap().unwrap();
                 assert!(found.record.hash.ct_eq(&hash));
                 r.extensions_mut()
                     .insert(Principal::new(found.record, found.plan));
@@ -164,10 +164,7 @@ fn bench_scope(c: &mut Criterion) {
             .build()
             .unwrap();
         let hash = KeyHash::of(fx.good.trim_start_matches("Bearer "));
-        let found = rt
-            .block_on(fx.store.find_by_hash(&hash))
-            .unwrap()
-            .unwrap();
+        let found = rt.block_on(fx.store.find_by_hash(&hash)).unwrap().unwrap();
         Principal::new(found.record, found.plan)
     };
     let with_principal = || {
@@ -186,7 +183,11 @@ fn bench_scope(c: &mut Criterion) {
     });
     let mut refused = ScopeGuard::require("browser_sessions:delete").layer(Noop);
     g.bench_function("scope_guard/refused", |b| {
-        b.iter_batched(with_principal, |r| run(&mut refused, r), BatchSize::SmallInput)
+        b.iter_batched(
+            with_principal,
+            |r| run(&mut refused, r),
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 }

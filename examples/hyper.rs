@@ -50,7 +50,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .layer(ScopeGuard::rules(
             ScopeRules::new()
                 .route(Method::GET, "/v1/browsers/{id}", "browser_sessions:read")
-                .route(Method::DELETE, "/v1/browsers/{id}", "browser_sessions:delete"),
+                .route(
+                    Method::DELETE,
+                    "/v1/browsers/{id}",
+                    "browser_sessions:delete",
+                ),
         ))
         .service_fn(handler);
 
@@ -91,7 +95,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let body = res.into_body().collect().await?.to_bytes();
         println!(
             "{method} /v1/browsers/brs_1 ({}) -> {status}: {}",
-            if auth.is_some() { "reader key" } else { "no key" },
+            if auth.is_some() {
+                "reader key"
+            } else {
+                "no key"
+            },
             String::from_utf8_lossy(&body).trim()
         );
     }

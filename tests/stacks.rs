@@ -169,109 +169,18 @@ async fn bare_hyper_server() {
     );
 }
 
-/// Hand-written tonic service and messages: what `tonic-build` would generate, without `protoc`.
-mod grpc {
-    use std::convert::Infallible;
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use tower_api_key::Principal;
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct WhoamiRequest {}
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct WhoamiReply {
-        #[prost(string, tag = "1")]
-        pub org_id: String,
-        #[prost(string, tag = "2")]
-        pub key_id: String,
-    }
-
-    pub const WHOAMI: &str = "/test.v1.Account/Whoami";
-    pub const CLOSE: &str = "/test.v1.Account/Close";
-
-    type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-    #[derive(Clone, Default)]
-    pub struct AccountServer;
-
-    impl tonic::server::NamedService for AccountServer {
-        const NAME: &'static str = "test.v1.Account";
-    }
-
-    struct Whoami;
-
-    impl tonic::server::UnaryService<WhoamiRequest> for Whoami {
-        type Response = WhoamiReply;
-        type Future = BoxFuture<Result<tonic::Response<WhoamiReply>, tonic::Status>>;
-        fn call(&mut self, request: tonic::Request<WhoamiRequest>) -> Self::Future {
-            // With the `tonic` feature, `tower_api_key::grpc::PrincipalExt::require_principal`
-            // does this in one call.
-            let principal = request.extensions().get::<Principal>();
-            let reply = principal
-                .ok_or_else(|| tonic::Status::internal("no principal"))
-                .map(|p| WhoamiReply {
-                    org_id: p.org_id().to_string(),
-                    key_id: p.key_id().to_string(),
-                });
-            Box::pin(async move { reply.map(tonic::Response::new) })
-        }
-    }
-
-    impl tower::Service<http::Request<tonic::body::Body>> for AccountServer {
-        type Response = http::Response<tonic::body::Body>;
-        type Error = Infallible;
-        type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-            match req.uri().path() {
-                WHOAMI | CLOSE => Box::pin(async move {
-                    let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-                    Ok(grpc.unary(Whoami, req).await)
-                }),
-                _ => Box::pin(async move {
-                    Ok(tonic::Status::unimplemented("no such method").into_http())
-                }),
-            }
-        }
-    }
-
-    pub async fn call(
-        channel: tonic::transport::Channel,
-        path: &'static str,
-        key: Option<&str>,
-    ) -> Result<WhoamiReply, tonic::Status> {
-        let mut client = tonic::client::Grpc::new(channel);
-        client
-            .ready()
-            .await
-            .map_err(|e| tonic::Status::unknown(e.to_string()))?;
-        let mut req = tonic::Request::new(WhoamiRequest {});
-        if let Some(key) = key {
-            req.metadata_mut()
-                .insert("authorization", format!("Bearer {key}").parse().unwrap());
-        }
-        let codec = tonic_prost::ProstCodec::default();
-        client
-            .unary(req, http::uri::PathAndQuery::from_static(path), codec)
-            .await
-            .map(tonic::Response::into_inner)
-    }
-}
+#[path = "../examples/support/sandbox_grpc.rs"]
+mod sandbox_grpc;
 
 #[tokio::test]
 async fn tonic_server_and_client() {
+    use sandbox_grpc::{EXEC, SandboxClient, SandboxServer, WHOAMI};
+
     let fx = Fixture::new();
-    let key = fx.mint("org_g", &["account:read"]).await;
+    let key = fx.mint("org_g", &["sandbox_sessions:read"]).await;
     let rules = ScopeRules::new()
-        .grpc(grpc::WHOAMI, "account:read")
-        .grpc(grpc::CLOSE, "account:close");
+        .grpc(WHOAMI, "sandbox_sessions:read")
+        .grpc(EXEC, "sandbox_sessions:exec");
     let (l, addr) = listener().await;
     let store = fx.store.clone();
     let clock = fx.clock.clone();
@@ -279,7 +188,7 @@ async fn tonic_server_and_client() {
         tonic::transport::Server::builder()
             .layer(ApiKeyAuth::new(store).clock(clock))
             .layer(ScopeGuard::rules(rules))
-            .add_service(grpc::AccountServer)
+            .add_service(SandboxServer)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
             .await
     });
@@ -289,26 +198,30 @@ async fn tonic_server_and_client() {
         .await
         .unwrap();
 
-    let reply = grpc::call(channel.clone(), grpc::WHOAMI, Some(key.key.expose_secret()))
-        .await
-        .unwrap();
+    // The handler sees the Principal.
+    let mut client = SandboxClient::new(channel.clone(), Some(key.key.expose_secret()));
+    let reply = client.whoami().await.unwrap();
     assert_eq!(reply.org_id, "org_g");
     assert_eq!(reply.key_id, key.record.id.to_string());
 
-    let err = grpc::call(channel.clone(), grpc::WHOAMI, None)
+    let err = SandboxClient::new(channel.clone(), None)
+        .whoami()
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     assert_eq!(err.message(), "Invalid or missing API key");
 
-    let err = grpc::call(channel.clone(), grpc::WHOAMI, Some("br_live_bad"))
+    let err = SandboxClient::new(channel.clone(), Some("br_live_bad"))
+        .whoami()
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
-    let err = grpc::call(channel, grpc::CLOSE, Some(key.key.expose_secret()))
-        .await
-        .unwrap_err();
+    let err = client.exec("sbx_1", "ls").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    assert!(err.message().contains("account:close"), "{}", err.message());
+    assert!(
+        err.message().contains("sandbox_sessions:exec"),
+        "{}",
+        err.message()
+    );
 }

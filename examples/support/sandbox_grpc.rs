@@ -120,7 +120,9 @@ impl tower::Service<http::Request<tonic::body::Body>> for SandboxServer {
                 let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
                 Ok(grpc.unary(Whoami, req).await)
             }),
-            _ => Box::pin(async move { Ok(tonic::Status::unimplemented("no such method").into_http()) }),
+            _ => Box::pin(
+                async move { Ok(tonic::Status::unimplemented("no such method").into_http()) },
+            ),
         }
     }
 }
@@ -163,7 +165,11 @@ impl SandboxClient {
             .map(tonic::Response::into_inner)
     }
 
-    pub async fn exec(&mut self, sandbox_id: &str, command: &str) -> Result<ExecReply, tonic::Status> {
+    pub async fn exec(
+        &mut self,
+        sandbox_id: &str,
+        command: &str,
+    ) -> Result<ExecReply, tonic::Status> {
         let msg = ExecRequest {
             sandbox_id: sandbox_id.to_owned(),
             command: command.to_owned(),
