@@ -84,6 +84,10 @@ pub struct KeyRecord {
     pub last_used_at: Option<Timestamp>,
     /// The key this one replaced, when it was created by a rotation.
     pub rotated_from: Option<KeyId>,
+    /// Where [`LastUsedRecorder`](crate::LastUsedRecorder) marks this snapshot as used, lock-free
+    /// and without a map lookup. Bookkeeping only: ignored by `==` and serialization.
+    #[serde(skip)]
+    pub(crate) usage: crate::last_used::UsageSlot,
 }
 
 impl fmt::Debug for KeyRecord {
@@ -142,6 +146,7 @@ impl KeyRecord {
             revoked_at: None,
             last_used_at: None,
             rotated_from: None,
+            usage: crate::last_used::UsageSlot::new(),
         }
     }
 
