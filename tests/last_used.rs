@@ -180,11 +180,13 @@ fn request(p: &Principal) -> Request<()> {
     req
 }
 
+type OkResult = Result<Response<Empty<Bytes>>, Infallible>;
+
 fn ok_service() -> impl Service<
     Request<()>,
     Response = Response<Empty<Bytes>>,
     Error = Infallible,
-    Future = Ready<Result<Response<Empty<Bytes>>, Infallible>>,
+    Future = Ready<OkResult>,
 > + Clone {
     tower::service_fn(|_: Request<()>| ready(Ok(Response::new(Empty::new()))))
 }
@@ -684,7 +686,7 @@ async fn many_tasks_marking_same_and_different_keys_at_once() {
         let t = fx.at(round);
         let start = Arc::new(tokio::sync::Barrier::new(TASKS + 1));
         let mut tasks = Vec::new();
-        for mine in own.iter().cloned() {
+        for mine in own.clone() {
             let (recorder, shared, start) = (recorder.clone(), shared.clone(), start.clone());
             tasks.push(tokio::spawn(async move {
                 let mut svc = ServiceBuilder::new().layer(recorder).service(ok_service());
