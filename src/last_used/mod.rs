@@ -34,8 +34,12 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use axum::{Router, routing::get};
+//! use axum::{Extension, Router, routing::get};
 //! use tower_api_key::{ApiKeyAuth, LastUsedRecorder, MemoryStore, Principal};
+//!
+//! async fn whoami(Extension(p): Extension<Principal>) -> String {
+//!     p.key_id().to_string()
+//! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,7 +48,7 @@
 //! let flusher = recorder.spawn_flusher(Duration::from_secs(30));
 //!
 //! let app: Router = Router::new()
-//!     .route("/v1/whoami", get(|p: Principal| async move { p.key_id().to_string() }))
+//!     .route("/v1/whoami", get(whoami))
 //!     .layer(recorder) // inner: runs after ApiKeyAuth has inserted the Principal
 //!     .layer(ApiKeyAuth::new(store)); // outer
 //!

@@ -220,6 +220,11 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
 
     /// Record last-used times in one batch. Forward-only: a time earlier than the stored one is
     /// ignored. Unknown ids are ignored.
+    ///
+    /// Called by the [`LastUsedRecorder`](crate::LastUsedRecorder) flusher once per interval with
+    /// every key marked since (each id once): write the batch in one round trip (e.g. one
+    /// `UPDATE … SET last_used_at = GREATEST(last_used_at, v.t) FROM unnest(…) v`). An error
+    /// keeps the whole batch for the next flush, so a retry must be harmless.
     fn touch_last_used(
         &self,
         batch: &[(KeyId, Timestamp)],
