@@ -40,6 +40,8 @@
 //!   revoke and rotate keys and set plans.
 //! - [`ApiKeyAuth`]: the layer that authenticates and inserts a [`Principal`].
 //! - [`ScopeGuard`]: per-route scope checks, or a [`ScopeRules`] table for hyper and tonic.
+//! - [`LastUsedRecorder`]: when each key was last used, marked lock-free per request and written
+//!   to the store in one batch per interval by a flusher task ([`last_used`]).
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
 //!
 //! ## Features
@@ -57,6 +59,7 @@ pub mod auth;
 pub mod clock;
 mod future;
 pub mod key;
+pub mod last_used;
 pub mod manage;
 pub mod principal;
 pub mod reject;
@@ -72,6 +75,7 @@ pub use auth::{ApiKeyAuth, ApiKeyAuthLayer};
 pub use clock::{Clock, ManualClock, Timestamp};
 pub use future::GuardFuture;
 pub use key::{ApiKey, KeyFormat, KeyFormats, KeyHash, MalformedKey};
+pub use last_used::{FlushError, FlusherHandle, LastUsedRecorder, LastUsedRecorderLayer};
 pub use manage::{CreatedKey, KeyManager, ManageError, NewKey, Rotation};
 pub use principal::{InvalidScope, KeyId, OrgId, Plan, Principal, Quota, Scope, Scopes};
 pub use reject::{Rejection, Responder, ResponseBody};

@@ -84,6 +84,10 @@ pub struct KeyRecord {
     pub last_used_at: Option<Timestamp>,
     /// The key this one replaced, when it was created by a rotation.
     pub rotated_from: Option<KeyId>,
+    /// Where [`LastUsedRecorder`](crate::LastUsedRecorder) marks this snapshot as used, lock-free
+    /// and without a map lookup. Bookkeeping only: ignored by `==` and serialization.
+    #[serde(skip)]
+    pub(crate) usage: crate::last_used::UsageSlot,
 }
 
 impl fmt::Debug for KeyRecord {
@@ -142,6 +146,7 @@ impl KeyRecord {
             revoked_at: None,
             last_used_at: None,
             rotated_from: None,
+            usage: crate::last_used::UsageSlot::new(),
         }
     }
 
@@ -215,6 +220,11 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
 
     /// Record last-used times in one batch. Forward-only: a time earlier than the stored one is
     /// ignored. Unknown ids are ignored.
+    ///
+    /// Called by the [`LastUsedRecorder`](crate::LastUsedRecorder) flusher once per interval with
+    /// every key marked since (each id once): write the batch in one round trip (e.g. one
+    /// `UPDATE … SET last_used_at = GREATEST(last_used_at, v.t) FROM unnest(…) v`). An error
+    /// keeps the whole batch for the next flush, so a retry must be harmless.
     fn touch_last_used(
         &self,
         batch: &[(KeyId, Timestamp)],
