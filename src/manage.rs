@@ -152,12 +152,13 @@ pub struct KeyManager<St> {
 }
 
 impl<St: KeyStore> KeyManager<St> {
-    /// A manager issuing `br_live_` keys, with the system clock.
+    /// A manager issuing `br_live_` keys, on the same default clock as the layers
+    /// ([`Clock::coarse`]).
     pub fn new(store: St) -> Self {
         Self {
             store,
             formats: KeyFormats::default(),
-            clock: Clock::system(),
+            clock: Clock::default(),
         }
     }
 

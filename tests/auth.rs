@@ -188,6 +188,18 @@ async fn revoked_key_is_refused_on_the_next_request() {
 }
 
 #[tokio::test]
+async fn revocation_is_honoured_even_if_the_revoker_s_clock_runs_ahead() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_a", &[]).await;
+    let (_, svc) = stack(&fx, Mode::Pass);
+    // Another replica, one second ahead, revokes "now".
+    let ahead = fx.time.now().saturating_add(Duration::from_secs(1));
+    fx.store.revoke(&key.record.id, ahead).await.unwrap();
+    let res = svc.oneshot(get("/", Some(&bearer(&key)))).await.unwrap();
+    assert_invalid_401(res).await;
+}
+
+#[tokio::test]
 async fn expired_key_is_401() {
     let fx = Fixture::new();
     let key = fx.mint_expiring("org_a", Duration::from_secs(60)).await;

@@ -297,7 +297,10 @@ async fn rotate_with_grace_keeps_the_old_key_until_the_grace_ends() {
     let svc = ServiceBuilder::new()
         .layer(ApiKeyAuth::new(fx.store.clone()).clock(fx.clock.clone()))
         .service(service_fn(echo_principal));
-    fx.time.advance(Duration::from_secs(3599));
+    // The grace ends `REVOCATION_LEEWAY` early (clock-skew allowance), never late.
+    let leeway = tower_api_key::KeyRecord::REVOCATION_LEEWAY;
+    fx.time
+        .advance(Duration::from_secs(3600) - leeway - Duration::from_secs(1));
     let res = svc
         .clone()
         .oneshot(get("/", Some(&bearer(&old))))

@@ -150,10 +150,18 @@ impl KeyRecord {
         }
     }
 
-    /// Whether the key is revoked at `now`.
+    /// How far ahead of `now` a revocation time may lie and still count as revoked.
+    ///
+    /// A revocation is stamped with the clock of whoever revoked (a management call, another
+    /// replica); the request path reads its own, possibly coarser or slightly slower, clock. So
+    /// that "revoke now" is refused on the very next request whatever the skew, a revocation takes
+    /// effect up to this much before its timestamp. Rotation grace periods end this much early.
+    pub const REVOCATION_LEEWAY: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// Whether the key is revoked at `now` (see [`REVOCATION_LEEWAY`](Self::REVOCATION_LEEWAY)).
     #[inline]
     pub fn is_revoked(&self, now: Timestamp) -> bool {
-        matches!(self.revoked_at, Some(t) if t <= now)
+        matches!(self.revoked_at, Some(t) if t <= now.saturating_add(Self::REVOCATION_LEEWAY))
     }
 
     /// Whether the key is expired at `now`.
