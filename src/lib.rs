@@ -38,6 +38,8 @@
 //! - [`KeyFormat`], [`ApiKey`], [`KeyHash`]: generating, checking and hashing keys.
 //! - [`KeyStore`] with [`MemoryStore`] (the embedded default); [`KeyManager`] to create, list,
 //!   revoke and rotate keys and set plans.
+//! - Durable and shared stores (features `sqlite`, `postgres`) and [`CachedStore`] in front of
+//!   them, with invalidation pushed between replicas; see [`store`].
 //! - [`ApiKeyAuth`]: the layer that authenticates and inserts a [`Principal`].
 //! - [`ScopeGuard`]: per-route scope checks, or a [`ScopeRules`] table for hyper and tonic.
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
@@ -48,6 +50,8 @@
 //! |---|---|
 //! | `axum` | `Principal` / `Option<Principal>` extractors |
 //! | `tonic` | [`PrincipalExt`](grpc::PrincipalExt) for `tonic::Request` |
+//! | `sqlite` | `store::SqliteStore`: embedded durable store (sqlx, bundled SQLite) |
+//! | `postgres` | `store::PostgresStore` and `store::PgInvalidations` (`LISTEN/NOTIFY`) |
 //!
 //! [tower]: https://docs.rs/tower
 #![deny(missing_docs)]
@@ -77,3 +81,4 @@ pub use principal::{InvalidScope, KeyId, OrgId, Plan, Principal, Quota, Scope, S
 pub use reject::{Rejection, Responder, ResponseBody};
 pub use scope::{Requirement, RuleMatch, ScopeGuard, ScopeGuardLayer, ScopeRules};
 pub use store::{BoxedStore, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey};
+pub use store::{CacheConfig, CachedStore, Invalidation};
