@@ -147,4 +147,45 @@ mod postgres {
         let store = tower_api_key::store::store_from_url(&url).await.unwrap();
         contract::run_all(&store).await;
     }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_503_never_401() {
+        use http::{Request, Response, StatusCode};
+        use std::time::Duration;
+        use tower::{ServiceExt, service_fn};
+        use tower_api_key::store::{KeyStore, PostgresStore};
+        use tower_api_key::{ApiKeyAuth, KeyFormat, OrgId, StoreError};
+        use tower_layer::Layer;
+
+        // Nothing listens on port 1; no DATABASE_URL needed.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(300))
+            .connect_lazy("postgres://postgres@127.0.0.1:1/test")
+            .unwrap();
+        let store = PostgresStore::from_pool(pool);
+        let key = KeyFormat::live().generate().unwrap();
+        let err = store.find_by_hash(&key.hash()).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unavailable(_) | StoreError::Timeout),
+            "{err:?}"
+        );
+        assert!(store.list(&OrgId::from("org_x")).await.is_err());
+        assert!(store.migrate().await.is_err());
+
+        for svc_store in [
+            tower_api_key::BoxedStore::new(store.clone()),
+            tower_api_key::BoxedStore::new(CachedStore::new(store.clone())),
+        ] {
+            let svc = ApiKeyAuth::new(svc_store).layer(service_fn(|_r: Request<String>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+            }));
+            let req = Request::builder()
+                .header("authorization", format!("Bearer {}", key.expose_secret()))
+                .body(String::new())
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(res.headers().contains_key("retry-after"));
+        }
+    }
 }

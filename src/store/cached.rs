@@ -172,6 +172,8 @@ pub struct CacheStats {
     pub entries: usize,
     /// Unknown hashes remembered now.
     pub negative_entries: usize,
+    /// Backend lookups in flight now (each shared by all callers of its hash).
+    pub in_flight: usize,
     /// Lookups that were not answered from the cache.
     pub misses: u64,
     /// Queries sent to the backend (≤ misses, thanks to single flight).
@@ -314,6 +316,7 @@ impl<S> CachedStore<S> {
         CacheStats {
             entries: i.positive.len(),
             negative_entries: i.negative.len(),
+            in_flight: i.inflight().len(),
             misses: i.misses.load(Ordering::Relaxed),
             backend_lookups: i.backend_lookups.load(Ordering::Relaxed),
             invalidations: i.invalidations.load(Ordering::Relaxed),

@@ -19,6 +19,17 @@
 //! and only if the change commits, whoever makes it (this crate, another service, an admin in
 //! `psql`). [`PgInvalidations`] listens and turns them into [`Invalidation`]s.
 //!
+//! # How fast a revocation reaches every replica
+//!
+//! Measured by `tests/replicas.rs` (two `ApiKeyAuth` stacks, each over its own
+//! `CachedStore<PostgresStore>`, on one database; PostgreSQL 15 on localhost, 2 cores): from the
+//! revocation's commit on one replica to the first refusal on the other, 0.3–0.6 ms at best, a
+//! median of 2–3 ms and at worst 14 ms (those two include the test's 1 ms polling). So: well
+//! under a second, typically a few milliseconds plus the network's latency. If the listener's
+//! connection drops, it reconnects and the whole cache is dropped (about 10 ms after the
+//! connection was killed, in the same test); the cache TTL bounds only what is lost without the
+//! listener noticing.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use tower_api_key::{ApiKeyAuth, KeyManager};
@@ -263,13 +274,17 @@ impl PostgresStore {
     /// store's changes, for [`CachedStore::subscribe`](super::CachedStore::subscribe). Returns once
     /// the listener is connected and listening, so no change committed afterwards is missed.
     ///
-    /// It holds one dedicated connection (application name `tower-api-key-listener`). It
+    /// It holds one dedicated connection (application name `tower-api-key-listener:SCHEMA`). It
     /// reconnects by itself, with backoff (100 ms doubling to 5 s); after any reconnection it
     /// yields [`Invalidation::All`], since notifications sent meanwhile are lost.
     pub async fn invalidations(&self) -> Result<PgInvalidations, StoreError> {
         let schema = self.resolved_schema().await?;
-        let options = PgConnectOptions::clone(&self.pool.connect_options())
-            .application_name("tower-api-key-listener");
+        let mut app = format!("tower-api-key-listener:{schema}");
+        // application_name holds at most 63 bytes; the prefix is ASCII, so cut on a boundary.
+        while app.len() > 63 {
+            app.pop();
+        }
+        let options = PgConnectOptions::clone(&self.pool.connect_options()).application_name(&app);
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
