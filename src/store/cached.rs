@@ -1,41 +1,4 @@
 //! [`CachedStore`]: a read-through cache in front of any [`KeyStore`], with pushed invalidation.
-//!
-//! # What it caches
-//!
-//! - **Known keys** (positive entries), for [`CacheConfig::ttl`]. Revoked and expired records are
-//!   cached too: they carry their `revoked_at` / `expires_at`, and [`ApiKeyAuth`](crate::ApiKeyAuth)
-//!   refuses them from the cache without a round trip.
-//! - **Unknown hashes** (negative entries), for [`CacheConfig::negative_ttl`], in a map bounded by
-//!   [`CacheConfig::negative_capacity`]: a client repeating a made-up key reaches the backend once
-//!   per TTL, and a flood of distinct made-up keys cannot grow memory past the bound (when the map
-//!   is full, expired entries are swept and then arbitrary ones evicted, an eighth at a time).
-//! - Nothing else: errors are never cached, and `get`, `list`, `plan` and `touch_last_used` go
-//!   straight to the backend (management reads are always fresh).
-//!
-//! # Single flight
-//!
-//! Concurrent misses on one hash share one backend query: the first caller runs it, the others
-//! wait for its result. If the caller running it is cancelled (e.g. its request timed out), a
-//! waiter takes over.
-//!
-//! # Invalidation
-//!
-//! Writes through the cache ([`insert`](KeyStore::insert), [`revoke`](KeyStore::revoke),
-//! [`set_plan`](KeyStore::set_plan)) invalidate the local entries once the backend has accepted
-//! them. Changes made elsewhere (another replica, an admin script) arrive as [`Invalidation`]s from
-//! an [`InvalidationSource`] passed to [`CachedStore::subscribe`]: with the `postgres` feature,
-//! [`PgInvalidations`](crate::store::PgInvalidations) turns PostgreSQL `LISTEN/NOTIFY` into one.
-//! The TTL is only the fallback for notifications that are lost without the source noticing; a
-//! source that notices a gap (a reconnect, a lagging channel) sends [`Invalidation::All`].
-//!
-//! A lookup that was already in flight when an invalidation arrived does not fill the cache with
-//! its (possibly stale) answer, and lookups that start after the invalidation never join it.
-//!
-//! # Cost
-//!
-//! A hit is one lock-free map read, one clock read and an `Arc` clone, answered with a ready
-//! future: [`ApiKeyAuth`](crate::ApiKeyAuth) takes its synchronous fast path, exactly as with
-//! [`MemoryStore`](crate::MemoryStore). Only a miss allocates (one boxed future).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -184,7 +147,46 @@ pub struct CacheStats {
     pub resets: u64,
 }
 
-/// A read-through cache in front of a [`KeyStore`]; see the [module docs](self).
+/// A read-through cache in front of any [`KeyStore`], with pushed invalidation.
+///
+/// # What it caches
+///
+/// - **Known keys** (positive entries), for [`CacheConfig::ttl`]. Revoked and expired records are
+///   cached too: they carry their `revoked_at` / `expires_at`, and [`ApiKeyAuth`](crate::ApiKeyAuth)
+///   refuses them from the cache without a round trip.
+/// - **Unknown hashes** (negative entries), for [`CacheConfig::negative_ttl`], in a map bounded by
+///   [`CacheConfig::negative_capacity`]: a client repeating a made-up key reaches the backend once
+///   per TTL, and a flood of distinct made-up keys cannot grow memory past the bound (when the map
+///   is full, expired entries are swept and then arbitrary ones evicted, an eighth at a time).
+/// - Nothing else: errors are never cached, and `get`, `list`, `plan` and `touch_last_used` go
+///   straight to the backend (management reads are always fresh).
+///
+/// # Single flight
+///
+/// Concurrent misses on one hash share one backend query: the first caller runs it, the others
+/// wait for its result. If the caller running it is cancelled (e.g. its request timed out), a
+/// waiter takes over.
+///
+/// # Invalidation
+///
+/// Writes through the cache ([`insert`](KeyStore::insert), [`revoke`](KeyStore::revoke),
+/// [`set_plan`](KeyStore::set_plan)) invalidate the local entries once the backend has accepted
+/// them. Changes made elsewhere (another replica, an admin script) arrive as [`Invalidation`]s from
+/// an [`InvalidationSource`] passed to [`CachedStore::subscribe`]: with the `postgres` feature,
+/// `PgInvalidations` (in `store`) turns PostgreSQL `LISTEN/NOTIFY` into one.
+/// The TTL is only the fallback for notifications that are lost without the source noticing; a
+/// source that notices a gap (a reconnect, a lagging channel) sends [`Invalidation::All`].
+///
+/// A lookup that was already in flight when an invalidation arrived does not fill the cache with
+/// its (possibly stale) answer, and lookups that start after the invalidation never join it.
+///
+/// # Cost
+///
+/// A hit is one lock-free map read, one clock read and an `Arc` clone, answered with a ready
+/// future: [`ApiKeyAuth`](crate::ApiKeyAuth) takes its synchronous fast path, exactly as with
+/// [`MemoryStore`](crate::MemoryStore). Only a miss allocates (one boxed future).
+///
+/// # Example
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -238,7 +240,9 @@ struct Inner<S> {
     inflight: Mutex<HashMap<KeyHash, Flight, KeyHashBuilder>>,
     /// Bumped by every invalidation; a flight that saw it move does not fill the cache.
     epoch: AtomicU64,
-    sweeping: AtomicBool,
+    /// One sweeper at a time, per map.
+    sweeping_positive: AtomicBool,
+    sweeping_negative: AtomicBool,
     misses: AtomicU64,
     backend_lookups: AtomicU64,
     invalidations: AtomicU64,
@@ -263,7 +267,8 @@ impl<S: KeyStore> CachedStore<S> {
                 negative: papaya::HashMap::builder().hasher(KeyHashBuilder).build(),
                 inflight: Mutex::new(HashMap::with_hasher(KeyHashBuilder)),
                 epoch: AtomicU64::new(0),
-                sweeping: AtomicBool::new(false),
+                sweeping_positive: AtomicBool::new(false),
+                sweeping_negative: AtomicBool::new(false),
                 misses: AtomicU64::new(0),
                 backend_lookups: AtomicU64::new(0),
                 invalidations: AtomicU64::new(0),
@@ -285,8 +290,11 @@ impl<S: KeyStore> CachedStore<S> {
 
     /// Apply the invalidations of `source` as they arrive, on a spawned tokio task.
     ///
-    /// The task ends when the source ends or when the last clone of this cache is dropped. Must
-    /// be called within a tokio runtime.
+    /// The task ends when the source ends or when the last clone of this cache is dropped.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime (as `tokio::spawn` does).
     pub fn subscribe<I: InvalidationSource>(&self, mut source: I) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Inner<S>> = Arc::downgrade(&self.inner);
         let mut shutdown = self.inner.shutdown.subscribe();
@@ -306,6 +314,18 @@ impl<S: KeyStore> CachedStore<S> {
                 }
             }
         })
+    }
+}
+
+impl<S: KeyStore> CachedStore<S> {
+    /// The miss path, out of line: the flight's future is large, and building it inside
+    /// `find_by_hash` would make every hit pay for its stack frame.
+    #[inline(never)]
+    fn miss(&self, hash: &KeyHash) -> CachedLookup {
+        self.inner.misses.fetch_add(1, Ordering::Relaxed);
+        CachedLookup(LookupState::Pending(Box::pin(
+            self.inner.clone().load(*hash),
+        )))
     }
 }
 
@@ -392,14 +412,18 @@ impl<S> Inner<S> {
     fn bound_positive(&self, now: Timestamp) {
         let cap = self.config.capacity;
         if self.positive.len() > cap {
-            self.sweep(&self.positive, cap, |e| e.expires > now);
+            self.sweep(&self.positive, &self.sweeping_positive, cap, |e| {
+                e.expires > now
+            });
         }
     }
 
     fn bound_negative(&self, now: Timestamp) {
         let cap = self.config.negative_capacity;
         if self.negative.len() > cap {
-            self.sweep(&self.negative, cap, |expires| *expires > now);
+            self.sweep(&self.negative, &self.sweeping_negative, cap, |expires| {
+                *expires > now
+            });
         }
     }
 
@@ -409,10 +433,11 @@ impl<S> Inner<S> {
     fn sweep<V>(
         &self,
         map: &papaya::HashMap<KeyHash, V, KeyHashBuilder>,
+        sweeping: &AtomicBool,
         cap: usize,
         live: impl Fn(&V) -> bool,
     ) {
-        if self.sweeping.swap(true, Ordering::Acquire) {
+        if sweeping.swap(true, Ordering::Acquire) {
             return;
         }
         let guard = map.pin();
@@ -431,7 +456,7 @@ impl<S> Inner<S> {
             });
         }
         drop(guard);
-        self.sweeping.store(false, Ordering::Release);
+        sweeping.store(false, Ordering::Release);
     }
 }
 
@@ -538,8 +563,9 @@ fn share_error(e: Arc<StoreError>) -> StoreError {
 pub struct CachedLookup(LookupState);
 
 enum LookupState {
-    Ready(Option<LookupResult>),
+    Ready(LookupResult),
     Pending(BoxFuture<'static, LookupResult>),
+    Done,
 }
 
 impl fmt::Debug for CachedLookup {
@@ -547,6 +573,7 @@ impl fmt::Debug for CachedLookup {
         match self.0 {
             LookupState::Ready(_) => f.write_str("CachedLookup::Ready"),
             LookupState::Pending(_) => f.write_str("CachedLookup::Pending"),
+            LookupState::Done => f.write_str("CachedLookup::Done"),
         }
     }
 }
@@ -556,15 +583,20 @@ impl Future for CachedLookup {
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LookupResult> {
-        match &mut self.0 {
-            LookupState::Ready(result) => {
-                Poll::Ready(result.take().unwrap_or_else(|| {
-                    Err(StoreError::unavailable("lookup polled after completion"))
-                }))
-            }
-            LookupState::Pending(fut) => fut.as_mut().poll(cx),
+        if let LookupState::Pending(fut) = &mut self.0 {
+            return fut.as_mut().poll(cx);
+        }
+        match std::mem::replace(&mut self.0, LookupState::Done) {
+            LookupState::Ready(result) => Poll::Ready(result),
+            _ => Poll::Ready(polled_after_completion()),
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn polled_after_completion() -> LookupResult {
+    Err(StoreError::unavailable("lookup polled after completion"))
 }
 
 impl<S: KeyStore> KeyStore for CachedStore<S> {
@@ -576,17 +608,14 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         let now = inner.config.clock.now();
         if let Some(entry) = inner.positive.pin().get(hash) {
             if entry.expires > now {
-                return CachedLookup(LookupState::Ready(Some(Ok(Some(entry.stored.clone())))));
+                return CachedLookup(LookupState::Ready(Ok(Some(entry.stored.clone()))));
             }
         } else if let Some(expires) = inner.negative.pin().get(hash) {
             if *expires > now {
-                return CachedLookup(LookupState::Ready(Some(Ok(None))));
+                return CachedLookup(LookupState::Ready(Ok(None)));
             }
         }
-        inner.misses.fetch_add(1, Ordering::Relaxed);
-        CachedLookup(LookupState::Pending(Box::pin(
-            self.inner.clone().load(*hash),
-        )))
+        self.miss(hash)
     }
 
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
