@@ -27,6 +27,7 @@ struct Probe {
     calls: Arc<AtomicUsize>,
     gate: Arc<Semaphore>,
     fail: Arc<AtomicBool>,
+    hide: Arc<AtomicBool>,
 }
 
 impl Probe {
@@ -36,6 +37,7 @@ impl Probe {
             calls: Arc::default(),
             gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             fail: Arc::default(),
+            hide: Arc::default(),
         }
     }
 
@@ -66,10 +68,13 @@ impl KeyStore for Probe {
         let answer = self.inner.find_by_hash(hash);
         let gate = self.gate.clone();
         let fail = self.fail.load(Ordering::SeqCst);
+        let hide = self.hide.load(Ordering::SeqCst);
         Box::pin(async move {
             let _permit = gate.acquire().await;
             if fail {
                 Err(StoreError::unavailable("backend down"))
+            } else if hide {
+                Ok(None)
             } else {
                 answer.await
             }
@@ -504,4 +509,23 @@ async fn api_key_auth_over_a_cache_refuses_a_revoked_key() {
         status(svc.clone().oneshot(request()).await.unwrap()),
         StatusCode::UNAUTHORIZED
     );
+}
+
+#[tokio::test]
+async fn a_deleted_key_is_negatively_cached_after_its_entry_expires() {
+    let probe = Probe::new();
+    let (clock, time) = manual();
+    let cache = cached(&probe, clock);
+    let rec = inserted(&cache, "org_a").await;
+    cache.find_by_hash(&rec.hash).await.unwrap().unwrap();
+
+    time.advance(Duration::from_secs(31));
+    probe.hide.store(true, Ordering::SeqCst); // the row is gone from the backend
+    assert!(cache.find_by_hash(&rec.hash).await.unwrap().is_none());
+    assert_eq!(probe.calls(), 2);
+    assert!(
+        poll_once(&mut cache.find_by_hash(&rec.hash)).is_ready(),
+        "the expired positive entry does not shadow the negative one"
+    );
+    assert_eq!(probe.calls(), 2);
 }

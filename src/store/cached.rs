@@ -386,18 +386,21 @@ impl<S> Inner<S> {
         }
         let now = self.config.clock.now();
         match result {
-            Ok(Some(stored)) if stored.record.hash == *hash => {
+            Ok(Some(stored)) if stored.record.hash.ct_eq(hash) => {
                 let entry = Entry {
                     stored: stored.clone(),
                     expires: now.saturating_add(self.config.ttl),
                 };
                 self.positive.pin().insert(*hash, entry);
+                self.negative.pin().remove(hash);
                 self.bound_positive(now);
             }
             Ok(None) => {
                 self.negative
                     .pin()
                     .insert(*hash, now.saturating_add(self.config.negative_ttl));
+                // An expired positive entry would shadow the negative one.
+                self.positive.pin().remove(hash);
                 self.bound_negative(now);
             }
             // Errors are never cached; a record under another hash is not trusted.
