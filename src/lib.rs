@@ -38,6 +38,8 @@
 //! - [`KeyFormat`], [`ApiKey`], [`KeyHash`]: generating, checking and hashing keys.
 //! - [`KeyStore`] with [`MemoryStore`] (the embedded default); [`KeyManager`] to create, list,
 //!   revoke and rotate keys and set plans.
+//! - Durable and shared stores (features `sqlite`, `postgres`) and [`CachedStore`] in front of
+//!   them, with invalidation pushed between replicas; see [`store`].
 //! - [`ApiKeyAuth`]: the layer that authenticates and inserts a [`Principal`].
 //! - [`ScopeGuard`]: per-route scope checks, or a [`ScopeRules`] table for hyper and tonic.
 //! - [`LastUsedRecorder`]: when each key was last used, marked lock-free per request and written
@@ -50,6 +52,8 @@
 //! |---|---|
 //! | `axum` | `Principal` / `Option<Principal>` extractors |
 //! | `tonic` | [`PrincipalExt`](grpc::PrincipalExt) for `tonic::Request` |
+//! | `sqlite` | `store::SqliteStore`: embedded durable store (sqlx, bundled SQLite) |
+//! | `postgres` | `store::PostgresStore` and `store::PgInvalidations` (`LISTEN/NOTIFY`) |
 //!
 //! [tower]: https://docs.rs/tower
 #![deny(missing_docs)]
@@ -81,3 +85,4 @@ pub use principal::{InvalidScope, KeyId, OrgId, Plan, Principal, Quota, Scope, S
 pub use reject::{Rejection, Responder, ResponseBody};
 pub use scope::{Requirement, RuleMatch, ScopeGuard, ScopeGuardLayer, ScopeRules};
 pub use store::{BoxedStore, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey};
+pub use store::{CacheConfig, CachedStore, Invalidation};

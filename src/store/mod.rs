@@ -13,6 +13,17 @@
 //!
 //! For `dyn` users, [`DynKeyStore`] is object safe and [`BoxedStore`] turns an
 //! `Arc<dyn DynKeyStore>` back into a `KeyStore`.
+//!
+//! # Implementations
+//!
+//! | store | feature | for |
+//! |---|---|---|
+//! | [`MemoryStore`] | | the embedded default: nothing on disk |
+//! | `SqliteStore` | `sqlite` | embedded and durable: one process, one file |
+//! | `PostgresStore` | `postgres` | many replicas over one database |
+//! | [`CachedStore`] | | in front of a remote store: TTL, negative cache, single flight, pushed invalidation (`PgInvalidations`) |
+//!
+//! [`store_from_url`] picks one from a URL.
 
 use std::fmt;
 use std::future::Future;
@@ -25,9 +36,23 @@ use crate::clock::Timestamp;
 use crate::key::KeyHash;
 use crate::principal::{KeyId, OrgId, Plan, Scopes};
 
+mod cached;
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
+pub use cached::{
+    CacheConfig, CacheStats, CachedLookup, CachedStore, Invalidation, InvalidationSource,
+};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgInvalidations, PostgresStore, PostgresStoreBuilder};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 
 /// A boxed error from a store's driver.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -360,5 +385,53 @@ impl KeyStore for BoxedStore {
     }
     async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
         self.0.plan(org).await
+    }
+}
+
+/// The URL given to [`store_from_url`] is not supported (unknown scheme, or its feature is off).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unsupported key store URL {0:?}: use memory://, sqlite://PATH (feature `sqlite`) or postgres://.. (feature `postgres`)"
+)]
+pub struct UnsupportedStoreUrl(String);
+
+/// A store from a URL, migrated and ready: the way to let deployment configuration choose.
+///
+/// - `memory://` (or `memory:`): a [`MemoryStore`].
+/// - `sqlite://keys.db`, `sqlite::memory:` (feature `sqlite`): a `SqliteStore`, migrated.
+/// - `postgres://…` / `postgresql://…` (feature `postgres`): a `PostgresStore`, migrated, behind a
+///   [`CachedStore`] subscribed to its `LISTEN/NOTIFY` invalidations (default [`CacheConfig`]).
+///
+/// An unsupported URL fails with [`StoreError::Unavailable`] wrapping [`UnsupportedStoreUrl`]
+/// (the URL is not echoed elsewhere; it may hold a password, so do not log the error verbatim
+/// if your URLs do).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = tower_api_key::store::store_from_url("memory://").await?;
+/// let _layer = tower_api_key::ApiKeyAuth::new(store);
+/// # Ok::<(), tower_api_key::StoreError>(()) }).unwrap();
+/// ```
+pub async fn store_from_url(url: &str) -> Result<BoxedStore, StoreError> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        "memory" => Ok(BoxedStore::new(MemoryStore::new())),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => {
+            let store = SqliteStore::connect(url).await?;
+            store.migrate().await?;
+            Ok(BoxedStore::new(store))
+        }
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            let store = PostgresStore::connect(url).await?;
+            store.migrate().await?;
+            let cached = CachedStore::new(store.clone());
+            cached.subscribe(store.invalidations().await?);
+            Ok(BoxedStore::new(cached))
+        }
+        _ => Err(StoreError::unavailable(UnsupportedStoreUrl(
+            scheme.to_owned(),
+        ))),
     }
 }

@@ -1,6 +1,10 @@
 //! Shared fixtures for the integration tests.
 #![allow(dead_code)]
 
+pub mod contract;
+#[cfg(feature = "postgres")]
+pub mod pg;
+
 use std::convert::Infallible;
 use std::time::Duration;
 

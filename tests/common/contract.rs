@@ -1,0 +1,365 @@
+//! The `KeyStore` contract: one suite every store must pass.
+//!
+//! Each check uses organizations of its own (a random tag per run), so one store can run them
+//! all, and a shared database can run several suites at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_api_key::store::KeyStore;
+use tower_api_key::{
+    KeyFormat, KeyHash, KeyId, KeyRecord, OrgId, Plan, Quota, Scopes, StoreError, Timestamp,
+};
+
+/// An arbitrary instant with a sub-second part, so nanosecond precision is exercised.
+const T0: u64 = 1_700_000_000_123_456_789;
+
+pub fn at(offset_secs: u64) -> Timestamp {
+    Timestamp::from_unix_nanos(T0 + offset_secs * 1_000_000_000)
+}
+
+fn tag() -> String {
+    KeyId::generate().unwrap().as_str()[4..14].to_owned()
+}
+
+pub fn org(check: &str, tag: &str, n: u32) -> OrgId {
+    OrgId::from(format!("org_{check}_{tag}_{n}"))
+}
+
+/// A fresh record: new id, new random key hash.
+pub fn record(org: &OrgId, name: &str, created: Timestamp) -> KeyRecord {
+    let format = KeyFormat::live();
+    let key = format.generate().unwrap();
+    KeyRecord::new(
+        KeyId::generate().unwrap(),
+        org.clone(),
+        name.to_owned(),
+        key.hash(),
+        key.hint(&format),
+        Scopes::full_access(),
+        Arc::from("live"),
+        created,
+    )
+}
+
+fn unknown_hash() -> KeyHash {
+    KeyFormat::live().generate().unwrap().hash()
+}
+
+/// Equal in every stored field; `last_used_at` is left out (the request path may lag it).
+#[track_caller]
+pub fn assert_same(label: &str, got: &KeyRecord, want: &KeyRecord) {
+    assert_eq!(got.id, want.id, "{label}: id");
+    assert_eq!(got.org_id, want.org_id, "{label}: org_id");
+    assert_eq!(got.name, want.name, "{label}: name");
+    assert!(got.hash == want.hash, "{label}: hash");
+    assert_eq!(got.hint, want.hint, "{label}: hint");
+    assert_eq!(got.scopes, want.scopes, "{label}: scopes");
+    assert_eq!(got.environment, want.environment, "{label}: environment");
+    assert_eq!(got.created_at, want.created_at, "{label}: created_at");
+    assert_eq!(got.expires_at, want.expires_at, "{label}: expires_at");
+    assert_eq!(got.revoked_at, want.revoked_at, "{label}: revoked_at");
+    assert_eq!(got.rotated_from, want.rotated_from, "{label}: rotated_from");
+}
+
+/// Run every check against `store`.
+pub async fn run_all<S: KeyStore>(store: &S) {
+    insert_then_find_with_plan(store).await;
+    duplicates_are_refused(store).await;
+    list_is_per_org_newest_first(store).await;
+    revoke_is_forward_only_and_permanent(store).await;
+    touch_last_used_is_batched_forward_only(store).await;
+    plans_default_and_change(store).await;
+}
+
+pub async fn insert_then_find_with_plan<S: KeyStore>(store: &S) {
+    let t = tag();
+    let o = org("find", &t, 1);
+    let mut rec = record(&o, "ci-pipeline", at(0));
+    rec.scopes = Scopes::parse(["browser_sessions:create", "browser_sessions:*"]).unwrap();
+    rec.environment = Arc::from("test");
+    rec.expires_at = Some(at(90 * 24 * 3600));
+    rec.rotated_from = Some(KeyId::from("key_previous"));
+    let plain = record(&o, "plain", at(1));
+
+    assert!(
+        store.find_by_hash(&rec.hash).await.unwrap().is_none(),
+        "not there before insert"
+    );
+    store.insert(rec.clone()).await.unwrap();
+    store.insert(plain.clone()).await.unwrap();
+
+    let found = store
+        .find_by_hash(&rec.hash)
+        .await
+        .unwrap()
+        .expect("inserted key is found by its hash");
+    assert_same("find_by_hash", &found.record, &rec);
+    assert_eq!(found.plan, Plan::Free, "organizations default to Free");
+    let found_plain = store.find_by_hash(&plain.hash).await.unwrap().unwrap();
+    assert_same("full-access record", &found_plain.record, &plain);
+    assert!(found_plain.record.scopes.is_full_access());
+
+    let got = store.get(&rec.id).await.unwrap().expect("get by id");
+    assert_same("get", &got, &rec);
+    assert_eq!(got.last_used_at, None);
+
+    assert!(store.find_by_hash(&unknown_hash()).await.unwrap().is_none());
+    assert!(store.get(&KeyId::from("key_nope")).await.unwrap().is_none());
+}
+
+pub async fn duplicates_are_refused<S: KeyStore>(store: &S) {
+    let t = tag();
+    let o = org("dup", &t, 1);
+    let rec = record(&o, "first", at(0));
+    store.insert(rec.clone()).await.unwrap();
+
+    let again = store.insert(rec.clone()).await;
+    assert!(matches!(again, Err(StoreError::Duplicate)), "{again:?}");
+
+    let mut same_hash = record(&o, "same hash", at(1));
+    same_hash.hash = rec.hash;
+    let r = store.insert(same_hash).await;
+    assert!(matches!(r, Err(StoreError::Duplicate)), "same hash: {r:?}");
+
+    let mut same_id = record(&o, "same id", at(2));
+    same_id.id = rec.id.clone();
+    let r = store.insert(same_id.clone()).await;
+    assert!(matches!(r, Err(StoreError::Duplicate)), "same id: {r:?}");
+    assert!(
+        store.find_by_hash(&same_id.hash).await.unwrap().is_none(),
+        "a refused insert leaves nothing behind"
+    );
+
+    let listed = store.list(&o).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_same("original intact", &listed[0], &rec);
+}
+
+pub async fn list_is_per_org_newest_first<S: KeyStore>(store: &S) {
+    let t = tag();
+    let (a, b, empty) = (org("list", &t, 1), org("list", &t, 2), org("list", &t, 3));
+    let k1 = record(&a, "one", at(1));
+    let k3 = record(&a, "three", at(3));
+    let k2 = record(&a, "two", at(2));
+    let other = record(&b, "other", at(2));
+    for r in [&k1, &k3, &other, &k2] {
+        store.insert(r.clone()).await.unwrap();
+    }
+    let listed = store.list(&a).await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["three", "two", "one"], "newest first, own org only");
+    assert_same("listed record", &listed[0], &k3);
+    assert_eq!(store.list(&b).await.unwrap().len(), 1);
+    assert!(store.list(&empty).await.unwrap().is_empty());
+
+    // Same creation time: ordered by id, descending (a total, stable order).
+    let c = org("list", &t, 4);
+    let mut x = record(&c, "x", at(5));
+    let mut y = record(&c, "y", at(5));
+    x.id = KeyId::from(format!("key_{t}_A"));
+    y.id = KeyId::from(format!("key_{t}_b"));
+    store.insert(x).await.unwrap();
+    store.insert(y).await.unwrap();
+    let ids: Vec<String> = store
+        .list(&c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.to_string())
+        .collect();
+    assert_eq!(ids, [format!("key_{t}_b"), format!("key_{t}_A")]);
+}
+
+pub async fn revoke_is_forward_only_and_permanent<S: KeyStore>(store: &S) {
+    let t = tag();
+    let o = org("revoke", &t, 1);
+    let rec = record(&o, "doomed", at(0));
+    let bystander = record(&o, "bystander", at(0));
+    store.insert(rec.clone()).await.unwrap();
+    store.insert(bystander.clone()).await.unwrap();
+    // Warm any cache: the revocation must still be seen.
+    assert!(store.find_by_hash(&rec.hash).await.unwrap().is_some());
+
+    let revoked = store
+        .revoke(&rec.id, at(10))
+        .await
+        .unwrap()
+        .expect("known key");
+    assert_eq!(revoked.revoked_at, Some(at(10)));
+    let found = store.find_by_hash(&rec.hash).await.unwrap().unwrap();
+    assert_eq!(found.record.revoked_at, Some(at(10)));
+    assert!(found.record.is_revoked(at(10)));
+    // Not yet revoked before its time, allowing for the clock-skew leeway.
+    let before = at(10).saturating_sub(KeyRecord::REVOCATION_LEEWAY + Duration::from_secs(1));
+    assert!(!found.record.is_revoked(before));
+
+    let later = store.revoke(&rec.id, at(20)).await.unwrap().unwrap();
+    assert_eq!(
+        later.revoked_at,
+        Some(at(10)),
+        "a later revocation changes nothing"
+    );
+    let earlier = store.revoke(&rec.id, at(5)).await.unwrap().unwrap();
+    assert_eq!(
+        earlier.revoked_at,
+        Some(at(5)),
+        "the earliest revocation wins"
+    );
+
+    assert!(
+        store
+            .revoke(&KeyId::from("key_nope"), at(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Nothing else un-revokes it.
+    store
+        .touch_last_used(&[(rec.id.clone(), at(30))])
+        .await
+        .unwrap();
+    store.set_plan(&o, Plan::Paid).await.unwrap();
+    assert_eq!(
+        store.get(&rec.id).await.unwrap().unwrap().revoked_at,
+        Some(at(5))
+    );
+    assert_eq!(
+        store
+            .find_by_hash(&rec.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .revoked_at,
+        Some(at(5))
+    );
+    let other = store.find_by_hash(&bystander.hash).await.unwrap().unwrap();
+    assert_eq!(
+        other.record.revoked_at, None,
+        "only the revoked key changed"
+    );
+}
+
+pub async fn touch_last_used_is_batched_forward_only<S: KeyStore>(store: &S) {
+    let t = tag();
+    let o = org("touch", &t, 1);
+    let k1 = record(&o, "k1", at(0));
+    let k2 = record(&o, "k2", at(1));
+    let idle = record(&o, "idle", at(2));
+    for r in [&k1, &k2, &idle] {
+        store.insert(r.clone()).await.unwrap();
+    }
+    let unknown = KeyId::from(format!("key_{t}_unknown"));
+
+    store.touch_last_used(&[]).await.unwrap();
+    store
+        .touch_last_used(&[
+            (k1.id.clone(), at(10)),
+            (k2.id.clone(), at(20)),
+            (unknown.clone(), at(30)),
+        ])
+        .await
+        .unwrap();
+    let last = |r: Option<KeyRecord>| r.unwrap().last_used_at;
+    assert_eq!(last(store.get(&k1.id).await.unwrap()), Some(at(10)));
+    assert_eq!(last(store.get(&k2.id).await.unwrap()), Some(at(20)));
+    assert_eq!(last(store.get(&idle.id).await.unwrap()), None);
+    assert!(
+        store.get(&unknown).await.unwrap().is_none(),
+        "unknown ids are ignored, not created"
+    );
+
+    store
+        .touch_last_used(&[(k1.id.clone(), at(5))])
+        .await
+        .unwrap();
+    assert_eq!(
+        last(store.get(&k1.id).await.unwrap()),
+        Some(at(10)),
+        "forward only"
+    );
+
+    store
+        .touch_last_used(&[(k1.id.clone(), at(15)), (k1.id.clone(), at(12))])
+        .await
+        .unwrap();
+    assert_eq!(
+        last(store.get(&k1.id).await.unwrap()),
+        Some(at(15)),
+        "the latest of a batch wins"
+    );
+
+    let listed = store.list(&o).await.unwrap();
+    let by_name = |n: &str| listed.iter().find(|r| r.name == n).unwrap().last_used_at;
+    assert_eq!(by_name("k1"), Some(at(15)), "list shows last-used times");
+    assert_eq!(by_name("k2"), Some(at(20)));
+    assert_eq!(by_name("idle"), None);
+}
+
+pub async fn plans_default_and_change<S: KeyStore>(store: &S) {
+    let t = tag();
+    let (o, other, fresh) = (org("plan", &t, 1), org("plan", &t, 2), org("plan", &t, 3));
+    let rec = record(&o, "k", at(0));
+    let rec_other = record(&other, "k", at(0));
+    store.insert(rec.clone()).await.unwrap();
+    store.insert(rec_other.clone()).await.unwrap();
+
+    assert_eq!(store.plan(&o).await.unwrap(), Plan::Free);
+    assert_eq!(
+        store.find_by_hash(&rec.hash).await.unwrap().unwrap().plan,
+        Plan::Free
+    );
+
+    store.set_plan(&o, Plan::Paid).await.unwrap();
+    assert_eq!(store.plan(&o).await.unwrap(), Plan::Paid);
+    assert_eq!(
+        store.find_by_hash(&rec.hash).await.unwrap().unwrap().plan,
+        Plan::Paid,
+        "the next lookup carries the new plan"
+    );
+
+    let quota = Quota {
+        requests: 25_000,
+        period: Duration::from_secs(60),
+        concurrent_sessions: 500,
+    };
+    store.set_plan(&o, Plan::Enterprise(quota)).await.unwrap();
+    assert_eq!(store.plan(&o).await.unwrap(), Plan::Enterprise(quota));
+    assert_eq!(
+        store.find_by_hash(&rec.hash).await.unwrap().unwrap().plan,
+        Plan::Enterprise(quota)
+    );
+
+    assert_eq!(
+        store.plan(&other).await.unwrap(),
+        Plan::Free,
+        "other orgs untouched"
+    );
+    assert_eq!(
+        store
+            .find_by_hash(&rec_other.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .plan,
+        Plan::Free
+    );
+
+    // A plan set before the org has any key applies to keys created later.
+    store.set_plan(&fresh, Plan::Paid).await.unwrap();
+    let later = record(&fresh, "later", at(1));
+    store.insert(later.clone()).await.unwrap();
+    assert_eq!(
+        store.find_by_hash(&later.hash).await.unwrap().unwrap().plan,
+        Plan::Paid
+    );
+
+    store.set_plan(&o, Plan::Free).await.unwrap();
+    assert_eq!(
+        store.plan(&o).await.unwrap(),
+        Plan::Free,
+        "plans can go down too"
+    );
+}
