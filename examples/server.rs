@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --example server                 # 127.0.0.1:3000, in-memory store, /dev/seed on
 //! cargo run --example server -- --addr 127.0.0.1:8080 --no-dev-seed
+//! cargo run --example server --features sqlite -- --store sqlite://keys.db
+//! cargo run --example server --features postgres -- --store postgres://postgres@127.0.0.1/test
 //! RUST_LOG=tower_api_key=debug cargo run --example server
 //! ```
 //!
@@ -30,8 +32,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tower_api_key::last_used::LastUsedRecorderLayer;
+use tower_api_key::store::store_from_url;
 use tower_api_key::{
-    ApiKeyAuth, KeyId, KeyManager, ManageError, MemoryStore, NewKey, OrgId, Plan, Principal,
+    ApiKeyAuth, BoxedStore, KeyId, KeyManager, ManageError, NewKey, OrgId, Plan, Principal,
     Rotation, ScopeGuard, Scopes, Timestamp,
 };
 
@@ -145,7 +149,8 @@ struct Session {
 
 #[derive(Clone)]
 struct AppState {
-    manager: KeyManager<MemoryStore>,
+    manager: KeyManager<BoxedStore>,
+    recorder: LastUsedRecorderLayer<BoxedStore>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     requests: Arc<Mutex<HashMap<OrgId, u64>>>,
 }
@@ -470,12 +475,23 @@ async fn dev_seed(
 struct Options {
     addr: SocketAddr,
     dev_seed: bool,
+    store: String,
+    flush_interval: Duration,
 }
+
+const USAGE: &str = "usage: server [--addr HOST:PORT] [--store URL] [--no-dev-seed] [--flush-interval-ms N]
+
+  --addr               where to listen (default 127.0.0.1:3000; port 0 picks a free one)
+  --store              memory:// (default), sqlite://FILE (feature sqlite), postgres://… (feature postgres)
+  --no-dev-seed        turn off POST /dev/seed
+  --flush-interval-ms  how often last-used times are written to the store (default 5000)";
 
 fn options() -> Result<Options, String> {
     let mut opts = Options {
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         dev_seed: true,
+        store: "memory://".to_owned(),
+        flush_interval: Duration::from_secs(5),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -487,9 +503,19 @@ fn options() -> Result<Options, String> {
                 opts.addr = v.parse().map_err(|e| format!("bad --addr {v:?}: {e}"))?;
             }
             "--no-dev-seed" => opts.dev_seed = false,
-            "-h" | "--help" => {
-                return Err("usage: server [--addr HOST:PORT] [--no-dev-seed]".to_owned());
+            "--store" => {
+                opts.store = args
+                    .next()
+                    .ok_or("--store needs a URL: memory://, sqlite://FILE, postgres://…")?;
             }
+            "--flush-interval-ms" => {
+                let v = args.next().ok_or("--flush-interval-ms needs a number")?;
+                let ms: u64 = v
+                    .parse()
+                    .map_err(|e| format!("bad --flush-interval-ms {v:?}: {e}"))?;
+                opts.flush_interval = Duration::from_millis(ms.max(1));
+            }
+            "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
     }
@@ -552,6 +578,7 @@ fn app(state: AppState, with_dev_seed: bool) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(state.recorder.clone())
         .layer(ApiKeyAuth::new(store));
 
     let mut open = Router::new().route("/healthz", get(|| async { Json(json!({"status": "ok"})) }));
@@ -576,9 +603,18 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let store = MemoryStore::new();
+    let store = match store_from_url(&opts.store).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot open store {:?}: {e}", opts.store);
+            std::process::exit(1);
+        }
+    };
+    let recorder = LastUsedRecorderLayer::new(store.clone());
+    let flusher = recorder.spawn_flusher(opts.flush_interval);
     let state = AppState {
         manager: KeyManager::new(store),
+        recorder,
         sessions: Arc::default(),
         requests: Arc::default(),
     };
@@ -601,10 +637,14 @@ async fn main() {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };
-    if let Err(e) = axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
-    {
+        .await;
+    // Nothing lost: every key used before the shutdown has its last-used time written.
+    if let Err(e) = flusher.shutdown().await {
+        eprintln!("could not flush last-used times: {e}");
+    }
+    if let Err(e) = served {
         eprintln!("server error: {e}");
         std::process::exit(1);
     }

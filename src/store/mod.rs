@@ -420,7 +420,9 @@ pub async fn store_from_url(url: &str) -> Result<BoxedStore, StoreError> {
         "sqlite" => {
             let store = SqliteStore::connect(url).await?;
             store.migrate().await?;
-            Ok(BoxedStore::new(store))
+            // Cached so the request path shares one record per key (and so the last-used
+            // recorder queues each key once per interval, not once per request).
+            Ok(BoxedStore::new(CachedStore::new(store)))
         }
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => {
