@@ -40,6 +40,8 @@
 //!   revoke and rotate keys and set plans.
 //! - [`ApiKeyAuth`]: the layer that authenticates and inserts a [`Principal`].
 //! - [`ScopeGuard`]: per-route scope checks, or a [`ScopeRules`] table for hyper and tonic.
+//! - [`OrgRateLimit`]: per-organization GCRA by plan with `X-RateLimit-*` headers, and
+//!   [`SessionQuota`] for concurrent-session leases ([`rate_limit`]).
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
 //!
 //! ## Features
@@ -59,6 +61,7 @@ mod future;
 pub mod key;
 pub mod manage;
 pub mod principal;
+pub mod rate_limit;
 pub mod reject;
 pub mod scope;
 pub mod store;
@@ -74,6 +77,10 @@ pub use future::GuardFuture;
 pub use key::{ApiKey, KeyFormat, KeyFormats, KeyHash, MalformedKey};
 pub use manage::{CreatedKey, KeyManager, ManageError, NewKey, Rotation};
 pub use principal::{InvalidScope, KeyId, OrgId, Plan, Principal, Quota, Scope, Scopes};
+pub use rate_limit::{
+    Cost, MemoryRateLimiter, MemorySessions, OrgRateLimit, OrgRateLimitLayer, QuotaPolicy,
+    RateLimitBackend, SessionError, SessionLease, SessionQuota,
+};
 pub use reject::{Rejection, Responder, ResponseBody};
 pub use scope::{Requirement, RuleMatch, ScopeGuard, ScopeGuardLayer, ScopeRules};
 pub use store::{BoxedStore, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey};
