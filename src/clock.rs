@@ -76,7 +76,11 @@ impl Timestamp {
     /// Truncate to a multiple of `granularity` (no-op for a zero granularity).
     pub fn truncate(self, granularity: Duration) -> Self {
         let g = duration_nanos(granularity);
-        if g == 0 { self } else { Self(self.0 - self.0 % g) }
+        if g == 0 {
+            self
+        } else {
+            Self(self.0 - self.0 % g)
+        }
     }
 }
 

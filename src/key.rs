@@ -309,9 +309,7 @@ impl KeyFormats {
 
     /// The format issuing keys for `environment`, if any.
     pub fn for_environment(&self, environment: &str) -> Option<&KeyFormat> {
-        self.formats
-            .iter()
-            .find(|f| &*f.environment == environment)
+        self.formats.iter().find(|f| &*f.environment == environment)
     }
 
     /// Check `key` against every accepted format; the error of the format whose prefix matched

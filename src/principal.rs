@@ -484,7 +484,9 @@ mod tests {
         ] {
             assert!(Scope::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ":", "a:", ":a", "a b", "a:*:b", "*:read", "a:**", "a:b*"] {
+        for bad in [
+            "", ":", "a:", ":a", "a b", "a:*:b", "*:read", "a:**", "a:b*",
+        ] {
             assert!(Scope::new(bad).is_err(), "{bad}");
         }
     }

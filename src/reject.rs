@@ -264,7 +264,10 @@ impl Rejection {
         let mut res = Response::new(Bytes::new());
         let h = res.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert("grpc-status", HeaderValue::from(u16::from(self.grpc_status())));
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
         if let Ok(v) = HeaderValue::from_str(&percent_encode(&self.message())) {
             h.insert("grpc-message", v);
         }
@@ -521,7 +524,10 @@ mod tests {
     #[test]
     fn grpc_rendering() {
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
         let res = Rejection::InsufficientScope {
             required: "a:b".into(),
         }

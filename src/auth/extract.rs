@@ -47,7 +47,10 @@ pub fn parse_bearer(value: &[u8]) -> Option<&str> {
 }
 
 /// The candidate key of a request: `Authorization: Bearer` first, then the custom header.
-pub(crate) fn credential<'a>(headers: &'a HeaderMap, custom: Option<&HeaderName>) -> Credential<'a> {
+pub(crate) fn credential<'a>(
+    headers: &'a HeaderMap,
+    custom: Option<&HeaderName>,
+) -> Credential<'a> {
     let mut auth = headers.get_all(AUTHORIZATION).iter();
     if let Some(first) = auth.next() {
         if auth.next().is_some() {
@@ -56,8 +59,8 @@ pub(crate) fn credential<'a>(headers: &'a HeaderMap, custom: Option<&HeaderName>
         if let Some(token) = parse_bearer(first.as_bytes()) {
             return Credential::Key(token);
         }
-        let is_bearer_scheme = first.as_bytes().len() >= 6
-            && first.as_bytes()[..6].eq_ignore_ascii_case(b"bearer");
+        let is_bearer_scheme =
+            first.as_bytes().len() >= 6 && first.as_bytes()[..6].eq_ignore_ascii_case(b"bearer");
         if is_bearer_scheme {
             // `Bearer` with an empty or unparsable token: a key was attempted.
             return Credential::Bad;

@@ -97,7 +97,11 @@ pub(crate) struct Shared<St> {
 
 impl<St> Shared<St> {
     /// Turn a lookup result into a principal or a rejection, logging the decision.
-    pub(crate) fn decide(&self, result: LookupResult, hash: &KeyHash) -> Result<Principal, Rejection> {
+    pub(crate) fn decide(
+        &self,
+        result: LookupResult,
+        hash: &KeyHash,
+    ) -> Result<Principal, Rejection> {
         let stored = match result {
             Ok(Some(stored)) if stored.record.hash.ct_eq(hash) => stored,
             Ok(_) => return Err(self.invalid(InvalidKey::Unknown, None)),

@@ -10,7 +10,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{Draft, Figures, RateLimitBackend, Shared};
+use super::{Draft, Figures, Outcome, RateLimitBackend, Shared};
 use crate::auth::polled_after_completion;
 use crate::principal::Principal;
 use crate::reject::ResponseBody;
@@ -124,11 +124,11 @@ where
                     };
                     let principal = req.extensions().get::<Principal>();
                     match shared.outcome(result, principal, draft, req.headers()) {
-                        Ok(figures) => {
+                        Outcome::Admit(figures) => {
                             let fut = inner.call(req);
                             state.set(State::Inner { fut, figures });
                         }
-                        Err(res) => state.set(State::Rejected { res: Some(res) }),
+                        Outcome::Refuse(res) => state.set(State::Rejected { res: Some(res) }),
                     }
                 }
                 StateProj::Inner { fut, figures } => {

@@ -430,7 +430,11 @@ mod tests {
                 (true, self.credit / self.t, 0)
             } else {
                 let wait = need - self.credit;
-                (false, self.credit / self.t, wait.div_ceil(NANOS_PER_SEC).max(1))
+                (
+                    false,
+                    self.credit / self.t,
+                    wait.div_ceil(NANOS_PER_SEC).max(1),
+                )
             }
         }
     }

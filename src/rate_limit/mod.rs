@@ -32,23 +32,30 @@
 //! # Example
 //!
 //! ```
-//! use axum::{Router, routing::{delete, post}, extract::{Path, State}, http::HeaderMap};
-//! use axum::response::{IntoResponse, Response};
 //! use std::time::Duration;
+//! use axum::{Router, body::Body, extract::{Path, Request, State}, routing::{delete, post}};
+//! use axum::response::{IntoResponse, Response};
 //! use tower_api_key::{ApiKeyAuth, MemoryStore, OrgRateLimit, Principal, SessionQuota};
 //!
-//! async fn create_session(State(sessions): State<SessionQuota>, p: Principal) -> Response {
+//! // With the `axum` feature, take `p: Principal` as an extractor and return
+//! // `SessionError` directly (it is `IntoResponse`).
+//! async fn create_session(State(sessions): State<SessionQuota>, req: Request) -> Response {
+//!     let p = req.extensions().get::<Principal>().expect("behind ApiKeyAuth");
 //!     let id = "sess_123"; // the id your service gives the new session
-//!     match sessions.acquire(&p, id, Duration::from_secs(300)).await {
+//!     match sessions.acquire(p, id, Duration::from_secs(300)).await {
 //!         Ok(lease) => format!("created {}", lease.session_id()).into_response(),
-//!         // 429 session_limit_exceeded + Retry-After, problem+json (feature `axum`)
-//!         Err(refused) => refused.into_response(),
+//!         // 429 session_limit_exceeded + Retry-After, problem+json
+//!         Err(e) => match e.rejection() {
+//!             Some(r) => r.problem_response("api").map(Body::from),
+//!             None => "not found".into_response(),
+//!         },
 //!     }
 //! }
 //!
 //! async fn delete_session(
-//!     State(sessions): State<SessionQuota>, p: Principal, Path(id): Path<String>,
+//!     State(sessions): State<SessionQuota>, Path(id): Path<String>, req: Request,
 //! ) -> &'static str {
+//!     let p = req.extensions().get::<Principal>().expect("behind ApiKeyAuth");
 //!     let _ = sessions.release(p.org_id(), &id).await;
 //!     "deleted"
 //! }
@@ -58,7 +65,7 @@
 //!     .route("/v1/sessions", post(create_session))
 //!     .route("/v1/sessions/{id}", delete(delete_session))
 //!     .with_state(SessionQuota::new())
-//!     // Outermost last: ApiKeyAuth runs first, then the rate limit.
+//!     // The last layer added runs first: ApiKeyAuth, then the rate limit.
 //!     .layer(OrgRateLimit::new())
 //!     .layer(ApiKeyAuth::new(store));
 //! ```
@@ -85,6 +92,7 @@
 mod backend;
 mod future;
 pub mod gcra;
+mod headers;
 mod memory;
 mod sessions;
 
@@ -119,7 +127,9 @@ const PAID: Gcra = Gcra::from_quota(&Plan::Paid.quota());
 /// [`QuotaPolicy::new`] to compute quotas otherwise (a promotion, an override table). The
 /// policy runs on every request, so keep it cheap; it sees the organization's current plan.
 #[derive(Clone, Default)]
-pub struct QuotaPolicy(Option<Arc<dyn Fn(&Principal) -> Quota + Send + Sync>>);
+pub struct QuotaPolicy(Option<Arc<PolicyFn>>);
+
+type PolicyFn = dyn Fn(&Principal) -> Quota + Send + Sync;
 
 impl fmt::Debug for QuotaPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -218,12 +228,9 @@ pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 impl Figures {
     #[inline]
     pub(crate) fn write(&self, headers: &mut HeaderMap) {
-        self.info.write_headers(headers);
+        headers::write_info(&self.info, headers);
         if let Some(d) = &self.draft {
-            let policy = format!(
-                "\"{}\";q={};w={}",
-                d.policy, self.info.limit, d.window_secs
-            );
+            let policy = format!("\"{}\";q={};w={}", d.policy, self.info.limit, d.window_secs);
             let state = format!(
                 "\"{}\";r={};t={}",
                 d.policy,
@@ -240,6 +247,14 @@ impl Figures {
     }
 }
 
+/// What to do with a request once the backend answered.
+pub(crate) enum Outcome {
+    /// Call the inner service; add these headers to its response.
+    Admit(Option<Figures>),
+    /// Answer with this refusal.
+    Refuse(Response<Bytes>),
+}
+
 impl<B> Shared<B> {
     /// Turn a backend answer into the figures to add, or a rendered refusal.
     pub(crate) fn outcome(
@@ -248,16 +263,18 @@ impl<B> Shared<B> {
         principal: Option<&Principal>,
         draft: Option<Draft>,
         request_headers: &HeaderMap,
-    ) -> Result<Option<Figures>, Response<Bytes>> {
+    ) -> Outcome {
         let org = principal.map(|p| p.org_id().as_str()).unwrap_or_default();
         match result {
-            Ok(d) if d.allowed => Ok(Some(Figures {
+            Ok(d) if d.allowed => Outcome::Admit(Some(Figures {
                 info: d.info,
                 draft,
             })),
             Ok(d) => {
                 tracing::debug!(
-                    org_id = org, limit = d.info.limit, retry_after = d.info.retry_after,
+                    org_id = org,
+                    limit = d.info.limit,
+                    retry_after = d.info.retry_after,
                     "rate limit exceeded"
                 );
                 let mut res = self
@@ -271,16 +288,16 @@ impl<B> Shared<B> {
                     }
                     .write(res.headers_mut());
                 }
-                Err(res)
+                Outcome::Refuse(res)
             }
             Err(error) => match self.on_error {
                 OnBackendError::FailOpen => {
                     tracing::warn!(%error, org_id = org, "rate-limit backend failed; request let through");
-                    Ok(None)
+                    Outcome::Admit(None)
                 }
                 OnBackendError::FailClosed => {
                     tracing::warn!(%error, org_id = org, "rate-limit backend failed; answering 503");
-                    Err(self.responder.respond(
+                    Outcome::Refuse(self.responder.respond(
                         &Rejection::StoreUnavailable {
                             retry_after: self.unavailable_retry_after,
                         },
@@ -499,8 +516,8 @@ where
         match Pin::new(&mut check).poll(&mut noop) {
             Poll::Ready(result) => {
                 match shared.outcome(result, Some(principal), draft, req.headers()) {
-                    Ok(figures) => ResponseFuture::inner(self.inner.call(req), figures),
-                    Err(res) => ResponseFuture::rejected(res),
+                    Outcome::Admit(figures) => ResponseFuture::inner(self.inner.call(req), figures),
+                    Outcome::Refuse(res) => ResponseFuture::rejected(res),
                 }
             }
             Poll::Pending => {

@@ -628,7 +628,8 @@ mod tests {
         let m = MemorySessions::new();
         let org = OrgId::from("org");
         for i in 0..3 {
-            m.acquire_sync(&org, &format!("s{i}"), 3, LEASE, t(0)).unwrap();
+            m.acquire_sync(&org, &format!("s{i}"), 3, LEASE, t(0))
+                .unwrap();
         }
         // Re-acquiring a held id takes no second slot.
         let again = m.acquire_sync(&org, "s0", 3, LEASE, t(10)).unwrap();

@@ -208,7 +208,12 @@ impl ScopeRules {
     }
 
     /// Requests with `method` on a path matching `path` need `requirement`.
-    pub fn route(mut self, method: Method, path: &str, requirement: impl Into<Requirement>) -> Self {
+    pub fn route(
+        mut self,
+        method: Method,
+        path: &str,
+        requirement: impl Into<Requirement>,
+    ) -> Self {
         self.rules.push(Rule {
             method: Some(method),
             pattern: Pattern::parse(path),
@@ -315,6 +320,9 @@ mod tests {
         assert!(Requirement::all_of(["a:read", "b:x"]).is_met(&held));
         assert!(!Requirement::all_of(["a:read", "c:x"]).is_met(&held));
         assert!(Requirement::any_of(["c:x", "a:read"]).is_met(&held));
-        assert_eq!(Requirement::any_of(["c:x", "a:read"]).describe(), "c:x a:read");
+        assert_eq!(
+            Requirement::any_of(["c:x", "a:read"]).describe(),
+            "c:x a:read"
+        );
     }
 }
