@@ -137,6 +137,14 @@ impl Gcra {
         Duration::from_nanos(self.period)
     }
 
+    pub(crate) const fn interval_nanos(&self) -> u64 {
+        self.interval
+    }
+
+    pub(crate) const fn capacity_nanos(&self) -> u64 {
+        self.capacity
+    }
+
     /// Decide a request costing `cost` cells at `now`, given the organization's `tat`.
     ///
     /// Pure: the caller stores [`Decision::tat`] if it wants the decision to count (a backend
