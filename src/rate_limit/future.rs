@@ -38,7 +38,9 @@ pin_project! {
     {
         Checking {
             check: B::Check,
-            pending: Option<Pending<S, B, ReqBody>>,
+            // Boxed: only remote backends get here, and the round trip dwarfs the allocation,
+            // while an unboxed request would make every response future larger.
+            pending: Option<Box<Pending<S, B, ReqBody>>>,
         },
         Inner {
             #[pin]
@@ -85,12 +87,12 @@ where
         Self {
             state: State::Checking {
                 check,
-                pending: Some(Pending {
+                pending: Some(Box::new(Pending {
                     req,
                     inner,
                     shared,
                     draft,
-                }),
+                })),
             },
         }
     }
@@ -113,15 +115,15 @@ where
                         Poll::Pending => return Poll::Pending,
                     };
                     // `pending` is `Some` until here; the state changes below.
-                    let Some(Pending {
+                    let Some(pending) = pending.take() else {
+                        return Poll::Ready(Ok(polled_after_completion()));
+                    };
+                    let Pending {
                         req,
                         mut inner,
                         shared,
                         draft,
-                    }) = pending.take()
-                    else {
-                        return Poll::Ready(Ok(polled_after_completion()));
-                    };
+                    } = *pending;
                     let principal = req.extensions().get::<Principal>();
                     match shared.outcome(result, principal, draft, req.headers()) {
                         Outcome::Admit(figures) => {

@@ -4,7 +4,8 @@
 //! Small numbers (limits and remaining counts up to 9,999) come from one table of digits built
 //! once (39 KB, never freed) as `'static` values. Larger ones (Unix times, enterprise quotas) are
 //! formatted into a per-thread 4 KB chunk that each value shares by reference count, so one
-//! allocation serves a few hundred values.
+//! allocation serves a few hundred values; the reset time, which changes about once a second,
+//! is also remembered per thread.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -57,6 +58,25 @@ const CHUNK: usize = 4096;
 
 thread_local! {
     static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    static LAST_RESET: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// The value of a Unix time: the same as the thread's previous one most of the time.
+#[inline]
+fn reset_value(secs: u64) -> HeaderValue {
+    LAST_RESET
+        .try_with(|cell| {
+            let mut last = cell.borrow_mut();
+            match &*last {
+                Some((s, v)) if *s == secs => v.clone(),
+                _ => {
+                    let v = int_value(secs);
+                    *last = Some((secs, v.clone()));
+                    v
+                }
+            }
+        })
+        .unwrap_or_else(|_| int_value(secs))
 }
 
 /// `n` in decimal, into a buffer; returns the digits.
@@ -97,7 +117,7 @@ fn arena_value(n: u64) -> HeaderValue {
 pub(crate) fn write_info(info: &RateLimitInfo, headers: &mut HeaderMap) {
     headers.insert(X_RATELIMIT_LIMIT, int_value(info.limit));
     headers.insert(X_RATELIMIT_REMAINING, int_value(info.remaining));
-    headers.insert(X_RATELIMIT_RESET, int_value(info.reset));
+    headers.insert(X_RATELIMIT_RESET, reset_value(info.reset));
 }
 
 #[cfg(test)]
@@ -110,6 +130,14 @@ mod tests {
             assert_eq!(int_value(n).to_str().unwrap(), n.to_string(), "{n}");
         }
         assert_eq!(digits().len(), 38_890);
+    }
+
+    #[test]
+    fn reset_cache_follows_the_value() {
+        assert_eq!(reset_value(1_700_000_060), "1700000060");
+        assert_eq!(reset_value(1_700_000_060), "1700000060");
+        assert_eq!(reset_value(1_700_000_061), "1700000061");
+        assert_eq!(reset_value(7), "7");
     }
 
     #[test]

@@ -197,9 +197,7 @@ impl MemoryRateLimiter {
         let floor = floor.max(1);
         Self {
             inner: Arc::new(Inner {
-                orgs: papaya::HashMap::builder()
-                    .hasher(Hasher::default())
-                    .build(),
+                orgs: papaya::HashMap::builder().hasher(Hasher::default()).build(),
                 next_sweep: AtomicUsize::new(floor),
                 sweep_floor: floor,
                 stripes: stripes.clamp(1, MAX_STRIPES),
