@@ -80,6 +80,12 @@ fn bench_check(c: &mut Criterion) {
     g.finish();
 }
 
+/// From the first thread's start to the last one's end.
+fn span(times: impl Iterator<Item = (Instant, Instant)>) -> Duration {
+    let (starts, ends): (Vec<_>, Vec<_>) = times.unzip();
+    *ends.iter().max().unwrap() - *starts.iter().min().unwrap()
+}
+
 /// Run `op` `iters` times on each of `threads` threads started together; wall time.
 fn run_threads<F: Fn() + Sync>(threads: usize, iters: u64, op: F) -> Duration {
     let barrier = Barrier::new(threads + 1);
@@ -89,21 +95,16 @@ fn run_threads<F: Fn() + Sync>(threads: usize, iters: u64, op: F) -> Duration {
                 let (barrier, op) = (&barrier, &op);
                 s.spawn(move || {
                     barrier.wait();
+                    let start = Instant::now();
                     for _ in 0..iters {
                         op();
                     }
-                    Instant::now()
+                    (start, Instant::now())
                 })
             })
             .collect();
         barrier.wait();
-        let start = Instant::now();
-        let end = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .max()
-            .unwrap();
-        end - start
+        span(handles.into_iter().map(|h| h.join().unwrap()))
     })
 }
 
@@ -218,23 +219,18 @@ fn bench_layer(c: &mut Criterion) {
                                 let p = principal(enterprise);
                                 let mut svc = tower::Layer::layer(layer, noop_service());
                                 barrier.wait();
+                                let start = Instant::now();
                                 for _ in 0..iters {
                                     let mut req = Request::new(());
                                     req.extensions_mut().insert(p.clone());
                                     black_box(call_now(&mut svc, req));
                                 }
-                                Instant::now()
+                                (start, Instant::now())
                             })
                         })
                         .collect();
                     barrier.wait();
-                    let start = Instant::now();
-                    let end = handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap())
-                        .max()
-                        .unwrap();
-                    end - start
+                    span(handles.into_iter().map(|h| h.join().unwrap()))
                 })
             })
         });

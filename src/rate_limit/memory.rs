@@ -91,6 +91,11 @@ fn tat_for(used: u128, now: u64, gcra: &Gcra) -> u64 {
     now.saturating_add(debt).min(MAX_TAT)
 }
 
+/// The largest power of two not above `n` (`n >= 1`).
+fn prev_power_of_two(n: usize) -> usize {
+    1 << (usize::BITS - 1 - n.max(1).leading_zeros())
+}
+
 /// This thread's stripe preference, assigned round-robin to threads on first use.
 #[inline]
 fn thread_slot() -> usize {
@@ -120,8 +125,8 @@ struct Inner {
 ///   cache line bouncing between cores: two threads admitting on one organization run slower
 ///   together than one alone. This can only happen to an organization admitted hundreds of
 ///   thousands of times a second, so only quotas refilling faster than one cell per 10 µs
-///   (over 6 million requests a minute) are split into one stripe per core (at most 8), each
-///   a GCRA with its share of the quota. A thread admits itself on its own stripe and looks at
+///   (over 6 million requests a minute) are split into stripes, one per core (rounded down to
+///   a power of two, at most 8), each a GCRA with its share of the quota. A thread admits itself on its own stripe and looks at
 ///   the others only when its own refuses; refusals still write nothing. What this trades:
 ///   the quota is still never exceeded (the stripes' bounds add up to the quota's, see
 ///   [`gcra`](super::gcra)), but a striped organization can be refused while a few cells
@@ -200,7 +205,8 @@ impl MemoryRateLimiter {
                 orgs: papaya::HashMap::builder().hasher(Hasher::default()).build(),
                 next_sweep: AtomicUsize::new(floor),
                 sweep_floor: floor,
-                stripes: stripes.clamp(1, MAX_STRIPES),
+                // A power of two, so a thread finds its stripe with a mask.
+                stripes: prev_power_of_two(stripes.clamp(1, MAX_STRIPES)),
                 stripe_below: crate::clock::duration_nanos(stripe_below),
             }),
         }
@@ -220,7 +226,11 @@ impl MemoryRateLimiter {
     fn state(&self, gcra: &Gcra, used: u128, now: u64) -> OrgState {
         let n = gcra.limit();
         let k = if gcra.interval_nanos() < self.inner.stripe_below {
-            (self.inner.stripes as u64).min(n).max(1)
+            prev_power_of_two(
+                self.inner
+                    .stripes
+                    .min(usize::try_from(n).unwrap_or(usize::MAX)),
+            ) as u64
         } else {
             1
         };
@@ -280,14 +290,16 @@ impl MemoryRateLimiter {
     fn decide_in(state: &OrgState, cost: u32, now: Timestamp) -> Option<Decision> {
         let cells = state.cells();
         let k = cells.len();
-        let own = if k == 1 { 0 } else { thread_slot() % k };
+        // `k` is a power of two (see `with_config`), or 1.
+        let mask = k - 1;
+        let own = thread_slot() & mask;
         // For a striped refusal: the figures summed over the stripes.
         let mut remaining = 0u64;
         let mut reset = 0u64;
         let mut retry_after = u64::MAX;
         let mut last = None;
         for j in 0..k {
-            let i = if j == 0 { own } else { (own + j) % k };
+            let i = (own + j) & mask;
             let cell = &cells[i];
             let mut current = cell.tat.load(Ordering::Acquire);
             loop {
@@ -307,31 +319,34 @@ impl MemoryRateLimiter {
                     break;
                 }
                 let new = d.tat.as_unix_nanos().min(MAX_TAT);
-                if new == current
-                    || cell
-                        .tat
-                        .compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                {
-                    return Some(if k == 1 {
-                        d
-                    } else {
-                        Decision {
-                            info: RateLimitInfo {
-                                limit: state.gcra.limit(),
-                                // This stripe's figure, scaled to the whole quota.
-                                remaining: u64::try_from(
-                                    u128::from(d.info.remaining) * u128::from(state.gcra.limit())
-                                        / u128::from(cell.gcra.limit().max(1)),
-                                )
-                                .unwrap_or(u64::MAX),
-                                ..d.info
-                            },
-                            ..d
-                        }
-                    });
+                if new != current {
+                    if let Err(actual) = cell.tat.compare_exchange_weak(
+                        current,
+                        new,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        current = actual;
+                        continue;
+                    }
                 }
-                current = cell.tat.load(Ordering::Acquire);
+                return Some(if k == 1 {
+                    d
+                } else {
+                    Decision {
+                        info: RateLimitInfo {
+                            limit: state.gcra.limit(),
+                            // This stripe's figure, scaled to the whole quota.
+                            remaining: u64::try_from(
+                                u128::from(d.info.remaining) * u128::from(state.gcra.limit())
+                                    / u128::from(cell.gcra.limit().max(1)),
+                            )
+                            .unwrap_or(u64::MAX),
+                            ..d.info
+                        },
+                        ..d
+                    }
+                });
             }
         }
         let d = last?;
@@ -630,6 +645,23 @@ mod tests {
     }
 
     #[test]
+    fn stripe_counts_are_powers_of_two() {
+        assert_eq!(prev_power_of_two(1), 1);
+        assert_eq!(prev_power_of_two(3), 2);
+        assert_eq!(prev_power_of_two(8), 8);
+        let l = MemoryRateLimiter::with_config(1024, 8, Duration::MAX);
+        let org = OrgId::from("org");
+        // Three requests per period: two stripes, and all three cells usable from one thread.
+        let g = Gcra::new(3, Duration::from_secs(1));
+        for _ in 0..3 {
+            assert!(l.decide(&org, &g, 1, t(0)).allowed);
+        }
+        assert!(!l.decide(&org, &g, 1, t(0)).allowed);
+        let orgs = l.inner.orgs.pin();
+        assert_eq!(orgs.get("org").unwrap().cells().len(), 2);
+    }
+
+    #[test]
     fn usual_quotas_are_never_striped() {
         let l = MemoryRateLimiter::with_config(1024, 8, DEFAULT_STRIPE_BELOW);
         let org = OrgId::from("org");
@@ -661,7 +693,7 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
-        /// Striped state (forced on, 3 stripes) still never admits more than
+        /// Striped state (forced on, 2 stripes) still never admits more than
         /// `N + ⌊W·N/period⌋` cells in any window `W`, and a fresh organization still gets
         /// its whole burst.
         #[test]
@@ -670,7 +702,7 @@ mod tests {
             period_ms in 1u64..=5_000,
             events in proptest::collection::vec((0u64..=400, 0u32..=3), 1..300),
         ) {
-            let l = MemoryRateLimiter::with_config(1024, 3, Duration::MAX);
+            let l = MemoryRateLimiter::with_config(1024, 2, Duration::MAX);
             let period = Duration::from_millis(period_ms);
             let g = Gcra::new(n, period);
             let org = OrgId::from("org");
