@@ -630,3 +630,21 @@ async fn backend_failure_fails_closed_by_default_or_open_when_asked() {
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.headers().get("x-ratelimit-limit").is_none());
 }
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn session_errors_are_axum_responses() {
+    use axum::response::IntoResponse;
+    let res = SessionError::LimitReached {
+        limit: 10,
+        retry_after: 7,
+    }
+    .into_response();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["retry-after"], "7");
+    let body = body_json(res).await;
+    assert_eq!(body["code"], "session_limit_exceeded");
+    let res = SessionError::NotHeld.into_response();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(body_json(res).await["code"], "session_not_found");
+}
