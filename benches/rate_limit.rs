@@ -11,6 +11,7 @@
 //! - `check_refused/*`: the same org far over its quota.
 //! - `hot_org/*`: aggregate throughput of 1 and 2 threads on one hot org (criterion's
 //!   `elem/s` is the aggregate; the bar is 2 threads ≥ 1.2× one).
+//! - `hot_org_refused/*`: the same for an organization over its (Free-sized) quota.
 //! - `layer/*`: the whole `OrgRateLimit` service (headers included) over a no-op service,
 //!   beside the same requests sent to the no-op service directly; `layer_hot_org/*`: the
 //!   same on one and two threads.
@@ -125,6 +126,35 @@ fn bench_hot_org(c: &mut Criterion) {
             })
         });
         let gov = governor_limiter(HUGE);
+        g.bench_function(format!("governor_keyed/{threads}_threads"), |b| {
+            b.iter_custom(|iters| {
+                run_threads(threads, iters, || {
+                    thread_local!(static ORG: OrgId = OrgId::from("org_2b8f1c0d9e7a"));
+                    ORG.with(|org| black_box(gov.check_key(org).is_ok()));
+                })
+            })
+        });
+    }
+    g.finish();
+
+    // The same over quota (a Free-like quota, exhausted): every request is refused.
+    let mut g = c.benchmark_group("hot_org_refused");
+    for threads in [1usize, 2] {
+        g.throughput(Throughput::Elements(threads as u64));
+        let limiter = MemoryRateLimiter::new();
+        let gcra = Gcra::new(100, Duration::from_secs(60));
+        let org = OrgId::from("org_2b8f1c0d9e7a");
+        while ours(&limiter, &clock, &org, &gcra) {}
+        g.bench_function(format!("org_rate_limit/{threads}_threads"), |b| {
+            b.iter_custom(|iters| {
+                run_threads(threads, iters, || {
+                    thread_local!(static ORG: OrgId = OrgId::from("org_2b8f1c0d9e7a"));
+                    ORG.with(|org| black_box(ours(&limiter, &clock, org, &gcra)));
+                })
+            })
+        });
+        let gov = governor_limiter(1);
+        while gov.check_key(&org).is_ok() {}
         g.bench_function(format!("governor_keyed/{threads}_threads"), |b| {
             b.iter_custom(|iters| {
                 run_threads(threads, iters, || {
