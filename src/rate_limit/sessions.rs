@@ -97,7 +97,8 @@ impl SessionLease {
         self.active
     }
 
-    /// The organization's limit when the lease was granted.
+    /// The organization's limit when the lease was granted (0 on a lease returned by
+    /// [`renew`](SessionQuota::renew), which does not consult the limit).
     pub fn limit(&self) -> u32 {
         self.limit
     }
