@@ -44,6 +44,8 @@
 //! - [`ScopeGuard`]: per-route scope checks, or a [`ScopeRules`] table for hyper and tonic.
 //! - [`LastUsedRecorder`]: when each key was last used, marked lock-free per request and written
 //!   to the store in one batch per interval by a flusher task ([`last_used`]).
+//! - [`OrgRateLimit`]: per-organization GCRA by plan with `X-RateLimit-*` headers, and
+//!   [`SessionQuota`] for concurrent-session leases ([`rate_limit`]).
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
 //!
 //! ## Features
@@ -66,6 +68,7 @@ pub mod key;
 pub mod last_used;
 pub mod manage;
 pub mod principal;
+pub mod rate_limit;
 pub mod reject;
 pub mod scope;
 pub mod store;
@@ -82,6 +85,10 @@ pub use key::{ApiKey, KeyFormat, KeyFormats, KeyHash, MalformedKey};
 pub use last_used::{FlushError, FlusherHandle, LastUsedRecorder, LastUsedRecorderLayer};
 pub use manage::{CreatedKey, KeyManager, ManageError, NewKey, Rotation};
 pub use principal::{InvalidScope, KeyId, OrgId, Plan, Principal, Quota, Scope, Scopes};
+pub use rate_limit::{
+    Cost, MemoryRateLimiter, MemorySessions, OrgRateLimit, OrgRateLimitLayer, QuotaPolicy,
+    RateLimitBackend, SessionError, SessionLease, SessionQuota,
+};
 pub use reject::{Rejection, Responder, ResponseBody};
 pub use scope::{Requirement, RuleMatch, ScopeGuard, ScopeGuardLayer, ScopeRules};
 pub use store::{BoxedStore, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey};

@@ -1,0 +1,530 @@
+//! [`OrgRateLimit`]: per-organization request rates by plan, and [`SessionQuota`]: concurrent
+//! sessions by plan.
+//!
+//! The layer sits behind [`ApiKeyAuth`](crate::ApiKeyAuth) and reads the [`Principal`] it
+//! inserted. For each request:
+//!
+//! 1. no `Principal` → `500 auth_layer_missing` and an error log (fail closed: the layer is in
+//!    front of `ApiKeyAuth` by mistake);
+//! 2. the organization's quota comes from its plan through the [`QuotaPolicy`] (default: the
+//!    seeds' table, [`Plan::quota`]; enterprise plans carry their own [`Quota`]). The store
+//!    returns the organization's *current* plan with every key lookup, so a plan change applies
+//!    on its next request, with the cells already spent carried over ([`Gcra::convert`]);
+//! 3. the request's cost: a [`Cost`] request extension if an outer layer set one, else the
+//!    layer's [cost function](OrgRateLimitLayer::cost), else 1;
+//! 4. the [`RateLimitBackend`] decides with the GCRA ([`gcra`]), keyed by the **organization
+//!    id**, never by a key;
+//! 5. admitted: the inner service is called and its response gets `X-RateLimit-Limit`,
+//!    `X-RateLimit-Remaining` and `X-RateLimit-Reset` (Unix seconds). Refused: `429` with the
+//!    same headers, `Retry-After` (whole seconds, rounded up, never 0) and a problem+json body
+//!    with `code: "rate_limited"`; a gRPC request gets status 8 `RESOURCE_EXHAUSTED` with the
+//!    same figures as metadata. Optionally, the IETF draft fields `RateLimit-Policy` and
+//!    `RateLimit` too ([`draft_headers`](OrgRateLimitLayer::draft_headers)).
+//!
+//! | plan | requests | burst | refill | concurrent sessions |
+//! |---|---|---|---|---|
+//! | Free | 100 / minute | 100 | one per 600 ms | 10 |
+//! | Paid | 1,000 / minute | 1,000 | one per 60 ms | 100 |
+//! | Enterprise | custom | = requests | period / requests | custom |
+//!
+//! See [`gcra`] for the exact admission contract ("a burst of N, then an even refill").
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, body::Body, extract::{Path, Request, State}, routing::{delete, post}};
+//! use axum::response::{IntoResponse, Response};
+//! use tower_api_key::{ApiKeyAuth, MemoryStore, OrgRateLimit, Principal, SessionQuota};
+//!
+//! // With the `axum` feature, take `p: Principal` as an extractor and return
+//! // `SessionError` directly (it is `IntoResponse`).
+//! async fn create_session(State(sessions): State<SessionQuota>, req: Request) -> Response {
+//!     let p = req.extensions().get::<Principal>().expect("behind ApiKeyAuth");
+//!     let id = "sess_123"; // the id your service gives the new session
+//!     match sessions.acquire(p, id, Duration::from_secs(300)).await {
+//!         Ok(lease) => format!("created {}", lease.session_id()).into_response(),
+//!         // 429 session_limit_exceeded + Retry-After, problem+json
+//!         Err(e) => match e.rejection() {
+//!             Some(r) => r.problem_response("api").map(Body::from),
+//!             None => "not found".into_response(),
+//!         },
+//!     }
+//! }
+//!
+//! async fn delete_session(
+//!     State(sessions): State<SessionQuota>, Path(id): Path<String>, req: Request,
+//! ) -> &'static str {
+//!     let p = req.extensions().get::<Principal>().expect("behind ApiKeyAuth");
+//!     let _ = sessions.release(p.org_id(), &id).await;
+//!     "deleted"
+//! }
+//!
+//! let store = MemoryStore::new();
+//! let app: Router = Router::new()
+//!     .route("/v1/sessions", post(create_session))
+//!     .route("/v1/sessions/{id}", delete(delete_session))
+//!     .with_state(SessionQuota::new())
+//!     // The last layer added runs first: ApiKeyAuth, then the rate limit.
+//!     .layer(OrgRateLimit::new())
+//!     .layer(ApiKeyAuth::new(store));
+//! ```
+//!
+//! With a custom policy, a per-route cost and the draft headers:
+//!
+//! ```
+//! use http::Method;
+//! use tower_api_key::{OrgRateLimit, Plan, Quota};
+//! use tower_api_key::rate_limit::QuotaPolicy;
+//!
+//! let layer = OrgRateLimit::new()
+//!     // Every plan gets twice the seeds' request rate; sessions unchanged.
+//!     .policy(QuotaPolicy::new(|p| {
+//!         let q = p.plan().quota();
+//!         Quota { requests: q.requests * 2, ..q }
+//!     }))
+//!     // Creating a browser session counts as 5 requests.
+//!     .cost(|method, uri| if method == Method::POST && uri.path() == "/v1/browsers" { 5 } else { 1 })
+//!     .draft_headers(true);
+//! # let _ = layer;
+//! ```
+
+mod backend;
+mod future;
+pub mod gcra;
+mod headers;
+mod memory;
+mod sessions;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use backend::{CheckResult, RateLimitBackend, RateLimitError};
+pub use future::ResponseFuture;
+pub use gcra::{Decision, Gcra};
+pub use memory::MemoryRateLimiter;
+pub use sessions::{MemorySessions, SessionBackend, SessionError, SessionLease, SessionQuota};
+
+use crate::clock::Clock;
+use crate::principal::{Plan, Principal, Quota};
+use crate::reject::{RateLimitInfo, Rejection, Responder, ResponseBody};
+
+const FREE: Gcra = Gcra::from_quota(&Plan::Free.quota());
+const PAID: Gcra = Gcra::from_quota(&Plan::Paid.quota());
+
+/// Which [`Quota`] an organization gets. Cheap to clone.
+///
+/// The default, [`QuotaPolicy::by_plan`], is the plan's own quota ([`Plan::quota`]): the seeds'
+/// table for Free and Paid, the negotiated quota an enterprise plan carries. Replace it with
+/// [`QuotaPolicy::new`] to compute quotas otherwise (a promotion, an override table). The
+/// policy runs on every request, so keep it cheap; it sees the organization's current plan.
+#[derive(Clone, Default)]
+pub struct QuotaPolicy(Option<Arc<PolicyFn>>);
+
+type PolicyFn = dyn Fn(&Principal) -> Quota + Send + Sync;
+
+impl fmt::Debug for QuotaPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            None => "QuotaPolicy::by_plan",
+            Some(_) => "QuotaPolicy::custom",
+        })
+    }
+}
+
+impl QuotaPolicy {
+    /// Each organization gets its plan's [`Quota`].
+    pub fn by_plan() -> Self {
+        Self(None)
+    }
+
+    /// A custom policy.
+    pub fn new(policy: impl Fn(&Principal) -> Quota + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(policy)))
+    }
+
+    /// The quota of `principal`'s organization.
+    pub fn quota(&self, principal: &Principal) -> Quota {
+        match &self.0 {
+            None => principal.plan().quota(),
+            Some(f) => f(principal),
+        }
+    }
+
+    /// The request-rate GCRA of `principal`'s organization (precomputed for Free and Paid).
+    #[inline]
+    pub fn gcra(&self, principal: &Principal) -> Gcra {
+        match &self.0 {
+            None => match principal.plan() {
+                Plan::Free => FREE,
+                Plan::Paid => PAID,
+                Plan::Enterprise(q) => Gcra::from_quota(&q),
+            },
+            Some(f) => Gcra::from_quota(&f(principal)),
+        }
+    }
+}
+
+/// How many cells a request costs, as a request extension. Set it in a layer *outside*
+/// [`OrgRateLimit`] (e.g. a `map_request` keyed on the route) to make an expensive call count
+/// as several requests; it wins over the layer's [cost function](OrgRateLimitLayer::cost).
+/// `Cost(0)` makes a request free (it still gets the headers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cost(pub u32);
+
+/// What [`OrgRateLimit`] does when its backend fails (e.g. Redis unreachable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnBackendError {
+    /// Refuse the request with `503` + `Retry-After` (`auth_unavailable`; gRPC 14). The default:
+    /// a broken limiter must not silently lift every limit.
+    #[default]
+    FailClosed,
+    /// Let the request through, without rate-limit headers, and log a warning.
+    FailOpen,
+}
+
+type CostFn = dyn Fn(&Method, &Uri) -> u32 + Send + Sync;
+
+#[derive(Clone)]
+pub(crate) struct Shared<B> {
+    backend: B,
+    policy: QuotaPolicy,
+    clock: Clock,
+    responder: Responder,
+    cost: Option<Arc<CostFn>>,
+    draft_headers: bool,
+    on_error: OnBackendError,
+    unavailable_retry_after: u64,
+}
+
+/// The headers to add to a response: the decision's figures, and the draft fields if enabled.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Figures {
+    info: RateLimitInfo,
+    draft: Option<Draft>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Draft {
+    policy: &'static str,
+    window_secs: u64,
+    now_secs: u64,
+}
+
+/// `ratelimit-policy` (IETF draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `ratelimit` (IETF draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+impl Figures {
+    #[inline]
+    pub(crate) fn write(&self, headers: &mut HeaderMap) {
+        headers::write_info(&self.info, headers);
+        if let Some(d) = &self.draft {
+            let policy = format!("\"{}\";q={};w={}", d.policy, self.info.limit, d.window_secs);
+            let state = format!(
+                "\"{}\";r={};t={}",
+                d.policy,
+                self.info.remaining,
+                self.info.reset.saturating_sub(d.now_secs)
+            );
+            if let Ok(v) = HeaderValue::from_str(&policy) {
+                headers.insert(RATELIMIT_POLICY, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&state) {
+                headers.insert(RATELIMIT, v);
+            }
+        }
+    }
+}
+
+/// What to do with a request once the backend answered.
+pub(crate) enum Outcome {
+    /// Call the inner service; add these headers to its response.
+    Admit(Option<Figures>),
+    /// Answer with this refusal.
+    Refuse(Response<Bytes>),
+}
+
+impl<B> Shared<B> {
+    /// Turn a backend answer into the figures to add, or a rendered refusal.
+    pub(crate) fn outcome(
+        &self,
+        result: CheckResult,
+        principal: Option<&Principal>,
+        draft: Option<Draft>,
+        request_headers: &HeaderMap,
+    ) -> Outcome {
+        let org = principal.map(|p| p.org_id().as_str()).unwrap_or_default();
+        match result {
+            Ok(d) if d.allowed => Outcome::Admit(Some(Figures {
+                info: d.info,
+                draft,
+            })),
+            Ok(d) => {
+                tracing::debug!(
+                    org_id = org,
+                    limit = d.info.limit,
+                    retry_after = d.info.retry_after,
+                    "rate limit exceeded"
+                );
+                let mut res = self
+                    .responder
+                    .respond(&Rejection::RateLimited(d.info), request_headers);
+                // The responder wrote X-RateLimit-* and Retry-After; add the draft fields.
+                if draft.is_some() {
+                    Figures {
+                        info: d.info,
+                        draft,
+                    }
+                    .write(res.headers_mut());
+                }
+                Outcome::Refuse(res)
+            }
+            Err(error) => match self.on_error {
+                OnBackendError::FailOpen => {
+                    tracing::warn!(%error, org_id = org, "rate-limit backend failed; request let through");
+                    Outcome::Admit(None)
+                }
+                OnBackendError::FailClosed => {
+                    tracing::warn!(%error, org_id = org, "rate-limit backend failed; answering 503");
+                    Outcome::Refuse(self.responder.respond(
+                        &Rejection::StoreUnavailable {
+                            retry_after: self.unavailable_retry_after,
+                        },
+                        request_headers,
+                    ))
+                }
+            },
+        }
+    }
+}
+
+/// Limits each organization's request rate by its plan. See the [module docs](self).
+///
+/// `OrgRateLimit::new()` builds the layer ([`OrgRateLimitLayer`]) with the in-memory backend;
+/// [`OrgRateLimit::with_backend`] takes another (e.g. Redis, shared by replicas).
+#[derive(Clone)]
+pub struct OrgRateLimit<S, B = MemoryRateLimiter> {
+    inner: S,
+    shared: Arc<Shared<B>>,
+}
+
+impl<S: fmt::Debug, B: fmt::Debug> fmt::Debug for OrgRateLimit<S, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OrgRateLimit")
+            .field("inner", &self.inner)
+            .field("backend", &self.shared.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OrgRateLimit<(), ()> {
+    /// The layer with an in-memory backend and the defaults: quotas by plan, cost 1 per
+    /// request, coarse clock, problem+json / gRPC refusals, no draft headers, fail closed.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> OrgRateLimitLayer<MemoryRateLimiter> {
+        OrgRateLimitLayer::new(MemoryRateLimiter::new())
+    }
+
+    /// The layer over another backend.
+    pub fn with_backend<B: RateLimitBackend>(backend: B) -> OrgRateLimitLayer<B> {
+        OrgRateLimitLayer::new(backend)
+    }
+}
+
+/// Layer that adds [`OrgRateLimit`]. Cheap to clone; every clone, and every service it wraps,
+/// shares the same backend state.
+#[derive(Clone)]
+pub struct OrgRateLimitLayer<B = MemoryRateLimiter> {
+    shared: Arc<Shared<B>>,
+}
+
+impl<B: fmt::Debug> fmt::Debug for OrgRateLimitLayer<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OrgRateLimitLayer")
+            .field("backend", &self.shared.backend)
+            .field("policy", &self.shared.policy)
+            .field("clock", &self.shared.clock)
+            .field("draft_headers", &self.shared.draft_headers)
+            .field("on_error", &self.shared.on_error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for OrgRateLimitLayer<MemoryRateLimiter> {
+    fn default() -> Self {
+        Self::new(MemoryRateLimiter::new())
+    }
+}
+
+impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
+    /// The layer over `backend`, with the defaults (see [`OrgRateLimit::new`]).
+    pub fn new(backend: B) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                backend,
+                policy: QuotaPolicy::default(),
+                clock: Clock::default(),
+                responder: Responder::default(),
+                cost: None,
+                draft_headers: false,
+                on_error: OnBackendError::default(),
+                unavailable_retry_after: 1,
+            }),
+        }
+    }
+
+    fn map(self, f: impl FnOnce(&mut Shared<B>)) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.shared);
+        f(&mut shared);
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Where each organization's quota comes from (default: [`QuotaPolicy::by_plan`]).
+    pub fn policy(self, policy: QuotaPolicy) -> Self {
+        self.map(|s| s.policy = policy)
+    }
+
+    /// The clock (default: [`Clock::coarse`]). Use the same one as `ApiKeyAuth`.
+    pub fn clock(self, clock: Clock) -> Self {
+        self.map(|s| s.clock = clock)
+    }
+
+    /// How refusals are rendered (default: problem+json / gRPC).
+    pub fn responder(self, responder: Responder) -> Self {
+        self.map(|s| s.responder = responder)
+    }
+
+    /// A request's cost by method and URI, when no [`Cost`] extension is set (default: 1).
+    pub fn cost(self, cost: impl Fn(&Method, &Uri) -> u32 + Send + Sync + 'static) -> Self {
+        let cost: Arc<CostFn> = Arc::new(cost);
+        self.map(|s| s.cost = Some(cost))
+    }
+
+    /// Also send the IETF draft fields (default: off), named after the plan:
+    /// `RateLimit-Policy: "free";q=100;w=60` and `RateLimit: "free";r=99;t=1`
+    /// (`t`: seconds until the allowance is whole again).
+    pub fn draft_headers(self, on: bool) -> Self {
+        self.map(|s| s.draft_headers = on)
+    }
+
+    /// What to do when the backend fails (default: [`OnBackendError::FailClosed`]).
+    pub fn on_backend_error(self, policy: OnBackendError) -> Self {
+        self.map(|s| s.on_error = policy)
+    }
+
+    /// The `Retry-After` of the `503` sent when the backend fails closed (default 1 s).
+    pub fn unavailable_retry_after(self, secs: u64) -> Self {
+        self.map(|s| s.unavailable_retry_after = secs.max(1))
+    }
+
+    /// The backend (e.g. to [`peek`](MemoryRateLimiter::peek) or sweep it).
+    pub fn backend(&self) -> &B {
+        &self.shared.backend
+    }
+
+    /// The quota policy.
+    pub fn quota_policy(&self) -> &QuotaPolicy {
+        &self.shared.policy
+    }
+}
+
+impl<S, B> Layer<S> for OrgRateLimitLayer<B> {
+    type Service = OrgRateLimit<S, B>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OrgRateLimit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, B> OrgRateLimit<S, B> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwrap the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ReqBody, ResBody> Service<Request<ReqBody>> for OrgRateLimit<S, B>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    B: RateLimitBackend,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B, ReqBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        let Some(principal) = req.extensions().get::<Principal>() else {
+            tracing::error!(
+                "OrgRateLimit found no Principal in the request: add ApiKeyAuth in front of it"
+            );
+            let rejection = Rejection::MissingPrincipal {
+                layer: "OrgRateLimit",
+            };
+            return ResponseFuture::rejected(shared.responder.respond(&rejection, req.headers()));
+        };
+        let gcra = shared.policy.gcra(principal);
+        let cost = match req.extensions().get::<Cost>() {
+            Some(c) => c.0,
+            None => shared
+                .cost
+                .as_ref()
+                .map_or(1, |f| f(req.method(), req.uri())),
+        };
+        let now = shared.clock.now();
+        let draft = shared.draft_headers.then(|| Draft {
+            policy: principal.plan().name(),
+            window_secs: gcra.period().as_secs().max(1),
+            now_secs: now.as_unix_secs(),
+        });
+        let mut check = shared.backend.check(principal.org_id(), &gcra, cost, now);
+
+        // Fast path: a check that is ready at once (the in-memory backend) is decided here.
+        // Checks are `Unpin`, so polling one in place and moving it afterwards is sound.
+        let mut noop = Context::from_waker(Waker::noop());
+        match Pin::new(&mut check).poll(&mut noop) {
+            Poll::Ready(result) => {
+                match shared.outcome(result, Some(principal), draft, req.headers()) {
+                    Outcome::Admit(figures) => ResponseFuture::inner(self.inner.call(req), figures),
+                    Outcome::Refuse(res) => ResponseFuture::rejected(res),
+                }
+            }
+            Poll::Pending => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::checking(check, req, inner, self.shared.clone(), draft)
+            }
+        }
+    }
+}
