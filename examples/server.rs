@@ -35,9 +35,13 @@ use serde_json::json;
 use tower_api_key::last_used::LastUsedRecorderLayer;
 use tower_api_key::store::store_from_url;
 use tower_api_key::{
-    ApiKeyAuth, BoxedStore, KeyId, KeyManager, ManageError, NewKey, OrgId, Plan, Principal,
-    Rotation, ScopeGuard, Scopes, Timestamp,
+    ApiKeyAuth, BoxedStore, KeyId, KeyManager, ManageError, NewKey, OrgId, OrgRateLimit, Plan,
+    Principal, Rejection, Rotation, ScopeGuard, Scopes, SessionError, SessionQuota, Timestamp,
 };
+
+/// How long a session holds its slot of the plan's concurrent-session quota without being read
+/// or deleted: a crashed client never leaks a slot for longer than this.
+const SESSION_LEASE: Duration = Duration::from_secs(15 * 60);
 
 // ---------------------------------------------------------------------------------------------
 // Errors: one problem+json shape for everything the handlers refuse.
@@ -46,6 +50,8 @@ struct ApiError {
     status: StatusCode,
     code: &'static str,
     title: String,
+    /// A refusal rendered by the library (e.g. the session quota's 429 with `Retry-After`).
+    rejection: Option<Rejection>,
 }
 
 impl ApiError {
@@ -54,6 +60,7 @@ impl ApiError {
             status,
             code,
             title: title.into(),
+            rejection: None,
         }
     }
     fn not_found(what: &str) -> Self {
@@ -70,6 +77,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Some(r) = self.rejection {
+            return r.problem_response("api").map(axum::body::Body::from);
+        }
         let body = json!({
             "type": "about:blank",
             "title": self.title,
@@ -120,6 +130,25 @@ impl From<ManageError> for ApiError {
     }
 }
 
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e.rejection() {
+            Some(r) => Self {
+                rejection: Some(r),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "session_limit_exceeded", "")
+            },
+            None => {
+                tracing::error!(error = %e, "session quota failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Sessions are temporarily unavailable",
+                )
+            }
+        }
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Parse a JSON body, treating an empty body as `{}`.
@@ -151,6 +180,7 @@ struct Session {
 struct AppState {
     manager: KeyManager<BoxedStore>,
     recorder: LastUsedRecorderLayer<BoxedStore>,
+    quota: SessionQuota,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     requests: Arc<Mutex<HashMap<OrgId, u64>>>,
 }
@@ -191,8 +221,11 @@ async fn create_session(
             "weight must be one of light, medium, heavy",
         ));
     }
+    let id = random_id(if kind == "browser" { "brs_" } else { "sbx_" });
+    // Counts against the plan's concurrent sessions (Free 10, Paid 100): 429 past it.
+    state.quota.acquire(principal, &id, SESSION_LEASE).await?;
     let session = Session {
-        id: random_id(if kind == "browser" { "brs_" } else { "sbx_" }),
+        id,
         org_id: principal.org_id().clone(),
         kind,
         status: "running",
@@ -217,6 +250,28 @@ fn own_session(
         .ok_or_else(|| ApiError::not_found(&format!("{kind} session")))
 }
 
+/// Read a session: renews its lease, and forgets it if the lease already ran out.
+async fn read_session(
+    state: &AppState,
+    principal: &Principal,
+    kind: &str,
+    id: &str,
+) -> ApiResult<Session> {
+    let session = own_session(state, principal, kind, id)?;
+    match state
+        .quota
+        .renew(principal.org_id(), id, SESSION_LEASE)
+        .await
+    {
+        Ok(_) => Ok(session),
+        Err(SessionError::NotHeld) => {
+            state.sessions().remove(id);
+            Err(ApiError::not_found(&format!("{kind} session")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn create_browser(
     State(state): State<AppState>,
     principal: Principal,
@@ -230,7 +285,9 @@ async fn get_browser(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Session>> {
-    own_session(&state, &principal, "browser", &id).map(Json)
+    read_session(&state, &principal, "browser", &id)
+        .await
+        .map(Json)
 }
 
 async fn delete_session(
@@ -241,6 +298,8 @@ async fn delete_session(
 ) -> ApiResult<StatusCode> {
     own_session(state, principal, kind, id)?;
     state.sessions().remove(id);
+    // Frees the slot; a session whose lease already expired has nothing to free.
+    let _ = state.quota.release(principal.org_id(), id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -265,7 +324,9 @@ async fn get_sandbox(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Session>> {
-    own_session(&state, &principal, "sandbox", &id).map(Json)
+    read_session(&state, &principal, "sandbox", &id)
+        .await
+        .map(Json)
 }
 
 async fn delete_sandbox(
@@ -308,11 +369,7 @@ async fn usage(State(state): State<AppState>, principal: Principal) -> Json<serd
         .get(principal.org_id())
         .copied()
         .unwrap_or(0);
-    let open = state
-        .sessions()
-        .values()
-        .filter(|s| &s.org_id == principal.org_id())
-        .count();
+    let open = state.quota.active(principal.org_id()).await.unwrap_or(0);
     let quota = principal.plan().quota();
     Json(json!({
         "org_id": principal.org_id(),
@@ -578,7 +635,9 @@ fn app(state: AppState, with_dev_seed: bool) -> Router {
             state.clone(),
             count_requests,
         ))
+        // Layers run outside in: ApiKeyAuth, then the org's rate limit, then last-used.
         .layer(state.recorder.clone())
+        .layer(OrgRateLimit::new())
         .layer(ApiKeyAuth::new(store));
 
     let mut open = Router::new().route("/healthz", get(|| async { Json(json!({"status": "ok"})) }));
@@ -615,6 +674,7 @@ async fn main() {
     let state = AppState {
         manager: KeyManager::new(store),
         recorder,
+        quota: SessionQuota::new(),
         sessions: Arc::default(),
         requests: Arc::default(),
     };

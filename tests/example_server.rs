@@ -323,3 +323,274 @@ async fn healthz_needs_no_key_and_dev_seed_can_be_turned_off() {
     // Without the seed route the path is just another API route: a key is required.
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_free_org_s_101st_request_in_a_minute_is_refused_with_rate_limit_headers() {
+    let api = Api::start(&[]);
+    let k = key(&api.seed(json!({"org_id": "org_rl", "plan": "free"})).await);
+    for i in 1..=100u64 {
+        let (status, headers, _) = api.call("GET", "/v1/browsers/none", Some(&k), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "request {i} is admitted");
+        assert_eq!(headers["x-ratelimit-limit"], "100");
+        let remaining: u64 = headers["x-ratelimit-remaining"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // One cell spent per request; refill during the loop (one per 600 ms) may add a couple.
+        assert!(
+            (100 - i..=100 - i + 2).contains(&remaining),
+            "request {i}: remaining {remaining}"
+        );
+        assert!(headers.contains_key("x-ratelimit-reset"));
+    }
+    // Within the same minute the bucket is empty (allowing for a refilled cell or two).
+    let mut refused = None;
+    for _ in 0..5 {
+        let (status, headers, body) = api.call("GET", "/v1/browsers/none", Some(&k), None).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some((headers, body));
+            break;
+        }
+    }
+    let (headers, body) = refused.expect("the org is rate limited");
+    assert_eq!(headers["x-ratelimit-limit"], "100");
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    let reset: u64 = headers["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(reset >= now && reset <= now + 61, "reset {reset} now {now}");
+    assert_eq!(body["code"], "rate_limited");
+
+    // Another organization is not affected.
+    let other = key(&api.seed(json!({"org_id": "org_rl_other"})).await);
+    let (status, _, _) = api
+        .call("GET", "/v1/browsers/none", Some(&other), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_11th_concurrent_session_of_a_free_org_is_refused_until_one_ends() {
+    let api = Api::start(&[]);
+    let k = key(&api.seed(json!({"org_id": "org_sess"})).await);
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let path = if i % 2 == 0 {
+            "/v1/browsers"
+        } else {
+            "/v1/sandboxes"
+        };
+        let (status, _, created) = api.call("POST", path, Some(&k), Some(json!({}))).await;
+        assert_eq!(status, StatusCode::CREATED, "session {i}");
+        ids.push((path, created["id"].as_str().unwrap().to_owned()));
+    }
+    let (status, headers, body) = api
+        .call("POST", "/v1/browsers", Some(&k), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["code"], "session_limit_exceeded");
+    assert!(headers.contains_key("retry-after"));
+
+    let (path, id) = &ids[0];
+    let (status, _, _) = api
+        .call("DELETE", &format!("{path}/{id}"), Some(&k), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = api
+        .call("POST", "/v1/browsers", Some(&k), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "the freed slot is reusable");
+
+    let (status, _, usage) = api.call("GET", "/v1/usage", Some(&k), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(usage["open_sessions"], 10);
+    assert_eq!(usage["limits"]["concurrent_sessions"], 10);
+    assert_eq!(usage["limits"]["requests_per_window"], 100);
+    assert!(usage["requests"].as_u64().unwrap() >= 13);
+}
+
+#[tokio::test]
+async fn sandbox_exec_needs_its_own_scope() {
+    let api = Api::start(&[]);
+    let k = key(&api
+        .seed(json!({"scopes": ["sandbox_sessions:create", "sandbox_sessions:read"]}))
+        .await);
+    let (_, _, created) = api
+        .call("POST", "/v1/sandboxes", Some(&k), Some(json!({})))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let (status, _, body) = api
+        .call(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(&k),
+            Some(json!({"command": "ls"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["code"], "insufficient_scope");
+
+    let full = key(&api.seed(json!({"org_id": "org_exec"})).await);
+    let (_, _, created) = api
+        .call("POST", "/v1/sandboxes", Some(&full), Some(json!({})))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let (status, _, body) = api
+        .call(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(&full),
+            Some(json!({"command": "echo hi"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["stdout"], "echo hi");
+    let (status, _, body) = api.call("GET", "/v1/usage", Some(&k), None).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "usage needs org:billing: {body}"
+    );
+}
+
+#[tokio::test]
+async fn last_used_is_visible_in_the_key_listing() {
+    let api = Api::start(&["--flush-interval-ms", "50"]);
+    let admin = key(&api
+        .seed(json!({"org_id": "org_lu", "scopes": ["api_keys:manage"]}))
+        .await);
+    let (_, _, listed) = api.call("GET", "/v1/api-keys", Some(&admin), None).await;
+    // The listing itself was a use of the key; wait for the flusher to write it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last_used = listed["data"][0]["last_used_at"].clone();
+    while last_used.is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last_used_at never appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (_, _, listed) = api.call("GET", "/v1/api-keys", Some(&admin), None).await;
+        last_used = listed["data"][0]["last_used_at"].clone();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let t = last_used.as_u64().unwrap();
+    assert!(t <= now && t + 60 >= now, "last_used_at {t}, now {now}");
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn ctrl_c_flushes_last_used_times_before_exit() {
+    let dir = std::env::temp_dir().join(format!("tak-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("keys.db");
+    let url = format!("sqlite://{}", db.display());
+    // An hour-long flush interval: only the shutdown flush can write the time.
+    let api = Api::start(&["--store", &url, "--flush-interval-ms", "3600000"]);
+    let k = key(&api
+        .seed(json!({"org_id": "org_shutdown", "scopes": ["api_keys:manage"]}))
+        .await);
+    let (status, _, listed) = api.call("GET", "/v1/api-keys", Some(&k), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(listed["data"][0]["last_used_at"].is_null());
+    let Api { srv, .. } = api;
+    let exit = srv.interrupt(std::time::Duration::from_secs(20));
+    assert!(exit.success(), "{exit:?}");
+
+    let api = Api::start(&["--store", &url]);
+    let (status, _, listed) = api.call("GET", "/v1/api-keys", Some(&k), None).await;
+    assert_eq!(status, StatusCode::OK, "the key survived the restart");
+    assert!(
+        listed["data"][0]["last_used_at"].as_u64().is_some(),
+        "the use before Ctrl-C was flushed: {listed}"
+    );
+    drop(api);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The seeds' curl call, unchanged but for the host.
+#[tokio::test]
+async fn the_seeds_curl_call_works() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: curl is not installed");
+        return;
+    }
+    let api = Api::start(&[]);
+    let k = key(&api.seed(json!({})).await);
+    let srv_url = api.srv.url("/v1/browsers");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-X", "POST", &srv_url])
+            .args(["-H", &format!("Authorization: Bearer {k}")])
+            .args(["-H", "Content-Type: application/json"])
+            .args(["-d", "{}"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "201", "{text}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["status"], "running");
+}
+
+/// The seeds' TypeScript `fetch` snippet, run by the machine's node.
+#[tokio::test]
+async fn the_seeds_fetch_snippet_works_in_node() {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: node is not installed");
+        return;
+    }
+    let api = Api::start(&[]);
+    let k = key(&api
+        .seed(json!({"scopes": ["browser_sessions:create"]}))
+        .await);
+    let snippet = include_str!("seeds/create_browser.mjs")
+        .replace("https://api.boxes.banata.dev", &api.srv.base);
+    let dir = std::env::temp_dir().join(format!("tak-fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("create_browser.mjs");
+    std::fs::write(&file, snippet).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || {
+            std::process::Command::new("node")
+                .arg(&file)
+                .env("BANATA_API_KEY", &k)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], 201);
+    assert_eq!(v["body"]["weight"], "light");
+}

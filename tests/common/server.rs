@@ -16,9 +16,27 @@ fn example_binary() -> std::path::PathBuf {
     BUILT
         .get_or_init(|| {
             // Build (or confirm up to date) the example with the same cargo and target dir.
+            // Same features as this test binary, so the library is not rebuilt for the example.
+            let features: Vec<&str> = [
+                ("axum", cfg!(feature = "axum")),
+                ("tonic", cfg!(feature = "tonic")),
+                ("sqlite", cfg!(feature = "sqlite")),
+                ("postgres", cfg!(feature = "postgres")),
+                ("redis", cfg!(feature = "redis")),
+            ]
+            .into_iter()
+            .filter_map(|(f, on)| on.then_some(f))
+            .collect();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let status = Command::new(cargo)
-                .args(["build", "--example", "server", "--quiet"])
+                .args([
+                    "build",
+                    "--example",
+                    "server",
+                    "--quiet",
+                    "--no-default-features",
+                ])
+                .args(["--features", &features.join(",")])
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("run cargo build --example server");
@@ -61,6 +79,26 @@ impl ExampleServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+}
+
+impl ExampleServer {
+    /// Send SIGINT (Ctrl-C) and wait, at most `limit`, for a clean exit.
+    pub fn interrupt(mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-INT", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "could not send SIGINT");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for server") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not exit within {limit:?} of SIGINT"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
