@@ -22,7 +22,6 @@ fn example_binary() -> std::path::PathBuf {
                 ("tonic", cfg!(feature = "tonic")),
                 ("sqlite", cfg!(feature = "sqlite")),
                 ("postgres", cfg!(feature = "postgres")),
-                ("redis", cfg!(feature = "redis")),
             ]
             .into_iter()
             .filter_map(|(f, on)| on.then_some(f))
