@@ -11,9 +11,10 @@ pub struct ExampleServer {
     pub base: String,
 }
 
-fn example_binary() -> std::path::PathBuf {
+/// Build (once per test binary) the examples and return the path of `name`.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
     static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-    BUILT
+    let dir = BUILT
         .get_or_init(|| {
             // Build (or confirm up to date) the example with the same cargo and target dir.
             // Same features as this test binary, so the library is not rebuilt for the example.
@@ -39,21 +40,22 @@ fn example_binary() -> std::path::PathBuf {
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("run cargo build --example server");
-            assert!(status.success(), "cargo build --example server failed");
+            assert!(status.success(), "cargo build --examples failed");
             // tests run from target/<profile>/deps/<test>; examples live in target/<profile>/examples
             let exe = std::env::current_exe().expect("current exe");
             let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-            let bin = profile_dir.join("examples").join("server");
-            assert!(bin.exists(), "{} missing", bin.display());
-            bin
+            profile_dir.join("examples")
         })
-        .clone()
+        .clone();
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
 }
 
 impl ExampleServer {
     /// Start `server --addr 127.0.0.1:0 <args>` and wait for its "listening on" line.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(example_binary())
+        let mut child = Command::new(example_binary("server"))
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "warn")
