@@ -1,4 +1,5 @@
-//! Start the real example binary on a free port.
+//! Start the real example binaries.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
