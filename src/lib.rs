@@ -57,7 +57,7 @@
 //! | `tonic` | [`PrincipalExt`](grpc::PrincipalExt) for `tonic::Request` |
 //! | `sqlite` | `store::SqliteStore`: embedded durable store (sqlx, bundled SQLite) |
 //! | `postgres` | `store::PostgresStore` and `store::PgInvalidations` (`LISTEN/NOTIFY`) |
-//! | `redis` | `RedisRateLimiter` and `RedisSessions`: GCRA and session leases in Redis, shared by replicas ([`rate_limit::redis`](crate::rate_limit)) |
+//! | `redis` | `rate_limit::redis::{RedisRateLimiter, RedisSessions}`: one rate limit and one session count shared by replicas |
 //!
 //! [tower]: https://docs.rs/tower
 #![deny(missing_docs)]

@@ -108,11 +108,14 @@ impl Drop for Cleanup {
     }
 }
 
+/// A limiter with a generous timeout: on a loaded machine a debug-build round trip must not
+/// pass for an outage (the timeout test sets its own).
 async fn limiter(url: &str, prefix: &str) -> RedisRateLimiter {
     RedisRateLimiter::connect(url)
         .await
         .expect("REDIS_URL is set but Redis is unreachable")
         .prefix(prefix)
+        .timeout(Duration::from_secs(2))
 }
 
 async fn sessions(url: &str, prefix: &str) -> RedisSessions {
@@ -120,6 +123,7 @@ async fn sessions(url: &str, prefix: &str) -> RedisSessions {
         .await
         .expect("REDIS_URL is set but Redis is unreachable")
         .prefix(prefix)
+        .timeout(Duration::from_secs(2))
 }
 
 /// A throwaway `redis-server` on a free port, killed when dropped.
@@ -608,7 +612,7 @@ async fn a_stalled_redis_times_out_and_the_policy_applies() {
     let key = f.key("org_slow").await;
     let limiter = limiter(&server.url(), "tak")
         .await
-        .timeout(Duration::from_millis(50))
+        .timeout(Duration::from_millis(250))
         .cooldown(Duration::ZERO);
     let closed = f.stack(OrgRateLimit::with_backend(limiter.clone()));
     let open = f.stack(

@@ -37,7 +37,7 @@
 //! # The algorithm: one Lua script, one round trip
 //!
 //! A check is one `EVALSHA` of a Lua script (loaded with `SCRIPT LOAD` on first use, or again
-//! after a Redis restart, by [`redis::Script`](::redis::Script)) that runs
+//! after a Redis restart, by [`redis::Script`]) that runs
 //! [`Gcra::decide`](super::Gcra::decide) atomically on the organization's state: the same
 //! integer arithmetic, so the Redis and memory backends give the same decisions and the same
 //! `X-RateLimit-*` figures on the same trace (a test checks this on random traces). Lua numbers
@@ -182,11 +182,14 @@ pub enum RedisBackendError {
 }
 
 /// Connect a [`ConnectionManager`] to `url` (`redis://host:port/db`), as the backends'
-/// `connect` do: one multiplexed connection, reconnecting by itself with an exponential
-/// backoff capped at one second. Fails if Redis cannot be reached now.
+/// `connect` do: one multiplexed connection, reconnecting by itself (three attempts per
+/// round, backing off exponentially from 100 ms; a request after a failed round starts
+/// another). Fails if Redis cannot be reached now (within about a second).
 pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
     let client = Client::open(url)?;
-    let config = ConnectionManagerConfig::new().set_max_delay(Duration::from_secs(1));
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(1));
     ConnectionManager::new_with_config(client, config).await
 }
 
