@@ -134,18 +134,18 @@ struct ChildRedis {
 
 impl ChildRedis {
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::on_port(port)
+        Self::on_port(free_port())
     }
 
     fn on_port(port: u16) -> Self {
+        Self::spawn(port, &[])
+    }
+
+    fn spawn(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -276,6 +276,14 @@ fn header(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers
         .get(name)
         .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn remaining(headers: &HeaderMap) -> Option<u64> {
@@ -768,4 +776,148 @@ fn memory_and_redis_sessions_agree_on_random_traces() {
             Ok(())
         })
         .unwrap();
+}
+
+// ---- Redis Cluster -------------------------------------------------------------------------
+
+/// A throwaway three-node Redis Cluster (no replicas), torn down when dropped.
+struct ChildCluster {
+    nodes: Vec<ChildRedis>,
+    dir: std::path::PathBuf,
+}
+
+impl ChildCluster {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique_prefix());
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir_arg = dir.to_str().unwrap().to_owned();
+        let nodes: Vec<ChildRedis> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let conf = format!("nodes-{port}.conf");
+                ChildRedis::spawn(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf,
+                        "--dir",
+                        &dir_arg,
+                    ],
+                )
+            })
+            .collect();
+        let cluster = Self { nodes, dir };
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("127.0.0.1:{}", n.port)),
+            )
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "REDIS_URL is set, but `redis-cli` could not be run ({e}): the cluster test \
+                     builds its own throwaway Redis Cluster and needs `redis-cli` on PATH"
+                )
+            });
+        assert!(status.success(), "redis-cli --cluster create failed");
+        // Wait for every node to see the whole cluster (the gossip that just started).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &cluster.nodes {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.control())
+                    .unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster never became ready");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        cluster
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(ChildRedis::url).collect()
+    }
+}
+
+impl Drop for ChildCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backends_work_on_a_redis_cluster() {
+    use redis::cluster::ClusterClient;
+    use tower_api_key::rate_limit::SessionBackend;
+
+    let Some(_url) = redis_url("the_backends_work_on_a_redis_cluster") else {
+        return;
+    };
+    let cluster = ChildCluster::start();
+    let connect = || async {
+        ClusterClient::new(cluster.urls())
+            .unwrap()
+            .get_async_connection()
+            .await
+            .unwrap()
+    };
+    // Two replicas, each with its own cluster connection.
+    let a = RedisRateLimiter::new(connect().await).timeout(Duration::from_secs(2));
+    let b = RedisRateLimiter::new(connect().await).timeout(Duration::from_secs(2));
+    let sessions_a = RedisSessions::new(connect().await).timeout(Duration::from_secs(2));
+    let sessions_b = RedisSessions::new(connect().await).timeout(Duration::from_secs(2));
+    let gcra = Gcra::new(3, Duration::from_secs(60));
+    let now = Timestamp::from_unix_secs(T0);
+    let lease = Duration::from_secs(60);
+    let mut control = cluster.nodes[0].control();
+    for i in 0..30 {
+        let org = OrgId::from(format!("org_{i}"));
+        // One limit across both replicas, whichever node holds the organization.
+        for n in 0..3u64 {
+            let replica = if n % 2 == 0 { &a } else { &b };
+            let d = replica.check(&org, &gcra, 1, now).await.unwrap();
+            assert!(d.allowed);
+            assert_eq!(d.info.remaining, 2 - n);
+        }
+        assert!(!b.check(&org, &gcra, 1, now).await.unwrap().allowed);
+        // One session count too.
+        sessions_a.acquire(&org, "s1", 2, lease, now).await.unwrap();
+        sessions_b.acquire(&org, "s2", 2, lease, now).await.unwrap();
+        assert!(matches!(
+            sessions_a.acquire(&org, "s3", 2, lease, now).await,
+            Err(SessionError::LimitReached { .. })
+        ));
+        // Both keys of an organization share its slot.
+        let mut slot = |key: String| -> i64 {
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query(&mut control)
+                .unwrap()
+        };
+        assert_eq!(slot(a.key(&org)), slot(sessions_a.key(&org)));
+    }
+    // The organizations are spread over every node.
+    for node in &cluster.nodes {
+        let keys: i64 = redis::cmd("DBSIZE").query(&mut node.control()).unwrap();
+        assert!(keys > 0, "node {} holds no organization", node.port);
+    }
+    let s = a.stats();
+    assert_eq!(s.errors + s.timeouts + s.skipped, 0, "{s:?}");
 }

@@ -74,6 +74,11 @@
 //! organizations spread over the cluster's slots. `tak` is the default
 //! [`prefix`](RedisRateLimiter::prefix); give each application (or test) its own.
 //!
+//! Both backends take any [`RedisConnection`]: a [`ConnectionManager`] for one Redis (the
+//! default, and what `connect` builds), or, with the `redis` crate's `cluster-async` feature,
+//! a `redis::cluster_async::ClusterConnection`, which routes each script to the node owning
+//! its key (the tests run both backends on a three-node cluster).
+//!
 //! # Time: the caller's clock, not Redis's
 //!
 //! The layer passes the time it read from its [`Clock`](crate::Clock), and the script decides
@@ -128,7 +133,7 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, Script, Value};
 
 use crate::clock::{Timestamp, duration_nanos};
@@ -244,8 +249,15 @@ struct Config {
     grace_ms: u64,
 }
 
-struct Inner {
-    conn: ConnectionManager,
+/// What the backends need of a connection: any async `redis` connection that can be cloned
+/// cheaply and shared, e.g. [`ConnectionManager`] (the default) or, with the `redis` crate's
+/// `cluster-async` feature, `redis::cluster_async::ClusterConnection`.
+pub trait RedisConnection: ConnectionLike + Clone + Send + Sync + 'static {}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisConnection for C {}
+
+struct Inner<C> {
+    conn: C,
     config: Config,
     local: MemoryRateLimiter,
     counters: Counters,
@@ -253,8 +265,8 @@ struct Inner {
     down_until: AtomicU64,
 }
 
-impl Inner {
-    fn new(conn: ConnectionManager, config: Config, local: MemoryRateLimiter) -> Self {
+impl<C> Inner<C> {
+    fn new(conn: C, config: Config, local: MemoryRateLimiter) -> Self {
         Self {
             conn,
             config,
@@ -278,12 +290,25 @@ impl Inner {
 /// Cheap to clone; clones share the connection, the counters and the local fallback limiter.
 /// Configure it before cloning it (each setter called on a shared instance makes a new one
 /// with fresh counters).
-#[derive(Clone)]
-pub struct RedisRateLimiter {
-    inner: Arc<Inner>,
+///
+/// The [`Decision`]s it returns carry the organization's state after the decision as their
+/// `tat`, never earlier than `now` (an idle state reads as `now`).
+///
+/// The connection is a [`ConnectionManager`] by default; any [`RedisConnection`] works, e.g. a
+/// Redis Cluster connection (every script touches one key, routed by its hash tag).
+pub struct RedisRateLimiter<C = ConnectionManager> {
+    inner: Arc<Inner<C>>,
 }
 
-impl fmt::Debug for RedisRateLimiter {
+impl<C> Clone for RedisRateLimiter<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C: RedisConnection> fmt::Debug for RedisRateLimiter<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRateLimiter")
             .field("prefix", &self.inner.config.prefix)
@@ -297,17 +322,19 @@ impl fmt::Debug for RedisRateLimiter {
     }
 }
 
-impl RedisRateLimiter {
+impl RedisRateLimiter<ConnectionManager> {
     /// Connect to `url` (`redis://host:port/db`) with [`connect`]. Fails if Redis cannot be
     /// reached now; once connected, the connection reconnects by itself.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
         Ok(Self::new(connect(url).await?))
     }
+}
 
+impl<C: RedisConnection> RedisRateLimiter<C> {
     /// A limiter over an existing connection (e.g. one shared with [`RedisSessions`] or the
     /// rest of the application), with the defaults: prefix `tak`, 50 ms timeout, 1 s cooldown,
     /// 60 s idle grace.
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: C) -> Self {
         let config = Config {
             prefix: Arc::from(DEFAULT_PREFIX),
             timeout: DEFAULT_TIMEOUT,
@@ -362,7 +389,7 @@ impl RedisRateLimiter {
     }
 
     /// The connection (clone it to share it with [`RedisSessions::new`]).
-    pub fn connection(&self) -> &ConnectionManager {
+    pub fn connection(&self) -> &C {
         &self.inner.conn
     }
 
@@ -390,7 +417,7 @@ impl RedisRateLimiter {
     }
 }
 
-impl RateLimitBackend for RedisRateLimiter {
+impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
     type Check = RedisCheck;
 
     fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> RedisCheck {
@@ -591,7 +618,7 @@ impl Call {
         }
     }
 
-    async fn run(&self, conn: &mut ConnectionManager) -> Result<Decision, RedisBackendError> {
+    async fn run(&self, conn: &mut impl ConnectionLike) -> Result<Decision, RedisBackendError> {
         let mut carry: Option<[String; 5]> = None;
         for _ in 0..MAX_CARRY {
             let mut invocation = GCRA_SCRIPT.prepare_invoke();

@@ -11,7 +11,10 @@ use crate::clock::Timestamp;
 use crate::principal::OrgId;
 use crate::rate_limit::sessions::{SessionBackend, SessionError, SessionLease};
 
-use super::{DEFAULT_IDLE_GRACE, DEFAULT_PREFIX, RedisBackendError, connect, millis, org_key};
+use super::{
+    DEFAULT_IDLE_GRACE, DEFAULT_PREFIX, RedisBackendError, RedisConnection, connect, millis,
+    org_key,
+};
 
 /// The default bound on one session operation: 250 ms (sessions are created far less often
 /// than requests are made, and a failure is a `503`, so this one is less tight).
@@ -52,16 +55,19 @@ const MICROS_PER_SEC: u64 = 1_000_000;
 /// # Ok(()) }
 /// ```
 ///
+/// The connection is a [`ConnectionManager`] by default; any [`RedisConnection`] works (e.g.
+/// Redis Cluster).
+///
 /// [`SessionQuota`]: crate::SessionQuota
 #[derive(Clone)]
-pub struct RedisSessions {
-    conn: ConnectionManager,
+pub struct RedisSessions<C = ConnectionManager> {
+    conn: C,
     prefix: Arc<str>,
     timeout: Duration,
     grace_ms: u64,
 }
 
-impl fmt::Debug for RedisSessions {
+impl<C> fmt::Debug for RedisSessions<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSessions")
             .field("prefix", &self.prefix)
@@ -71,16 +77,18 @@ impl fmt::Debug for RedisSessions {
     }
 }
 
-impl RedisSessions {
+impl RedisSessions<ConnectionManager> {
     /// Connect to `url` with [`connect`](super::connect). Fails if Redis cannot be reached
     /// now; once connected, the connection reconnects by itself.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
         Ok(Self::new(connect(url).await?))
     }
+}
 
+impl<C: RedisConnection> RedisSessions<C> {
     /// Leases over an existing connection, with the defaults: prefix `tak`, 250 ms timeout,
     /// 60 s idle grace.
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: C) -> Self {
         Self {
             conn,
             prefix: Arc::from(DEFAULT_PREFIX),
@@ -147,7 +155,7 @@ fn count(n: i64) -> u32 {
     u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
 
-impl SessionBackend for RedisSessions {
+impl<C: RedisConnection> SessionBackend for RedisSessions<C> {
     async fn acquire(
         &self,
         org: &OrgId,
