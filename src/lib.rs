@@ -45,7 +45,8 @@
 //! - [`LastUsedRecorder`]: when each key was last used, marked lock-free per request and written
 //!   to the store in one batch per interval by a flusher task ([`last_used`]).
 //! - [`OrgRateLimit`]: per-organization GCRA by plan with `X-RateLimit-*` headers, and
-//!   [`SessionQuota`] for concurrent-session leases ([`rate_limit`]).
+//!   [`SessionQuota`] for concurrent-session leases ([`rate_limit`]); over Redis (feature
+//!   `redis`), one limit and one session count shared by every replica.
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
 //!
 //! ## Features
@@ -56,6 +57,7 @@
 //! | `tonic` | [`PrincipalExt`](grpc::PrincipalExt) for `tonic::Request` |
 //! | `sqlite` | `store::SqliteStore`: embedded durable store (sqlx, bundled SQLite) |
 //! | `postgres` | `store::PostgresStore` and `store::PgInvalidations` (`LISTEN/NOTIFY`) |
+//! | `redis` | `rate_limit::redis::{RedisRateLimiter, RedisSessions}`: one rate limit and one session count shared by replicas |
 //!
 //! [tower]: https://docs.rs/tower
 #![deny(missing_docs)]
@@ -85,6 +87,8 @@ pub use key::{ApiKey, KeyFormat, KeyFormats, KeyHash, MalformedKey};
 pub use last_used::{FlushError, FlusherHandle, LastUsedRecorder, LastUsedRecorderLayer};
 pub use manage::{CreatedKey, KeyManager, ManageError, NewKey, Rotation};
 pub use principal::{InvalidScope, KeyId, OrgId, Plan, Principal, Quota, Scope, Scopes};
+#[cfg(feature = "redis")]
+pub use rate_limit::redis::{RedisRateLimiter, RedisSessions};
 pub use rate_limit::{
     Cost, MemoryRateLimiter, MemorySessions, OrgRateLimit, OrgRateLimitLayer, QuotaPolicy,
     RateLimitBackend, SessionError, SessionLease, SessionQuota,

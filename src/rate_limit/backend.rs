@@ -52,4 +52,15 @@ pub trait RateLimitBackend: Clone + Send + Sync + 'static {
     /// Decide a request of `org` costing `cost` cells at `now` under `gcra`, and record it if
     /// admitted.
     fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> Self::Check;
+
+    /// The decision to use instead when [`check`](Self::check) failed and the layer fails
+    /// open ([`OnBackendError::FailOpen`](super::OnBackendError::FailOpen)): typically a
+    /// local, per-replica limiter standing in for a shared one that is unreachable.
+    ///
+    /// The default, `None`, lets the request through without rate-limit headers. The Redis
+    /// backend answers from an in-process [`MemoryRateLimiter`](super::MemoryRateLimiter).
+    fn fallback(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> Option<Decision> {
+        let _ = (org, gcra, cost, now);
+        None
+    }
 }

@@ -10,7 +10,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{Draft, Figures, Outcome, RateLimitBackend, Shared};
+use super::{CheckArgs, Draft, Figures, Outcome, RateLimitBackend, Shared};
 use crate::auth::polled_after_completion;
 use crate::principal::Principal;
 use crate::reject::ResponseBody;
@@ -57,6 +57,7 @@ struct Pending<S, B, ReqBody> {
     req: Request<ReqBody>,
     inner: S,
     shared: Arc<Shared<B>>,
+    args: CheckArgs,
     draft: Option<Draft>,
 }
 
@@ -82,6 +83,7 @@ where
         req: Request<ReqBody>,
         inner: S,
         shared: Arc<Shared<B>>,
+        args: CheckArgs,
         draft: Option<Draft>,
     ) -> Self {
         Self {
@@ -91,6 +93,7 @@ where
                     req,
                     inner,
                     shared,
+                    args,
                     draft,
                 })),
             },
@@ -122,10 +125,11 @@ where
                         req,
                         mut inner,
                         shared,
+                        args,
                         draft,
                     } = *pending;
                     let principal = req.extensions().get::<Principal>();
-                    match shared.outcome(result, principal, draft, req.headers()) {
+                    match shared.outcome(result, principal, &args, draft, req.headers()) {
                         Outcome::Admit(figures) => {
                             let fut = inner.call(req);
                             state.set(State::Inner { fut, figures });

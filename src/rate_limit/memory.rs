@@ -91,6 +91,15 @@ fn tat_for(used: u128, now: u64, gcra: &Gcra) -> u64 {
     now.saturating_add(debt).min(MAX_TAT)
 }
 
+/// The TAT of a one-cell state of quota `from` carried over to quota `to` at `now`, exactly as
+/// this backend carries its state on a plan change (cells in use kept, rounded up, capped at an
+/// exhausted bucket). Shared with the Redis backend so both decide alike.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn carry_over(tat: u64, now: u64, from: &Gcra, to: &Gcra) -> u64 {
+    let now = now.min(MAX_TAT);
+    tat_for(used(tat.min(MAX_TAT), now, from), now, to)
+}
+
 /// The largest power of two not above `n` (`n >= 1`).
 fn prev_power_of_two(n: usize) -> usize {
     1 << (usize::BITS - 1 - n.max(1).leading_zeros())

@@ -94,7 +94,10 @@ mod future;
 pub mod gcra;
 mod headers;
 mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod sessions;
+mod throttle;
 
 use std::fmt;
 use std::future::Future;
@@ -113,7 +116,7 @@ pub use gcra::{Decision, Gcra};
 pub use memory::MemoryRateLimiter;
 pub use sessions::{MemorySessions, SessionBackend, SessionError, SessionLease, SessionQuota};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::principal::{Plan, Principal, Quota};
 use crate::reject::{RateLimitInfo, Rejection, Responder, ResponseBody};
 
@@ -188,7 +191,10 @@ pub enum OnBackendError {
     /// a broken limiter must not silently lift every limit.
     #[default]
     FailClosed,
-    /// Let the request through, without rate-limit headers, and log a warning.
+    /// Decide with the backend's [fallback](RateLimitBackend::fallback) instead, and log a
+    /// warning: the Redis backend falls back to a local, per-replica limiter (admitted
+    /// requests get its headers, and it can refuse with `429`); a backend without a fallback
+    /// lets the request through without rate-limit headers.
     FailOpen,
 }
 
@@ -204,6 +210,16 @@ pub(crate) struct Shared<B> {
     draft_headers: bool,
     on_error: OnBackendError,
     unavailable_retry_after: u64,
+    /// Backend failures are logged at most once a second.
+    error_log: throttle::LogThrottle,
+}
+
+/// What a backend check was asked, kept for the fallback when it fails.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CheckArgs {
+    pub(crate) gcra: Gcra,
+    pub(crate) cost: u32,
+    pub(crate) now: Timestamp,
 }
 
 /// The headers to add to a response: the decision's figures, and the draft fields if enabled.
@@ -255,12 +271,13 @@ pub(crate) enum Outcome {
     Refuse(Response<Bytes>),
 }
 
-impl<B> Shared<B> {
+impl<B: RateLimitBackend> Shared<B> {
     /// Turn a backend answer into the figures to add, or a rendered refusal.
     pub(crate) fn outcome(
         &self,
         result: CheckResult,
         principal: Option<&Principal>,
+        args: &CheckArgs,
         draft: Option<Draft>,
         request_headers: &HeaderMap,
     ) -> Outcome {
@@ -292,11 +309,33 @@ impl<B> Shared<B> {
             }
             Err(error) => match self.on_error {
                 OnBackendError::FailOpen => {
-                    tracing::warn!(%error, org_id = org, "rate-limit backend failed; request let through");
-                    Outcome::Admit(None)
+                    let fallback = principal.and_then(|p| {
+                        self.backend
+                            .fallback(p.org_id(), &args.gcra, args.cost, args.now)
+                    });
+                    if let Some(held_back) = self.error_log.admit(args.now) {
+                        tracing::warn!(
+                            %error,
+                            org_id = org,
+                            held_back,
+                            local = fallback.is_some(),
+                            "rate-limit backend failed; failing open"
+                        );
+                    }
+                    match fallback {
+                        Some(d) => self.outcome(Ok(d), principal, args, draft, request_headers),
+                        None => Outcome::Admit(None),
+                    }
                 }
                 OnBackendError::FailClosed => {
-                    tracing::warn!(%error, org_id = org, "rate-limit backend failed; answering 503");
+                    if let Some(held_back) = self.error_log.admit(args.now) {
+                        tracing::warn!(
+                            %error,
+                            org_id = org,
+                            held_back,
+                            "rate-limit backend failed; answering 503"
+                        );
+                    }
                     Outcome::Refuse(self.responder.respond(
                         &Rejection::StoreUnavailable {
                             retry_after: self.unavailable_retry_after,
@@ -380,6 +419,7 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
                 draft_headers: false,
                 on_error: OnBackendError::default(),
                 unavailable_retry_after: 1,
+                error_log: throttle::LogThrottle::default(),
             }),
         }
     }
@@ -509,13 +549,14 @@ where
             now_secs: now.as_unix_secs(),
         });
         let mut check = shared.backend.check(principal.org_id(), &gcra, cost, now);
+        let args = CheckArgs { gcra, cost, now };
 
         // Fast path: a check that is ready at once (the in-memory backend) is decided here.
         // Checks are `Unpin`, so polling one in place and moving it afterwards is sound.
         let mut noop = Context::from_waker(Waker::noop());
         match Pin::new(&mut check).poll(&mut noop) {
             Poll::Ready(result) => {
-                match shared.outcome(result, Some(principal), draft, req.headers()) {
+                match shared.outcome(result, Some(principal), &args, draft, req.headers()) {
                     Outcome::Admit(figures) => ResponseFuture::inner(self.inner.call(req), figures),
                     Outcome::Refuse(res) => ResponseFuture::rejected(res),
                 }
@@ -523,7 +564,7 @@ where
             Poll::Pending => {
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::checking(check, req, inner, self.shared.clone(), draft)
+                ResponseFuture::checking(check, req, inner, self.shared.clone(), args, draft)
             }
         }
     }

@@ -1,0 +1,108 @@
+-- GCRA for one organization, atomically: the same decision as `Gcra::decide` in gcra.rs.
+--
+-- KEYS[1]  the organization's state: a hash {s, f, q}, its TAT as whole seconds `s` plus `f`
+--          units of the second, and `q`, the quota it was written under ("limit:period_ns").
+-- ARGV     q, units per second U, limit N, interval T, capacity N*T (T and N*T in units),
+--          retry-after of an inadmissible cost (s), cost, now (s), now (units), TTL grace (ms),
+--          then, only to carry a state over to a new quota: the expected s, f, q, the new s, f.
+-- Returns  {allowed 0/1, remaining, reset (Unix s), retry-after (s), TAT - now (units)}, or
+--          {2, s, f, q} when the state was written under another quota and is not idle: the
+--          caller converts it (exactly as the memory backend does) and calls again with the
+--          carry arguments.
+--
+-- Lua numbers are doubles: every quantity below is an integer under 2^53 (the caller picks
+-- units so that the capacity stays under 2^52), so all of this arithmetic is exact.
+local key = KEYS[1]
+local q = ARGV[1]
+local U = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local interval = tonumber(ARGV[4])
+local cap = tonumber(ARGV[5])
+local period_secs = tonumber(ARGV[6])
+local cost = tonumber(ARGV[7])
+local now_s = tonumber(ARGV[8])
+local now_f = tonumber(ARGV[9])
+local grace = tonumber(ARGV[10])
+
+-- floor(a / b), exactly, for integers 0 <= a and 0 < b
+local function fdiv(a, b)
+  local r = math.floor(a / b)
+  if r * b > a then
+    r = r - 1
+  elseif (r + 1) * b <= a then
+    r = r + 1
+  end
+  return r
+end
+
+local function cdiv(a, b)
+  local r = fdiv(a, b)
+  if r * b < a then r = r + 1 end
+  return r
+end
+
+local function int(x)
+  return string.format('%.0f', x)
+end
+
+local st = redis.call('HMGET', key, 's', 'f', 'q')
+local carried = false
+if ARGV[11] and st[1] and st[3] ~= q then
+  if st[1] == ARGV[11] and st[2] == ARGV[12] and st[3] == ARGV[13] then
+    st = {ARGV[14], ARGV[15], q}
+    redis.call('HSET', key, 's', st[1], 'f', st[2], 'q', q)
+    carried = true
+  else
+    return {2, st[1], st[2], st[3]}
+  end
+end
+if st[1] and st[3] ~= q then
+  if tonumber(st[1]) >= now_s then
+    return {2, st[1], st[2], st[3]}
+  end
+  st = {false}  -- idle under its old quota: a full bucket, as if never seen
+end
+
+-- How far the TAT is ahead of now (0: a full bucket).
+local debt = 0
+if st[1] then
+  debt = (tonumber(st[1]) - now_s) * U + (tonumber(st[2]) - now_f)
+  if debt < 0 then debt = 0 end
+end
+
+local function remaining(d)
+  if interval == 0 or d >= cap then return 0 end
+  return fdiv(cap - d, interval)
+end
+
+local function reset_of(d)
+  return now_s + cdiv(now_f + d, U)
+end
+
+local function expire(d)
+  redis.call('PEXPIRE', key, cdiv(d * 1000, U) + grace)
+end
+
+local function refuse(retry)
+  if carried then expire(debt) end
+  return {0, remaining(debt), reset_of(debt), retry, debt}
+end
+
+if cost > limit then
+  return refuse(period_secs)
+end
+local new = debt + cost * interval
+if new > cap then
+  local retry = cdiv(new - cap, U)
+  if retry < 1 then retry = 1 end
+  return refuse(retry)
+end
+if cost > 0 then
+  local total = now_f + new
+  local s = now_s + fdiv(total, U)
+  redis.call('HSET', key, 's', int(s), 'f', int(total - (s - now_s) * U), 'q', q)
+  expire(new)
+elseif carried then
+  expire(debt)
+end
+return {1, remaining(new), reset_of(new), 0, new}

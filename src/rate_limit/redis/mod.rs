@@ -1,0 +1,730 @@
+//! Redis backends (feature `redis`): [`RedisRateLimiter`], one request rate per organization
+//! shared by every replica, and [`RedisSessions`], one concurrent-session count.
+//!
+//! With the in-memory backends each replica limits on its own, so three replicas let a Free
+//! organization send 300 requests a minute. Over Redis they share one state: the 101st request
+//! of the minute is refused whichever replica it reaches.
+//!
+//! # Use
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use tower_api_key::rate_limit::OnBackendError;
+//! use tower_api_key::rate_limit::redis::{RedisRateLimiter, RedisSessions};
+//! use tower_api_key::{ApiKeyAuth, MemoryStore, OrgRateLimit, SessionQuota};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! // One multiplexed connection per replica; it reconnects by itself.
+//! let limiter = RedisRateLimiter::connect("redis://127.0.0.1:6379").await?;
+//! let sessions = SessionQuota::with_backend(RedisSessions::new(limiter.connection().clone()));
+//!
+//! let app: Router = Router::new()
+//!     .route("/v1/browsers", get(|| async { "ok" }))
+//!     .layer(
+//!         OrgRateLimit::with_backend(limiter.clone())
+//!             // Redis down or slow: limit each replica locally instead of answering 503.
+//!             .on_backend_error(OnBackendError::FailOpen),
+//!     )
+//!     .layer(ApiKeyAuth::new(store));
+//! # let _ = (app, sessions);
+//! // Later: how often Redis failed and the local limiter stood in.
+//! let stats = limiter.stats();
+//! println!("{} errors, {} timeouts, {} local decisions", stats.errors, stats.timeouts, stats.fallbacks);
+//! # Ok(()) }
+//! ```
+//!
+//! # The algorithm: one Lua script, one round trip
+//!
+//! A check is one `EVALSHA` of a Lua script (loaded with `SCRIPT LOAD` on first use, or again
+//! after a Redis restart, by [`redis::Script`]) that runs
+//! [`Gcra::decide`](super::Gcra::decide) atomically on the organization's state: the same
+//! integer arithmetic, so the Redis and memory backends give the same decisions and the same
+//! `X-RateLimit-*` figures on the same trace (a test checks this on random traces). Lua numbers
+//! are doubles: every quantity the script handles is an integer below 2^52, exact. Times are
+//! nanoseconds for every quota whose period is shorter than about 52 days (2^52 ns of
+//! capacity); longer periods are computed in microseconds, milliseconds or seconds, rounding
+//! the emission interval up and the current time down, so the coarser figures are only ever
+//! stricter. Quotas are never striped (one key is serialized by Redis anyway), so every quota
+//! is exact to the cell, very large ones included.
+//!
+//! A refusal writes nothing. An admission writes the new TAT and the quota it was decided
+//! under, and sets the key to expire when the bucket is full again plus a grace period
+//! ([`idle_grace`](RedisRateLimiter::idle_grace), 60 s by default): an idle organization leaves
+//! nothing behind.
+//!
+//! **Plan changes** are handled as the memory backend does: the state remembers its quota, and
+//! a request under another quota carries the *cells in use* over (a Free organization with 100
+//! requests spent that upgrades to Paid has 900 left). The conversion is the memory backend's
+//! own integer code, run in Rust: the script answers "this state was written under quota Q",
+//! and the check sends it again with the converted state, which the script installs only if
+//! the state is still the one converted (a compare-and-set). So the first request after a
+//! plan change costs a second round trip; every other request costs one.
+//!
+//! Cost: a check is a round trip plus a few microseconds of script. On localhost (2-core
+//! development machine, `benches/redis.rs`) a check takes 30–36 µs against 22–25 µs for a bare
+//! `PING`, and one connection carries about 60,000 checks a second with 16 in flight.
+//!
+//! # Key layout (Redis Cluster)
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{tak:<org_id>}:rl` | hash `s`, `f`, `q` | the organization's TAT (seconds, fraction) and quota |
+//! | `{tak:<org_id>}:sess` | sorted set | session ids scored by lease expiry (Unix µs) |
+//!
+//! Keys are named by organization id only, never by an API key or its hash. The braces are a
+//! [hash tag](https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags):
+//! both keys of an organization live in one slot, each script touches exactly one key, and
+//! organizations spread over the cluster's slots. `tak` is the default
+//! [`prefix`](RedisRateLimiter::prefix); give each application (or test) its own.
+//!
+//! Both backends take any [`RedisConnection`]: a [`ConnectionManager`] for one Redis (the
+//! default, and what `connect` builds), or, with the `redis` crate's `cluster-async` feature,
+//! a `redis::cluster_async::ClusterConnection`, which routes each script to the node owning
+//! its key (the tests run both backends on a three-node cluster).
+//!
+//! # Time: the caller's clock, not Redis's
+//!
+//! The layer passes the time it read from its [`Clock`](crate::Clock), and the script decides
+//! at that time; Redis's `TIME` is not used. This keeps the backend deterministic (tests drive
+//! it with a [`ManualClock`](crate::ManualClock), and it agrees with the memory backend
+//! exactly), and costs nothing per check. The trade-off is clock skew between replicas: a
+//! replica whose clock runs `δ` ahead sees `δ` more refill than the others (at most `δ / T`
+//! extra cells, e.g. one Free request per 600 ms of skew), and one running behind is
+//! correspondingly stricter. With NTP-synchronized hosts (skew of a few milliseconds) this is
+//! far below one cell for every plan of the seeds' table. Key expiry uses Redis's clock, which
+//! is why it includes the [grace period](RedisRateLimiter::idle_grace): keep it above any
+//! plausible skew.
+//!
+//! # When Redis is down or slow
+//!
+//! Each check is bounded by a [`timeout`](RedisRateLimiter::timeout) (50 ms by default). A
+//! check that fails or times out returns an error, and the layer's
+//! [`OnBackendError`](super::OnBackendError) policy decides:
+//!
+//! - [`FailClosed`](super::OnBackendError::FailClosed) (the layer's default): `503` with
+//!   `Retry-After` (`auth_unavailable`; gRPC 14).
+//! - [`FailOpen`](super::OnBackendError::FailOpen): the request is decided by a local
+//!   [`MemoryRateLimiter`] inside this backend
+//!   ([`RateLimitBackend::fallback`]), so each replica keeps limiting on its own (an
+//!   organization may then get its quota once per replica) and admitted requests keep their
+//!   headers.
+//!
+//! Either way the layer logs a warning (at most one line per second, with the count held
+//! back) and the backend counts the failure ([`stats`](RedisRateLimiter::stats)). After a
+//! failure, checks skip Redis for a [`cooldown`](RedisRateLimiter::cooldown) (1 s on the
+//! layer's clock, by default) and fail at once, so an outage does not add the timeout to every
+//! request; then Redis is tried again, and the connection, which reconnects by itself, is used
+//! as soon as it is back. A check that timed out may still have been applied by Redis: the
+//! request then counts against the quota without having been served by it, which errs on the
+//! strict side.
+//!
+//! Sessions have no fallback: [`RedisSessions`] answers [`SessionError::Unavailable`]
+//! (`503`) when Redis fails, since a per-replica session count would silently multiply the
+//! quota for as long as the sessions live.
+//!
+//! [`SessionError::Unavailable`]: super::SessionError::Unavailable
+
+mod sessions;
+
+pub use sessions::RedisSessions;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, RedisError, Script, Value};
+
+use crate::clock::{Timestamp, duration_nanos};
+use crate::principal::OrgId;
+use crate::reject::RateLimitInfo;
+
+use super::backend::{CheckResult, RateLimitBackend, RateLimitError};
+use super::gcra::{Decision, Gcra, ceil_duration_secs};
+use super::memory::{MemoryRateLimiter, carry_over};
+
+/// The default key prefix: keys are `{tak:<org_id>}:rl` and `{tak:<org_id>}:sess`.
+pub const DEFAULT_PREFIX: &str = "tak";
+
+/// The default bound on one rate-limit check: 50 ms.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// The default time checks skip Redis after it failed: one second.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// The default time a key outlives its content: 60 s.
+pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(60);
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// How many times a check carries a state over to a new quota before giving up (another
+/// replica converting it at the same time, or under yet another quota).
+const MAX_CARRY: usize = 3;
+
+static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("gcra.lua")));
+
+/// Why a Redis backend call failed (the source of [`RateLimitError::Unavailable`] and
+/// [`SessionError::Unavailable`](super::SessionError::Unavailable)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisBackendError {
+    /// The driver failed: connection refused or lost, server error.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// A script answered something it never answers: another program wrote the key?
+    #[error("unexpected reply from a Redis script")]
+    BadReply,
+    /// The stored rate-limit state is not in this crate's format.
+    #[error("unreadable rate-limit state in Redis")]
+    BadState,
+    /// The state kept changing while being carried over to a new quota.
+    #[error("rate-limit state kept changing quota while being carried over")]
+    Contended,
+    /// Redis failed less than the [cooldown](RedisRateLimiter::cooldown) ago: not tried.
+    #[error("Redis failed recently; not tried during the cooldown")]
+    CoolingDown,
+}
+
+/// Connect a [`ConnectionManager`] to `url` (`redis://host:port/db`), as the backends'
+/// `connect` do: one multiplexed connection, reconnecting by itself (three attempts per
+/// round, backing off exponentially from 100 ms; a request after a failed round starts
+/// another). Fails if Redis cannot be reached now (within about a second).
+pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
+    let client = Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(1));
+    ConnectionManager::new_with_config(client, config).await
+}
+
+/// `{<prefix>:<org>}:<suffix>`: one hash slot per organization.
+pub(crate) fn org_key(prefix: &str, org: &OrgId, suffix: &str) -> String {
+    let org = org.as_str();
+    let mut key = String::with_capacity(prefix.len() + org.len() + suffix.len() + 4);
+    key.push('{');
+    key.push_str(prefix);
+    key.push(':');
+    key.push_str(org);
+    key.push_str("}:");
+    key.push_str(suffix);
+    key
+}
+
+/// Counters of a [`RedisRateLimiter`], since it was built. See [`RedisRateLimiter::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Checks asked of the backend.
+    pub checks: u64,
+    /// Checks that failed with a Redis error (connection refused or lost, server error).
+    pub errors: u64,
+    /// Checks that took longer than the [timeout](RedisRateLimiter::timeout).
+    pub timeouts: u64,
+    /// Checks that did not try Redis because it failed less than the
+    /// [cooldown](RedisRateLimiter::cooldown) ago.
+    pub skipped: u64,
+    /// Decisions made by the local limiter instead (the layer failing open).
+    pub fallbacks: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    checks: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    skipped: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    prefix: Arc<str>,
+    timeout: Duration,
+    cooldown: u64,
+    grace_ms: u64,
+}
+
+/// What the backends need of a connection: any async `redis` connection that can be cloned
+/// cheaply and shared, e.g. [`ConnectionManager`] (the default) or, with the `redis` crate's
+/// `cluster-async` feature, `redis::cluster_async::ClusterConnection`.
+pub trait RedisConnection: ConnectionLike + Clone + Send + Sync + 'static {}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisConnection for C {}
+
+struct Inner<C> {
+    conn: C,
+    config: Config,
+    local: MemoryRateLimiter,
+    counters: Counters,
+    /// Nanoseconds since the epoch (the layer's clock) before which Redis is not tried.
+    down_until: AtomicU64,
+}
+
+impl<C> Inner<C> {
+    fn new(conn: C, config: Config, local: MemoryRateLimiter) -> Self {
+        Self {
+            conn,
+            config,
+            local,
+            counters: Counters::default(),
+            down_until: AtomicU64::new(0),
+        }
+    }
+
+    fn failed(&self, now: u64) {
+        if self.config.cooldown > 0 {
+            self.down_until
+                .fetch_max(now.saturating_add(self.config.cooldown), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A [`RateLimitBackend`] on Redis: one GCRA state per organization shared by every replica,
+/// decided by one Lua script in one round trip. See the [module docs](self).
+///
+/// Cheap to clone; clones share the connection, the counters and the local fallback limiter.
+/// Configure it before cloning it (each setter called on a shared instance makes a new one
+/// with fresh counters).
+///
+/// The [`Decision`]s it returns carry the organization's state after the decision as their
+/// `tat`, never earlier than `now` (an idle state reads as `now`).
+///
+/// The connection is a [`ConnectionManager`] by default; any [`RedisConnection`] works, e.g. a
+/// Redis Cluster connection (every script touches one key, routed by its hash tag).
+pub struct RedisRateLimiter<C = ConnectionManager> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for RedisRateLimiter<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C: RedisConnection> fmt::Debug for RedisRateLimiter<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimiter")
+            .field("prefix", &self.inner.config.prefix)
+            .field("timeout", &self.inner.config.timeout)
+            .field(
+                "cooldown",
+                &Duration::from_nanos(self.inner.config.cooldown),
+            )
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRateLimiter<ConnectionManager> {
+    /// Connect to `url` (`redis://host:port/db`) with [`connect`]. Fails if Redis cannot be
+    /// reached now; once connected, the connection reconnects by itself.
+    pub async fn connect(url: &str) -> Result<Self, RedisError> {
+        Ok(Self::new(connect(url).await?))
+    }
+}
+
+impl<C: RedisConnection> RedisRateLimiter<C> {
+    /// A limiter over an existing connection (e.g. one shared with [`RedisSessions`] or the
+    /// rest of the application), with the defaults: prefix `tak`, 50 ms timeout, 1 s cooldown,
+    /// 60 s idle grace.
+    pub fn new(conn: C) -> Self {
+        let config = Config {
+            prefix: Arc::from(DEFAULT_PREFIX),
+            timeout: DEFAULT_TIMEOUT,
+            cooldown: duration_nanos(DEFAULT_COOLDOWN),
+            grace_ms: millis(DEFAULT_IDLE_GRACE),
+        };
+        Self {
+            inner: Arc::new(Inner::new(conn, config, MemoryRateLimiter::new())),
+        }
+    }
+
+    fn map(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => f(&mut inner.config),
+            None => {
+                let mut config = self.inner.config.clone();
+                f(&mut config);
+                self.inner = Arc::new(Inner::new(
+                    self.inner.conn.clone(),
+                    config,
+                    self.inner.local.clone(),
+                ));
+            }
+        }
+        self
+    }
+
+    /// The key prefix (default `tak`): keys are `{<prefix>:<org_id>}:rl`. Applications sharing
+    /// one Redis keep apart by their prefixes.
+    pub fn prefix(self, prefix: &str) -> Self {
+        let prefix = Arc::from(prefix);
+        self.map(|c| c.prefix = prefix)
+    }
+
+    /// The bound on one check, round trip included (default 50 ms). Past it the check fails
+    /// with [`RateLimitError::Timeout`] and the layer's policy applies.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.map(|c| c.timeout = timeout)
+    }
+
+    /// How long, on the layer's clock, checks skip Redis after a failure or timeout (default
+    /// 1 s; zero tries Redis on every check).
+    pub fn cooldown(self, cooldown: Duration) -> Self {
+        self.map(|c| c.cooldown = duration_nanos(cooldown))
+    }
+
+    /// How long a key outlives its content (default 60 s): an organization's key expires this
+    /// long after its bucket is full again. It absorbs clock skew between the replicas and
+    /// Redis (expiry uses Redis's clock); keep it well above any plausible skew.
+    pub fn idle_grace(self, grace: Duration) -> Self {
+        self.map(|c| c.grace_ms = millis(grace))
+    }
+
+    /// The connection (clone it to share it with [`RedisSessions::new`]).
+    pub fn connection(&self) -> &C {
+        &self.inner.conn
+    }
+
+    /// The local limiter deciding while Redis is unavailable and the layer fails open.
+    pub fn local(&self) -> &MemoryRateLimiter {
+        &self.inner.local
+    }
+
+    /// The counters since this limiter was built (shared by its clones).
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RedisStats {
+            checks: get(&c.checks),
+            errors: get(&c.errors),
+            timeouts: get(&c.timeouts),
+            skipped: get(&c.skipped),
+            fallbacks: get(&c.fallbacks),
+        }
+    }
+
+    /// The Redis key holding `org`'s state: `{<prefix>:<org_id>}:rl`.
+    pub fn key(&self, org: &OrgId) -> String {
+        org_key(&self.inner.config.prefix, org, "rl")
+    }
+}
+
+impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
+    type Check = RedisCheck;
+
+    fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> RedisCheck {
+        let inner = &*self.inner;
+        bump(&inner.counters.checks);
+        let now_ns = now.as_unix_nanos();
+        if now_ns < inner.down_until.load(Ordering::Relaxed) {
+            bump(&inner.counters.skipped);
+            return RedisCheck::ready(Err(RateLimitError::unavailable(
+                RedisBackendError::CoolingDown,
+            )));
+        }
+        let call = Call::new(self.key(org), gcra, cost, now, inner.config.grace_ms);
+        let inner = self.inner.clone();
+        RedisCheck::pending(Box::pin(async move {
+            let mut conn = inner.conn.clone();
+            match tokio::time::timeout(inner.config.timeout, call.run(&mut conn)).await {
+                Ok(Ok(decision)) => Ok(decision),
+                Ok(Err(error)) => {
+                    if let RedisBackendError::Redis(_) = error {
+                        bump(&inner.counters.errors);
+                        inner.failed(now_ns);
+                    }
+                    Err(RateLimitError::unavailable(error))
+                }
+                Err(_) => {
+                    bump(&inner.counters.timeouts);
+                    inner.failed(now_ns);
+                    Err(RateLimitError::Timeout)
+                }
+            }
+        }))
+    }
+
+    /// Decide with the local [`MemoryRateLimiter`], counted in [`RedisStats::fallbacks`].
+    fn fallback(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> Option<Decision> {
+        bump(&self.inner.counters.fallbacks);
+        Some(self.inner.local.decide(org, gcra, cost, now))
+    }
+}
+
+/// The future of [`RedisRateLimiter::check`]: ready at once while Redis is skipped, else the
+/// boxed round trip (the allocation is noise next to the network).
+pub struct RedisCheck(CheckState);
+
+enum CheckState {
+    Ready(Option<CheckResult>),
+    Pending(Pin<Box<dyn Future<Output = CheckResult> + Send>>),
+}
+
+impl RedisCheck {
+    fn ready(result: CheckResult) -> Self {
+        Self(CheckState::Ready(Some(result)))
+    }
+
+    fn pending(fut: Pin<Box<dyn Future<Output = CheckResult> + Send>>) -> Self {
+        Self(CheckState::Pending(fut))
+    }
+}
+
+impl fmt::Debug for RedisCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            CheckState::Ready(_) => "RedisCheck::Ready",
+            CheckState::Pending(_) => "RedisCheck::Pending",
+        })
+    }
+}
+
+impl Future for RedisCheck {
+    type Output = CheckResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CheckResult> {
+        match &mut self.get_mut().0 {
+            CheckState::Ready(result) => Poll::Ready(result.take().unwrap_or(Err(
+                RateLimitError::unavailable("RedisCheck polled after completion"),
+            ))),
+            CheckState::Pending(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The units the script computes a quota in: nanoseconds unless its capacity would reach 2^52
+/// of them (beyond which doubles are no longer exact).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Units {
+    /// Nanoseconds per unit: 1, 1e3, 1e6 or 1e9 (so a second is a whole number of units).
+    unit_ns: u64,
+    /// The emission interval, in units, rounded up.
+    interval: u64,
+    /// `limit · interval`, in units.
+    capacity: u64,
+}
+
+const EXACT_BELOW: u64 = 1 << 52;
+
+impl Units {
+    fn of(gcra: &Gcra) -> Self {
+        let mut units = Self {
+            unit_ns: 1,
+            interval: 0,
+            capacity: 0,
+        };
+        // In seconds every quota fits: the capacity is at most ⌈period / limit⌉ · limit units,
+        // below period + limit ≤ 2^64 ns / 1e9 + 2^32 < 2^36.
+        for unit_ns in [1, 1_000, 1_000_000, NANOS_PER_SEC] {
+            let interval = gcra.interval_nanos().div_ceil(unit_ns);
+            units = Self {
+                unit_ns,
+                interval,
+                capacity: interval.saturating_mul(gcra.limit()),
+            };
+            if units.capacity < EXACT_BELOW {
+                break;
+            }
+        }
+        units
+    }
+
+    fn per_sec(&self) -> u64 {
+        NANOS_PER_SEC / self.unit_ns
+    }
+
+    /// A time as (whole seconds, units of the second); the fraction rounded `up` or down.
+    fn split(&self, t: u64, up: bool) -> (u64, u64) {
+        let (s, frac) = (t / NANOS_PER_SEC, t % NANOS_PER_SEC);
+        let f = if up {
+            frac.div_ceil(self.unit_ns)
+        } else {
+            frac / self.unit_ns
+        };
+        if f == self.per_sec() {
+            (s + 1, 0)
+        } else {
+            (s, f)
+        }
+    }
+}
+
+/// The `q` field: what identifies a quota (equal iff the `Gcra`s are equal).
+fn quota_id(gcra: &Gcra) -> String {
+    format!("{}:{}", gcra.limit(), gcra.period().as_nanos())
+}
+
+fn parse_quota_id(q: &str) -> Option<Gcra> {
+    let (limit, period) = q.split_once(':')?;
+    Some(Gcra::new(
+        limit.parse().ok()?,
+        Duration::from_nanos(period.parse().ok()?),
+    ))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One check's arguments, computed before the round trip.
+struct Call {
+    key: String,
+    q: String,
+    gcra: Gcra,
+    units: Units,
+    cost: u32,
+    now: u64,
+    now_s: u64,
+    now_f: u64,
+    grace_ms: u64,
+}
+
+enum Reply {
+    Decided {
+        info: RateLimitInfo,
+        allowed: bool,
+        debt: u64,
+    },
+    WrittenUnder {
+        s: String,
+        f: String,
+        q: String,
+    },
+}
+
+impl Call {
+    fn new(key: String, gcra: &Gcra, cost: u32, now: Timestamp, grace_ms: u64) -> Self {
+        let units = Units::of(gcra);
+        let now = now.as_unix_nanos();
+        let (now_s, now_f) = units.split(now, false);
+        Self {
+            key,
+            q: quota_id(gcra),
+            gcra: *gcra,
+            units,
+            cost,
+            now,
+            now_s,
+            now_f,
+            grace_ms,
+        }
+    }
+
+    async fn run(&self, conn: &mut impl ConnectionLike) -> Result<Decision, RedisBackendError> {
+        let mut carry: Option<[String; 5]> = None;
+        for _ in 0..MAX_CARRY {
+            let mut invocation = GCRA_SCRIPT.prepare_invoke();
+            invocation
+                .key(&self.key)
+                .arg(&self.q)
+                .arg(self.units.per_sec())
+                .arg(self.gcra.limit())
+                .arg(self.units.interval)
+                .arg(self.units.capacity)
+                .arg(ceil_duration_secs(self.gcra.period()).max(1))
+                .arg(self.cost)
+                .arg(self.now_s)
+                .arg(self.now_f)
+                .arg(self.grace_ms);
+            if let Some(carry) = &carry {
+                invocation.arg(&carry[..]);
+            }
+            let reply: Vec<Value> = invocation.invoke_async(conn).await?;
+            match parse_reply(reply)? {
+                Reply::Decided {
+                    info,
+                    allowed,
+                    debt,
+                } => {
+                    let start = self.now_s * NANOS_PER_SEC + self.now_f * self.units.unit_ns;
+                    let tat = start.saturating_add(debt.saturating_mul(self.units.unit_ns));
+                    return Ok(Decision {
+                        allowed,
+                        tat: Timestamp::from_unix_nanos(tat),
+                        info: RateLimitInfo {
+                            limit: self.gcra.limit(),
+                            ..info
+                        },
+                    });
+                }
+                Reply::WrittenUnder { s, f, q } => {
+                    carry = Some(self.carry(s, f, q)?);
+                }
+            }
+        }
+        Err(RedisBackendError::Contended)
+    }
+
+    /// The carry arguments: the state as read, and the same cells in use under this quota.
+    fn carry(&self, s: String, f: String, q: String) -> Result<[String; 5], RedisBackendError> {
+        let from = parse_quota_id(&q).ok_or(RedisBackendError::BadState)?;
+        let secs: u64 = s.parse().map_err(|_| RedisBackendError::BadState)?;
+        let frac: u64 = f.parse().map_err(|_| RedisBackendError::BadState)?;
+        let tat = secs
+            .saturating_mul(NANOS_PER_SEC)
+            .saturating_add(frac.saturating_mul(Units::of(&from).unit_ns));
+        let carried = carry_over(tat, self.now, &from, &self.gcra);
+        // Rounded up: the carried state is never looser than the memory backend's.
+        let (new_s, new_f) = self.units.split(carried, true);
+        Ok([s, f, q, new_s.to_string(), new_f.to_string()])
+    }
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+fn string(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn parse_reply(reply: Vec<Value>) -> Result<Reply, RedisBackendError> {
+    let bad = RedisBackendError::BadReply;
+    let mut it = reply.into_iter();
+    let tag = it.next().as_ref().and_then(int).ok_or(bad)?;
+    if tag == 2 {
+        let mut next = || {
+            it.next()
+                .and_then(string)
+                .ok_or(RedisBackendError::BadState)
+        };
+        let (s, f, q) = (next()?, next()?, next()?);
+        return Ok(Reply::WrittenUnder { s, f, q });
+    }
+    let rest: Vec<u64> = it
+        .map(|v| int(&v))
+        .collect::<Option<_>>()
+        .ok_or(RedisBackendError::BadReply)?;
+    match rest[..] {
+        [remaining, reset, retry_after, debt] if tag <= 1 => Ok(Reply::Decided {
+            allowed: tag == 1,
+            debt,
+            info: RateLimitInfo {
+                limit: 0,
+                remaining,
+                reset,
+                retry_after,
+            },
+        }),
+        _ => Err(RedisBackendError::BadReply),
+    }
+}
