@@ -24,6 +24,7 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
                 ("tonic", cfg!(feature = "tonic")),
                 ("sqlite", cfg!(feature = "sqlite")),
                 ("postgres", cfg!(feature = "postgres")),
+                ("redis", cfg!(feature = "redis")),
             ]
             .into_iter()
             .filter_map(|(f, on)| on.then_some(f))
