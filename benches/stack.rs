@@ -1,0 +1,325 @@
+//! The DESIGN §6 suite in one run: each layer alone over a no-op inner service, the full stack
+//! (ApiKeyAuth → OrgRateLimit → LastUsedRecorder → ScopeGuard) on a hot key with the coarse
+//! clock, and beside them the baselines: no layer, tower-http's static bearer check, governor's
+//! keyed limiter, and the same work composed by hand with no tower (the floor). Then the store
+//! at 10k and 1M keys, and two threads against one.
+//!
+//! ```text
+//! cargo bench --bench stack                      # about 5 minutes on 2 cores
+//! cargo bench --bench stack -- --quick           # criterion's quick mode
+//! BENCH_QUICK=1 cargo bench --bench stack        # shortest: checks that everything runs
+//! cargo bench --bench stack -- 'stack/'          # one group
+//! ```
+//!
+//! Every timed iteration takes a fresh request (built untimed, as a server hands one over),
+//! runs it through the service and drops the response, so `no_layer` is the cost of the
+//! harness and of the request and response themselves; a layer's own cost is its figure minus
+//! that baseline's. The inner service answers like a hello-world handler (one `content-type`).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
+use tower::{Layer, Service};
+use tower_api_key::rate_limit::{Gcra, QuotaPolicy};
+use tower_api_key::{
+    Clock, KeyFormats, KeyHash, KeyStore, LastUsedRecorder, LastUsedRecorderLayer,
+    MemoryRateLimiter, MemoryStore, OrgId, OrgRateLimit, Principal, Requirement, ScopeGuard,
+};
+
+use support::{
+    Fixture, Hello, REQUIRED, Rng, full_stack, full_stack_layers, hello_response, request,
+    request_with, run, run_threads,
+};
+
+/// Time `svc` on fresh requests from `make`.
+fn bench_service<S, R>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    svc: &mut S,
+    mut make: impl FnMut() -> Request<http_body_util::Empty<bytes::Bytes>>,
+) where
+    S: Service<Request<http_body_util::Empty<bytes::Bytes>>, Response = Response<R>>,
+    S::Error: std::fmt::Debug,
+{
+    g.bench_function(name, |b| {
+        b.iter_batched(&mut make, |r| run(svc, r), BatchSize::SmallInput)
+    });
+}
+
+fn with_principal(
+    auth: &'static str,
+    p: &Principal,
+) -> Request<http_body_util::Empty<bytes::Bytes>> {
+    let mut r = request(auth);
+    r.extensions_mut().insert(p.clone());
+    r
+}
+
+/// The floor: what the full stack does for an accepted request, composed by hand from the
+/// crate's public pieces, with no tower service, future or body wrapper around it.
+struct Floor {
+    formats: KeyFormats,
+    store: MemoryStore,
+    clock: Clock,
+    policy: QuotaPolicy,
+    limiter: MemoryRateLimiter,
+    recorder: LastUsedRecorderLayer<MemoryStore>,
+    requirement: Requirement,
+}
+
+impl Floor {
+    fn new(store: &MemoryStore) -> Self {
+        Self {
+            formats: KeyFormats::default(),
+            store: store.clone(),
+            clock: Clock::coarse(),
+            policy: QuotaPolicy::by_plan(),
+            limiter: MemoryRateLimiter::new(),
+            recorder: LastUsedRecorder::new(store.clone()),
+            requirement: Requirement::scope(REQUIRED),
+        }
+    }
+
+    /// ApiKeyAuth's work: the principal of an accepted request.
+    #[inline]
+    fn authenticate<B>(&self, req: &Request<B>) -> Option<Principal> {
+        let value = req.headers().get(AUTHORIZATION)?;
+        let key = tower_api_key::auth::parse_bearer(value.as_bytes())?;
+        self.formats.check(key).ok()?;
+        let hash = KeyHash::of(key);
+        let found = self.store.find_by_hash(&hash).into_inner().ok()??;
+        let now = self.clock.now();
+        if !found.record.hash.ct_eq(&hash)
+            || found.record.is_revoked(now)
+            || found.record.is_expired(now)
+        {
+            return None;
+        }
+        Some(Principal::new(found.record, found.plan))
+    }
+
+    fn auth_only<B>(&self, mut req: Request<B>) -> u16 {
+        let Some(p) = self.authenticate(&req) else {
+            return 401;
+        };
+        req.extensions_mut().insert(p);
+        drop(req);
+        hello_response().status().as_u16()
+    }
+
+    fn full<B>(&self, mut req: Request<B>) -> u16 {
+        let Some(p) = self.authenticate(&req) else {
+            return 401;
+        };
+        let gcra = self.policy.gcra(&p);
+        let decision = self.limiter.decide(p.org_id(), &gcra, 1, self.clock.now());
+        if !decision.allowed {
+            return 429;
+        }
+        self.recorder.mark(&p);
+        if !self.requirement.is_met(p.scopes()) {
+            return 403;
+        }
+        req.extensions_mut().insert(p);
+        drop(req);
+        let mut res = hello_response();
+        decision.info.write_headers(res.headers_mut());
+        res.status().as_u16()
+    }
+}
+
+fn baselines_and_layers(c: &mut Criterion) {
+    let fx = support::fixture();
+    let Fixture {
+        hot,
+        read_only,
+        revoked,
+        limited,
+        unknown,
+        malformed,
+        ..
+    } = fx;
+    let mut g = c.benchmark_group("baseline");
+    bench_service(&mut g, "no_layer", &mut Hello, || request(hot));
+    bench_service(&mut g, "no_layer_with_principal", &mut Hello, || {
+        with_principal(hot, &fx.principal)
+    });
+    let token = hot.trim_start_matches("Bearer ");
+    #[allow(deprecated)]
+    let mut bearer =
+        tower_http::validate_request::ValidateRequestHeaderLayer::bearer(token).layer(Hello);
+    bench_service(&mut g, "tower_http_bearer/accept", &mut bearer, || {
+        request(hot)
+    });
+    bench_service(&mut g, "tower_http_bearer/refused", &mut bearer, || {
+        request(unknown)
+    });
+    let floor = Floor::new(&fx.store);
+    g.bench_function("hand_composed/auth_accept", |b| {
+        b.iter_batched(
+            || request(hot),
+            |r| floor.auth_only(r),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("hand_composed/full_accept", |b| {
+        b.iter_batched(|| request(hot), |r| floor.full(r), BatchSize::SmallInput)
+    });
+    g.finish();
+
+    // The rate-limit step alone: our in-memory backend against governor's keyed limiter, one
+    // admitted request on a hot organization, clock read included (ours: coarse; governor: its
+    // default clock).
+    let mut g = c.benchmark_group("rate_limit_step");
+    let org = fx.hot_org.clone();
+    let limiter = MemoryRateLimiter::new();
+    let gcra = Gcra::new(u32::MAX, Duration::from_secs(1));
+    let clock = Clock::coarse();
+    g.bench_function("org_rate_limit", |b| {
+        b.iter(|| {
+            limiter
+                .decide(black_box(&org), &gcra, 1, clock.now())
+                .allowed
+        })
+    });
+    let gov: governor::DefaultKeyedRateLimiter<OrgId> =
+        governor::RateLimiter::keyed(governor::Quota::per_second(NonZeroU32::MAX));
+    g.bench_function("governor_keyed", |b| {
+        b.iter(|| gov.check_key(black_box(&org)).is_ok())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("layer");
+    let mut auth = support::auth_layer(&fx.store).layer(Hello);
+    for (name, header) in [
+        ("accept", hot),
+        ("malformed_refused", malformed),
+        ("unknown_refused", unknown),
+        ("revoked_refused", revoked),
+    ] {
+        bench_service(&mut g, &format!("api_key_auth/{name}"), &mut auth, || {
+            request(header)
+        });
+    }
+    let mut limit = OrgRateLimit::new().layer(Hello);
+    bench_service(&mut g, "org_rate_limit/admitted", &mut limit, || {
+        with_principal(hot, &fx.principal)
+    });
+    bench_service(&mut g, "org_rate_limit/refused", &mut limit, || {
+        with_principal(limited, &fx.limited_principal)
+    });
+    let mut recorder = LastUsedRecorder::new(fx.store.clone()).layer(Hello);
+    bench_service(&mut g, "last_used/mark", &mut recorder, || {
+        with_principal(hot, &fx.principal)
+    });
+    let mut guard = ScopeGuard::require(REQUIRED).layer(Hello);
+    bench_service(&mut g, "scope_guard/held", &mut guard, || {
+        with_principal(hot, &fx.principal)
+    });
+    bench_service(&mut g, "scope_guard/refused", &mut guard, || {
+        with_principal(read_only, &fx.read_only_principal)
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("stack");
+    let mut stack = full_stack(&fx.store, Hello);
+    for (name, header) in [
+        ("accept", hot),
+        ("malformed_refused", malformed),
+        ("unknown_refused", unknown),
+        ("revoked_refused", revoked),
+        ("scope_refused", read_only),
+        ("rate_limited_refused", limited),
+    ] {
+        bench_service(&mut g, name, &mut stack, || request(header));
+    }
+    g.finish();
+}
+
+/// Lookups and accepted requests with a random key per iteration, in stores of 10k and 1M keys.
+fn store_scale(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store_scale");
+    for (n, label) in [(10_000usize, "10k"), (1_000_000, "1m")] {
+        let (store, headers) = support::large_store(n);
+        let hashes: Vec<KeyHash> = headers
+            .iter()
+            .map(|h| KeyHash::of(&h.to_str().unwrap()["Bearer ".len()..]))
+            .collect();
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
+        g.bench_function(format!("memory_lookup/{label}"), |b| {
+            b.iter_batched(
+                || hashes[rng.below(n)],
+                |h| store.find_by_hash(&h).into_inner().unwrap().is_some(),
+                BatchSize::SmallInput,
+            )
+        });
+        let mut auth = support::auth_layer(&store).layer(Hello);
+        bench_service(
+            &mut g,
+            &format!("api_key_auth_accept/{label}"),
+            &mut auth,
+            || request_with(headers[rng.below(n)].clone()),
+        );
+        let mut stack = full_stack(&store, Hello);
+        bench_service(&mut g, &format!("stack_accept/{label}"), &mut stack, || {
+            request_with(headers[rng.below(n)].clone())
+        });
+    }
+    g.finish();
+}
+
+/// Aggregate throughput of the full stack on one and two threads: one hot key (one key, one
+/// organization) and random keys over 10k. Each thread has its own clone of the stack, as two
+/// connections would; requests are built before the clock starts. Criterion's `elem/s` is the
+/// aggregate (the bar: two threads ≥ 1.2× one).
+fn threads(c: &mut Criterion) {
+    let fx = support::fixture();
+    let (big, headers) = support::large_store(10_000);
+    let mut g = c.benchmark_group("threads");
+    for (label, store) in [("hot_key", &fx.store), ("random_keys", &big)] {
+        let layers = full_stack_layers(store);
+        for threads in [1usize, 2] {
+            g.throughput(Throughput::Elements(threads as u64));
+            g.bench_function(format!("stack_{label}/{threads}_threads"), |b| {
+                b.iter_custom(|iters| {
+                    run_threads(
+                        threads,
+                        |t| {
+                            let mut rng = Rng::new(0x1234_5678 + t as u64);
+                            let reqs: Vec<_> = (0..iters)
+                                .map(|_| match label {
+                                    "hot_key" => request(fx.hot),
+                                    _ => request_with(headers[rng.below(headers.len())].clone()),
+                                })
+                                .collect();
+                            (layers.service(Hello), reqs)
+                        },
+                        |_, (mut svc, reqs)| {
+                            let mut ok = 0u64;
+                            for r in reqs {
+                                ok += u64::from(run(&mut svc, r) == 200);
+                            }
+                            assert_eq!(ok, iters);
+                            ok
+                        },
+                    )
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = support::criterion();
+    targets = baselines_and_layers, store_scale, threads
+}
+criterion_main!(benches);
