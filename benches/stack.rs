@@ -11,10 +11,11 @@
 //! cargo bench --bench stack -- 'stack/'          # one group
 //! ```
 //!
-//! Every timed iteration takes a fresh request (built untimed, as a server hands one over),
-//! runs it through the service and drops the response, so `no_layer` is the cost of the
-//! harness and of the request and response themselves; a layer's own cost is its figure minus
-//! that baseline's. The inner service answers like a hello-world handler (one `content-type`).
+//! Every timed iteration builds a fresh request (as a server does for each one it reads), runs
+//! it through the service and drops the response, so `no_layer` is the cost of the harness and
+//! of the request and response themselves; a layer's own cost is its figure minus that
+//! baseline's. (Building the requests ahead, untimed, measures the allocator instead: freeing
+//! thousands of requests allocated in a row makes glibc coalesce chunks on every free.) The inner service answers like a hello-world handler (one `content-type`).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -23,7 +24,7 @@ use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use tower::{Layer, Service};
@@ -48,9 +49,7 @@ fn bench_service<S, R>(
     S: Service<Request<http_body_util::Empty<bytes::Bytes>>, Response = Response<R>>,
     S::Error: std::fmt::Debug,
 {
-    g.bench_function(name, |b| {
-        b.iter_batched(&mut make, |r| run(svc, r), BatchSize::SmallInput)
-    });
+    g.bench_function(name, |b| b.iter(|| run(svc, make())));
 }
 
 fn with_principal(
@@ -146,7 +145,7 @@ fn baselines_and_layers(c: &mut Criterion) {
         malformed,
         ..
     } = fx;
-    let mut g = c.benchmark_group("baseline");
+    let mut g = c.benchmark_group("suite.baseline");
     bench_service(&mut g, "no_layer", &mut Hello, || request(hot));
     bench_service(&mut g, "no_layer_with_principal", &mut Hello, || {
         with_principal(hot, &fx.principal)
@@ -163,21 +162,17 @@ fn baselines_and_layers(c: &mut Criterion) {
     });
     let floor = Floor::new(&fx.store);
     g.bench_function("hand_composed/auth_accept", |b| {
-        b.iter_batched(
-            || request(hot),
-            |r| floor.auth_only(r),
-            BatchSize::SmallInput,
-        )
+        b.iter(|| floor.auth_only(request(hot)))
     });
     g.bench_function("hand_composed/full_accept", |b| {
-        b.iter_batched(|| request(hot), |r| floor.full(r), BatchSize::SmallInput)
+        b.iter(|| floor.full(request(hot)))
     });
     g.finish();
 
     // The rate-limit step alone: our in-memory backend against governor's keyed limiter, one
     // admitted request on a hot organization, clock read included (ours: coarse; governor: its
     // default clock).
-    let mut g = c.benchmark_group("rate_limit_step");
+    let mut g = c.benchmark_group("suite.rate_limit_step");
     let org = fx.hot_org.clone();
     let limiter = MemoryRateLimiter::new();
     let gcra = Gcra::new(u32::MAX, Duration::from_secs(1));
@@ -196,7 +191,7 @@ fn baselines_and_layers(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut g = c.benchmark_group("layer");
+    let mut g = c.benchmark_group("suite.layer");
     let mut auth = support::auth_layer(&fx.store).layer(Hello);
     for (name, header) in [
         ("accept", hot),
@@ -228,7 +223,7 @@ fn baselines_and_layers(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut g = c.benchmark_group("stack");
+    let mut g = c.benchmark_group("suite.stack");
     let mut stack = full_stack(&fx.store, Hello);
     for (name, header) in [
         ("accept", hot),
@@ -245,31 +240,37 @@ fn baselines_and_layers(c: &mut Criterion) {
 
 /// Lookups and accepted requests with a random key per iteration, in stores of 10k and 1M keys.
 fn store_scale(c: &mut Criterion) {
-    let mut g = c.benchmark_group("store_scale");
+    let mut g = c.benchmark_group("suite.store_scale");
     for (n, label) in [(10_000usize, "10k"), (1_000_000, "1m")] {
-        let (store, headers) = support::large_store(n);
-        let hashes: Vec<KeyHash> = headers
-            .iter()
-            .map(|h| KeyHash::of(&h.to_str().unwrap()["Bearer ".len()..]))
-            .collect();
+        // Built on first use, so a run filtered to other benches does not pay for it.
+        let built = std::cell::OnceCell::new();
+        let data = || {
+            built.get_or_init(|| {
+                let (store, headers) = support::large_store(n);
+                let hashes: Vec<KeyHash> = headers
+                    .iter()
+                    .map(|h| KeyHash::of(&h.to_str().unwrap()["Bearer ".len()..]))
+                    .collect();
+                (store, headers, hashes)
+            })
+        };
         let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         g.bench_function(format!("memory_lookup/{label}"), |b| {
-            b.iter_batched(
-                || hashes[rng.below(n)],
-                |h| store.find_by_hash(&h).into_inner().unwrap().is_some(),
-                BatchSize::SmallInput,
-            )
+            let (store, _, hashes) = data();
+            b.iter(|| {
+                let h = &hashes[rng.below(n)];
+                store.find_by_hash(h).into_inner().unwrap().is_some()
+            })
         });
-        let mut auth = support::auth_layer(&store).layer(Hello);
-        bench_service(
-            &mut g,
-            &format!("api_key_auth_accept/{label}"),
-            &mut auth,
-            || request_with(headers[rng.below(n)].clone()),
-        );
-        let mut stack = full_stack(&store, Hello);
-        bench_service(&mut g, &format!("stack_accept/{label}"), &mut stack, || {
-            request_with(headers[rng.below(n)].clone())
+        g.bench_function(format!("api_key_auth_accept/{label}"), |b| {
+            let (store, headers, _) = data();
+            let mut auth = support::auth_layer(store).layer(Hello);
+            b.iter(|| run(&mut auth, request_with(headers[rng.below(n)].clone())))
+        });
+        g.bench_function(format!("stack_accept/{label}"), |b| {
+            let (store, headers, _) = data();
+            let mut stack = full_stack(store, Hello);
+            b.iter(|| run(&mut stack, request_with(headers[rng.below(n)].clone())))
         });
     }
     g.finish();
@@ -281,13 +282,22 @@ fn store_scale(c: &mut Criterion) {
 /// aggregate (the bar: two threads ≥ 1.2× one).
 fn threads(c: &mut Criterion) {
     let fx = support::fixture();
-    let (big, headers) = support::large_store(10_000);
-    let mut g = c.benchmark_group("threads");
-    for (label, store) in [("hot_key", &fx.store), ("random_keys", &big)] {
-        let layers = full_stack_layers(store);
+    let big = std::cell::OnceCell::new();
+    let mut g = c.benchmark_group("suite.threads");
+    for label in ["hot_key", "random_keys"] {
+        // One stack per scenario, shared by its 1- and 2-thread runs (built on first use).
+        let layers = std::cell::OnceCell::new();
         for threads in [1usize, 2] {
             g.throughput(Throughput::Elements(threads as u64));
             g.bench_function(format!("stack_{label}/{threads}_threads"), |b| {
+                let (store, headers): (&MemoryStore, &[http::HeaderValue]) = match label {
+                    "hot_key" => (&fx.store, &[]),
+                    _ => {
+                        let (s, h) = big.get_or_init(|| support::large_store(10_000));
+                        (s, h)
+                    }
+                };
+                let layers = layers.get_or_init(|| full_stack_layers(store));
                 b.iter_custom(|iters| {
                     run_threads(
                         threads,

@@ -16,6 +16,7 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::Empty;
 use tower::Service;
+use tower::layer::util::{Identity, Stack};
 use tower_api_key::{
     ApiKeyAuth, ApiKeyAuthLayer, KeyFormat, KeyHash, KeyId, KeyManager, KeyRecord, KeyStore,
     LastUsedRecorder, MemoryStore, NewKey, OrgId, OrgRateLimit, Plan, Principal, Quota, ScopeGuard,
@@ -300,24 +301,19 @@ where
     full_stack_layers(store).service(inner)
 }
 
-/// The full stack as a layer (shares its rate-limit and last-used state between services).
-pub fn full_stack_layers(
-    store: &MemoryStore,
-) -> tower::ServiceBuilder<
-    tower::layer::util::Stack<
+/// The full stack's layers, outermost last.
+pub type FullStackLayers = tower::ServiceBuilder<
+    Stack<
         tower_api_key::ScopeGuardLayer,
-        tower::layer::util::Stack<
+        Stack<
             tower_api_key::LastUsedRecorderLayer<MemoryStore>,
-            tower::layer::util::Stack<
-                tower_api_key::OrgRateLimitLayer,
-                tower::layer::util::Stack<
-                    ApiKeyAuthLayer<MemoryStore>,
-                    tower::layer::util::Identity,
-                >,
-            >,
+            Stack<tower_api_key::OrgRateLimitLayer, Stack<ApiKeyAuthLayer<MemoryStore>, Identity>>,
         >,
     >,
-> {
+>;
+
+/// The full stack as a layer (shares its rate-limit and last-used state between services).
+pub fn full_stack_layers(store: &MemoryStore) -> FullStackLayers {
     tower::ServiceBuilder::new()
         .layer(auth_layer(store))
         .layer(OrgRateLimit::new())
