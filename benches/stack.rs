@@ -8,21 +8,35 @@
 //! cargo bench --bench stack                      # about 5 minutes on 2 cores
 //! cargo bench --bench stack -- --quick           # criterion's quick mode
 //! BENCH_QUICK=1 cargo bench --bench stack        # shortest: checks that everything runs
-//! cargo bench --bench stack -- 'stack/'          # one group
+//! cargo bench --bench stack -- 'suite.net'        # one group
 //! ```
 //!
+//! Groups (`python3 scripts/bench-summary.py` prints their medians):
+//!
+//! - `suite.baseline`: absolute figures of the baselines (`no_layer`: the inner service alone;
+//!   tower-http's bearer check; the hand-composed floor);
+//! - `suite.rate_limit_step`: our in-memory limiter against governor's keyed limiter;
+//! - `suite.decision`: ApiKeyAuth's refusal decisions without request or response;
+//! - `suite.net`: each layer alone, the full stack, tower-http and the floor, as their cost
+//!   **net of the no-layer baseline**: the subject and the same requests sent to the inner
+//!   service alone run alternately, 512 iterations at a time, and the measurement is the
+//!   difference, so drift of the machine hits both sides alike;
+//! - `suite.stack`: the full stack's absolute figures (harness included);
+//! - `suite.store_scale`: random keys among 10k and 1M in the store;
+//! - `suite.threads`: one and two threads, on one hot key and on random keys.
+//!
 //! Every timed iteration builds a fresh request (as a server does for each one it reads), runs
-//! it through the service and drops the response, so `no_layer` is the cost of the harness and
-//! of the request and response themselves; a layer's own cost is its figure minus that
-//! baseline's. (Building the requests ahead, untimed, measures the allocator instead: freeing
-//! thousands of requests allocated in a row makes glibc coalesce chunks on every free.) The inner service answers like a hello-world handler (one `content-type`).
+//! it through the service and drops the response. (Building the requests ahead, untimed,
+//! measures the allocator instead: freeing thousands of requests allocated in a row makes glibc
+//! coalesce chunks on every free.) The inner service answers like a hello-world handler (one
+//! `content-type`).
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::header::AUTHORIZATION;
@@ -50,6 +64,38 @@ fn bench_service<S, R>(
     S::Error: std::fmt::Debug,
 {
     g.bench_function(name, |b| b.iter(|| run(svc, make())));
+}
+
+/// The cost of `target` net of `base`: both run alternately, `BLOCK` iterations at a time,
+/// and the measurement is the difference of their times.
+fn bench_net(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut target: impl FnMut() -> u16,
+    mut base: impl FnMut() -> u16,
+) {
+    const BLOCK: u64 = 512;
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let (mut t, mut z) = (Duration::ZERO, Duration::ZERO);
+            let mut done = 0;
+            while done < iters {
+                let n = BLOCK.min(iters - done);
+                let start = Instant::now();
+                for _ in 0..n {
+                    black_box(target());
+                }
+                t += start.elapsed();
+                let start = Instant::now();
+                for _ in 0..n {
+                    black_box(base());
+                }
+                z += start.elapsed();
+                done += n;
+            }
+            t.saturating_sub(z)
+        })
+    });
 }
 
 fn with_principal(
@@ -191,7 +237,36 @@ fn baselines_and_layers(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut g = c.benchmark_group("suite.layer");
+    // ApiKeyAuth's decisions alone, without a request or a response: finding the bearer token
+    // and checking its format (the malformed key's refusal), and the same plus SHA-256 and the
+    // store lookup (the unknown key's).
+    let mut g = c.benchmark_group("suite.decision");
+    let formats = KeyFormats::default();
+    let value = http::HeaderValue::from_static(malformed);
+    g.bench_function("malformed_key", |b| {
+        b.iter(|| {
+            let key = tower_api_key::auth::parse_bearer(black_box(&value).as_bytes());
+            key.is_some_and(|k| formats.check(k).is_ok())
+        })
+    });
+    let value = http::HeaderValue::from_static(unknown);
+    g.bench_function("unknown_key", |b| {
+        b.iter(|| {
+            let Some(key) = tower_api_key::auth::parse_bearer(black_box(&value).as_bytes()) else {
+                return false;
+            };
+            if formats.check(key).is_err() {
+                return false;
+            }
+            let hash = KeyHash::of(key);
+            matches!(fx.store.find_by_hash(&hash).into_inner(), Ok(Some(_)))
+        })
+    });
+    g.finish();
+
+    // Each subject's cost net of the same requests sent to the inner service directly,
+    // alternating in blocks so that drift of the machine hits both sides alike.
+    let mut g = c.benchmark_group("suite.net");
     let mut auth = support::auth_layer(&fx.store).layer(Hello);
     for (name, header) in [
         ("accept", hot),
@@ -199,28 +274,84 @@ fn baselines_and_layers(c: &mut Criterion) {
         ("unknown_refused", unknown),
         ("revoked_refused", revoked),
     ] {
-        bench_service(&mut g, &format!("api_key_auth/{name}"), &mut auth, || {
-            request(header)
-        });
+        bench_net(
+            &mut g,
+            &format!("api_key_auth/{name}"),
+            || run(&mut auth, request(header)),
+            || run(&mut Hello, request(header)),
+        );
     }
     let mut limit = OrgRateLimit::new().layer(Hello);
-    bench_service(&mut g, "org_rate_limit/admitted", &mut limit, || {
-        with_principal(hot, &fx.principal)
-    });
-    bench_service(&mut g, "org_rate_limit/refused", &mut limit, || {
-        with_principal(limited, &fx.limited_principal)
-    });
+    for (name, header, p) in [
+        ("admitted", hot, &fx.principal),
+        ("refused", limited, &fx.limited_principal),
+    ] {
+        bench_net(
+            &mut g,
+            &format!("org_rate_limit/{name}"),
+            || run(&mut limit, with_principal(header, p)),
+            || run(&mut Hello, with_principal(header, p)),
+        );
+    }
     let mut recorder = LastUsedRecorder::new(fx.store.clone()).layer(Hello);
-    bench_service(&mut g, "last_used/mark", &mut recorder, || {
-        with_principal(hot, &fx.principal)
-    });
+    bench_net(
+        &mut g,
+        "last_used/mark",
+        || run(&mut recorder, with_principal(hot, &fx.principal)),
+        || run(&mut Hello, with_principal(hot, &fx.principal)),
+    );
     let mut guard = ScopeGuard::require(REQUIRED).layer(Hello);
-    bench_service(&mut g, "scope_guard/held", &mut guard, || {
-        with_principal(hot, &fx.principal)
-    });
-    bench_service(&mut g, "scope_guard/refused", &mut guard, || {
-        with_principal(read_only, &fx.read_only_principal)
-    });
+    for (name, header, p) in [
+        ("held", hot, &fx.principal),
+        ("refused", read_only, &fx.read_only_principal),
+    ] {
+        bench_net(
+            &mut g,
+            &format!("scope_guard/{name}"),
+            || run(&mut guard, with_principal(header, p)),
+            || run(&mut Hello, with_principal(header, p)),
+        );
+    }
+    let mut stack = full_stack(&fx.store, Hello);
+    for (name, header) in [
+        ("accept", hot),
+        ("malformed_refused", malformed),
+        ("unknown_refused", unknown),
+        ("revoked_refused", revoked),
+        ("scope_refused", read_only),
+        ("rate_limited_refused", limited),
+    ] {
+        bench_net(
+            &mut g,
+            &format!("stack/{name}"),
+            || run(&mut stack, request(header)),
+            || run(&mut Hello, request(header)),
+        );
+    }
+    bench_net(
+        &mut g,
+        "tower_http_bearer/accept",
+        || run(&mut bearer, request(hot)),
+        || run(&mut Hello, request(hot)),
+    );
+    bench_net(
+        &mut g,
+        "tower_http_bearer/refused",
+        || run(&mut bearer, request(unknown)),
+        || run(&mut Hello, request(unknown)),
+    );
+    bench_net(
+        &mut g,
+        "hand_composed/auth_accept",
+        || floor.auth_only(request(hot)),
+        || run(&mut Hello, request(hot)),
+    );
+    bench_net(
+        &mut g,
+        "hand_composed/full_accept",
+        || floor.full(request(hot)),
+        || run(&mut Hello, request(hot)),
+    );
     g.finish();
 
     let mut g = c.benchmark_group("suite.stack");

@@ -9,7 +9,9 @@
 #   ROUNDS=3 SECS=2 scripts/load.sh # shorter
 #
 # Settings (environment): ROUNDS (7), SECS per wrk run (3), CONNS (32), WRK_THREADS (1),
-# SERVER_THREADS (1: with one wrk thread, each side has one of the two cores), BASE_PORT (18081).
+# SERVER_THREADS (1: with one wrk thread, each side has one of the two cores), BASE_PORT (18081),
+# MODES ("none tower-http full"; the first is the reference; add `full-separate` to see the
+# cost of one `Router::layer` call per layer).
 # Installs wrk from Debian's packages if it is missing. Targets 127.0.0.1 only; every wrk run is
 # bounded by `timeout`; the servers are stopped on exit, whatever happens. Not part of .ci/run.
 set -euo pipefail
@@ -21,7 +23,8 @@ CONNS=${CONNS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
 SERVER_THREADS=${SERVER_THREADS:-1}
 BASE_PORT=${BASE_PORT:-18081}
-MODES=(none tower-http full)
+# shellcheck disable=SC2206
+MODES=(${MODES:-none tower-http full})
 KEY=br_live_LoadTest0123456789abcdefghijklmn
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -82,8 +85,9 @@ declare -A RESULTS
 for r in $(seq 1 "$ROUNDS"); do
   line="round $r:"
   # Rotate the order each round so no mode always runs first or last.
-  for k in 0 1 2; do
-    i=$(((k + r) % 3))
+  n=${#MODES[@]}
+  for k in $(seq 0 $((n - 1))); do
+    i=$(((k + r) % n))
     rps=$(run_wrk "$(port_of "$i")" "$SECS")
     RESULTS[${MODES[$i]}]+="$rps "
     line+=" ${MODES[$i]}=$rps"
@@ -93,10 +97,10 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-base=$(echo "${RESULTS[none]}" | median)
+base=$(echo "${RESULTS[${MODES[0]}]}" | median)
 echo
-printf '%-12s %14s %10s\n' mode "median req/s" "vs none"
+printf '%-14s %14s %10s\n' mode "median req/s" "vs ${MODES[0]}"
 for m in "${MODES[@]}"; do
   med=$(echo "${RESULTS[$m]}" | median)
-  printf '%-12s %14.0f %10.3f\n' "$m" "$med" "$(awk -v a="$med" -v b="$base" 'BEGIN {print a / b}')"
+  printf '%-14s %14.0f %10.3f\n' "$m" "$med" "$(awk -v a="$med" -v b="$base" 'BEGIN {print a / b}')"
 done

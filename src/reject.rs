@@ -241,7 +241,10 @@ impl Rejection {
         body.push_str("{\"type\":\"about:blank\",\"title\":\"");
         let title_start = body.len();
         self.write_message(&mut body);
-        escape_json_tail(&mut body, title_start);
+        if let Rejection::InsufficientScope { .. } | Rejection::MissingPrincipal { .. } = self {
+            // The only messages with text from outside the message table (scopes, a name).
+            escape_json_tail(&mut body, title_start);
+        }
         body.push_str("\",\"status\":");
         push_u64(&mut body, u64::from(status.as_u16()));
         body.push_str(",\"code\":\"");
@@ -277,8 +280,8 @@ impl Rejection {
         body.push('}');
         let mut res = Response::new(Bytes::from(body));
         *res.status_mut() = status;
+        *res.headers_mut() = HeaderMap::with_capacity(2 + ROOM);
         let h = res.headers_mut();
-        h.reserve(6);
         h.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
@@ -384,9 +387,8 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &b in &buf[at..] {
-        out.push(char::from(b));
-    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or_default());
 }
 
 /// Escape, as a JSON string's content, what was appended to `out` from byte `from` on.
@@ -454,6 +456,10 @@ struct Prerendered {
     body: Bytes,
 }
 
+/// Room left in a refusal's header map for what outer layers add (`X-RateLimit-*`,
+/// `Retry-After`), so that adding them never reallocates it.
+const ROOM: usize = 4;
+
 /// Copy `bytes` into memory that lives as long as the process. Used only for the one default
 /// renderer built per process (a few hundred bytes, once).
 fn forever(bytes: &[u8]) -> Bytes {
@@ -463,30 +469,41 @@ fn forever(bytes: &[u8]) -> Bytes {
 impl Prerendered {
     fn of(res: Response<Bytes>, process_wide: bool) -> Self {
         let (mut parts, body) = res.into_parts();
-        if !process_wide {
-            return Self {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            };
-        }
-        for value in parts.headers.values_mut() {
-            if let Ok(v) = HeaderValue::from_maybe_shared(forever(value.as_bytes())) {
-                *value = v;
+        if process_wide {
+            for value in parts.headers.values_mut() {
+                if let Ok(v) = HeaderValue::from_maybe_shared(forever(value.as_bytes())) {
+                    *value = v;
+                }
             }
         }
         Self {
             status: parts.status,
             headers: parts.headers,
-            body: forever(&body),
+            body: if process_wide { forever(&body) } else { body },
         }
     }
 
+    /// A fresh response whose header map is a copy of the stored one: the cheapest, for
+    /// refusals nothing is added to (those of `ApiKeyAuth`, the outermost layer).
     #[inline]
     fn response(&self) -> Response<Bytes> {
         let mut res = Response::new(self.body.clone());
         *res.status_mut() = self.status;
         *res.headers_mut() = self.headers.clone();
+        res
+    }
+
+    /// A fresh response whose header map has room for what outer layers add (a copy of the
+    /// stored map is exactly full, and reallocates on the first header added).
+    #[inline]
+    fn response_with_room(&self) -> Response<Bytes> {
+        let mut res = Response::new(self.body.clone());
+        *res.status_mut() = self.status;
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + ROOM);
+        for (name, value) in self.headers.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+        *res.headers_mut() = headers;
         res
     }
 }
@@ -503,10 +520,11 @@ impl FixedRefusal {
     /// The refusal for a request with these headers.
     #[inline]
     pub(crate) fn respond(&self, request_headers: &HeaderMap) -> Response<Bytes> {
+        // Inner layers' refusals get the rate-limit headers added on their way out.
         if is_grpc(request_headers) {
-            self.grpc.response()
+            self.grpc.response_with_room()
         } else {
-            self.http.response()
+            self.http.response_with_room()
         }
     }
 }
