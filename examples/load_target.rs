@@ -28,18 +28,24 @@ use tower::ServiceBuilder;
 use tower_api_key::store::KeyRecord;
 use tower_api_key::{
     ApiKeyAuth, KeyFormat, KeyHash, KeyId, KeyManager, KeyStore, LastUsedRecorder, MemoryStore,
-    OrgId, OrgRateLimit, Plan, Quota, ScopeGuard, Scopes, Timestamp,
+    OrgId, OrgRateLimit, Plan, Quota, ScopeGuard, ScopeRules, Scopes, Timestamp,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     None,
+    /// No middleware, but the handler adds three `X-RateLimit-*` headers of the sizes the full
+    /// stack sends: what those bytes alone cost the server.
+    NoneHeaders,
     TowerHttp,
     /// The stack as one `Router::layer` call (a `ServiceBuilder`): the recommended way.
     Full,
     /// The same layers as three `Router::layer` calls: axum wraps, boxes and clones each one
     /// per request, which costs more than the layers themselves.
     FullSeparate,
+    /// The same as `full` with the scope check in the same `ServiceBuilder` (a `ScopeRules`
+    /// table) instead of a per-route `route_layer`: one axum wrapper instead of two.
+    FullRules,
 }
 
 struct Args {
@@ -51,7 +57,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: load_target --mode none|tower-http|full|full-separate --addr 127.0.0.1:PORT --key br_live_… [--threads N]"
+        "usage: load_target --mode none|none-headers|tower-http|full|full-separate|full-rules --addr 127.0.0.1:PORT --key br_live_… [--threads N]"
     );
     std::process::exit(2)
 }
@@ -68,9 +74,11 @@ fn args() -> Args {
             "--mode" => {
                 mode = Some(match value().as_str() {
                     "none" => Mode::None,
+                    "none-headers" => Mode::NoneHeaders,
                     "tower-http" => Mode::TowerHttp,
                     "full" => Mode::Full,
                     "full-separate" => Mode::FullSeparate,
+                    "full-rules" => Mode::FullRules,
                     _ => usage(),
                 })
             }
@@ -122,12 +130,25 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut flusher = None;
     let app = match args.mode {
         Mode::None => Router::new().route("/", get(hello)),
+        Mode::NoneHeaders => Router::new().route(
+            "/",
+            get(|| async {
+                (
+                    [
+                        ("x-ratelimit-limit", "9999"),
+                        ("x-ratelimit-remaining", "9998"),
+                        ("x-ratelimit-reset", "1795420787"),
+                    ],
+                    "Hello, World!",
+                )
+            }),
+        ),
         Mode::TowerHttp => {
             #[allow(deprecated)] // `bearer` is deprecated in favour of a custom validator
             let layer = tower_http::validate_request::ValidateRequestHeaderLayer::bearer(&args.key);
             Router::new().route("/", get(hello)).layer(layer)
         }
-        Mode::Full | Mode::FullSeparate => {
+        Mode::Full | Mode::FullSeparate | Mode::FullRules => {
             let store = MemoryStore::new();
             let org = OrgId::from("org_load");
             KeyManager::new(store.clone())
@@ -146,6 +167,21 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             store.insert(record).await?;
             let recorder = LastUsedRecorder::new(store.clone());
             flusher = Some(recorder.spawn_flusher(Duration::from_secs(1)));
+            if args.mode == Mode::FullRules {
+                let rules = ScopeRules::new().route(http::Method::GET, "/", "hello:read");
+                return run(
+                    listener,
+                    Router::new().route("/", get(hello)).layer(
+                        ServiceBuilder::new()
+                            .layer(ApiKeyAuth::new(store))
+                            .layer(OrgRateLimit::new())
+                            .layer(recorder)
+                            .layer(ScopeGuard::rules(rules)),
+                    ),
+                    flusher,
+                )
+                .await;
+            }
             let router = Router::new().route(
                 "/",
                 get(hello).route_layer(ScopeGuard::require("hello:read")),
@@ -165,6 +201,14 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     };
+    run(listener, app, flusher).await
+}
+
+async fn run(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    flusher: Option<tower_api_key::FlusherHandle>,
+) -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("load_target listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
