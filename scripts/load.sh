@@ -2,8 +2,8 @@
 # End-to-end load test: one axum hello-world app served three ways (no middleware, tower-http's
 # static bearer check, this crate's full stack), driven by wrk on 127.0.0.1 in short rounds that
 # alternate between the three, so drift of the machine hits all of them alike. Prints each
-# round, then the median requests/s of each mode and its ratio to no middleware
-# (DESIGN §6 bar: full stack ≥ 0.92).
+# round, then the median requests/s of each mode and its ratio to no middleware, as the ratio of
+# the medians and as the median of the per-round ratios (DESIGN §6 bar: full stack ≥ 0.92).
 #
 #   scripts/load.sh                 # 7 rounds of 3 s per mode (about 1.5 minutes)
 #   ROUNDS=3 SECS=2 scripts/load.sh # shorter
@@ -81,16 +81,21 @@ echo "wrk -t$WRK_THREADS -c$CONNS -d${SECS}s, server threads $SERVER_THREADS, $R
 # Warm-up: one short run per mode, not counted.
 for i in "${!MODES[@]}"; do run_wrk "$(port_of "$i")" 1 >/dev/null; done
 
-declare -A RESULTS
+declare -A RESULTS RATIOS
 for r in $(seq 1 "$ROUNDS"); do
   line="round $r:"
+  declare -A ROUND=()
   # Rotate the order each round so no mode always runs first or last.
   n=${#MODES[@]}
   for k in $(seq 0 $((n - 1))); do
     i=$(((k + r) % n))
     rps=$(run_wrk "$(port_of "$i")" "$SECS")
     RESULTS[${MODES[$i]}]+="$rps "
+    ROUND[${MODES[$i]}]=$rps
     line+=" ${MODES[$i]}=$rps"
+  done
+  for m in "${MODES[@]}"; do
+    RATIOS[$m]+="$(awk -v a="${ROUND[$m]}" -v b="${ROUND[${MODES[0]}]}" 'BEGIN {print a / b}') "
   done
   echo "$line"
 done
@@ -99,8 +104,12 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2)
 
 base=$(echo "${RESULTS[${MODES[0]}]}" | median)
 echo
-printf '%-14s %14s %10s\n' mode "median req/s" "vs ${MODES[0]}"
+# Two estimates of each mode's ratio to the reference: the ratio of the medians, and the median
+# of the ratios within each round (the latter compares runs seconds apart, so slow drift of the
+# machine cancels out).
+printf '%-14s %14s %16s %18s\n' mode "median req/s" "ratio of medians" "median of ratios"
 for m in "${MODES[@]}"; do
   med=$(echo "${RESULTS[$m]}" | median)
-  printf '%-14s %14.0f %10.3f\n' "$m" "$med" "$(awk -v a="$med" -v b="$base" 'BEGIN {print a / b}')"
+  printf '%-14s %14.0f %16.3f %18.3f\n' "$m" "$med" \
+    "$(awk -v a="$med" -v b="$base" 'BEGIN {print a / b}')" "$(echo "${RATIOS[$m]}" | median)"
 done
