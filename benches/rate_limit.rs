@@ -20,9 +20,9 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::pin::pin;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -35,6 +35,9 @@ use tower_api_key::{
     Clock, KeyHash, KeyId, MemoryRateLimiter, OrgId, OrgRateLimit, Plan, Principal, Quota, Scopes,
     Timestamp,
 };
+
+#[path = "support/mod.rs"]
+mod support;
 
 type GovKeyed = governor::DefaultKeyedRateLimiter<OrgId>;
 
@@ -81,32 +84,17 @@ fn bench_check(c: &mut Criterion) {
     g.finish();
 }
 
-/// From the first thread's start to the last one's end.
-fn span(times: impl Iterator<Item = (Instant, Instant)>) -> Duration {
-    let (starts, ends): (Vec<_>, Vec<_>) = times.unzip();
-    *ends.iter().max().unwrap() - *starts.iter().min().unwrap()
-}
-
 /// Run `op` `iters` times on each of `threads` threads started together; wall time.
 fn run_threads<F: Fn() + Sync>(threads: usize, iters: u64, op: F) -> Duration {
-    let barrier = Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let (barrier, op) = (&barrier, &op);
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        op();
-                    }
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        barrier.wait();
-        span(handles.into_iter().map(|h| h.join().unwrap()))
-    })
+    support::run_threads(
+        threads,
+        |_| (),
+        |_, ()| {
+            for _ in 0..iters {
+                op();
+            }
+        },
+    )
 }
 
 fn bench_hot_org(c: &mut Criterion) {
@@ -247,28 +235,22 @@ fn bench_layer(c: &mut Criterion) {
         let layer = OrgRateLimit::new();
         g.bench_function(format!("org_rate_limit/{threads}_threads"), |b| {
             b.iter_custom(|iters| {
-                let barrier = Barrier::new(threads + 1);
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = (0..threads)
-                        .map(|_| {
-                            let (barrier, layer) = (&barrier, &layer);
-                            s.spawn(move || {
-                                let p = principal(enterprise);
-                                let mut svc = tower::Layer::layer(layer, noop_service());
-                                barrier.wait();
-                                let start = Instant::now();
-                                for _ in 0..iters {
-                                    let mut req = Request::new(());
-                                    req.extensions_mut().insert(p.clone());
-                                    black_box(call_now(&mut svc, req));
-                                }
-                                (start, Instant::now())
-                            })
-                        })
-                        .collect();
-                    barrier.wait();
-                    span(handles.into_iter().map(|h| h.join().unwrap()))
-                })
+                support::run_threads(
+                    threads,
+                    |_| {
+                        (
+                            principal(enterprise),
+                            tower::Layer::layer(&layer, noop_service()),
+                        )
+                    },
+                    |_, (p, mut svc)| {
+                        for _ in 0..iters {
+                            let mut req = Request::new(());
+                            req.extensions_mut().insert(p.clone());
+                            black_box(call_now(&mut svc, req));
+                        }
+                    },
+                )
             })
         });
     }

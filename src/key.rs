@@ -211,7 +211,7 @@ impl KeyFormat {
             return Err(MalformedKey::Length);
         }
         let body = &bytes[self.prefix.len()..];
-        if !body.iter().all(u8::is_ascii_alphanumeric) {
+        if !all_alphanumeric(body) {
             return Err(MalformedKey::Alphabet);
         }
         if self.checksum {
@@ -223,6 +223,16 @@ impl KeyFormat {
         }
         Ok(())
     }
+}
+
+/// Whether every byte is in `[0-9A-Za-z]`. Folded without an early exit, so the loop is
+/// vectorized (a key is refused or accepted as a whole; which byte is wrong does not matter).
+#[inline]
+fn all_alphanumeric(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |ok, &b| {
+        let lower = b | 0x20;
+        ok & (b.wrapping_sub(b'0') < 10 || lower.wrapping_sub(b'a') < 26)
+    })
 }
 
 /// Append `n` uniformly random characters of `[0-9A-Za-z]` from the OS RNG.
@@ -535,6 +545,16 @@ mod tests {
         let a = KeyFormat::live().generate().unwrap();
         let b = KeyFormat::live().generate().unwrap();
         assert_ne!(a.expose_secret(), b.expose_secret());
+    }
+
+    #[test]
+    fn alphanumeric_check_matches_std() {
+        for b in 0..=255u8 {
+            assert_eq!(all_alphanumeric(&[b]), b.is_ascii_alphanumeric(), "{b}");
+            assert_eq!(crate::auth::all_graphic(&[b]), b.is_ascii_graphic(), "{b}");
+        }
+        assert!(all_alphanumeric(b"09AZaz"));
+        assert!(!all_alphanumeric(b"abc_def"));
     }
 
     #[test]

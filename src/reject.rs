@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -85,11 +85,11 @@ pub struct RateLimitInfo {
 }
 
 impl RateLimitInfo {
-    /// Write `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
+    /// Write `X-RateLimit-Limit`, `-Remaining` and `-Reset` (values up to 9,999 come from a
+    /// static table and the reset time is cached per thread: no allocation per value).
+    #[inline]
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.limit));
-        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
-        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(self.reset));
+        crate::rate_limit::write_info(self, headers);
     }
 }
 
@@ -180,30 +180,44 @@ impl Rejection {
 
     /// The human-readable message (the problem's `title`, the gRPC `grpc-message`).
     pub fn message(&self) -> String {
+        let mut out = String::new();
+        self.write_message(&mut out);
+        out
+    }
+
+    /// Append [`message`](Self::message) to `out`, without the formatting machinery.
+    fn write_message(&self, out: &mut String) {
         match self {
             Rejection::MissingKey | Rejection::InvalidKey(_) => {
-                "Invalid or missing API key".to_owned()
+                out.push_str("Invalid or missing API key");
             }
-            Rejection::KeyInQuery => {
-                "API keys must not be sent in the URL; use the Authorization: Bearer header"
-                    .to_owned()
-            }
+            Rejection::KeyInQuery => out.push_str(
+                "API keys must not be sent in the URL; use the Authorization: Bearer header",
+            ),
             Rejection::InsufficientScope { required } => {
-                format!("This API key lacks the permission required: {required}")
+                out.push_str("This API key lacks the permission required: ");
+                out.push_str(required);
             }
             Rejection::StoreUnavailable { .. } => {
-                "Authentication is temporarily unavailable; retry later".to_owned()
+                out.push_str("Authentication is temporarily unavailable; retry later");
             }
-            Rejection::RateLimited(info) => format!(
-                "Rate limit of {} requests exceeded; retry after {} seconds",
-                info.limit, info.retry_after
-            ),
+            Rejection::RateLimited(info) => {
+                out.push_str("Rate limit of ");
+                push_u64(out, info.limit);
+                out.push_str(" requests exceeded; retry after ");
+                push_u64(out, info.retry_after);
+                out.push_str(" seconds");
+            }
             Rejection::SessionLimit { limit, .. } => {
-                format!("Concurrent session limit of {limit} reached; end a session first")
+                out.push_str("Concurrent session limit of ");
+                push_u64(out, *limit);
+                out.push_str(" reached; end a session first");
             }
-            Rejection::MissingPrincipal { layer } => format!(
-                "Server misconfiguration: {layer} found no authenticated principal (is ApiKeyAuth in front of it?)"
-            ),
+            Rejection::MissingPrincipal { layer } => {
+                out.push_str("Server misconfiguration: ");
+                out.push_str(layer);
+                out.push_str(" found no authenticated principal (is ApiKeyAuth in front of it?)");
+            }
         }
     }
 
@@ -218,34 +232,55 @@ impl Rejection {
     }
 
     /// The `application/problem+json` response.
+    ///
+    /// The body is written directly (no JSON value tree): `type`, `title`, `status`, `code`,
+    /// then the members of the rejection (`required_scope`, `retry_after`, `limit`).
     pub fn problem_response(&self, realm: &str) -> Response<Bytes> {
         let status = self.status();
-        let mut body = serde_json::json!({
-            "type": "about:blank",
-            "title": self.message(),
-            "status": status.as_u16(),
-            "code": self.code(),
-        });
+        let mut body = String::with_capacity(192);
+        body.push_str("{\"type\":\"about:blank\",\"title\":\"");
+        let title_start = body.len();
+        self.write_message(&mut body);
+        if let Rejection::InsufficientScope { .. } | Rejection::MissingPrincipal { .. } = self {
+            // The only messages with text from outside the message table (scopes, a name).
+            escape_json_tail(&mut body, title_start);
+        }
+        body.push_str("\",\"status\":");
+        push_u64(&mut body, u64::from(status.as_u16()));
+        body.push_str(",\"code\":\"");
+        body.push_str(self.code());
+        body.push('"');
+        let number = |body: &mut String, name: &str, n: u64| {
+            body.push_str(",\"");
+            body.push_str(name);
+            body.push_str("\":");
+            push_u64(body, n);
+        };
         match self {
             Rejection::InsufficientScope { required } => {
-                body["required_scope"] = required.as_str().into();
+                body.push_str(",\"required_scope\":\"");
+                let at = body.len();
+                body.push_str(required);
+                escape_json_tail(&mut body, at);
+                body.push('"');
             }
             Rejection::RateLimited(info) => {
-                body["retry_after"] = info.retry_after.into();
-                body["limit"] = info.limit.into();
+                number(&mut body, "retry_after", info.retry_after);
+                number(&mut body, "limit", info.limit);
             }
             Rejection::SessionLimit { limit, retry_after } => {
-                body["retry_after"] = (*retry_after).into();
-                body["limit"] = (*limit).into();
+                number(&mut body, "retry_after", *retry_after);
+                number(&mut body, "limit", *limit);
             }
             Rejection::StoreUnavailable { retry_after } => {
-                body["retry_after"] = (*retry_after).into();
+                number(&mut body, "retry_after", *retry_after);
             }
             _ => {}
         }
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut res = Response::new(Bytes::from(bytes));
+        body.push('}');
+        let mut res = Response::new(Bytes::from(body));
         *res.status_mut() = status;
+        *res.headers_mut() = HeaderMap::with_capacity(2 + ROOM);
         let h = res.headers_mut();
         h.insert(
             CONTENT_TYPE,
@@ -279,11 +314,17 @@ impl Rejection {
         match self {
             Rejection::RateLimited(info) => {
                 info.write_headers(h);
-                h.insert(RETRY_AFTER, HeaderValue::from(info.retry_after.max(1)));
+                h.insert(
+                    RETRY_AFTER,
+                    crate::rate_limit::int_value(info.retry_after.max(1)),
+                );
             }
             Rejection::SessionLimit { retry_after, .. }
             | Rejection::StoreUnavailable { retry_after } => {
-                h.insert(RETRY_AFTER, HeaderValue::from((*retry_after).max(1)));
+                h.insert(
+                    RETRY_AFTER,
+                    crate::rate_limit::int_value((*retry_after).max(1)),
+                );
             }
             _ => {}
         }
@@ -334,6 +375,50 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// Append `n` in decimal.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or_default());
+}
+
+/// Escape, as a JSON string's content, what was appended to `out` from byte `from` on.
+fn escape_json_tail(out: &mut String, from: usize) {
+    let tail = out.get(from..).unwrap_or_default();
+    if !tail.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        return;
+    }
+    let tail = out.split_off(from);
+    for c in tail.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                out.push_str("\\u00");
+                out.push(char::from(
+                    b"0123456789abcdef"[(u32::from(c) >> 4) as usize],
+                ));
+                out.push(char::from(
+                    b"0123456789abcdef"[(u32::from(c) & 15) as usize],
+                ));
+            }
+            c => out.push(c),
+        }
+    }
+}
+
 /// Renders rejections into responses.
 ///
 /// Implemented for closures `Fn(&Rejection, &HeaderMap) -> Response<Bytes>`, which receive the
@@ -356,7 +441,8 @@ where
 ///
 /// The responses that never vary (missing key, invalid key, key in the query string) are
 /// rendered once, at construction; refusing a request then costs a copy of their headers, not a
-/// JSON serialization.
+/// JSON serialization. The renderer of the default realm is built once per process, with its
+/// bodies and header values in `'static` memory, so copying them touches no reference count.
 #[derive(Debug, Clone)]
 pub struct DefaultRender {
     realm: Arc<str>,
@@ -370,27 +456,86 @@ struct Prerendered {
     body: Bytes,
 }
 
+/// Room left in a refusal's header map for what outer layers add (`X-RateLimit-*`,
+/// `Retry-After`), so that adding them never reallocates it.
+const ROOM: usize = 4;
+
+/// Copy `bytes` into memory that lives as long as the process. Used only for the one default
+/// renderer built per process (a few hundred bytes, once).
+fn forever(bytes: &[u8]) -> Bytes {
+    Bytes::from_static(Box::leak(bytes.to_vec().into_boxed_slice()))
+}
+
 impl Prerendered {
-    fn of(res: Response<Bytes>) -> Self {
-        let (parts, body) = res.into_parts();
+    fn of(res: Response<Bytes>, process_wide: bool) -> Self {
+        let (mut parts, body) = res.into_parts();
+        if process_wide {
+            for value in parts.headers.values_mut() {
+                if let Ok(v) = HeaderValue::from_maybe_shared(forever(value.as_bytes())) {
+                    *value = v;
+                }
+            }
+        }
         Self {
             status: parts.status,
             headers: parts.headers,
-            body,
+            body: if process_wide { forever(&body) } else { body },
         }
     }
 
+    /// A fresh response whose header map is a copy of the stored one: the cheapest, for
+    /// refusals nothing is added to (those of `ApiKeyAuth`, the outermost layer).
+    #[inline]
     fn response(&self) -> Response<Bytes> {
         let mut res = Response::new(self.body.clone());
         *res.status_mut() = self.status;
         *res.headers_mut() = self.headers.clone();
         res
     }
+
+    /// A fresh response whose header map has room for what outer layers add (a copy of the
+    /// stored map is exactly full, and reallocates on the first header added).
+    #[inline]
+    fn response_with_room(&self) -> Response<Bytes> {
+        let mut res = Response::new(self.body.clone());
+        *res.status_mut() = self.status;
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + ROOM);
+        for (name, value) in self.headers.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+        *res.headers_mut() = headers;
+        res
+    }
+}
+
+/// A refusal rendered once for a layer (e.g. a [`ScopeGuard`](crate::ScopeGuard)'s fixed
+/// requirement): its HTTP and its gRPC form.
+#[derive(Debug)]
+pub(crate) struct FixedRefusal {
+    http: Prerendered,
+    grpc: Prerendered,
+}
+
+impl FixedRefusal {
+    /// The refusal for a request with these headers.
+    #[inline]
+    pub(crate) fn respond(&self, request_headers: &HeaderMap) -> Response<Bytes> {
+        // Inner layers' refusals get the rate-limit headers added on their way out.
+        if is_grpc(request_headers) {
+            self.grpc.response_with_room()
+        } else {
+            self.http.response_with_room()
+        }
+    }
 }
 
 impl DefaultRender {
     /// The default renderer with `realm` in its `WWW-Authenticate` challenges.
     pub fn new(realm: &str) -> Self {
+        Self::build(realm, false)
+    }
+
+    fn build(realm: &str, process_wide: bool) -> Self {
         let fixed = [
             Rejection::MissingKey,
             Rejection::InvalidKey(InvalidKey::Unknown),
@@ -398,11 +543,14 @@ impl DefaultRender {
         ];
         let render = |i: usize| {
             let r = &fixed[i % 3];
-            Prerendered::of(if i < 3 {
-                r.problem_response(realm)
-            } else {
-                r.grpc_response()
-            })
+            Prerendered::of(
+                if i < 3 {
+                    r.problem_response(realm)
+                } else {
+                    r.grpc_response()
+                },
+                process_wide,
+            )
         };
         Self {
             realm: Arc::from(realm),
@@ -416,6 +564,33 @@ impl DefaultRender {
             ]),
         }
     }
+
+    /// Render `rejection` once, as this renderer would, for a layer to copy on each refusal.
+    pub(crate) fn prerender(&self, rejection: &Rejection) -> FixedRefusal {
+        FixedRefusal {
+            http: Prerendered::of(rejection.problem_response(&self.realm), false),
+            grpc: Prerendered::of(rejection.grpc_response(), false),
+        }
+    }
+
+    #[inline]
+    fn render_default(
+        &self,
+        rejection: &Rejection,
+        request_headers: &HeaderMap,
+    ) -> Response<Bytes> {
+        let slot = match rejection {
+            Rejection::MissingKey => 0,
+            Rejection::InvalidKey(_) => 1,
+            Rejection::KeyInQuery => 2,
+            _ => return rejection.default_response(request_headers, &self.realm),
+        };
+        if is_grpc(request_headers) {
+            self.fixed[slot + 3].response()
+        } else {
+            self.fixed[slot].response()
+        }
+    }
 }
 
 impl Default for DefaultRender {
@@ -426,17 +601,7 @@ impl Default for DefaultRender {
 
 impl RenderRejection for DefaultRender {
     fn render(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
-        let slot = match rejection {
-            Rejection::MissingKey => Some(0),
-            Rejection::InvalidKey(_) => Some(1),
-            Rejection::KeyInQuery => Some(2),
-            _ => None,
-        };
-        match slot {
-            Some(i) if is_grpc(request_headers) => self.fixed[i + 3].response(),
-            Some(i) => self.fixed[i].response(),
-            None => rejection.default_response(request_headers, &self.realm),
-        }
+        self.render_default(rejection, request_headers)
     }
 }
 
@@ -458,11 +623,25 @@ impl RenderRejection for DefaultRender {
 /// assert_eq!(res.body(), "Invalid or missing API key");
 /// ```
 #[derive(Clone)]
-pub struct Responder(Arc<dyn RenderRejection>);
+pub struct Responder(RenderKind);
+
+/// The default renderer is called directly (no dynamic call), and layers may pre-render their
+/// own fixed refusals with it.
+#[derive(Clone)]
+enum RenderKind {
+    Default(Arc<DefaultRender>),
+    Custom(Arc<dyn RenderRejection>),
+}
 
 impl Default for Responder {
+    /// The default renderer, realm `api`: one per process, shared by every layer.
     fn default() -> Self {
-        Self(Arc::new(DefaultRender::default()))
+        static DEFAULT: OnceLock<Arc<DefaultRender>> = OnceLock::new();
+        Self(RenderKind::Default(
+            DEFAULT
+                .get_or_init(|| Arc::new(DefaultRender::build("api", true)))
+                .clone(),
+        ))
     }
 }
 
@@ -475,17 +654,29 @@ impl fmt::Debug for Responder {
 impl Responder {
     /// A custom renderer.
     pub fn new(render: impl RenderRejection) -> Self {
-        Self(Arc::new(render))
+        Self(RenderKind::Custom(Arc::new(render)))
     }
 
     /// The default renderer with another `WWW-Authenticate` realm than `api`.
     pub fn with_realm(realm: &str) -> Self {
-        Self(Arc::new(DefaultRender::new(realm)))
+        Self(RenderKind::Default(Arc::new(DefaultRender::new(realm))))
     }
 
     /// Render a rejection.
+    #[inline]
     pub fn respond(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
-        self.0.render(rejection, request_headers)
+        match &self.0 {
+            RenderKind::Default(d) => d.render_default(rejection, request_headers),
+            RenderKind::Custom(c) => c.render(rejection, request_headers),
+        }
+    }
+
+    /// The default renderer, if this is one (so a layer may pre-render its fixed refusals).
+    pub(crate) fn default_render(&self) -> Option<&DefaultRender> {
+        match &self.0 {
+            RenderKind::Default(d) => Some(d),
+            RenderKind::Custom(_) => None,
+        }
     }
 }
 
@@ -631,6 +822,92 @@ mod tests {
                 assert_eq!(cached.headers(), fresh.headers());
                 assert_eq!(cached.body(), fresh.body());
             }
+        }
+    }
+
+    #[test]
+    fn problem_bodies_are_json_with_their_members() {
+        let info = RateLimitInfo {
+            limit: 100,
+            remaining: 0,
+            reset: 1_700_000_060,
+            retry_after: 7,
+        };
+        let cases = [
+            Rejection::MissingKey,
+            Rejection::InvalidKey(InvalidKey::Revoked),
+            Rejection::KeyInQuery,
+            Rejection::InsufficientScope {
+                required: "a:b \"quoted\" \\ \n".into(),
+            },
+            Rejection::StoreUnavailable { retry_after: 5 },
+            Rejection::RateLimited(info),
+            Rejection::SessionLimit {
+                limit: 10,
+                retry_after: 30,
+            },
+            Rejection::MissingPrincipal {
+                layer: "ScopeGuard",
+            },
+        ];
+        for r in cases {
+            let res = r.problem_response("api");
+            let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+            assert_eq!(v["type"], "about:blank");
+            assert_eq!(v["title"], r.message());
+            assert_eq!(v["status"], r.status().as_u16());
+            assert_eq!(v["code"], r.code());
+            match &r {
+                Rejection::InsufficientScope { required } => {
+                    assert_eq!(v["required_scope"], required.as_str())
+                }
+                Rejection::RateLimited(i) => {
+                    assert_eq!(v["retry_after"], i.retry_after);
+                    assert_eq!(v["limit"], i.limit);
+                    assert_eq!(res.headers()[RETRY_AFTER], "7");
+                    assert_eq!(res.headers()[X_RATELIMIT_RESET], "1700000060");
+                }
+                Rejection::SessionLimit { limit, retry_after } => {
+                    assert_eq!(v["retry_after"], *retry_after);
+                    assert_eq!(v["limit"], *limit);
+                }
+                Rejection::StoreUnavailable { retry_after } => {
+                    assert_eq!(v["retry_after"], *retry_after)
+                }
+                _ => assert_eq!(v.as_object().unwrap().len(), 4),
+            }
+        }
+        assert_eq!(
+            Rejection::RateLimited(info).message(),
+            "Rate limit of 100 requests exceeded; retry after 7 seconds"
+        );
+    }
+
+    #[test]
+    fn the_default_responder_is_shared_and_prerenders_for_layers() {
+        let a = Responder::default();
+        let b = Responder::default();
+        let (Some(da), Some(db)) = (a.default_render(), b.default_render()) else {
+            panic!("default responders render by default");
+        };
+        assert!(std::ptr::eq(da, db));
+        assert!(
+            Responder::new(DefaultRender::new("x"))
+                .default_render()
+                .is_none()
+        );
+        let r = Rejection::InsufficientScope {
+            required: "org:billing".into(),
+        };
+        let fixed = da.prerender(&r);
+        let mut grpc = HeaderMap::new();
+        grpc.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        for headers in [HeaderMap::new(), grpc] {
+            let cached = fixed.respond(&headers);
+            let fresh = a.respond(&r, &headers);
+            assert_eq!(cached.status(), fresh.status());
+            assert_eq!(cached.headers(), fresh.headers());
+            assert_eq!(cached.body(), fresh.body());
         }
     }
 

@@ -36,11 +36,11 @@ pin_project! {
         S: Service<Request<ReqBody>>,
         St: KeyStore,
     {
+        // Boxed: only lookups that are really pending (remote stores) get here, where the
+        // round trip dwarfs the allocation, while inline it would make every response future
+        // carry a whole request, moved at each step of an accepted request.
         Lookup {
-            lookup: St::Lookup,
-            pending: Option<Pending<S, St, ReqBody>>,
-            deadline: Option<Pin<Box<Sleep>>>,
-            armed: bool,
+            waiting: Box<Waiting<S, St, ReqBody>>,
         },
         Inner {
             #[pin]
@@ -50,6 +50,13 @@ pin_project! {
             res: Option<Response<Bytes>>,
         },
     }
+}
+
+struct Waiting<S, St: KeyStore, ReqBody> {
+    lookup: St::Lookup,
+    pending: Option<Pending<S, St, ReqBody>>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 struct Pending<S, St, ReqBody> {
@@ -85,15 +92,17 @@ where
     ) -> Self {
         Self {
             state: State::Lookup {
-                lookup,
-                pending: Some(Pending {
-                    hash,
-                    req,
-                    inner,
-                    shared,
+                waiting: Box::new(Waiting {
+                    lookup,
+                    pending: Some(Pending {
+                        hash,
+                        req,
+                        inner,
+                        shared,
+                    }),
+                    deadline: None,
+                    armed: false,
                 }),
-                deadline: None,
-                armed: false,
             },
         }
     }
@@ -110,12 +119,13 @@ where
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Lookup {
-                    lookup,
-                    pending,
-                    deadline,
-                    armed,
-                } => {
+                StateProj::Lookup { waiting } => {
+                    let Waiting {
+                        lookup,
+                        pending,
+                        deadline,
+                        armed,
+                    } = &mut **waiting;
                     let result = match Pin::new(lookup).poll(cx) {
                         Poll::Ready(r) => r,
                         Poll::Pending => {

@@ -34,6 +34,8 @@ use http::{HeaderName, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+#[cfg(test)]
+pub(crate) use extract::all_graphic;
 pub use extract::parse_bearer;
 pub use future::ResponseFuture;
 pub(crate) use future::polled_after_completion;

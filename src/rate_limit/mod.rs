@@ -113,6 +113,7 @@ use tower_service::Service;
 pub use backend::{CheckResult, RateLimitBackend, RateLimitError};
 pub use future::ResponseFuture;
 pub use gcra::{Decision, Gcra};
+pub(crate) use headers::{int_value, write_info};
 pub use memory::MemoryRateLimiter;
 pub use sessions::{MemorySessions, SessionBackend, SessionError, SessionLease, SessionQuota};
 

@@ -23,7 +23,7 @@ pub use rules::{Requirement, RuleMatch, ScopeRules};
 
 use crate::future::GuardFuture;
 use crate::principal::Principal;
-use crate::reject::{Rejection, Responder, ResponseBody};
+use crate::reject::{FixedRefusal, Rejection, Responder, ResponseBody};
 
 /// The response future of [`ScopeGuard`].
 pub type ResponseFuture<F> = GuardFuture<F>;
@@ -38,6 +38,28 @@ enum Check {
 struct Shared {
     check: Check,
     responder: Responder,
+    /// The refusal of a fixed requirement, rendered once when the responder is the default one.
+    refusal: Option<FixedRefusal>,
+}
+
+impl Shared {
+    fn new(check: Check, responder: Responder) -> Self {
+        let refusal = match (&check, responder.default_render()) {
+            (Check::Fixed(r), Some(render)) => Some(render.prerender(&insufficient(r))),
+            _ => None,
+        };
+        Self {
+            check,
+            responder,
+            refusal,
+        }
+    }
+}
+
+fn insufficient(r: &Requirement) -> Rejection {
+    Rejection::InsufficientScope {
+        required: r.describe().to_owned(),
+    }
 }
 
 /// Checks the caller's scopes. Build its layer with [`ScopeGuard::require`] and friends.
@@ -107,10 +129,7 @@ pub struct ScopeGuardLayer {
 impl ScopeGuardLayer {
     fn new(check: Check) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                check,
-                responder: Responder::default(),
-            }),
+            shared: Arc::new(Shared::new(check, Responder::default())),
         }
     }
 
@@ -124,7 +143,7 @@ impl ScopeGuardLayer {
             },
         };
         Self {
-            shared: Arc::new(Shared { check, responder }),
+            shared: Arc::new(Shared::new(check, responder)),
         }
     }
 }
@@ -203,10 +222,11 @@ where
                     key_id = %principal.key_id(), org_id = %principal.org_id(),
                     required = r.describe(), "api key lacks scope"
                 );
-                let rejection = Rejection::InsufficientScope {
-                    required: r.describe().to_owned(),
+                let res = match &shared.refusal {
+                    Some(fixed) => fixed.respond(req.headers()),
+                    None => shared.responder.respond(&insufficient(r), req.headers()),
                 };
-                GuardFuture::rejected(shared.responder.respond(&rejection, req.headers()))
+                GuardFuture::rejected(res)
             }
             _ => GuardFuture::inner(self.inner.call(req)),
         }

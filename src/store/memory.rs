@@ -1,8 +1,10 @@
 //! The embedded in-memory store.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::{Ready, ready};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::clock::Timestamp;
@@ -34,9 +36,61 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
+/// The request-path map's key: the record itself, hashed and compared by its key hash, so an
+/// entry is one pointer and the plan (32 bytes) rather than a second copy of the digest beside
+/// the record's (64 bytes).
+struct ByHash(Arc<KeyRecord>);
+
+impl Hash for ByHash {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash.hash(state);
+    }
+}
+
+impl PartialEq for ByHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.hash == other.0.hash
+    }
+}
+
+impl Eq for ByHash {}
+
+impl Borrow<KeyHash> for ByHash {
+    #[inline]
+    fn borrow(&self) -> &KeyHash {
+        &self.0.hash
+    }
+}
+
+/// The management index: the same record, hashed and compared by its id (one pointer per key,
+/// not a copy of the id and of the digest).
+struct ById(Arc<KeyRecord>);
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that lookups by `&str` find it.
+        self.0.id.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        self.0.id.as_str()
+    }
+}
+
 struct Inner {
     /// Request path: hash → (record, plan). Read lock-free.
-    by_hash: papaya::HashMap<KeyHash, StoredKey, KeyHashBuilder>,
+    by_hash: papaya::HashMap<ByHash, Plan, KeyHashBuilder>,
     /// Last-used times, kept apart so records stay immutable snapshots.
     last_used: papaya::HashMap<KeyId, Timestamp>,
     /// Everything else, for management: behind one mutex that also serializes writes.
@@ -44,9 +98,10 @@ struct Inner {
     default_plan: Plan,
 }
 
+/// Written under the mutex: `by_id` and `by_hash` always hold the same record `Arc` per key.
 #[derive(Default)]
 struct Admin {
-    by_id: HashMap<KeyId, KeyHash>,
+    by_id: HashSet<ById>,
     by_org: HashMap<OrgId, Vec<KeyId>>,
     plans: HashMap<OrgId, Plan>,
 }
@@ -119,7 +174,7 @@ impl MemoryStore {
     fn insert_sync(&self, record: KeyRecord) -> Result<(), StoreError> {
         let mut admin = self.admin();
         let by_hash = self.inner.by_hash.pin();
-        if admin.by_id.contains_key(&record.id) || by_hash.contains_key(&record.hash) {
+        if admin.by_id.contains(record.id.as_str()) || by_hash.contains_key(&record.hash) {
             return Err(StoreError::Duplicate);
         }
         let plan = admin
@@ -127,61 +182,55 @@ impl MemoryStore {
             .get(&record.org_id)
             .copied()
             .unwrap_or(self.inner.default_plan);
-        admin.by_id.insert(record.id.clone(), record.hash);
         admin
             .by_org
             .entry(record.org_id.clone())
             .or_default()
             .push(record.id.clone());
-        by_hash.insert(
-            record.hash,
-            StoredKey {
-                record: Arc::new(record),
-                plan,
-            },
-        );
+        let record = Arc::new(record);
+        admin.by_id.insert(ById(record.clone()));
+        by_hash.insert(ByHash(record), plan);
         Ok(())
     }
 
     fn get_sync(&self, id: &KeyId) -> Option<KeyRecord> {
-        let hash = *self.admin().by_id.get(id)?;
-        let by_hash = self.inner.by_hash.pin();
-        by_hash.get(&hash).map(|s| self.with_last_used(&s.record))
+        let admin = self.admin();
+        admin
+            .by_id
+            .get(id.as_str())
+            .map(|r| self.with_last_used(&r.0))
     }
 
     fn list_sync(&self, org: &OrgId) -> Vec<KeyRecord> {
         let admin = self.admin();
-        let by_hash = self.inner.by_hash.pin();
         let mut out: Vec<KeyRecord> = admin
             .by_org
             .get(org)
             .into_iter()
             .flatten()
-            .filter_map(|id| admin.by_id.get(id))
-            .filter_map(|h| by_hash.get(h))
-            .map(|s| self.with_last_used(&s.record))
+            .filter_map(|id| admin.by_id.get(id.as_str()))
+            .map(|r| self.with_last_used(&r.0))
             .collect();
         out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         out
     }
 
     fn revoke_sync(&self, id: &KeyId, at: Timestamp) -> Option<KeyRecord> {
-        let admin = self.admin();
-        let hash = *admin.by_id.get(id)?;
-        let by_hash = self.inner.by_hash.pin();
-        let current = by_hash.get(&hash)?.clone();
-        let mut record = KeyRecord::clone(&current.record);
+        let mut admin = self.admin();
+        let current = admin.by_id.get(id.as_str())?.0.clone();
+        let mut record = KeyRecord::clone(&current);
         match record.revoked_at {
             Some(t) if t <= at => {}
             _ => {
                 record.revoked_at = Some(at);
-                by_hash.insert(
-                    hash,
-                    StoredKey {
-                        record: Arc::new(record.clone()),
-                        plan: current.plan,
-                    },
-                );
+                let by_hash = self.inner.by_hash.pin();
+                let plan = by_hash
+                    .get(&record.hash)
+                    .copied()
+                    .unwrap_or(self.inner.default_plan);
+                let updated = Arc::new(record.clone());
+                by_hash.insert(ByHash(updated.clone()), plan);
+                admin.by_id.replace(ById(updated));
             }
         }
         drop(admin);
@@ -193,15 +242,8 @@ impl MemoryStore {
         admin.plans.insert(org.clone(), plan);
         let by_hash = self.inner.by_hash.pin();
         for id in admin.by_org.get(org).into_iter().flatten() {
-            let Some(hash) = admin.by_id.get(id) else {
-                continue;
-            };
-            if let Some(current) = by_hash.get(hash) {
-                let updated = StoredKey {
-                    record: current.record.clone(),
-                    plan,
-                };
-                by_hash.insert(*hash, updated);
+            if let Some(r) = admin.by_id.get(id.as_str()) {
+                by_hash.insert(ByHash(r.0.clone()), plan);
             }
         }
     }
@@ -212,7 +254,11 @@ impl KeyStore for MemoryStore {
 
     #[inline]
     fn find_by_hash(&self, hash: &KeyHash) -> Self::Lookup {
-        ready(Ok(self.inner.by_hash.pin().get(hash).cloned()))
+        let by_hash = self.inner.by_hash.pin();
+        ready(Ok(by_hash.get_key_value(hash).map(|(k, plan)| StoredKey {
+            record: k.0.clone(),
+            plan: *plan,
+        })))
     }
 
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
@@ -236,7 +282,7 @@ impl KeyStore for MemoryStore {
             let admin = self.admin();
             batch
                 .iter()
-                .filter(|(id, _)| admin.by_id.contains_key(id))
+                .filter(|(id, _)| admin.by_id.contains(id.as_str()))
                 .collect()
         };
         let last_used = self.inner.last_used.pin();

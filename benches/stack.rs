@@ -1,0 +1,470 @@
+//! The DESIGN §6 suite in one run: each layer alone over a no-op inner service, the full stack
+//! (ApiKeyAuth → OrgRateLimit → LastUsedRecorder → ScopeGuard) on a hot key with the coarse
+//! clock, and beside them the baselines: no layer, tower-http's static bearer check, governor's
+//! keyed limiter, and the same work composed by hand with no tower (the floor). Then the store
+//! at 10k and 1M keys, and two threads against one.
+//!
+//! ```text
+//! cargo bench --bench stack                      # about 5 minutes on 2 cores
+//! cargo bench --bench stack -- --quick           # criterion's quick mode
+//! BENCH_QUICK=1 cargo bench --bench stack        # shortest: checks that everything runs
+//! cargo bench --bench stack -- 'suite.net'        # one group
+//! ```
+//!
+//! Groups (`python3 scripts/bench-summary.py` prints their medians):
+//!
+//! - `suite.baseline`: absolute figures of the baselines (`no_layer`: the inner service alone;
+//!   tower-http's bearer check; the hand-composed floor);
+//! - `suite.rate_limit_step`: our in-memory limiter against governor's keyed limiter;
+//! - `suite.decision`: ApiKeyAuth's refusal decisions without request or response;
+//! - `suite.net`: each layer alone, the full stack, tower-http and the floor, as their cost
+//!   **net of the no-layer baseline**: the subject and the same requests sent to the inner
+//!   service alone run alternately, 512 iterations at a time, and the measurement is the
+//!   difference, so drift of the machine hits both sides alike;
+//! - `suite.stack`: the full stack's absolute figures (harness included);
+//! - `suite.store_scale`: random keys among 10k and 1M in the store;
+//! - `suite.threads`: one and two threads, on one hot key and on random keys.
+//!
+//! Every timed iteration builds a fresh request (as a server does for each one it reads), runs
+//! it through the service and drops the response. (Building the requests ahead, untimed,
+//! measures the allocator instead: freeing thousands of requests allocated in a row makes glibc
+//! coalesce chunks on every free.) The inner service answers like a hello-world handler (one
+//! `content-type`).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
+use tower::{Layer, Service};
+use tower_api_key::rate_limit::{Gcra, QuotaPolicy};
+use tower_api_key::{
+    Clock, KeyFormats, KeyHash, KeyStore, LastUsedRecorder, LastUsedRecorderLayer,
+    MemoryRateLimiter, MemoryStore, OrgId, OrgRateLimit, Principal, Requirement, ScopeGuard,
+};
+
+use support::{
+    Fixture, Hello, REQUIRED, Rng, full_stack, full_stack_layers, hello_response, request,
+    request_with, run, run_threads,
+};
+
+/// Time `svc` on fresh requests from `make`.
+fn bench_service<S, R>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    svc: &mut S,
+    mut make: impl FnMut() -> Request<http_body_util::Empty<bytes::Bytes>>,
+) where
+    S: Service<Request<http_body_util::Empty<bytes::Bytes>>, Response = Response<R>>,
+    S::Error: std::fmt::Debug,
+{
+    g.bench_function(name, |b| b.iter(|| run(svc, make())));
+}
+
+/// The cost of `target` net of `base`: both run alternately, `BLOCK` iterations at a time,
+/// and the measurement is the difference of their times.
+fn bench_net(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut target: impl FnMut() -> u16,
+    mut base: impl FnMut() -> u16,
+) {
+    const BLOCK: u64 = 512;
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let (mut t, mut z) = (Duration::ZERO, Duration::ZERO);
+            let mut done = 0;
+            while done < iters {
+                let n = BLOCK.min(iters - done);
+                let start = Instant::now();
+                for _ in 0..n {
+                    black_box(target());
+                }
+                t += start.elapsed();
+                let start = Instant::now();
+                for _ in 0..n {
+                    black_box(base());
+                }
+                z += start.elapsed();
+                done += n;
+            }
+            // A sample where noise outweighs a cost of a few nanoseconds counts as 1 ns
+            // (criterion refuses zero).
+            t.saturating_sub(z).max(Duration::from_nanos(1))
+        })
+    });
+}
+
+fn with_principal(
+    auth: &'static str,
+    p: &Principal,
+) -> Request<http_body_util::Empty<bytes::Bytes>> {
+    let mut r = request(auth);
+    r.extensions_mut().insert(p.clone());
+    r
+}
+
+/// The floor: what the full stack does for an accepted request, composed by hand from the
+/// crate's public pieces, with no tower service, future or body wrapper around it.
+struct Floor {
+    formats: KeyFormats,
+    store: MemoryStore,
+    clock: Clock,
+    policy: QuotaPolicy,
+    limiter: MemoryRateLimiter,
+    recorder: LastUsedRecorderLayer<MemoryStore>,
+    requirement: Requirement,
+}
+
+impl Floor {
+    fn new(store: &MemoryStore) -> Self {
+        Self {
+            formats: KeyFormats::default(),
+            store: store.clone(),
+            clock: Clock::coarse(),
+            policy: QuotaPolicy::by_plan(),
+            limiter: MemoryRateLimiter::new(),
+            recorder: LastUsedRecorder::new(store.clone()),
+            requirement: Requirement::scope(REQUIRED),
+        }
+    }
+
+    /// ApiKeyAuth's work: the principal of an accepted request.
+    #[inline]
+    fn authenticate<B>(&self, req: &Request<B>) -> Option<Principal> {
+        let value = req.headers().get(AUTHORIZATION)?;
+        let key = tower_api_key::auth::parse_bearer(value.as_bytes())?;
+        self.formats.check(key).ok()?;
+        let hash = KeyHash::of(key);
+        let found = self.store.find_by_hash(&hash).into_inner().ok()??;
+        let now = self.clock.now();
+        if !found.record.hash.ct_eq(&hash)
+            || found.record.is_revoked(now)
+            || found.record.is_expired(now)
+        {
+            return None;
+        }
+        Some(Principal::new(found.record, found.plan))
+    }
+
+    fn auth_only<B>(&self, mut req: Request<B>) -> u16 {
+        let Some(p) = self.authenticate(&req) else {
+            return 401;
+        };
+        req.extensions_mut().insert(p);
+        drop(req);
+        hello_response().status().as_u16()
+    }
+
+    fn full<B>(&self, mut req: Request<B>) -> u16 {
+        let Some(p) = self.authenticate(&req) else {
+            return 401;
+        };
+        let gcra = self.policy.gcra(&p);
+        let decision = self.limiter.decide(p.org_id(), &gcra, 1, self.clock.now());
+        if !decision.allowed {
+            return 429;
+        }
+        self.recorder.mark(&p);
+        if !self.requirement.is_met(p.scopes()) {
+            return 403;
+        }
+        req.extensions_mut().insert(p);
+        drop(req);
+        let mut res = hello_response();
+        decision.info.write_headers(res.headers_mut());
+        res.status().as_u16()
+    }
+}
+
+fn baselines_and_layers(c: &mut Criterion) {
+    let fx = support::fixture();
+    let Fixture {
+        hot,
+        read_only,
+        revoked,
+        limited,
+        unknown,
+        malformed,
+        ..
+    } = fx;
+    let mut g = c.benchmark_group("suite.baseline");
+    bench_service(&mut g, "no_layer", &mut Hello, || request(hot));
+    bench_service(&mut g, "no_layer_with_principal", &mut Hello, || {
+        with_principal(hot, &fx.principal)
+    });
+    let token = hot.trim_start_matches("Bearer ");
+    #[allow(deprecated)]
+    let mut bearer =
+        tower_http::validate_request::ValidateRequestHeaderLayer::bearer(token).layer(Hello);
+    bench_service(&mut g, "tower_http_bearer/accept", &mut bearer, || {
+        request(hot)
+    });
+    bench_service(&mut g, "tower_http_bearer/refused", &mut bearer, || {
+        request(unknown)
+    });
+    let floor = Floor::new(&fx.store);
+    g.bench_function("hand_composed/auth_accept", |b| {
+        b.iter(|| floor.auth_only(request(hot)))
+    });
+    g.bench_function("hand_composed/full_accept", |b| {
+        b.iter(|| floor.full(request(hot)))
+    });
+    g.finish();
+
+    // The rate-limit step alone: our in-memory backend against governor's keyed limiter, one
+    // admitted request on a hot organization, clock read included (ours: coarse; governor: its
+    // default clock).
+    let mut g = c.benchmark_group("suite.rate_limit_step");
+    let org = fx.hot_org.clone();
+    let limiter = MemoryRateLimiter::new();
+    let gcra = Gcra::new(u32::MAX, Duration::from_secs(1));
+    let clock = Clock::coarse();
+    g.bench_function("org_rate_limit", |b| {
+        b.iter(|| {
+            limiter
+                .decide(black_box(&org), &gcra, 1, clock.now())
+                .allowed
+        })
+    });
+    let gov: governor::DefaultKeyedRateLimiter<OrgId> =
+        governor::RateLimiter::keyed(governor::Quota::per_second(NonZeroU32::MAX));
+    g.bench_function("governor_keyed", |b| {
+        b.iter(|| gov.check_key(black_box(&org)).is_ok())
+    });
+    g.finish();
+
+    // ApiKeyAuth's decisions alone, without a request or a response: finding the bearer token
+    // and checking its format (the malformed key's refusal), and the same plus SHA-256 and the
+    // store lookup (the unknown key's).
+    let mut g = c.benchmark_group("suite.decision");
+    let formats = KeyFormats::default();
+    let value = http::HeaderValue::from_static(malformed);
+    g.bench_function("malformed_key", |b| {
+        b.iter(|| {
+            let key = tower_api_key::auth::parse_bearer(black_box(&value).as_bytes());
+            key.is_some_and(|k| formats.check(k).is_ok())
+        })
+    });
+    let value = http::HeaderValue::from_static(unknown);
+    g.bench_function("unknown_key", |b| {
+        b.iter(|| {
+            let Some(key) = tower_api_key::auth::parse_bearer(black_box(&value).as_bytes()) else {
+                return false;
+            };
+            if formats.check(key).is_err() {
+                return false;
+            }
+            let hash = KeyHash::of(key);
+            matches!(fx.store.find_by_hash(&hash).into_inner(), Ok(Some(_)))
+        })
+    });
+    g.finish();
+
+    // Each subject's cost net of the same requests sent to the inner service directly,
+    // alternating in blocks so that drift of the machine hits both sides alike.
+    let mut g = c.benchmark_group("suite.net");
+    let mut auth = support::auth_layer(&fx.store).layer(Hello);
+    for (name, header) in [
+        ("accept", hot),
+        ("malformed_refused", malformed),
+        ("unknown_refused", unknown),
+        ("revoked_refused", revoked),
+    ] {
+        bench_net(
+            &mut g,
+            &format!("api_key_auth/{name}"),
+            || run(&mut auth, request(header)),
+            || run(&mut Hello, request(header)),
+        );
+    }
+    let mut limit = OrgRateLimit::new().layer(Hello);
+    for (name, header, p) in [
+        ("admitted", hot, &fx.principal),
+        ("refused", limited, &fx.limited_principal),
+    ] {
+        bench_net(
+            &mut g,
+            &format!("org_rate_limit/{name}"),
+            || run(&mut limit, with_principal(header, p)),
+            || run(&mut Hello, with_principal(header, p)),
+        );
+    }
+    let mut recorder = LastUsedRecorder::new(fx.store.clone()).layer(Hello);
+    bench_net(
+        &mut g,
+        "last_used/mark",
+        || run(&mut recorder, with_principal(hot, &fx.principal)),
+        || run(&mut Hello, with_principal(hot, &fx.principal)),
+    );
+    let mut guard = ScopeGuard::require(REQUIRED).layer(Hello);
+    for (name, header, p) in [
+        ("held", hot, &fx.principal),
+        ("refused", read_only, &fx.read_only_principal),
+    ] {
+        bench_net(
+            &mut g,
+            &format!("scope_guard/{name}"),
+            || run(&mut guard, with_principal(header, p)),
+            || run(&mut Hello, with_principal(header, p)),
+        );
+    }
+    let mut stack = full_stack(&fx.store, Hello);
+    for (name, header) in [
+        ("accept", hot),
+        ("malformed_refused", malformed),
+        ("unknown_refused", unknown),
+        ("revoked_refused", revoked),
+        ("scope_refused", read_only),
+        ("rate_limited_refused", limited),
+    ] {
+        bench_net(
+            &mut g,
+            &format!("stack/{name}"),
+            || run(&mut stack, request(header)),
+            || run(&mut Hello, request(header)),
+        );
+    }
+    bench_net(
+        &mut g,
+        "tower_http_bearer/accept",
+        || run(&mut bearer, request(hot)),
+        || run(&mut Hello, request(hot)),
+    );
+    bench_net(
+        &mut g,
+        "tower_http_bearer/refused",
+        || run(&mut bearer, request(unknown)),
+        || run(&mut Hello, request(unknown)),
+    );
+    bench_net(
+        &mut g,
+        "hand_composed/auth_accept",
+        || floor.auth_only(request(hot)),
+        || run(&mut Hello, request(hot)),
+    );
+    bench_net(
+        &mut g,
+        "hand_composed/full_accept",
+        || floor.full(request(hot)),
+        || run(&mut Hello, request(hot)),
+    );
+    g.finish();
+
+    let mut g = c.benchmark_group("suite.stack");
+    let mut stack = full_stack(&fx.store, Hello);
+    for (name, header) in [
+        ("accept", hot),
+        ("malformed_refused", malformed),
+        ("unknown_refused", unknown),
+        ("revoked_refused", revoked),
+        ("scope_refused", read_only),
+        ("rate_limited_refused", limited),
+    ] {
+        bench_service(&mut g, name, &mut stack, || request(header));
+    }
+    g.finish();
+}
+
+/// Lookups and accepted requests with a random key per iteration, in stores of 10k and 1M keys.
+fn store_scale(c: &mut Criterion) {
+    let mut g = c.benchmark_group("suite.store_scale");
+    for (n, label) in [(10_000usize, "10k"), (1_000_000, "1m")] {
+        // Built on first use, so a run filtered to other benches does not pay for it.
+        let built = std::cell::OnceCell::new();
+        let data = || {
+            built.get_or_init(|| {
+                let (store, headers) = support::large_store(n, support::unbounded());
+                let hashes: Vec<KeyHash> = headers
+                    .iter()
+                    .map(|h| KeyHash::of(&h.to_str().unwrap()["Bearer ".len()..]))
+                    .collect();
+                (store, headers, hashes)
+            })
+        };
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
+        g.bench_function(format!("memory_lookup/{label}"), |b| {
+            let (store, _, hashes) = data();
+            b.iter(|| {
+                let h = &hashes[rng.below(n)];
+                store.find_by_hash(h).into_inner().unwrap().is_some()
+            })
+        });
+        g.bench_function(format!("api_key_auth_accept/{label}"), |b| {
+            let (store, headers, _) = data();
+            let mut auth = support::auth_layer(store).layer(Hello);
+            b.iter(|| run(&mut auth, request_with(headers[rng.below(n)].clone())))
+        });
+        g.bench_function(format!("stack_accept/{label}"), |b| {
+            let (store, headers, _) = data();
+            let mut stack = full_stack(store, Hello);
+            b.iter(|| run(&mut stack, request_with(headers[rng.below(n)].clone())))
+        });
+    }
+    g.finish();
+}
+
+/// Aggregate throughput of the full stack on one and two threads: one hot key (one key, one
+/// organization) and random keys over 10k. Each thread has its own clone of the stack, as two
+/// connections would; each thread builds its requests as it goes, as the other benches do.
+/// Criterion's `elem/s` is the aggregate (the bar: two threads ≥ 1.2× one).
+fn threads(c: &mut Criterion) {
+    let fx = support::fixture();
+    // Both cores busy: a burst large enough for the coarse clock's lag (see `roomy`).
+    support::block_on(
+        tower_api_key::KeyManager::new(fx.store.clone()).set_plan(&fx.hot_org, support::roomy()),
+    )
+    .unwrap();
+    let big = std::cell::OnceCell::new();
+    let mut g = c.benchmark_group("suite.threads");
+    for label in ["hot_key", "random_keys"] {
+        // One stack per scenario, shared by its 1- and 2-thread runs (built on first use).
+        let layers = std::cell::OnceCell::new();
+        for threads in [1usize, 2] {
+            g.throughput(Throughput::Elements(threads as u64));
+            g.bench_function(format!("stack_{label}/{threads}_threads"), |b| {
+                let (store, headers): (&MemoryStore, &[http::HeaderValue]) = match label {
+                    "hot_key" => (&fx.store, &[]),
+                    _ => {
+                        let (s, h) =
+                            big.get_or_init(|| support::large_store(10_000, support::roomy()));
+                        (s, h)
+                    }
+                };
+                let layers = layers.get_or_init(|| full_stack_layers(store));
+                b.iter_custom(|iters| {
+                    run_threads(
+                        threads,
+                        |t| (layers.service(Hello), Rng::new(0x1234_5678 + t as u64)),
+                        |_, (mut svc, mut rng)| {
+                            let mut ok = 0u64;
+                            for _ in 0..iters {
+                                let r = match label {
+                                    "hot_key" => request(fx.hot),
+                                    _ => request_with(headers[rng.below(headers.len())].clone()),
+                                };
+                                ok += u64::from(run(&mut svc, r) == 200);
+                            }
+                            // Every request is admitted: the quota is far above these rates.
+                            assert_eq!(ok, iters);
+                            ok
+                        },
+                    )
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = support::criterion();
+    targets = baselines_and_layers, store_scale, threads
+}
+criterion_main!(benches);

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Print the criterion medians of the `stack` bench (benches/stack.rs), group by group, and the
+two-thread scaling ratios.
+
+    python3 scripts/bench-summary.py [CRITERION_DIR]
+
+CRITERION_DIR defaults to $CARGO_TARGET_DIR/criterion, else target/criterion. `suite.net/*`
+figures are already net of the no-layer baseline (measured alternately with it).
+"""
+import json
+import os
+import sys
+
+root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+    os.environ.get("CARGO_TARGET_DIR", "target"), "criterion")
+
+rows = {}
+for group in ["baseline", "rate_limit_step", "decision", "net", "stack", "store_scale", "threads"]:
+    gdir = os.path.join(root, "suite." + group)
+    if not os.path.isdir(gdir):
+        continue
+    for dirpath, _, filenames in os.walk(gdir):
+        if os.path.basename(dirpath) == "new" and "estimates.json" in filenames:
+            with open(os.path.join(dirpath, "estimates.json")) as f:
+                est = json.load(f)
+            with open(os.path.join(dirpath, "benchmark.json")) as f:
+                name = json.load(f)["full_id"]
+            rows[name] = est["median"]["point_estimate"]
+
+for name in sorted(rows):
+    print(f"{name:50s} {rows[name]:9.1f} ns")
+
+for label in ["hot_key", "random_keys"]:
+    one = rows.get(f"suite.threads/stack_{label}/1_threads")
+    two = rows.get(f"suite.threads/stack_{label}/2_threads")
+    if one and two:
+        # Each iteration is one request per thread: aggregate throughput = threads / time.
+        print(f"two threads, {label}: {2 * one / two:.2f}x the throughput of one")

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# End-to-end load test: one axum hello-world app served three ways (no middleware, tower-http's
+# static bearer check, this crate's full stack), driven by wrk on 127.0.0.1 in short rounds that
+# alternate between the three, so drift of the machine hits all of them alike. Prints each
+# round, then the median requests/s of each mode and its ratio to no middleware, as the ratio of
+# the medians and as the median of the per-round ratios (DESIGN §6 bar: full stack ≥ 0.92).
+#
+#   scripts/load.sh                 # 7 rounds of 3 s per mode (about 1.5 minutes)
+#   ROUNDS=3 SECS=2 scripts/load.sh # shorter
+#
+# Settings (environment): ROUNDS (7), SECS per wrk run (3), CONNS (32), WRK_THREADS (1),
+# SERVER_THREADS (1: with one wrk thread, each side has one of the two cores), BASE_PORT (18081),
+# MODES ("none tower-http full"; the first is the reference; add `full-separate` to see the
+# cost of one `Router::layer` call per layer).
+# Installs wrk from Debian's packages if it is missing. Targets 127.0.0.1 only; every wrk run is
+# bounded by `timeout`; the servers are stopped on exit, whatever happens. Not part of .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-7}
+SECS=${SECS:-3}
+CONNS=${CONNS:-32}
+WRK_THREADS=${WRK_THREADS:-1}
+SERVER_THREADS=${SERVER_THREADS:-1}
+BASE_PORT=${BASE_PORT:-18081}
+# shellcheck disable=SC2206
+MODES=(${MODES:-none tower-http full})
+KEY=br_live_LoadTest0123456789abcdefghijklmn
+
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "installing wrk (apt-get install -y wrk)" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+  else
+    sudo apt-get install -y wrk >/dev/null 2>&1 || { sudo apt-get update >/dev/null && sudo apt-get install -y wrk >/dev/null; }
+  fi
+fi
+
+echo "building the load target (release)" >&2
+cargo build --release --example load_target >&2
+BIN="${CARGO_TARGET_DIR:-target}/release/examples/load_target"
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+port_of() { echo $((BASE_PORT + $1)); }
+
+for i in "${!MODES[@]}"; do
+  "$BIN" --mode "${MODES[$i]}" --addr "127.0.0.1:$(port_of "$i")" --key "$KEY" \
+    --threads "$SERVER_THREADS" 2>/dev/null &
+  PIDS+=($!)
+done
+
+# Wait (bounded) until each server answers.
+for i in "${!MODES[@]}"; do
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$(port_of "$i")") 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" \
+    "http://127.0.0.1:$(port_of "$i")/" 2>/dev/null || echo none)
+  if [ "$code" != 200 ]; then
+    echo "mode ${MODES[$i]} answered $code, not 200" >&2
+    exit 1
+  fi
+done
+
+run_wrk() { # port seconds -> requests/s
+  timeout $(($2 + 10)) wrk -t"$WRK_THREADS" -c"$CONNS" -d"${2}s" \
+    -H "Authorization: Bearer $KEY" "http://127.0.0.1:$1/" |
+    awk '/^Requests\/sec:/ {print $2}'
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "wrk -t$WRK_THREADS -c$CONNS -d${SECS}s, server threads $SERVER_THREADS, $ROUNDS rounds"
+
+# Warm-up: one short run per mode, not counted.
+for i in "${!MODES[@]}"; do run_wrk "$(port_of "$i")" 1 >/dev/null; done
+
+declare -A RESULTS RATIOS
+for r in $(seq 1 "$ROUNDS"); do
+  line="round $r:"
+  declare -A ROUND=()
+  # Rotate the order each round so no mode always runs first or last.
+  n=${#MODES[@]}
+  for k in $(seq 0 $((n - 1))); do
+    i=$(((k + r) % n))
+    rps=$(run_wrk "$(port_of "$i")" "$SECS")
+    RESULTS[${MODES[$i]}]+="$rps "
+    ROUND[${MODES[$i]}]=$rps
+    line+=" ${MODES[$i]}=$rps"
+  done
+  for m in "${MODES[@]}"; do
+    RATIOS[$m]+="$(awk -v a="${ROUND[$m]}" -v b="${ROUND[${MODES[0]}]}" 'BEGIN {print a / b}') "
+  done
+  echo "$line"
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+base=$(echo "${RESULTS[${MODES[0]}]}" | median)
+echo
+# Two estimates of each mode's ratio to the reference: the ratio of the medians, and the median
+# of the ratios within each round (the latter compares runs seconds apart, so slow drift of the
+# machine cancels out).
+printf '%-14s %14s %16s %18s\n' mode "median req/s" "ratio of medians" "median of ratios"
+for m in "${MODES[@]}"; do
+  med=$(echo "${RESULTS[$m]}" | median)
+  printf '%-14s %14.0f %16.3f %18.3f\n' "$m" "$med" \
+    "$(awk -v a="$med" -v b="$base" 'BEGIN {print a / b}')" "$(echo "${RATIOS[$m]}" | median)"
+done
