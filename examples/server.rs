@@ -631,14 +631,18 @@ fn app(state: AppState, with_dev_seed: bool) -> Router {
             post(rotate_key).route_layer(ScopeGuard::require("api_keys:manage")),
         )
         .fallback(|| async { ApiError::not_found("route") })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
-        // Layers run outside in: ApiKeyAuth, then the org's rate limit, then last-used.
-        .layer(state.recorder.clone())
-        .layer(OrgRateLimit::new())
-        .layer(ApiKeyAuth::new(store));
+        // One ServiceBuilder in one `.layer` call (axum boxes every `Router::layer` separately),
+        // top to bottom = outside in: ApiKeyAuth, the org's rate limit, last-used, usage counts.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(ApiKeyAuth::new(store))
+                .layer(OrgRateLimit::new())
+                .layer(state.recorder.clone())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    count_requests,
+                )),
+        );
 
     let mut open = Router::new().route("/healthz", get(|| async { Json(json!({"status": "ok"})) }));
     if with_dev_seed {
