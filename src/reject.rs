@@ -355,6 +355,18 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// The fail-closed answer of a layer that needs a [`Principal`](crate::Principal) and found none:
+/// an error log naming the missing `ApiKeyAuth`, and a `500 auth_layer_missing`.
+#[cold]
+pub(crate) fn missing_principal(
+    layer: &'static str,
+    responder: &Responder,
+    request_headers: &HeaderMap,
+) -> Response<Bytes> {
+    tracing::error!("{layer} found no Principal in the request: add ApiKeyAuth in front of it");
+    responder.respond(&Rejection::MissingPrincipal { layer }, request_headers)
+}
+
 /// Whether a request is gRPC (`content-type: application/grpc…`).
 #[inline]
 pub fn is_grpc(headers: &HeaderMap) -> bool {

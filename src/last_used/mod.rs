@@ -80,7 +80,7 @@ pub(crate) use slot::UsageSlot;
 use crate::clock::{Clock, duration_nanos};
 use crate::future::GuardFuture;
 use crate::principal::Principal;
-use crate::reject::{Rejection, Responder, ResponseBody};
+use crate::reject::{Responder, ResponseBody};
 use crate::store::KeyStore;
 use flusher::Flush;
 use slot::MarkList;
@@ -323,11 +323,9 @@ where
 
 #[cold]
 fn missing_principal<F, B>(core: &Core, req: &Request<B>) -> GuardFuture<F> {
-    tracing::error!(
-        "LastUsedRecorder found no Principal in the request: add ApiKeyAuth in front of it"
-    );
-    let rejection = Rejection::MissingPrincipal {
-        layer: "LastUsedRecorder",
-    };
-    GuardFuture::rejected(core.responder.respond(&rejection, req.headers()))
+    GuardFuture::rejected(crate::reject::missing_principal(
+        "LastUsedRecorder",
+        &core.responder,
+        req.headers(),
+    ))
 }

@@ -119,7 +119,7 @@ pub use sessions::{MemorySessions, SessionBackend, SessionError, SessionLease, S
 
 use crate::clock::{Clock, Timestamp};
 use crate::principal::{Plan, Principal, Quota};
-use crate::reject::{RateLimitInfo, Rejection, Responder, ResponseBody};
+use crate::reject::{RateLimitInfo, Rejection, Responder, ResponseBody, missing_principal};
 
 const FREE: Gcra = Gcra::from_quota(&Plan::Free.quota());
 const PAID: Gcra = Gcra::from_quota(&Plan::Paid.quota());
@@ -527,13 +527,8 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let Some(principal) = req.extensions().get::<Principal>() else {
-            tracing::error!(
-                "OrgRateLimit found no Principal in the request: add ApiKeyAuth in front of it"
-            );
-            let rejection = Rejection::MissingPrincipal {
-                layer: "OrgRateLimit",
-            };
-            return ResponseFuture::rejected(shared.responder.respond(&rejection, req.headers()));
+            let res = missing_principal("OrgRateLimit", &shared.responder, req.headers());
+            return ResponseFuture::rejected(res);
         };
         let gcra = shared.policy.gcra(principal);
         let cost = match req.extensions().get::<Cost>() {

@@ -23,7 +23,7 @@ pub use rules::{Requirement, RuleMatch, ScopeRules};
 
 use crate::future::GuardFuture;
 use crate::principal::Principal;
-use crate::reject::{FixedRefusal, Rejection, Responder, ResponseBody};
+use crate::reject::{FixedRefusal, Rejection, Responder, ResponseBody, missing_principal};
 
 /// The response future of [`ScopeGuard`].
 pub type ResponseFuture<F> = GuardFuture<F>;
@@ -187,13 +187,8 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let Some(principal) = req.extensions().get::<Principal>() else {
-            tracing::error!(
-                "ScopeGuard found no Principal in the request: add ApiKeyAuth in front of it"
-            );
-            let rejection = Rejection::MissingPrincipal {
-                layer: "ScopeGuard",
-            };
-            return GuardFuture::rejected(shared.responder.respond(&rejection, req.headers()));
+            let res = missing_principal("ScopeGuard", &shared.responder, req.headers());
+            return GuardFuture::rejected(res);
         };
         let requirement = match &shared.check {
             Check::Fixed(r) => Some(r),
