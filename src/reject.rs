@@ -505,16 +505,21 @@ impl Prerendered {
         res
     }
 
-    /// A fresh response whose header map has room for what outer layers add (a copy of the
-    /// stored map is exactly full, and reallocates on the first header added).
+    /// The response, built in `headers`: the refused request's own map, emptied, so that the
+    /// refusal allocates nothing (the request's map was allocated already and would be freed
+    /// now; the response keeps it instead). `room` more entries are reserved for what outer
+    /// layers add, which only allocates if the request's map is smaller than that.
     #[inline]
-    fn response_with_room(&self) -> Response<Bytes> {
+    fn response_in(&self, mut headers: HeaderMap, room: usize) -> Response<Bytes> {
+        headers.clear();
+        if room > 0 {
+            headers.reserve(self.headers.len() + room);
+        }
+        for (name, value) in self.headers.iter() {
+            headers.append(name.clone(), value.clone());
+        }
         let mut res = Response::new(self.body.clone());
         *res.status_mut() = self.status;
-        let mut headers = HeaderMap::with_capacity(self.headers.len() + ROOM);
-        for (name, value) in self.headers.iter() {
-            headers.insert(name.clone(), value.clone());
-        }
         *res.headers_mut() = headers;
         res
     }
@@ -529,14 +534,15 @@ pub(crate) struct FixedRefusal {
 }
 
 impl FixedRefusal {
-    /// The refusal for a request with these headers.
+    /// The refusal of a request with these headers, built in the request's own header map
+    /// (see [`Responder::respond_in`]).
     #[inline]
-    pub(crate) fn respond(&self, request_headers: &HeaderMap) -> Response<Bytes> {
+    pub(crate) fn respond_in(&self, request_headers: HeaderMap) -> Response<Bytes> {
         // Inner layers' refusals get the rate-limit headers added on their way out.
-        if is_grpc(request_headers) {
-            self.grpc.response_with_room()
+        if is_grpc(&request_headers) {
+            self.grpc.response_in(request_headers, ROOM)
         } else {
-            self.http.response_with_room()
+            self.http.response_in(request_headers, ROOM)
         }
     }
 }
@@ -585,22 +591,35 @@ impl DefaultRender {
         }
     }
 
+    /// The pre-rendered response of `rejection` for a request with these headers, if it has one.
+    #[inline]
+    fn fixed_for(
+        &self,
+        rejection: &Rejection,
+        request_headers: &HeaderMap,
+    ) -> Option<&Prerendered> {
+        let slot = match rejection {
+            Rejection::MissingKey => 0,
+            Rejection::InvalidKey(_) => 1,
+            Rejection::KeyInQuery => 2,
+            _ => return None,
+        };
+        Some(if is_grpc(request_headers) {
+            &self.fixed[slot + 3]
+        } else {
+            &self.fixed[slot]
+        })
+    }
+
     #[inline]
     fn render_default(
         &self,
         rejection: &Rejection,
         request_headers: &HeaderMap,
     ) -> Response<Bytes> {
-        let slot = match rejection {
-            Rejection::MissingKey => 0,
-            Rejection::InvalidKey(_) => 1,
-            Rejection::KeyInQuery => 2,
-            _ => return rejection.default_response(request_headers, &self.realm),
-        };
-        if is_grpc(request_headers) {
-            self.fixed[slot + 3].response()
-        } else {
-            self.fixed[slot].response()
+        match self.fixed_for(rejection, request_headers) {
+            Some(fixed) => fixed.response(),
+            None => rejection.default_response(request_headers, &self.realm),
         }
     }
 }
@@ -680,6 +699,25 @@ impl Responder {
         match &self.0 {
             RenderKind::Default(d) => d.render_default(rejection, request_headers),
             RenderKind::Custom(c) => c.render(rejection, request_headers),
+        }
+    }
+
+    /// Render a rejection of a request whose header map the caller gives up: the default
+    /// renderer's fixed refusals (missing, invalid key, key in the query) are built in that
+    /// map, emptied, instead of a new one, so refusing allocates nothing. Other rejections and
+    /// custom renderers get the map by reference, as in [`respond`](Self::respond).
+    #[inline]
+    pub(crate) fn respond_in(
+        &self,
+        rejection: &Rejection,
+        request_headers: HeaderMap,
+    ) -> Response<Bytes> {
+        match &self.0 {
+            RenderKind::Default(d) => match d.fixed_for(rejection, &request_headers) {
+                Some(fixed) => fixed.response_in(request_headers, 0),
+                None => rejection.default_response(&request_headers, &d.realm),
+            },
+            RenderKind::Custom(c) => c.render(rejection, &request_headers),
         }
     }
 
@@ -895,6 +933,68 @@ mod tests {
         );
     }
 
+    /// A request map full of headers, among them the credential: what refusals reuse.
+    fn busy_request_headers(grpc: bool) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if grpc {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        }
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer br_live_not_a_real_key_at_all_00000"),
+        );
+        h.insert(http::header::COOKIE, HeaderValue::from_static("session=1"));
+        for i in 0..20 {
+            let name = HeaderName::try_from(format!("x-request-{i}")).unwrap();
+            h.append(name, HeaderValue::from_static("v"));
+        }
+        h
+    }
+
+    #[test]
+    fn refusals_built_in_the_request_map_carry_none_of_its_headers() {
+        let responders = [
+            Responder::default(),
+            Responder::with_realm("other"),
+            Responder::new(DefaultRender::new("custom")),
+        ];
+        let rejections = [
+            Rejection::MissingKey,
+            Rejection::InvalidKey(InvalidKey::Unknown),
+            Rejection::InvalidKey(InvalidKey::Revoked),
+            Rejection::KeyInQuery,
+            Rejection::StoreUnavailable { retry_after: 5 },
+        ];
+        for responder in &responders {
+            for grpc in [false, true] {
+                for r in &rejections {
+                    let request = busy_request_headers(grpc);
+                    let fresh = responder.respond(r, &request);
+                    let reused = responder.respond_in(r, request);
+                    assert_eq!(reused.status(), fresh.status(), "{r:?}");
+                    assert_eq!(reused.headers(), fresh.headers(), "{r:?} grpc={grpc}");
+                    assert_eq!(reused.body(), fresh.body());
+                    assert!(!reused.headers().contains_key(http::header::AUTHORIZATION));
+                }
+            }
+        }
+        // Scope refusals pre-rendered by a layer: the same, with room for outer headers.
+        let scope = Rejection::InsufficientScope {
+            required: "org:billing".into(),
+        };
+        let fixed = responders[0]
+            .default_render()
+            .map(|d| d.prerender(&scope))
+            .unwrap();
+        for grpc in [false, true] {
+            let request = busy_request_headers(grpc);
+            let fresh = responders[0].respond(&scope, &request);
+            let reused = fixed.respond_in(request);
+            assert_eq!(reused.headers(), fresh.headers());
+            assert_eq!(reused.body(), fresh.body());
+        }
+    }
+
     #[test]
     fn the_default_responder_is_shared_and_prerenders_for_layers() {
         let a = Responder::default();
@@ -915,7 +1015,7 @@ mod tests {
         let mut grpc = HeaderMap::new();
         grpc.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         for headers in [HeaderMap::new(), grpc] {
-            let cached = fixed.respond(&headers);
+            let cached = fixed.respond_in(headers.clone());
             let fresh = a.respond(&r, &headers);
             assert_eq!(cached.status(), fresh.status());
             assert_eq!(cached.headers(), fresh.headers());

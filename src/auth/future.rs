@@ -167,7 +167,8 @@ where
                             state.set(State::Inner { fut });
                         }
                         Err(rejection) => {
-                            let res = shared.responder.respond(&rejection, req.headers());
+                            let headers = std::mem::take(req.headers_mut());
+                            let res = shared.responder.respond_in(&rejection, headers);
                             state.set(State::Rejected { res: Some(res) });
                         }
                     }

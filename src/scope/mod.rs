@@ -184,7 +184,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let Some(principal) = req.extensions().get::<Principal>() else {
             let res = missing_principal("ScopeGuard", &shared.responder, req.headers());
@@ -218,7 +218,8 @@ where
                     required = r.describe(), "api key lacks scope"
                 );
                 let res = match &shared.refusal {
-                    Some(fixed) => fixed.respond(req.headers()),
+                    // Built in the refused request's header map: no allocation.
+                    Some(fixed) => fixed.respond_in(std::mem::take(req.headers_mut())),
                     None => shared.responder.respond(&insufficient(r), req.headers()),
                 };
                 GuardFuture::rejected(res)
