@@ -413,11 +413,49 @@ impl fmt::Display for ApiKey {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeyHash([u8; 32]);
 
+/// The longest input whose padded form fits one 64-byte SHA-256 block (1 byte of `0x80`, 8 of
+/// length).
+const ONE_BLOCK_MAX: usize = 64 - 1 - 8;
+
+/// SHA-256's initial hash value (FIPS 180-4 §5.3.3).
+const SHA256_INITIAL: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
 impl KeyHash {
     /// Hash a raw key.
+    ///
+    /// Keys of up to 55 bytes (every key format's are) fit one SHA-256 block with their padding:
+    /// the block is padded here and compressed once with `sha2`'s (SHA-NI accelerated) block
+    /// function, which saves `Digest`'s buffering, ~10 ns of ~60. Longer inputs take
+    /// `Sha256::digest`. Both give the same digest (tested for every length up to 200 bytes).
     #[inline]
     pub fn of(key: &str) -> Self {
-        Self(Sha256::digest(key.as_bytes()).into())
+        let bytes = key.as_bytes();
+        if bytes.len() > ONE_BLOCK_MAX {
+            return Self(Sha256::digest(bytes).into());
+        }
+        // Indexing cannot panic: `bytes.len() <= 55`, the block is 64 bytes.
+        // FIPS 180-4 §5.1.1: the message, a 1 bit, zeros, the message's length in bits as a
+        // big-endian u64 in the block's last 8 bytes.
+        let mut block = sha2::digest::generic_array::GenericArray::default();
+        block[..bytes.len()].copy_from_slice(bytes);
+        block[bytes.len()] = 0x80;
+        block[56..].copy_from_slice(&((bytes.len() as u64) * 8).to_be_bytes());
+        let mut state = SHA256_INITIAL;
+        sha2::compress256(&mut state, std::slice::from_ref(&block));
+        let mut out = [0u8; 32];
+        for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        Self(out)
     }
 
     /// Wrap stored digest bytes.
@@ -530,6 +568,24 @@ impl Hasher for IdentityHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_hash_is_sha256_at_every_length() {
+        // Around the one-block boundary (55/56 bytes) and beyond, against `Sha256::digest`.
+        let text: String = (0..200)
+            .map(|i| char::from(b'!' + (i % 94) as u8))
+            .collect();
+        for len in 0..=text.len() {
+            let s = &text[..len];
+            let expected: [u8; 32] = Sha256::digest(s.as_bytes()).into();
+            assert_eq!(KeyHash::of(s).as_bytes(), &expected, "length {len}");
+        }
+        // A known vector (FIPS 180-2 appendix B.1).
+        assert_eq!(
+            KeyHash::of("abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     #[test]
     fn default_format_matches_the_seeds() {
