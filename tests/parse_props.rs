@@ -43,8 +43,18 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(4096))]
 
     #[test]
-    fn bearer_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let _ = parse_bearer(&bytes);
+    fn bearer_parser_never_panics_and_yields_only_visible_ascii(
+        scheme in prop_oneof![Just(&b"Bearer "[..]), Just(&b"bearer  "[..]), Just(&b""[..])],
+        tail in proptest::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let bytes = [scheme, &tail[..]].concat();
+        // The parser skips re-validating UTF-8 because it checked for visible ASCII: a token
+        // it returns must be exactly a run of the input's visible ASCII bytes.
+        if let Some(token) = parse_bearer(&bytes) {
+            prop_assert!(!token.is_empty());
+            prop_assert!(token.bytes().all(|b| (b'!'..=b'~').contains(&b)), "{:?}", token);
+            prop_assert!(std::str::from_utf8(token.as_bytes()).is_ok());
+        }
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub fn parse_bearer(value: &[u8]) -> Option<&str> {
     if token.is_empty() || !all_graphic(token) {
         return None;
     }
-    // All bytes are ASCII graphic, so this cannot fail; avoid a panic path regardless.
-    std::str::from_utf8(token).ok()
+    // SAFETY: `all_graphic` checked that every byte is in `!`..=`~`: ASCII, hence UTF-8.
+    // (`str::from_utf8` would validate the same 40 bytes again: ~5 ns on every request.)
+    Some(unsafe { std::str::from_utf8_unchecked(token) })
 }
 
 /// Whether every byte is visible ASCII (`!`..=`~`). Folded without an early exit, so the loop

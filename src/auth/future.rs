@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -115,64 +115,14 @@ where
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
+    /// The hot states (the inner service's future, a refusal) are handled inline; a lookup
+    /// still pending is driven by `poll_lookup`, kept out of line so that this function stays
+    /// small enough to inline into the enclosing stack.
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Lookup { waiting } => {
-                    let Waiting {
-                        lookup,
-                        pending,
-                        deadline,
-                        armed,
-                    } = &mut **waiting;
-                    let result = match Pin::new(lookup).poll(cx) {
-                        Poll::Ready(r) => r,
-                        Poll::Pending => {
-                            if !*armed {
-                                *armed = true;
-                                // Arm the timeout only for lookups that actually wait, and only
-                                // inside a tokio runtime (outside one, `sleep` would panic).
-                                if let Some(p) = pending.as_ref() {
-                                    if tokio::runtime::Handle::try_current().is_ok() {
-                                        *deadline =
-                                            Some(Box::pin(tokio::time::sleep(p.shared.timeout)));
-                                    }
-                                }
-                            }
-                            match deadline.as_mut() {
-                                Some(d) => {
-                                    ready!(d.as_mut().poll(cx));
-                                    Err(StoreError::Timeout)
-                                }
-                                None => return Poll::Pending,
-                            }
-                        }
-                    };
-                    // `pending` is `Some` until this point: it is taken only here, and the state
-                    // changes below before the next poll.
-                    let Some(Pending {
-                        hash,
-                        mut req,
-                        mut inner,
-                        shared,
-                    }) = pending.take()
-                    else {
-                        return Poll::Ready(Ok(polled_after_completion()));
-                    };
-                    match shared.decide(result, &hash) {
-                        Ok(principal) => {
-                            req.extensions_mut().insert(principal);
-                            let fut = inner.call(req);
-                            state.set(State::Inner { fut });
-                        }
-                        Err(rejection) => {
-                            let headers = std::mem::take(req.headers_mut());
-                            let res = shared.responder.respond_in(&rejection, headers);
-                            state.set(State::Rejected { res: Some(res) });
-                        }
-                    }
-                }
                 StateProj::Inner { fut } => {
                     return fut.poll(cx).map_ok(|res| res.map(ResponseBody::inner));
                 }
@@ -182,12 +132,88 @@ where
                         None => polled_after_completion(),
                     }));
                 }
+                StateProj::Lookup { .. } => {
+                    if let Some(done) = Self::poll_lookup(state.as_mut(), cx) {
+                        return done;
+                    }
+                }
             }
         }
     }
 }
 
-/// What a future polled again after completing yields, instead of panicking.
+impl<S, St, ReqBody, ResBody> ResponseFuture<S, St, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    St: KeyStore,
+{
+    /// Drive a pending lookup. `None`: the state moved on (to the inner future or a refusal);
+    /// poll again.
+    #[inline(never)]
+    #[allow(clippy::type_complexity)]
+    fn poll_lookup(
+        mut state: Pin<&mut State<S, St, ReqBody>>,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<Result<Response<ResponseBody<ResBody>>, S::Error>>> {
+        let StateProj::Lookup { waiting } = state.as_mut().project() else {
+            return None;
+        };
+        let Waiting {
+            lookup,
+            pending,
+            deadline,
+            armed,
+        } = &mut **waiting;
+        let result = match Pin::new(lookup).poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                if !*armed {
+                    *armed = true;
+                    // Arm the timeout only for lookups that actually wait, and only inside a
+                    // tokio runtime (outside one, `sleep` would panic).
+                    if let Some(p) = pending.as_ref() {
+                        if tokio::runtime::Handle::try_current().is_ok() {
+                            *deadline = Some(Box::pin(tokio::time::sleep(p.shared.timeout)));
+                        }
+                    }
+                }
+                match deadline.as_mut() {
+                    Some(d) => match d.as_mut().poll(cx) {
+                        Poll::Ready(()) => Err(StoreError::Timeout),
+                        Poll::Pending => return Some(Poll::Pending),
+                    },
+                    None => return Some(Poll::Pending),
+                }
+            }
+        };
+        // `pending` is `Some` until this point: it is taken only here, and the state changes
+        // below before the next poll.
+        let Some(Pending {
+            hash,
+            mut req,
+            mut inner,
+            shared,
+        }) = pending.take()
+        else {
+            return Some(Poll::Ready(Ok(polled_after_completion())));
+        };
+        match shared.decide(result, &hash) {
+            Ok(principal) => {
+                req.extensions_mut().insert(principal);
+                let fut = inner.call(req);
+                state.set(State::Inner { fut });
+            }
+            Err(rejection) => {
+                let headers = std::mem::take(req.headers_mut());
+                let res = shared.responder.respond_in(&rejection, headers);
+                state.set(State::Rejected { res: Some(res) });
+            }
+        }
+        None
+    }
+}
+
+/// What a future polled again after completion yields, instead of panicking.
 pub(crate) fn polled_after_completion<B>() -> Response<ResponseBody<B>> {
     tracing::error!("tower-api-key response future polled after completion");
     let mut res = Response::new(ResponseBody::full(Bytes::new()));

@@ -288,6 +288,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         if extract::key_in_query(req.uri(), &shared.formats) {

@@ -108,42 +108,20 @@ where
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
+    /// The hot states are handled inline; a check still pending (a remote backend) is driven
+    /// by `poll_checking`, kept out of line so that this function stays small enough to inline
+    /// into the enclosing stack.
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Checking { check, pending } => {
-                    let result = match Pin::new(check).poll(cx) {
-                        Poll::Ready(r) => r,
-                        Poll::Pending => return Poll::Pending,
-                    };
-                    // `pending` is `Some` until here; the state changes below.
-                    let Some(pending) = pending.take() else {
-                        return Poll::Ready(Ok(polled_after_completion()));
-                    };
-                    let Pending {
-                        req,
-                        mut inner,
-                        shared,
-                        args,
-                        draft,
-                    } = *pending;
-                    let principal = req.extensions().get::<Principal>();
-                    match shared.outcome(result, principal, &args, draft, req.headers()) {
-                        Outcome::Admit(figures) => {
-                            let fut = inner.call(req);
-                            state.set(State::Inner { fut, figures });
-                        }
-                        Outcome::Refuse(res) => state.set(State::Rejected { res: Some(res) }),
-                    }
-                }
                 StateProj::Inner { fut, figures } => {
-                    let res = match fut.poll(cx) {
+                    let mut res = match fut.poll(cx) {
                         Poll::Ready(Ok(res)) => res,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => return Poll::Pending,
                     };
-                    let mut res = res;
                     if let Some(f) = figures {
                         f.write(res.headers_mut());
                     }
@@ -155,7 +133,54 @@ where
                         None => polled_after_completion(),
                     }));
                 }
+                StateProj::Checking { .. } => {
+                    if let Some(done) = Self::poll_checking(state.as_mut(), cx) {
+                        return done;
+                    }
+                }
             }
         }
+    }
+}
+
+impl<S, B, ReqBody, ResBody> ResponseFuture<S, B, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    B: RateLimitBackend,
+{
+    /// Drive a pending check. `None`: the state moved on (to the inner future or a refusal);
+    /// poll again.
+    #[inline(never)]
+    #[allow(clippy::type_complexity)]
+    fn poll_checking(
+        mut state: Pin<&mut State<S, B, ReqBody>>,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<Result<Response<ResponseBody<ResBody>>, S::Error>>> {
+        let StateProj::Checking { check, pending } = state.as_mut().project() else {
+            return None;
+        };
+        let result = match Pin::new(check).poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => return Some(Poll::Pending),
+        };
+        let Some(pending) = pending.take() else {
+            return Some(Poll::Ready(Ok(polled_after_completion())));
+        };
+        let Pending {
+            req,
+            mut inner,
+            shared,
+            args,
+            draft,
+        } = *pending;
+        let principal = req.extensions().get::<Principal>();
+        match shared.outcome(result, principal, &args, draft, req.headers()) {
+            Outcome::Admit(figures) => {
+                let fut = inner.call(req);
+                state.set(State::Inner { fut, figures });
+            }
+            Outcome::Refuse(res) => state.set(State::Rejected { res: Some(res) }),
+        }
+        None
     }
 }
