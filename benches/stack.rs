@@ -182,6 +182,18 @@ impl Floor {
     }
 }
 
+/// The full stack's paths: name, `Authorization` value, the status the path must answer.
+fn stack_paths(fx: &Fixture) -> [(&'static str, &'static str, u16); 6] {
+    [
+        ("accept", fx.hot, 200),
+        ("malformed_refused", fx.malformed, 401),
+        ("unknown_refused", fx.unknown, 401),
+        ("revoked_refused", fx.revoked, 401),
+        ("scope_refused", fx.read_only, 403),
+        ("rate_limited_refused", fx.limited, 429),
+    ]
+}
+
 fn baselines_and_layers(c: &mut Criterion) {
     let fx = support::fixture();
     let Fixture {
@@ -270,29 +282,49 @@ fn baselines_and_layers(c: &mut Criterion) {
     // alternating in blocks so that drift of the machine hits both sides alike.
     let mut g = c.benchmark_group("suite.net");
     let mut auth = support::auth_layer(&fx.store).layer(Hello);
-    for (name, header) in [
-        ("accept", hot),
-        ("malformed_refused", malformed),
-        ("unknown_refused", unknown),
-        ("revoked_refused", revoked),
+    for (name, header, status) in [
+        ("accept", hot, 200),
+        ("malformed_refused", malformed, 401),
+        ("unknown_refused", unknown, 401),
+        ("revoked_refused", revoked, 401),
     ] {
+        // Every timed request must take the path it is named for.
+        let mut other = 0u64;
         bench_net(
             &mut g,
             &format!("api_key_auth/{name}"),
-            || run(&mut auth, request(header)),
+            || {
+                let got = run(&mut auth, request(header));
+                other += u64::from(got != status);
+                got
+            },
             || run(&mut Hello, request(header)),
+        );
+        assert_eq!(
+            other, 0,
+            "{name}: {other} requests answered otherwise than {status}"
         );
     }
     let mut limit = OrgRateLimit::new().layer(Hello);
-    for (name, header, p) in [
-        ("admitted", hot, &fx.principal),
-        ("refused", limited, &fx.limited_principal),
+    for (name, header, p, status) in [
+        ("admitted", hot, &fx.principal, 200),
+        ("refused", limited, &fx.limited_principal, 429),
     ] {
+        run(&mut limit, with_principal(header, p)); // spends the limited quota of one
+        let mut other = 0u64;
         bench_net(
             &mut g,
             &format!("org_rate_limit/{name}"),
-            || run(&mut limit, with_principal(header, p)),
+            || {
+                let got = run(&mut limit, with_principal(header, p));
+                other += u64::from(got != status);
+                got
+            },
             || run(&mut Hello, with_principal(header, p)),
+        );
+        assert_eq!(
+            other, 0,
+            "{name}: {other} requests answered otherwise than {status}"
         );
     }
     let mut recorder = LastUsedRecorder::new(fx.store.clone()).layer(Hello);
@@ -315,19 +347,25 @@ fn baselines_and_layers(c: &mut Criterion) {
         );
     }
     let mut stack = full_stack(&fx.store, Hello);
-    for (name, header) in [
-        ("accept", hot),
-        ("malformed_refused", malformed),
-        ("unknown_refused", unknown),
-        ("revoked_refused", revoked),
-        ("scope_refused", read_only),
-        ("rate_limited_refused", limited),
-    ] {
+    for (name, header, status) in stack_paths(&fx) {
+        // Every timed request must take the path named (e.g. a hot key must never be rate
+        // limited: with a coarse clock one tick's requests share one instant). One untimed
+        // request first: it spends the rate-limited organization's quota of one.
+        run(&mut stack, request(header));
+        let mut other = 0u64;
         bench_net(
             &mut g,
             &format!("stack/{name}"),
-            || run(&mut stack, request(header)),
+            || {
+                let got = run(&mut stack, request(header));
+                other += u64::from(got != status);
+                got
+            },
             || run(&mut Hello, request(header)),
+        );
+        assert_eq!(
+            other, 0,
+            "{name}: {other} requests answered otherwise than {status}"
         );
     }
     bench_net(
@@ -358,15 +396,20 @@ fn baselines_and_layers(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("suite.stack");
     let mut stack = full_stack(&fx.store, Hello);
-    for (name, header) in [
-        ("accept", hot),
-        ("malformed_refused", malformed),
-        ("unknown_refused", unknown),
-        ("revoked_refused", revoked),
-        ("scope_refused", read_only),
-        ("rate_limited_refused", limited),
-    ] {
-        bench_service(&mut g, name, &mut stack, || request(header));
+    for (name, header, status) in stack_paths(&fx) {
+        run(&mut stack, request(header));
+        let mut other = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let got = run(&mut stack, request(header));
+                other += u64::from(got != status);
+                got
+            })
+        });
+        assert_eq!(
+            other, 0,
+            "{name}: {other} requests answered otherwise than {status}"
+        );
     }
     g.finish();
 }
