@@ -273,8 +273,29 @@ pub(crate) enum Outcome {
 }
 
 impl<B: RateLimitBackend> Shared<B> {
-    /// Turn a backend answer into the figures to add, or a rendered refusal.
+    /// Turn a backend answer into the figures to add, or a rendered refusal. An admission, the
+    /// common case, is decided inline; refusals and backend errors (logging, rendering) go to
+    /// [`outcome_slow`](Self::outcome_slow).
+    #[inline]
     pub(crate) fn outcome(
+        &self,
+        result: CheckResult,
+        principal: Option<&Principal>,
+        args: &CheckArgs,
+        draft: Option<Draft>,
+        request_headers: &HeaderMap,
+    ) -> Outcome {
+        match result {
+            Ok(d) if d.allowed => Outcome::Admit(Some(Figures {
+                info: d.info,
+                draft,
+            })),
+            other => self.outcome_slow(other, principal, args, draft, request_headers),
+        }
+    }
+
+    #[inline(never)]
+    fn outcome_slow(
         &self,
         result: CheckResult,
         principal: Option<&Principal>,
