@@ -30,6 +30,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
@@ -80,6 +81,12 @@ impl StoreError {
 }
 
 /// Everything stored about one key. Never contains the secret.
+///
+/// Held by stores as an immutable `Arc` snapshot, and sized for holding a million of them (see
+/// the [module docs](self#design-note-the-size-of-a-record)): 208 bytes, strings included for
+/// typical names and hints. The fields a request reads are public; the label, the hint and the
+/// rarely set `rotated_from` are read through [`name`](Self::name), [`hint`](Self::hint) and
+/// [`rotated_from`](Self::rotated_from), so that their compact storage stays private.
 #[derive(Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct KeyRecord {
@@ -87,13 +94,13 @@ pub struct KeyRecord {
     pub id: KeyId,
     /// Owning organization.
     pub org_id: OrgId,
-    /// Human label, e.g. `ci-pipeline`.
-    pub name: String,
+    /// Human label, e.g. `ci-pipeline`: inline up to 24 bytes.
+    name: CompactString,
     /// SHA-256 of the full key.
     #[serde(skip)]
     pub hash: KeyHash,
-    /// Prefix and last four characters, e.g. `br_live_…o5p6`.
-    pub hint: String,
+    /// Prefix and last four characters, e.g. `br_live_…o5p6`: inline up to 24 bytes.
+    hint: CompactString,
     /// Permissions; empty = full access.
     pub scopes: Scopes,
     /// Environment of the key's format (`live`, `test`).
@@ -107,8 +114,9 @@ pub struct KeyRecord {
     /// Last time a request used the key, at the recorder's granularity. Filled in by `get` and
     /// `list`; the snapshot seen on the request path may lag.
     pub last_used_at: Option<Timestamp>,
-    /// The key this one replaced, when it was created by a rotation.
-    pub rotated_from: Option<KeyId>,
+    /// The key this one replaced, when it was created by a rotation. Boxed: rarely set, so it
+    /// costs one pointer rather than an id's 24 bytes.
+    rotated_from: Option<Box<KeyId>>,
     /// Where [`LastUsedRecorder`](crate::LastUsedRecorder) marks this snapshot as used, lock-free
     /// and without a map lookup. Bookkeeping only: ignored by `==` and serialization.
     #[serde(skip)]
@@ -128,6 +136,7 @@ impl fmt::Debug for KeyRecord {
             .field("expires_at", &self.expires_at)
             .field("revoked_at", &self.revoked_at)
             .field("last_used_at", &self.last_used_at)
+            .field("rotated_from", &self.rotated_from)
             .finish_non_exhaustive()
     }
 }
@@ -146,14 +155,15 @@ pub enum KeyStatus {
 
 impl KeyRecord {
     /// Build a record. Used by [`KeyManager`](crate::KeyManager) and by store implementations
-    /// reading rows back.
+    /// reading rows back; set the optional fields with [`with_rotated_from`](Self::with_rotated_from)
+    /// and the public fields.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: KeyId,
         org_id: OrgId,
-        name: String,
+        name: impl AsRef<str>,
         hash: KeyHash,
-        hint: String,
+        hint: impl AsRef<str>,
         scopes: Scopes,
         environment: Arc<str>,
         created_at: Timestamp,
@@ -161,9 +171,9 @@ impl KeyRecord {
         Self {
             id,
             org_id,
-            name,
+            name: CompactString::new(name),
             hash,
-            hint,
+            hint: CompactString::new(hint),
             scopes,
             environment,
             created_at,
@@ -173,6 +183,36 @@ impl KeyRecord {
             rotated_from: None,
             usage: crate::last_used::UsageSlot::new(),
         }
+    }
+
+    /// Human label, e.g. `ci-pipeline`.
+    #[inline]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Prefix and last four characters of the key, e.g. `br_live_…o5p6`.
+    #[inline]
+    pub fn hint(&self) -> &str {
+        &self.hint
+    }
+
+    /// The key this one replaced, when it was created by a rotation.
+    #[inline]
+    pub fn rotated_from(&self) -> Option<&KeyId> {
+        self.rotated_from.as_deref()
+    }
+
+    /// Set (or clear) the key this one replaced.
+    pub fn set_rotated_from(&mut self, id: Option<KeyId>) {
+        self.rotated_from = id.map(Box::new);
+    }
+
+    /// This record with [`rotated_from`](Self::rotated_from) set to `id`.
+    #[must_use]
+    pub fn with_rotated_from(mut self, id: Option<KeyId>) -> Self {
+        self.set_rotated_from(id);
+        self
     }
 
     /// How far ahead of `now` a revocation time may lie and still count as revoked.
