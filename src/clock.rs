@@ -33,7 +33,11 @@ impl Timestamp {
     /// From nanoseconds since the epoch (`u64::MAX` saturates to [`MAX`](Self::MAX)).
     #[inline]
     pub const fn from_unix_nanos(nanos: u64) -> Self {
-        let nanos = if nanos == u64::MAX { u64::MAX - 1 } else { nanos };
+        let nanos = if nanos == u64::MAX {
+            u64::MAX - 1
+        } else {
+            nanos
+        };
         match NonZeroU64::new(!nanos) {
             Some(v) => Self(v),
             // Unreachable: `nanos < u64::MAX`, so `!nanos != 0`.
@@ -280,7 +284,8 @@ fn start_coarse() -> Coarse {
             loop {
                 std::thread::sleep(COARSE_TICK);
                 if let Some(c) = COARSE.get() {
-                    c.now.store(Timestamp::now().as_unix_nanos(), Ordering::Relaxed);
+                    c.now
+                        .store(Timestamp::now().as_unix_nanos(), Ordering::Relaxed);
                 }
             }
         })

@@ -161,9 +161,9 @@ impl KeyRecord {
     pub fn new(
         id: KeyId,
         org_id: OrgId,
-        name: impl AsRef<str>,
+        name: String,
         hash: KeyHash,
-        hint: impl AsRef<str>,
+        hint: String,
         scopes: Scopes,
         environment: Arc<str>,
         created_at: Timestamp,
@@ -171,9 +171,9 @@ impl KeyRecord {
         Self {
             id,
             org_id,
-            name: CompactString::new(name),
+            name: CompactString::from(name),
             hash,
-            hint: CompactString::new(hint),
+            hint: CompactString::from(hint),
             scopes,
             environment,
             created_at,
