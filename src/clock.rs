@@ -322,6 +322,38 @@ mod tests {
     }
 
     #[test]
+    fn option_timestamp_is_one_word_and_order_is_time_order() {
+        assert_eq!(std::mem::size_of::<Option<Timestamp>>(), 8);
+        let times = [
+            0,
+            1,
+            2,
+            1_000_000_000,
+            u64::MAX / 2,
+            u64::MAX - 2,
+            u64::MAX - 1,
+        ];
+        for (i, &a) in times.iter().enumerate() {
+            let ta = Timestamp::from_unix_nanos(a);
+            assert_eq!(ta.as_unix_nanos(), a, "round trip");
+            for &b in &times[i + 1..] {
+                let tb = Timestamp::from_unix_nanos(b);
+                assert!(ta < tb, "{a} < {b}");
+                assert_eq!(ta.max(tb), tb);
+            }
+        }
+        assert_eq!(Timestamp::from_unix_nanos(u64::MAX), Timestamp::MAX);
+        assert_eq!(Timestamp::MAX.as_unix_nanos(), u64::MAX - 1);
+        assert_eq!(Timestamp::default(), Timestamp::EPOCH);
+        assert_eq!(Timestamp::EPOCH.as_unix_nanos(), 0);
+        assert_eq!(
+            Timestamp::MAX.saturating_add(Duration::from_secs(1)),
+            Timestamp::MAX
+        );
+        assert!(Some(Timestamp::EPOCH).is_some());
+    }
+
+    #[test]
     fn timestamp_arithmetic() {
         let t = Timestamp::from_unix_secs(100);
         assert_eq!(t.saturating_add(Duration::from_secs(5)).as_unix_secs(), 105);

@@ -139,7 +139,7 @@ impl Rotation {
 /// println!("your key (shown once): {}", created.key.expose_secret());
 ///
 /// let rotated = manager.rotate(&org, &created.record.id, Rotation::immediate()).await?;
-/// assert_eq!(rotated.record.name, "web");
+/// assert_eq!(rotated.record.name(), "web");
 /// let old = manager.get(&org, &created.record.id).await?;
 /// assert!(old.revoked_at.is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();

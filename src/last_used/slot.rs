@@ -254,6 +254,11 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     #[test]
+    fn a_slot_is_two_words() {
+        assert_eq!(std::mem::size_of::<UsageSlot>(), 16);
+    }
+
+    #[test]
     fn same_granule_queues_once_new_granule_updates_the_time() {
         let list = MarkList::new();
         let a = record("a");

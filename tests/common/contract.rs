@@ -244,6 +244,13 @@ pub async fn revoke_is_forward_only_and_permanent<S: KeyStore>(store: &S) {
         other.record.revoked_at, None,
         "only the revoked key changed"
     );
+    // The organization's listing sees the revocation too, and the plan set after it.
+    let listed = store.list(&o).await.unwrap();
+    let revoked_at = |id: &KeyId| listed.iter().find(|r| &r.id == id).unwrap().revoked_at;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(revoked_at(&rec.id), Some(at(5)));
+    assert_eq!(revoked_at(&bystander.id), None);
+    assert_eq!(other.plan, Plan::Paid);
 }
 
 pub async fn touch_last_used_is_batched_forward_only<S: KeyStore>(store: &S) {
