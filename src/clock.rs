@@ -19,6 +19,7 @@
 //! [`KeyRecord::REVOCATION_LEEWAY`](crate::KeyRecord::REVOCATION_LEEWAY) of slack anyway.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 use std::sync::OnceLock;
@@ -29,42 +30,59 @@ use serde::{Deserialize, Serialize};
 
 /// A point in time: nanoseconds since the Unix epoch.
 ///
-/// Serialized as whole Unix seconds.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Timestamp(u64);
+/// Serialized as whole Unix seconds. The last representable nanosecond (`u64::MAX`, in the year
+/// 2554) saturates to the one before it, so that `Option<Timestamp>` is as small as a
+/// `Timestamp` (8 bytes): the value is stored inverted in a `NonZeroU64`, and the comparisons
+/// below undo the inversion.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timestamp(NonZeroU64);
 
 impl Timestamp {
     /// The Unix epoch.
-    pub const EPOCH: Timestamp = Timestamp(0);
+    pub const EPOCH: Timestamp = Timestamp::from_unix_nanos(0);
 
-    /// From nanoseconds since the epoch.
+    /// The latest representable time, `u64::MAX - 1` nanoseconds after the epoch.
+    pub const MAX: Timestamp = Timestamp::from_unix_nanos(u64::MAX - 1);
+
+    /// From nanoseconds since the epoch (`u64::MAX` saturates to [`MAX`](Self::MAX)).
+    #[inline]
     pub const fn from_unix_nanos(nanos: u64) -> Self {
-        Self(nanos)
+        let nanos = if nanos == u64::MAX {
+            u64::MAX - 1
+        } else {
+            nanos
+        };
+        match NonZeroU64::new(!nanos) {
+            Some(v) => Self(v),
+            // Unreachable: `nanos < u64::MAX`, so `!nanos != 0`.
+            None => Self(NonZeroU64::MAX),
+        }
     }
 
     /// From milliseconds since the epoch (saturating).
     pub const fn from_unix_millis(ms: u64) -> Self {
-        Self(ms.saturating_mul(1_000_000))
+        Self::from_unix_nanos(ms.saturating_mul(1_000_000))
     }
 
     /// From whole seconds since the epoch (saturating).
     pub const fn from_unix_secs(secs: u64) -> Self {
-        Self(secs.saturating_mul(1_000_000_000))
+        Self::from_unix_nanos(secs.saturating_mul(1_000_000_000))
     }
 
     /// Nanoseconds since the epoch.
+    #[inline]
     pub const fn as_unix_nanos(self) -> u64 {
-        self.0
+        !self.0.get()
     }
 
     /// Milliseconds since the epoch.
     pub const fn as_unix_millis(self) -> u64 {
-        self.0 / 1_000_000
+        self.as_unix_nanos() / 1_000_000
     }
 
     /// Whole seconds since the epoch, rounded down.
     pub const fn as_unix_secs(self) -> u64 {
-        self.0 / 1_000_000_000
+        self.as_unix_nanos() / 1_000_000_000
     }
 
     /// The current system time.
@@ -74,17 +92,17 @@ impl Timestamp {
 
     /// `self + d`, saturating.
     pub fn saturating_add(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(duration_nanos(d)))
+        Self::from_unix_nanos(self.as_unix_nanos().saturating_add(duration_nanos(d)))
     }
 
     /// `self - d`, saturating at the epoch.
     pub fn saturating_sub(self, d: Duration) -> Self {
-        Self(self.0.saturating_sub(duration_nanos(d)))
+        Self::from_unix_nanos(self.as_unix_nanos().saturating_sub(duration_nanos(d)))
     }
 
     /// How long after `earlier` this is (zero if it is not later).
     pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
-        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+        Duration::from_nanos(self.as_unix_nanos().saturating_sub(earlier.as_unix_nanos()))
     }
 
     /// Truncate to a multiple of `granularity` (no-op for a zero granularity).
@@ -93,7 +111,8 @@ impl Timestamp {
         if g == 0 {
             self
         } else {
-            Self(self.0 - self.0 % g)
+            let t = self.as_unix_nanos();
+            Self::from_unix_nanos(t - t % g)
         }
     }
 }
@@ -105,7 +124,7 @@ pub(crate) fn duration_nanos(d: Duration) -> u64 {
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Self {
         match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Self(duration_nanos(d)),
+            Ok(d) => Self::from_unix_nanos(duration_nanos(d)),
             Err(_) => Self::EPOCH,
         }
     }
@@ -113,7 +132,7 @@ impl From<SystemTime> for Timestamp {
 
 impl From<Timestamp> for SystemTime {
     fn from(t: Timestamp) -> Self {
-        UNIX_EPOCH + Duration::from_nanos(t.0)
+        UNIX_EPOCH + Duration::from_nanos(t.as_unix_nanos())
     }
 }
 
@@ -122,9 +141,31 @@ impl fmt::Debug for Timestamp {
         write!(
             f,
             "Timestamp({}.{:09})",
-            self.0 / 1_000_000_000,
-            self.0 % 1_000_000_000
+            self.as_unix_nanos() / 1_000_000_000,
+            self.as_unix_nanos() % 1_000_000_000
         )
+    }
+}
+
+impl Default for Timestamp {
+    /// The epoch.
+    fn default() -> Self {
+        Self::EPOCH
+    }
+}
+
+impl PartialOrd for Timestamp {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Timestamp {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Stored inverted: the later time has the smaller stored value.
+        other.0.cmp(&self.0)
     }
 }
 
@@ -169,7 +210,7 @@ impl fmt::Debug for Clock {
             ClockKind::Manual(t) => write!(
                 f,
                 "Clock::Manual({:?})",
-                Timestamp(t.load(Ordering::Relaxed))
+                Timestamp::from_unix_nanos(t.load(Ordering::Relaxed))
             ),
         }
     }
@@ -193,7 +234,7 @@ impl Clock {
 
     /// A clock that moves only when told to, for tests. Returns the clock and its handle.
     pub fn manual(start: Timestamp) -> (Self, ManualClock) {
-        let cell = Arc::new(AtomicU64::new(start.0));
+        let cell = Arc::new(AtomicU64::new(start.as_unix_nanos()));
         (
             Self(ClockKind::Manual(cell.clone())),
             ManualClock { now: cell },
@@ -206,7 +247,7 @@ impl Clock {
         match &self.0 {
             ClockKind::Coarse => coarse_now(),
             ClockKind::System => Timestamp::now(),
-            ClockKind::Manual(t) => Timestamp(t.load(Ordering::Acquire)),
+            ClockKind::Manual(t) => Timestamp::from_unix_nanos(t.load(Ordering::Acquire)),
         }
     }
 }
@@ -225,12 +266,12 @@ impl ManualClock {
 
     /// Set the clock.
     pub fn set(&self, t: Timestamp) {
-        self.now.store(t.0, Ordering::Release);
+        self.now.store(t.as_unix_nanos(), Ordering::Release);
     }
 
     /// The clock's time.
     pub fn now(&self) -> Timestamp {
-        Timestamp(self.now.load(Ordering::Acquire))
+        Timestamp::from_unix_nanos(self.now.load(Ordering::Acquire))
     }
 }
 
@@ -335,6 +376,38 @@ mod tests {
         }
         assert!(later > start, "the coarse clock did not move in 5 s");
         assert!(later.saturating_duration_since(start) < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn option_timestamp_is_one_word_and_order_is_time_order() {
+        assert_eq!(std::mem::size_of::<Option<Timestamp>>(), 8);
+        let times = [
+            0,
+            1,
+            2,
+            1_000_000_000,
+            u64::MAX / 2,
+            u64::MAX - 2,
+            u64::MAX - 1,
+        ];
+        for (i, &a) in times.iter().enumerate() {
+            let ta = Timestamp::from_unix_nanos(a);
+            assert_eq!(ta.as_unix_nanos(), a, "round trip");
+            for &b in &times[i + 1..] {
+                let tb = Timestamp::from_unix_nanos(b);
+                assert!(ta < tb, "{a} < {b}");
+                assert_eq!(ta.max(tb), tb);
+            }
+        }
+        assert_eq!(Timestamp::from_unix_nanos(u64::MAX), Timestamp::MAX);
+        assert_eq!(Timestamp::MAX.as_unix_nanos(), u64::MAX - 1);
+        assert_eq!(Timestamp::default(), Timestamp::EPOCH);
+        assert_eq!(Timestamp::EPOCH.as_unix_nanos(), 0);
+        assert_eq!(
+            Timestamp::MAX.saturating_add(Duration::from_secs(1)),
+            Timestamp::MAX
+        );
+        assert!(Some(Timestamp::EPOCH).is_some());
     }
 
     #[test]

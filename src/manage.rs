@@ -139,7 +139,7 @@ impl Rotation {
 /// println!("your key (shown once): {}", created.key.expose_secret());
 ///
 /// let rotated = manager.rotate(&org, &created.record.id, Rotation::immediate()).await?;
-/// assert_eq!(rotated.record.name, "web");
+/// assert_eq!(rotated.record.name(), "web");
 /// let old = manager.get(&org, &created.record.id).await?;
 /// assert!(old.revoked_at.is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
@@ -246,7 +246,7 @@ impl<St: KeyStore> KeyManager<St> {
             now,
         );
         record.expires_at = expires_at;
-        record.rotated_from = rotated_from;
+        record.set_rotated_from(rotated_from);
         self.store.insert(record.clone()).await?;
         tracing::info!(key_id = %record.id, org_id = %org, "api key created");
         Ok(CreatedKey { key, record })
@@ -314,7 +314,7 @@ impl<St: KeyStore> KeyManager<St> {
         if old.is_revoked(now) || old.revoked_at.is_some() {
             return Err(ManageError::Revoked);
         }
-        let mut spec = NewKey::new(old.name.clone())
+        let mut spec = NewKey::new(old.name())
             .scopes(old.scopes.clone())
             .environment(old.environment.to_string());
         if let Some(exp) = old.expires_at {

@@ -263,10 +263,10 @@ async fn rotate_issues_a_new_key_with_the_same_permissions_and_revokes_the_old()
         .await
         .unwrap();
     assert_ne!(new.key.expose_secret(), old.key.expose_secret());
-    assert_eq!(new.record.name, old.record.name);
+    assert_eq!(new.record.name(), old.record.name());
     assert_eq!(new.record.scopes, old.record.scopes);
     assert_eq!(new.record.org_id, org);
-    assert_eq!(new.record.rotated_from.as_ref(), Some(&old.record.id));
+    assert_eq!(new.record.rotated_from(), Some(&old.record.id));
 
     let svc = ServiceBuilder::new()
         .layer(ApiKeyAuth::new(fx.store.clone()).clock(fx.clock.clone()))
@@ -398,12 +398,12 @@ async fn list_shows_metadata_newest_first_and_never_secrets() {
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].id, second.record.id);
     assert_eq!(listed[1].id, first.record.id);
-    assert!(listed[1].hint.starts_with("br_live_…"));
+    assert!(listed[1].hint().starts_with("br_live_…"));
     assert!(
         first
             .key
             .expose_secret()
-            .ends_with(&listed[1].hint["br_live_…".len()..])
+            .ends_with(&listed[1].hint()["br_live_…".len()..])
     );
     let json = serde_json::to_string(&listed).unwrap();
     assert!(!json.contains(&first.key.expose_secret()[8..]));

@@ -1,7 +1,7 @@
 //! The per-record mark and the list of marked records.
 //!
-//! Each [`KeyRecord`] carries a [`UsageSlot`]: the latest time a request used it (at the
-//! recorder's granularity), a `queued` flag, and an intrusive `next` link. A request marks its
+//! Each [`KeyRecord`] carries a [`UsageSlot`] (16 bytes): the latest time a request used it (at
+//! the recorder's granularity) and an intrusive `next` link whose low bit is the `queued` flag. A request marks its
 //! record with one relaxed load when the time has not moved into a new granule; otherwise it
 //! raises the time with `fetch_max` and, if the record is not already queued, pushes the record
 //! onto a [`MarkList`], a Treiber stack whose only consumer takes the whole list at once. No
@@ -14,7 +14,7 @@
 use std::fmt;
 use std::ptr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crate::clock::Timestamp;
 use crate::store::KeyRecord;
@@ -25,19 +25,40 @@ pub(crate) struct UsageSlot {
     /// Latest mark, nanoseconds since the epoch, truncated to the recorder's granularity
     /// (0 = never marked through this snapshot). Only ever raised.
     last: AtomicU64,
-    /// Whether the record is in a [`MarkList`] (and so owns `next`).
-    queued: AtomicBool,
-    /// The next record in the list while queued; null otherwise.
+    /// Null while the record is not in a [`MarkList`]. While it is: the next record in the list
+    /// with [`QUEUED`] set in its low bit (records are 8-aligned), or [`QUEUED`] alone at the
+    /// end of the list. One word for the flag and the link keeps the slot at 16 bytes.
     next: AtomicPtr<KeyRecord>,
+}
+
+/// The tag bit of [`UsageSlot::next`] that says "queued".
+const QUEUED: usize = 1;
+
+// The tag needs the low bit of a record's address to be free.
+const _: () = assert!(std::mem::align_of::<KeyRecord>() > QUEUED);
+
+#[inline]
+fn tagged(p: *mut KeyRecord) -> *mut KeyRecord {
+    p.map_addr(|a| a | QUEUED)
+}
+
+#[inline]
+fn untagged(p: *mut KeyRecord) -> *mut KeyRecord {
+    p.map_addr(|a| a & !QUEUED)
 }
 
 impl UsageSlot {
     pub(crate) const fn new() -> Self {
         Self {
             last: AtomicU64::new(0),
-            queued: AtomicBool::new(false),
             next: AtomicPtr::new(ptr::null_mut()),
         }
+    }
+
+    /// Whether the record is in a [`MarkList`].
+    #[cfg(test)]
+    fn queued(&self) -> bool {
+        !self.next.load(Ordering::Relaxed).is_null()
     }
 
     /// The latest mark through this snapshot, if any.
@@ -59,7 +80,6 @@ impl Clone for UsageSlot {
     fn clone(&self) -> Self {
         Self {
             last: AtomicU64::new(self.last.load(Ordering::Relaxed)),
-            queued: AtomicBool::new(false),
             next: AtomicPtr::new(ptr::null_mut()),
         }
     }
@@ -77,7 +97,7 @@ impl fmt::Debug for UsageSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UsageSlot")
             .field("last", &self.last())
-            .field("queued", &self.queued.load(Ordering::Relaxed))
+            .field("queued", &!self.next.load(Ordering::Relaxed).is_null())
             .finish()
     }
 }
@@ -105,14 +125,24 @@ pub(crate) fn mark(
 fn mark_slow(list: &MarkList, record: &Arc<KeyRecord>, now_nanos: u64, granularity_nanos: u64) {
     let t = now_nanos - now_nanos % granularity_nanos;
     let slot = &record.usage;
-    // SeqCst on `last` and `queued`, here and in `drain`: either this thread sees `queued`
-    // cleared (and queues the record again), or the drainer, which clears `queued` before
-    // reading `last`, reads this mark. A mark is never lost between the two.
+    // SeqCst on `last` and `next` (the queued flag), here and in `drain`: either this thread sees
+    // the record unqueued (and queues it again), or the drainer, which unqueues it before reading
+    // `last`, reads this mark. A mark is never lost between the two.
     if slot.last.fetch_max(t, Ordering::SeqCst) >= t {
         // Another request raised it at least this far; that request queues the record.
         return;
     }
-    if !slot.queued.swap(true, Ordering::SeqCst) {
+    // Unqueued (null) → queued (the bare tag): only the thread that wins this owns `next`.
+    if slot
+        .next
+        .compare_exchange(
+            ptr::null_mut(),
+            ptr::without_provenance_mut(QUEUED),
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+    {
         list.push(record);
     }
 }
@@ -140,16 +170,16 @@ impl MarkList {
         }
     }
 
-    /// Push a record whose `queued` flag this thread has just set.
+    /// Push a record whose queued tag this thread has just set.
     /// The list takes a strong reference to it.
     fn push(&self, record: &Arc<KeyRecord>) {
         let slot_next = &record.usage.next;
         let raw = Arc::into_raw(Arc::clone(record)).cast_mut();
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
-            // Only the thread that set `queued` writes `next`, and nobody reads it until the
-            // push below publishes the node.
-            slot_next.store(head, Ordering::Relaxed);
+            // Only the thread that queued the record writes `next`, and nobody reads it until
+            // the push below publishes the node. The tag keeps the record marked as queued.
+            slot_next.store(tagged(head), Ordering::Relaxed);
             match self
                 .head
                 .compare_exchange_weak(head, raw, Ordering::Release, Ordering::Relaxed)
@@ -171,9 +201,9 @@ impl MarkList {
             // sequence), so the `next` links written before each push are visible.
             let record = unsafe { Arc::from_raw(p) };
             let slot = &record.usage;
-            p = slot.next.swap(ptr::null_mut(), Ordering::Relaxed);
-            // After this store a marker may queue the record again (writing `next`, already read).
-            slot.queued.store(false, Ordering::SeqCst);
+            // Read the link and unqueue the record in one step; after it a marker may queue the
+            // record again (writing `next`, already read).
+            p = untagged(slot.next.swap(ptr::null_mut(), Ordering::SeqCst));
             let t = slot.last.load(Ordering::SeqCst);
             if t != 0 {
                 f(&record, Timestamp::from_unix_nanos(t));
@@ -224,6 +254,11 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     #[test]
+    fn a_slot_is_two_words() {
+        assert_eq!(std::mem::size_of::<UsageSlot>(), 16);
+    }
+
+    #[test]
     fn same_granule_queues_once_new_granule_updates_the_time() {
         let list = MarkList::new();
         let a = record("a");
@@ -271,7 +306,7 @@ mod tests {
             assert_eq!(Arc::strong_count(&a), 2);
         }
         assert_eq!(Arc::strong_count(&a), 1);
-        assert!(!a.usage.queued.load(Ordering::Relaxed));
+        assert!(!a.usage.queued());
     }
 
     #[test]
@@ -292,8 +327,7 @@ mod tests {
         mark(&list, &a, 7 * SEC, SEC);
         let copy = KeyRecord::clone(&a);
         assert_eq!(copy.usage.last(), Some(Timestamp::from_unix_secs(7)));
-        assert!(!copy.usage.queued.load(Ordering::Relaxed));
-        assert!(copy.usage.next.load(Ordering::Relaxed).is_null());
+        assert!(!copy.usage.queued());
         assert_eq!(copy, *a);
         list.drain(|_, _| {});
     }

@@ -37,8 +37,8 @@ pub struct MemoryStore {
 }
 
 /// The request-path map's key: the record itself, hashed and compared by its key hash, so an
-/// entry is one pointer and the plan (32 bytes) rather than a second copy of the digest beside
-/// the record's (64 bytes).
+/// entry is one pointer and the plan's pointer (16 bytes) rather than a second copy of the digest
+/// beside the record's and the plan (64 bytes).
 struct ByHash(Arc<KeyRecord>);
 
 impl Hash for ByHash {
@@ -89,28 +89,43 @@ impl Borrow<str> for ById {
 }
 
 struct Inner {
-    /// Request path: hash → (record, plan). Read lock-free.
-    by_hash: papaya::HashMap<ByHash, Plan, KeyHashBuilder>,
+    /// Request path: hash → (record, plan). Read lock-free. The plan is shared by all the keys of
+    /// an organization (one allocation per organization with a plan, one for the default).
+    by_hash: papaya::HashMap<ByHash, Arc<Plan>, KeyHashBuilder>,
     /// Last-used times, kept apart so records stay immutable snapshots.
     last_used: papaya::HashMap<KeyId, Timestamp>,
     /// Everything else, for management: behind one mutex that also serializes writes.
     admin: Mutex<Admin>,
-    default_plan: Plan,
+    default_plan: Arc<Plan>,
 }
 
-/// Written under the mutex: `by_id` and `by_hash` always hold the same record `Arc` per key.
+/// Written under the mutex: `by_id`, `by_org` and `by_hash` always hold the same record `Arc`
+/// per key.
 #[derive(Default)]
 struct Admin {
     by_id: HashSet<ById>,
-    by_org: HashMap<OrgId, Vec<KeyId>>,
-    plans: HashMap<OrgId, Plan>,
+    by_org: HashMap<OrgId, Vec<Arc<KeyRecord>>>,
+    plans: HashMap<OrgId, Arc<Plan>>,
+}
+
+impl Admin {
+    /// Replace `old` by `new` in its organization's list.
+    fn replace_in_org(&mut self, old: &Arc<KeyRecord>, new: &Arc<KeyRecord>) {
+        if let Some(slot) = self
+            .by_org
+            .get_mut(&old.org_id)
+            .and_then(|list| list.iter_mut().find(|r| Arc::ptr_eq(r, old)))
+        {
+            *slot = new.clone();
+        }
+    }
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
             .field("keys", &self.inner.by_hash.len())
-            .field("default_plan", &self.inner.default_plan)
+            .field("default_plan", &*self.inner.default_plan)
             .finish()
     }
 }
@@ -131,10 +146,16 @@ impl MemoryStore {
     pub fn with_default_plan(plan: Plan) -> Self {
         Self {
             inner: Arc::new(Inner {
-                by_hash: papaya::HashMap::builder().hasher(KeyHashBuilder).build(),
+                // Blocking resizes: writes are rare and serialized anyway, and an incremental
+                // resize leaves lookups searching two tables (and both tables allocated) until
+                // enough later writes finish it.
+                by_hash: papaya::HashMap::builder()
+                    .hasher(KeyHashBuilder)
+                    .resize_mode(papaya::ResizeMode::Blocking)
+                    .build(),
                 last_used: papaya::HashMap::new(),
                 admin: Mutex::new(Admin::default()),
-                default_plan: plan,
+                default_plan: Arc::new(plan),
             }),
         }
     }
@@ -171,25 +192,40 @@ impl MemoryStore {
         r
     }
 
+    /// Hand what the writes above retired (replaced entries, the tables a resize outgrew) to
+    /// the reclaimer now rather than after a batch of 32: with few writes, a resize's old tables
+    /// would otherwise stay allocated indefinitely (about 19 bytes per key at 1M keys).
+    fn reclaim(&self) {
+        use papaya::Guard;
+        self.inner.by_hash.guard().flush();
+    }
+
+    fn plan_of(&self, admin: &Admin, org: &OrgId) -> Arc<Plan> {
+        admin
+            .plans
+            .get(org)
+            .unwrap_or(&self.inner.default_plan)
+            .clone()
+    }
+
     fn insert_sync(&self, record: KeyRecord) -> Result<(), StoreError> {
         let mut admin = self.admin();
-        let by_hash = self.inner.by_hash.pin();
-        if admin.by_id.contains(record.id.as_str()) || by_hash.contains_key(&record.hash) {
-            return Err(StoreError::Duplicate);
+        {
+            let by_hash = self.inner.by_hash.pin();
+            if admin.by_id.contains(record.id.as_str()) || by_hash.contains_key(&record.hash) {
+                return Err(StoreError::Duplicate);
+            }
+            let plan = self.plan_of(&admin, &record.org_id);
+            let record = Arc::new(record);
+            admin
+                .by_org
+                .entry(record.org_id.clone())
+                .or_default()
+                .push(record.clone());
+            admin.by_id.insert(ById(record.clone()));
+            by_hash.insert(ByHash(record), plan);
         }
-        let plan = admin
-            .plans
-            .get(&record.org_id)
-            .copied()
-            .unwrap_or(self.inner.default_plan);
-        admin
-            .by_org
-            .entry(record.org_id.clone())
-            .or_default()
-            .push(record.id.clone());
-        let record = Arc::new(record);
-        admin.by_id.insert(ById(record.clone()));
-        by_hash.insert(ByHash(record), plan);
+        self.reclaim();
         Ok(())
     }
 
@@ -208,8 +244,7 @@ impl MemoryStore {
             .get(org)
             .into_iter()
             .flatten()
-            .filter_map(|id| admin.by_id.get(id.as_str()))
-            .map(|r| self.with_last_used(&r.0))
+            .map(|r| self.with_last_used(r))
             .collect();
         out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         out
@@ -223,14 +258,18 @@ impl MemoryStore {
             Some(t) if t <= at => {}
             _ => {
                 record.revoked_at = Some(at);
-                let by_hash = self.inner.by_hash.pin();
-                let plan = by_hash
-                    .get(&record.hash)
-                    .copied()
-                    .unwrap_or(self.inner.default_plan);
                 let updated = Arc::new(record.clone());
-                by_hash.insert(ByHash(updated.clone()), plan);
+                {
+                    let by_hash = self.inner.by_hash.pin();
+                    let plan = by_hash
+                        .get(&record.hash)
+                        .cloned()
+                        .unwrap_or_else(|| self.plan_of(&admin, &record.org_id));
+                    by_hash.insert(ByHash(updated.clone()), plan);
+                }
+                admin.replace_in_org(&current, &updated);
                 admin.by_id.replace(ById(updated));
+                self.reclaim();
             }
         }
         drop(admin);
@@ -239,13 +278,15 @@ impl MemoryStore {
 
     fn set_plan_sync(&self, org: &OrgId, plan: Plan) {
         let mut admin = self.admin();
-        admin.plans.insert(org.clone(), plan);
-        let by_hash = self.inner.by_hash.pin();
-        for id in admin.by_org.get(org).into_iter().flatten() {
-            if let Some(r) = admin.by_id.get(id.as_str()) {
-                by_hash.insert(ByHash(r.0.clone()), plan);
+        let plan = Arc::new(plan);
+        admin.plans.insert(org.clone(), plan.clone());
+        {
+            let by_hash = self.inner.by_hash.pin();
+            for r in admin.by_org.get(org).into_iter().flatten() {
+                by_hash.insert(ByHash(r.clone()), plan.clone());
             }
         }
+        self.reclaim();
     }
 }
 
@@ -257,7 +298,7 @@ impl KeyStore for MemoryStore {
         let by_hash = self.inner.by_hash.pin();
         ready(Ok(by_hash.get_key_value(hash).map(|(k, plan)| StoredKey {
             record: k.0.clone(),
-            plan: *plan,
+            plan: **plan,
         })))
     }
 
@@ -302,7 +343,6 @@ impl KeyStore for MemoryStore {
             .admin()
             .plans
             .get(org)
-            .copied()
-            .unwrap_or(self.inner.default_plan))
+            .map_or(*self.inner.default_plan, |p| **p))
     }
 }

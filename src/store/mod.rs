@@ -14,6 +14,34 @@
 //! For `dyn` users, [`DynKeyStore`] is object safe and [`BoxedStore`] turns an
 //! `Arc<dyn DynKeyStore>` back into a `KeyStore`.
 //!
+//! # Design note: the size of a record
+//!
+//! A [`MemoryStore`] must hold a million keys in at most 300 bytes each (requested heap bytes;
+//! `cargo run --release --example store_memory` measures it). A record is an `Arc` snapshot of
+//! 208 bytes plus the `Arc`'s 16, with no further allocation for typical keys, and the store
+//! adds about 65 bytes per key (its lock-free entry of two pointers, its tables, the id index
+//! and the per-organization list, one pointer each). What that took, field by field:
+//!
+//! - [`Timestamp`] keeps its value inverted in a `NonZeroU64`, so `Option<Timestamp>` is 8
+//!   bytes, not 16 (three such fields). Its order is the order of the times; the one lost value is
+//!   `u64::MAX` nanoseconds, in 2554, which saturates to the one before.
+//! - [`KeyId`] is an inline string of up to 24 bytes (generated ids are exactly 24): 24 bytes in
+//!   place of a 16-byte `Arc<str>` and its 40-byte allocation. `OrgId` stays an `Arc<str>`: the
+//!   keys and requests of one organization share it.
+//! - The label and the hint are inline strings too (up to 24 bytes without allocating), and are
+//!   read through [`KeyRecord::name`] and [`KeyRecord::hint`] as `&str`, so that the public API
+//!   does not name the string type. `rotated_from`, set only on keys created by a rotation, is
+//!   boxed (8 bytes instead of 24) behind [`KeyRecord::rotated_from`].
+//! - The last-used slot is 16 bytes: the queued flag is the low bit of its list link.
+//! - Everything a request reads (`id`, `org_id`, `scopes`, `expires_at`, `revoked_at`, …) stays
+//!   a public field of an unchanged type, read in place as before.
+//!
+//! In the store, an organization's plan is one shared allocation that the entries of all its
+//! keys point to (16 bytes an entry instead of 32; a lookup loads the plan beside the record),
+//! the per-organization lists hold the records rather than copies of their ids, and the
+//! lock-free map resizes in one step and hands its outgrown tables back at once (an incremental
+//! resize, with few writes, keeps the old table allocated and lookups probing both).
+//!
 //! # Implementations
 //!
 //! | store | feature | for |
@@ -30,6 +58,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
@@ -80,6 +109,12 @@ impl StoreError {
 }
 
 /// Everything stored about one key. Never contains the secret.
+///
+/// Held by stores as an immutable `Arc` snapshot, and sized for holding a million of them (see
+/// the [module docs](self#design-note-the-size-of-a-record)): 208 bytes, strings included for
+/// typical names and hints. The fields a request reads are public; the label, the hint and the
+/// rarely set `rotated_from` are read through [`name`](Self::name), [`hint`](Self::hint) and
+/// [`rotated_from`](Self::rotated_from), so that their compact storage stays private.
 #[derive(Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct KeyRecord {
@@ -87,13 +122,13 @@ pub struct KeyRecord {
     pub id: KeyId,
     /// Owning organization.
     pub org_id: OrgId,
-    /// Human label, e.g. `ci-pipeline`.
-    pub name: String,
+    /// Human label, e.g. `ci-pipeline`: inline up to 24 bytes.
+    name: CompactString,
     /// SHA-256 of the full key.
     #[serde(skip)]
     pub hash: KeyHash,
-    /// Prefix and last four characters, e.g. `br_live_…o5p6`.
-    pub hint: String,
+    /// Prefix and last four characters, e.g. `br_live_…o5p6`: inline up to 24 bytes.
+    hint: CompactString,
     /// Permissions; empty = full access.
     pub scopes: Scopes,
     /// Environment of the key's format (`live`, `test`).
@@ -107,8 +142,9 @@ pub struct KeyRecord {
     /// Last time a request used the key, at the recorder's granularity. Filled in by `get` and
     /// `list`; the snapshot seen on the request path may lag.
     pub last_used_at: Option<Timestamp>,
-    /// The key this one replaced, when it was created by a rotation.
-    pub rotated_from: Option<KeyId>,
+    /// The key this one replaced, when it was created by a rotation. Boxed: rarely set, so it
+    /// costs one pointer rather than an id's 24 bytes.
+    rotated_from: Option<Box<KeyId>>,
     /// Where [`LastUsedRecorder`](crate::LastUsedRecorder) marks this snapshot as used, lock-free
     /// and without a map lookup. Bookkeeping only: ignored by `==` and serialization.
     #[serde(skip)]
@@ -128,6 +164,7 @@ impl fmt::Debug for KeyRecord {
             .field("expires_at", &self.expires_at)
             .field("revoked_at", &self.revoked_at)
             .field("last_used_at", &self.last_used_at)
+            .field("rotated_from", &self.rotated_from)
             .finish_non_exhaustive()
     }
 }
@@ -146,7 +183,8 @@ pub enum KeyStatus {
 
 impl KeyRecord {
     /// Build a record. Used by [`KeyManager`](crate::KeyManager) and by store implementations
-    /// reading rows back.
+    /// reading rows back; set the optional fields with [`with_rotated_from`](Self::with_rotated_from)
+    /// and the public fields.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: KeyId,
@@ -161,9 +199,9 @@ impl KeyRecord {
         Self {
             id,
             org_id,
-            name,
+            name: CompactString::from(name),
             hash,
-            hint,
+            hint: CompactString::from(hint),
             scopes,
             environment,
             created_at,
@@ -173,6 +211,36 @@ impl KeyRecord {
             rotated_from: None,
             usage: crate::last_used::UsageSlot::new(),
         }
+    }
+
+    /// Human label, e.g. `ci-pipeline`.
+    #[inline]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Prefix and last four characters of the key, e.g. `br_live_…o5p6`.
+    #[inline]
+    pub fn hint(&self) -> &str {
+        &self.hint
+    }
+
+    /// The key this one replaced, when it was created by a rotation.
+    #[inline]
+    pub fn rotated_from(&self) -> Option<&KeyId> {
+        self.rotated_from.as_deref()
+    }
+
+    /// Set (or clear) the key this one replaced.
+    pub fn set_rotated_from(&mut self, id: Option<KeyId>) {
+        self.rotated_from = id.map(Box::new);
+    }
+
+    /// This record with [`rotated_from`](Self::rotated_from) set to `id`.
+    #[must_use]
+    pub fn with_rotated_from(mut self, id: Option<KeyId>) -> Self {
+        self.set_rotated_from(id);
+        self
     }
 
     /// How far ahead of `now` a revocation time may lie and still count as revoked.
@@ -435,5 +503,62 @@ pub async fn store_from_url(url: &str) -> Result<BoxedStore, StoreError> {
         _ => Err(StoreError::unavailable(UnsupportedStoreUrl(
             scheme.to_owned(),
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> KeyRecord {
+        KeyRecord::new(
+            KeyId::from("key_0123456789abcdefghij"),
+            OrgId::from("org_1"),
+            "ci-pipeline".into(),
+            KeyHash::of("k"),
+            "br_live_…o5p6".into(),
+            Scopes::full_access(),
+            Arc::from("live"),
+            Timestamp::from_unix_secs(1),
+        )
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_record_stays_small() {
+        // The budget behind DESIGN §6 (≤ 300 bytes a key at 1M keys): see the module docs.
+        assert_eq!(std::mem::size_of::<KeyRecord>(), 208);
+    }
+
+    #[test]
+    fn accessors_serialization_and_equality_see_the_compact_fields() {
+        let r = record();
+        assert_eq!(r.name(), "ci-pipeline");
+        assert_eq!(r.hint(), "br_live_…o5p6");
+        assert_eq!(r.rotated_from(), None);
+        let rotated = r.clone().with_rotated_from(Some(KeyId::from("key_old")));
+        assert_eq!(rotated.rotated_from(), Some(&KeyId::from("key_old")));
+        assert_ne!(rotated, r, "rotated_from takes part in ==");
+        let json = serde_json::to_value(&rotated).unwrap();
+        assert_eq!(json["id"], "key_0123456789abcdefghij");
+        assert_eq!(json["name"], "ci-pipeline");
+        assert_eq!(json["hint"], "br_live_…o5p6");
+        assert_eq!(json["rotated_from"], "key_old");
+        assert_eq!(json["expires_at"], serde_json::Value::Null);
+        let long = "a label longer than twenty-four bytes, kept whole".to_owned();
+        let mut r = KeyRecord::new(
+            KeyId::from("key_an_id_longer_than_twenty_four_bytes"),
+            r.org_id.clone(),
+            long.clone(),
+            r.hash,
+            r.hint().to_owned(),
+            r.scopes.clone(),
+            r.environment.clone(),
+            r.created_at,
+        );
+        assert_eq!(r.name(), long);
+        assert_eq!(r.id.as_str(), "key_an_id_longer_than_twenty_four_bytes");
+        r.set_rotated_from(None);
+        assert_eq!(r.rotated_from(), None);
     }
 }

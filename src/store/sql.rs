@@ -151,7 +151,7 @@ impl KeyRow {
         r.expires_at = opt_ts_from_db(self.expires_at);
         r.revoked_at = opt_ts_from_db(self.revoked_at);
         r.last_used_at = opt_ts_from_db(self.last_used_at);
-        r.rotated_from = self.rotated_from.map(KeyId::from);
+        r.set_rotated_from(self.rotated_from.map(KeyId::from));
         Ok(r)
     }
 }

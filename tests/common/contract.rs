@@ -51,15 +51,19 @@ fn unknown_hash() -> KeyHash {
 pub fn assert_same(label: &str, got: &KeyRecord, want: &KeyRecord) {
     assert_eq!(got.id, want.id, "{label}: id");
     assert_eq!(got.org_id, want.org_id, "{label}: org_id");
-    assert_eq!(got.name, want.name, "{label}: name");
+    assert_eq!(got.name(), want.name(), "{label}: name");
     assert!(got.hash == want.hash, "{label}: hash");
-    assert_eq!(got.hint, want.hint, "{label}: hint");
+    assert_eq!(got.hint(), want.hint(), "{label}: hint");
     assert_eq!(got.scopes, want.scopes, "{label}: scopes");
     assert_eq!(got.environment, want.environment, "{label}: environment");
     assert_eq!(got.created_at, want.created_at, "{label}: created_at");
     assert_eq!(got.expires_at, want.expires_at, "{label}: expires_at");
     assert_eq!(got.revoked_at, want.revoked_at, "{label}: revoked_at");
-    assert_eq!(got.rotated_from, want.rotated_from, "{label}: rotated_from");
+    assert_eq!(
+        got.rotated_from(),
+        want.rotated_from(),
+        "{label}: rotated_from"
+    );
 }
 
 /// Run every check against `store`.
@@ -79,7 +83,7 @@ pub async fn insert_then_find_with_plan<S: KeyStore>(store: &S) {
     rec.scopes = Scopes::parse(["browser_sessions:create", "browser_sessions:*"]).unwrap();
     rec.environment = Arc::from("test");
     rec.expires_at = Some(at(90 * 24 * 3600));
-    rec.rotated_from = Some(KeyId::from("key_previous"));
+    rec.set_rotated_from(Some(KeyId::from("key_previous")));
     let plain = record(&o, "plain", at(1));
 
     assert!(
@@ -147,7 +151,7 @@ pub async fn list_is_per_org_newest_first<S: KeyStore>(store: &S) {
         store.insert(r.clone()).await.unwrap();
     }
     let listed = store.list(&a).await.unwrap();
-    let names: Vec<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<&str> = listed.iter().map(|r| r.name()).collect();
     assert_eq!(names, ["three", "two", "one"], "newest first, own org only");
     assert_same("listed record", &listed[0], &k3);
     assert_eq!(store.list(&b).await.unwrap().len(), 1);
@@ -240,6 +244,13 @@ pub async fn revoke_is_forward_only_and_permanent<S: KeyStore>(store: &S) {
         other.record.revoked_at, None,
         "only the revoked key changed"
     );
+    // The organization's listing sees the revocation too, and the plan set after it.
+    let listed = store.list(&o).await.unwrap();
+    let revoked_at = |id: &KeyId| listed.iter().find(|r| &r.id == id).unwrap().revoked_at;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(revoked_at(&rec.id), Some(at(5)));
+    assert_eq!(revoked_at(&bystander.id), None);
+    assert_eq!(other.plan, Plan::Paid);
 }
 
 pub async fn touch_last_used_is_batched_forward_only<S: KeyStore>(store: &S) {
@@ -292,7 +303,7 @@ pub async fn touch_last_used_is_batched_forward_only<S: KeyStore>(store: &S) {
     );
 
     let listed = store.list(&o).await.unwrap();
-    let by_name = |n: &str| listed.iter().find(|r| r.name == n).unwrap().last_used_at;
+    let by_name = |n: &str| listed.iter().find(|r| r.name() == n).unwrap().last_used_at;
     assert_eq!(by_name("k1"), Some(at(15)), "list shows last-used times");
     assert_eq!(by_name("k2"), Some(at(20)));
     assert_eq!(by_name("idle"), None);
