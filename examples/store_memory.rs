@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example store_memory            # 1,000,000 keys
 //! cargo run --release --example store_memory -- 10000   # another count
+//! cargo run --release --example store_memory -- 1000000 --used
 //! ```
 //!
 //! Keys are created the way an application creates them, through `KeyManager::create` (random
@@ -10,11 +11,15 @@
 //! A counting global allocator reports the heap bytes the store holds per key (requested sizes,
 //! after everything the manager returned has been dropped); the resident-set growth per key is
 //! printed beside it, which adds the allocator's own per-chunk overhead.
+//!
+//! With `--used`, every key is then marked as used through `KeyStore::touch_last_used`, in
+//! batches of 10,000 (one organization's keys after another), as the `LastUsedRecorder`'s
+//! flusher writes them: a store whose keys are all in use must stay within the bar too.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use tower_api_key::{KeyManager, MemoryStore, NewKey, OrgId, Scopes};
+use tower_api_key::{KeyManager, KeyStore, MemoryStore, NewKey, OrgId, Scopes, Timestamp};
 
 struct Counting;
 
@@ -57,11 +62,18 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Keys per `touch_last_used` call with `--used`.
+const BATCH: usize = 10_000;
+
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse().expect("a key count"))
-        .unwrap_or(1_000_000);
+    let mut n: usize = 1_000_000;
+    let mut used = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--used" => used = true,
+            count => n = count.parse().expect("a key count or --used"),
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -85,13 +97,36 @@ fn main() {
                 .unwrap();
             drop(created);
         }
+        if used {
+            // The ids come from `list`, as a flusher's batch holds ids rather than records; the
+            // batches and listed records are all dropped before the heap is measured.
+            let now = Timestamp::now();
+            let mut batch = Vec::with_capacity(BATCH);
+            for org in &orgs {
+                for record in manager.list(org).await.unwrap() {
+                    batch.push((record.id.clone(), now));
+                }
+                if batch.len() >= BATCH {
+                    store.touch_last_used(&batch).await.unwrap();
+                    batch.clear();
+                }
+            }
+            store.touch_last_used(&batch).await.unwrap();
+            drop(batch);
+            let sample = manager.list(&orgs[0]).await.unwrap();
+            assert!(sample.iter().all(|r| r.last_used_at == Some(now)));
+        }
     });
     let heap = LIVE.load(Ordering::Relaxed) - heap_before;
     let rss = rss_bytes()
         .zip(rss_before)
         .map(|(a, b)| a.saturating_sub(b));
     assert_eq!(store.len(), n);
-    println!("keys: {n} in {} organizations", orgs.len());
+    println!(
+        "keys: {n} in {} organizations{}",
+        orgs.len(),
+        if used { ", all marked as used" } else { "" }
+    );
     println!(
         "heap held by the store: {} bytes = {:.0} bytes/key",
         heap,
