@@ -647,6 +647,88 @@ async fn key_manager_list_shows_last_used_after_a_flush() {
     flusher.shutdown().await.unwrap();
 }
 
+/// A flush replaces the store's snapshot of a key. Requests still holding the old snapshot (in
+/// flight during the flush) mark that one: their marks reach the store on the next flush. The new
+/// snapshot carries the flushed mark, so reading it in the same granule queues nothing.
+#[tokio::test(start_paused = true)]
+async fn a_mark_on_a_snapshot_replaced_by_a_flush_reaches_the_store_next_flush() {
+    let fx = Fixture::new();
+    let (key, old) = fx.key("ci").await;
+    let recorder = fx.recorder();
+
+    let first = fx.at(100);
+    hit(&recorder, &old).await;
+    assert_eq!(recorder.flush().await.unwrap(), 1);
+    assert_eq!(fx.last_used(&old).await, Some(first));
+
+    let stored = fx
+        .store
+        .inner
+        .find_by_hash(&key.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !Arc::ptr_eq(&stored.record, old.record()),
+        "the flush replaced the snapshot"
+    );
+    assert_eq!(
+        stored.record.last_used_at,
+        Some(first),
+        "the request path sees it"
+    );
+    let new = Principal::new(stored.record, stored.plan);
+
+    // Same granule, new snapshot: it carries the flushed mark, nothing to write.
+    hit(&recorder, &new).await;
+    assert_eq!(recorder.flush().await.unwrap(), 0);
+
+    // A later request that still holds the old snapshot.
+    let second = fx.at(200);
+    hit(&recorder, &old).await;
+    assert_eq!(recorder.flush().await.unwrap(), 1);
+    assert_eq!(fx.last_used(&old).await, Some(second));
+    assert_eq!(
+        fx.store.batches().last().unwrap()[0],
+        (old.key_id().clone(), second)
+    );
+
+    // And the snapshot that flush installed keeps taking marks.
+    let third = fx.at(300);
+    let latest = fx
+        .store
+        .inner
+        .find_by_hash(&key.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    hit(&recorder, &Principal::new(latest.record, latest.plan)).await;
+    assert_eq!(recorder.flush().await.unwrap(), 1);
+    assert_eq!(fx.last_used(&old).await, Some(third));
+}
+
+/// Touched, revoked, touched again through the recorder: the key keeps its revocation and its
+/// latest last-used time, and the revoked key's old snapshot still records.
+#[tokio::test(start_paused = true)]
+async fn a_revoked_key_keeps_its_revocation_and_its_latest_last_used() {
+    let fx = Fixture::new();
+    let p = fx.key("ci").await.1;
+    let recorder = fx.recorder();
+
+    fx.at(100);
+    hit(&recorder, &p).await;
+    recorder.flush().await.unwrap();
+    let revoked_at = fx.at(150);
+    fx.manager.revoke(&fx.org, p.key_id()).await.unwrap();
+    let last = fx.at(200);
+    hit(&recorder, &p).await;
+    recorder.flush().await.unwrap();
+
+    let got = fx.manager.get(&fx.org, p.key_id()).await.unwrap();
+    assert_eq!(got.revoked_at, Some(revoked_at));
+    assert_eq!(got.last_used_at, Some(last));
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_a_principal_the_layer_fails_closed() {
     let fx = Fixture::new();

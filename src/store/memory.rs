@@ -17,8 +17,12 @@ use super::{KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
 ///
 /// Lookups on the request path read one lock-free map ([`papaya`]) keyed by the key's hash, with
 /// the digest itself as the hash, and return the record together with the organization's plan in
-/// one step. Writes (create, revoke, plan changes) take a mutex, so the maps always agree.
-/// Clones share the same data.
+/// one step. Writes (create, revoke, plan changes, last-used times) take a mutex, so the maps
+/// always agree. Clones share the same data.
+///
+/// Records are immutable snapshots: a revocation or a last-used time replaces the key's record
+/// in every index with an updated copy, and a request holding the previous snapshot reads it
+/// unchanged. A used key costs no more memory than an unused one.
 ///
 /// ```
 /// # tokio_test_block_on(async {
@@ -92,8 +96,6 @@ struct Inner {
     /// Request path: hash → (record, plan). Read lock-free. The plan is shared by all the keys of
     /// an organization (one allocation per organization with a plan, one for the default).
     by_hash: papaya::HashMap<ByHash, Arc<Plan>, KeyHashBuilder>,
-    /// Last-used times, kept apart so records stay immutable snapshots.
-    last_used: papaya::HashMap<KeyId, Timestamp>,
     /// Everything else, for management: behind one mutex that also serializes writes.
     admin: Mutex<Admin>,
     default_plan: Arc<Plan>,
@@ -117,6 +119,32 @@ impl Admin {
             .and_then(|list| list.iter_mut().find(|r| Arc::ptr_eq(r, old)))
         {
             *slot = new.clone();
+        }
+    }
+
+    /// Put the updated records of one organization into its list, each in place of the record
+    /// with its id. For the same id more than once, the last one wins.
+    fn replace_all_in_org(&mut self, org: &OrgId, updated: &[Arc<KeyRecord>]) {
+        /// Up to this many records, scan the list once per record; beyond, scan it once and look
+        /// every entry up in a map of the updates (an organization may have many keys).
+        const SCAN_PER_RECORD: usize = 8;
+        let Some(list) = self.by_org.get_mut(org) else {
+            return;
+        };
+        if updated.len() <= SCAN_PER_RECORD {
+            for new in updated {
+                if let Some(slot) = list.iter_mut().find(|r| r.id == new.id) {
+                    *slot = new.clone();
+                }
+            }
+        } else {
+            let by_id: HashMap<&KeyId, &Arc<KeyRecord>> =
+                updated.iter().map(|r| (&r.id, r)).collect();
+            for slot in list.iter_mut() {
+                if let Some(new) = by_id.get(&slot.id) {
+                    *slot = Arc::clone(new);
+                }
+            }
         }
     }
 }
@@ -153,7 +181,6 @@ impl MemoryStore {
                     .hasher(KeyHashBuilder)
                     .resize_mode(papaya::ResizeMode::Blocking)
                     .build(),
-                last_used: papaya::HashMap::new(),
                 admin: Mutex::new(Admin::default()),
                 default_plan: Arc::new(plan),
             }),
@@ -182,14 +209,6 @@ impl MemoryStore {
             .admin
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn with_last_used(&self, record: &KeyRecord) -> KeyRecord {
-        let mut r = record.clone();
-        if let Some(t) = self.inner.last_used.pin().get(&r.id) {
-            r.last_used_at = Some(r.last_used_at.map_or(*t, |old| old.max(*t)));
-        }
-        r
     }
 
     /// Hand what the writes above retired (replaced entries, the tables a resize outgrew) to
@@ -231,10 +250,7 @@ impl MemoryStore {
 
     fn get_sync(&self, id: &KeyId) -> Option<KeyRecord> {
         let admin = self.admin();
-        admin
-            .by_id
-            .get(id.as_str())
-            .map(|r| self.with_last_used(&r.0))
+        admin.by_id.get(id.as_str()).map(|r| KeyRecord::clone(&r.0))
     }
 
     fn list_sync(&self, org: &OrgId) -> Vec<KeyRecord> {
@@ -244,7 +260,7 @@ impl MemoryStore {
             .get(org)
             .into_iter()
             .flatten()
-            .map(|r| self.with_last_used(r))
+            .map(|r| KeyRecord::clone(r))
             .collect();
         out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         out
@@ -273,7 +289,52 @@ impl MemoryStore {
             }
         }
         drop(admin);
-        Some(self.with_last_used(&record))
+        Some(record)
+    }
+
+    /// Raise the last-used times of a batch, forward only, by replacing each record that moves
+    /// with an updated copy, as a revocation does.
+    ///
+    /// The copy carries the old snapshot's usage mark (a clone of its slot), so requests reading
+    /// the new snapshot in the same granule do not queue it again; requests still holding the old
+    /// snapshot mark that one, and the recorder writes its marks by key id, so they reach the
+    /// new record on the next flush. The batch is applied in chunks, each under the write mutex
+    /// and followed by a reclamation, so that a large flush neither holds off management calls
+    /// for long nor keeps a second copy of every record it replaced allocated until the end.
+    fn touch_sync(&self, batch: &[(KeyId, Timestamp)]) {
+        const CHUNK: usize = 4096;
+        for chunk in batch.chunks(CHUNK) {
+            {
+                let mut admin = self.admin();
+                let by_hash = self.inner.by_hash.pin();
+                let mut by_org: HashMap<OrgId, Vec<Arc<KeyRecord>>> = HashMap::new();
+                for (id, t) in chunk {
+                    let Some(current) = admin.by_id.get(id.as_str()) else {
+                        continue;
+                    };
+                    if current.0.last_used_at.is_some_and(|old| old >= *t) {
+                        continue;
+                    }
+                    let mut record = KeyRecord::clone(&current.0);
+                    record.last_used_at = Some(*t);
+                    let updated = Arc::new(record);
+                    let plan = by_hash
+                        .get(&updated.hash)
+                        .cloned()
+                        .unwrap_or_else(|| self.plan_of(&admin, &updated.org_id));
+                    by_hash.insert(ByHash(updated.clone()), plan);
+                    admin.by_id.replace(ById(updated.clone()));
+                    by_org
+                        .entry(updated.org_id.clone())
+                        .or_default()
+                        .push(updated);
+                }
+                for (org, updated) in &by_org {
+                    admin.replace_all_in_org(org, updated);
+                }
+            }
+            self.reclaim();
+        }
     }
 
     fn set_plan_sync(&self, org: &OrgId, plan: Plan) {
@@ -319,17 +380,7 @@ impl KeyStore for MemoryStore {
     }
 
     async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        let known: Vec<&(KeyId, Timestamp)> = {
-            let admin = self.admin();
-            batch
-                .iter()
-                .filter(|(id, _)| admin.by_id.contains(id.as_str()))
-                .collect()
-        };
-        let last_used = self.inner.last_used.pin();
-        for (id, t) in known {
-            last_used.update_or_insert(id.clone(), |old| (*old).max(*t), *t);
-        }
+        self.touch_sync(batch);
         Ok(())
     }
 
@@ -344,5 +395,123 @@ impl KeyStore for MemoryStore {
             .plans
             .get(org)
             .map_or(*self.inner.default_plan, |p| **p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::Scopes;
+
+    fn record(org: &str, i: usize) -> KeyRecord {
+        let id = format!("key_{org}_{i}");
+        KeyRecord::new(
+            KeyId::from(id.as_str()),
+            OrgId::from(org),
+            "n".into(),
+            KeyHash::of(&id),
+            "h".into(),
+            Scopes::full_access(),
+            Arc::from("live"),
+            Timestamp::from_unix_secs(i as u64),
+        )
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Every index holds the same snapshot of each key, with the organization's plan.
+    fn assert_indexes_agree(store: &MemoryStore) {
+        let admin = store.admin();
+        let by_hash = store.inner.by_hash.pin();
+        assert_eq!(by_hash.len(), admin.by_id.len());
+        let mut in_orgs = 0;
+        for (org, list) in &admin.by_org {
+            for r in list {
+                in_orgs += 1;
+                let (k, plan) = by_hash.get_key_value(&r.hash).unwrap();
+                assert!(
+                    Arc::ptr_eq(&k.0, r),
+                    "by_hash holds the org list's snapshot"
+                );
+                let by_id = admin.by_id.get(r.id.as_str()).unwrap();
+                assert!(
+                    Arc::ptr_eq(&by_id.0, r),
+                    "by_id holds the org list's snapshot"
+                );
+                assert_eq!(**plan, *store.plan_of(&admin, org));
+            }
+        }
+        assert_eq!(in_orgs, admin.by_id.len());
+    }
+
+    #[test]
+    fn touching_replaces_the_snapshot_in_every_index_and_keeps_the_plan() {
+        let store = MemoryStore::new();
+        block_on(async {
+            // One organization touched a few keys at a time (the per-record scan), one with many
+            // keys in one batch (the single pass), ids repeated, and an organization with a plan.
+            for i in 0..30 {
+                store.insert(record("big", i)).await.unwrap();
+            }
+            for i in 0..3 {
+                store.insert(record("small", i)).await.unwrap();
+            }
+            store
+                .set_plan(&OrgId::from("small"), Plan::Paid)
+                .await
+                .unwrap();
+            let t = Timestamp::from_unix_secs;
+            let mut batch: Vec<(KeyId, Timestamp)> = (0..30)
+                .map(|i| (KeyId::from(format!("key_big_{i}").as_str()), t(1000 + i)))
+                .collect();
+            batch.push((KeyId::from("key_big_0"), t(999)));
+            batch.push((KeyId::from("key_small_1"), t(500)));
+            batch.push((KeyId::from("key_nope"), t(500)));
+            store.touch_last_used(&batch).await.unwrap();
+            assert_indexes_agree(&store);
+
+            for i in 0..30u64 {
+                let r = record("big", i as usize);
+                let found = store.find_by_hash(&r.hash).await.unwrap().unwrap();
+                assert_eq!(found.record.last_used_at, Some(t(1000 + i)));
+                assert_eq!(found.plan, Plan::Free);
+            }
+            let small = store
+                .find_by_hash(&record("small", 1).hash)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(small.record.last_used_at, Some(t(500)));
+            assert_eq!(small.plan, Plan::Paid, "the plan entry is kept");
+            let untouched = store
+                .find_by_hash(&record("small", 0).hash)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(untouched.record.last_used_at, None);
+
+            // Older times change nothing, not even the snapshot.
+            let before = store
+                .find_by_hash(&record("small", 1).hash)
+                .await
+                .unwrap()
+                .unwrap();
+            store
+                .touch_last_used(&[(KeyId::from("key_small_1"), t(400))])
+                .await
+                .unwrap();
+            let after = store
+                .find_by_hash(&record("small", 1).hash)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(Arc::ptr_eq(&before.record, &after.record));
+            assert_eq!(store.len(), 33);
+        });
     }
 }

@@ -73,6 +73,8 @@ pub async fn run_all<S: KeyStore>(store: &S) {
     list_is_per_org_newest_first(store).await;
     revoke_is_forward_only_and_permanent(store).await;
     touch_last_used_is_batched_forward_only(store).await;
+    touch_last_used_of_many_keys_of_one_org(store).await;
+    touch_revoke_touch_keeps_both(store).await;
     plans_default_and_change(store).await;
 }
 
@@ -307,6 +309,91 @@ pub async fn touch_last_used_is_batched_forward_only<S: KeyStore>(store: &S) {
     assert_eq!(by_name("k1"), Some(at(15)), "list shows last-used times");
     assert_eq!(by_name("k2"), Some(at(20)));
     assert_eq!(by_name("idle"), None);
+}
+
+/// One batch over many keys of one organization, each id twice (later time first): every key
+/// gets its latest time, in `get` and in `list`, and the other keys keep theirs.
+pub async fn touch_last_used_of_many_keys_of_one_org<S: KeyStore>(store: &S) {
+    let t = tag();
+    let o = org("touch_many", &t, 1);
+    let keys: Vec<KeyRecord> = (0..20)
+        .map(|i| record(&o, &format!("k{i:02}"), at(i)))
+        .collect();
+    for r in &keys {
+        store.insert(r.clone()).await.unwrap();
+    }
+    let (touched, idle) = keys.split_at(15);
+    let mut batch: Vec<(KeyId, Timestamp)> = Vec::new();
+    for (i, r) in touched.iter().enumerate() {
+        batch.push((r.id.clone(), at(100 + i as u64)));
+    }
+    for (i, r) in touched.iter().enumerate() {
+        batch.push((r.id.clone(), at(50 + i as u64)));
+    }
+    store.touch_last_used(&batch).await.unwrap();
+
+    let listed = store.list(&o).await.unwrap();
+    assert_eq!(listed.len(), keys.len());
+    for (i, r) in touched.iter().enumerate() {
+        let want = Some(at(100 + i as u64));
+        let got = listed.iter().find(|l| l.id == r.id).unwrap();
+        assert_eq!(got.last_used_at, want, "list: {}", r.name());
+        assert_same("list", got, r);
+        assert_eq!(
+            store.get(&r.id).await.unwrap().unwrap().last_used_at,
+            want,
+            "get: {}",
+            r.name()
+        );
+    }
+    for r in idle {
+        let got = listed.iter().find(|l| l.id == r.id).unwrap();
+        assert_eq!(got.last_used_at, None, "untouched: {}", r.name());
+    }
+}
+
+/// A last-used time and a revocation are both kept, in whichever order they come.
+pub async fn touch_revoke_touch_keeps_both<S: KeyStore>(store: &S) {
+    let t = tag();
+    let o = org("touch_revoke", &t, 1);
+    let rec = record(&o, "used-then-revoked", at(0));
+    store.insert(rec.clone()).await.unwrap();
+    // Warm any cache.
+    assert!(store.find_by_hash(&rec.hash).await.unwrap().is_some());
+
+    store
+        .touch_last_used(&[(rec.id.clone(), at(10))])
+        .await
+        .unwrap();
+    let revoked = store.revoke(&rec.id, at(20)).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(at(20)));
+    assert_eq!(
+        revoked.last_used_at,
+        Some(at(10)),
+        "a revocation keeps the last-used time"
+    );
+    store
+        .touch_last_used(&[(rec.id.clone(), at(30))])
+        .await
+        .unwrap();
+
+    let got = store.get(&rec.id).await.unwrap().unwrap();
+    assert_eq!(got.revoked_at, Some(at(20)), "get: still revoked");
+    assert_eq!(got.last_used_at, Some(at(30)), "get: latest last-used");
+    let listed = store.list(&o).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].revoked_at, Some(at(20)), "list: still revoked");
+    assert_eq!(
+        listed[0].last_used_at,
+        Some(at(30)),
+        "list: latest last-used"
+    );
+    let found = store.find_by_hash(&rec.hash).await.unwrap().unwrap();
+    assert_eq!(
+        found.record.revoked_at,
+        Some(at(20)),
+        "the request path still sees the revocation"
+    );
 }
 
 pub async fn plans_default_and_change<S: KeyStore>(store: &S) {
