@@ -4,6 +4,10 @@
 # alternate between the three, so drift of the machine hits all of them alike. Prints each
 # round, then the median requests/s of each mode and its ratio to no middleware, as the ratio of
 # the medians and as the median of the per-round ratios (DESIGN §6 bar: full stack ≥ 0.92).
+# It also prints the server's own CPU time per request (user + system, from /proc/PID/stat over
+# each wrk run) and the reference's CPU per request divided by each mode's: with wrk and the
+# server each saturating one of two cores, requests/s also moves with the client's work (more
+# response bytes to parse), while CPU per request is the server's cost alone.
 #
 #   scripts/load.sh                 # 7 rounds of 3 s per mode (about 1.5 minutes)
 #   ROUNDS=3 SECS=2 scripts/load.sh # shorter
@@ -75,19 +79,28 @@ for i in "${!MODES[@]}"; do
   fi
 done
 
-run_wrk() { # port seconds -> requests/s
-  timeout $(($2 + 10)) "${PIN_WRK[@]}" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${2}s" \
-    -H "Authorization: Bearer $KEY" "http://127.0.0.1:$1/" |
-    awk '/^Requests\/sec:/ {print $2}'
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system time of a process
+
+run_wrk() { # port seconds server-pid -> "requests/s server-CPU-µs/request"
+  local before after out
+  before=$(cpu_ticks "$3")
+  out=$(timeout $(($2 + 10)) "${PIN_WRK[@]}" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${2}s" \
+    -H "Authorization: Bearer $KEY" "http://127.0.0.1:$1/")
+  after=$(cpu_ticks "$3")
+  awk -v t=$((after - before)) -v hz="$CLK_TCK" '
+    /requests in/ {n = $1}
+    /^Requests\/sec:/ {rps = $2}
+    END {printf "%s %.3f\n", rps, (n > 0 ? t / hz / n * 1e6 : 0)}' <<<"$out"
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "wrk -t$WRK_THREADS -c$CONNS -d${SECS}s, server threads $SERVER_THREADS, $ROUNDS rounds"
 
 # Warm-up: one short run per mode, not counted.
-for i in "${!MODES[@]}"; do run_wrk "$(port_of "$i")" 1 >/dev/null; done
+for i in "${!MODES[@]}"; do run_wrk "$(port_of "$i")" 1 "${PIDS[$i]}" >/dev/null; done
 
-declare -A RESULTS RATIOS
+declare -A RESULTS RATIOS CPU
 for r in $(seq 1 "$ROUNDS"); do
   line="round $r:"
   declare -A ROUND=()
@@ -95,10 +108,11 @@ for r in $(seq 1 "$ROUNDS"); do
   n=${#MODES[@]}
   for k in $(seq 0 $((n - 1))); do
     i=$(((k + r) % n))
-    rps=$(run_wrk "$(port_of "$i")" "$SECS")
+    read -r rps cpu < <(run_wrk "$(port_of "$i")" "$SECS" "${PIDS[$i]}")
     RESULTS[${MODES[$i]}]+="$rps "
+    CPU[${MODES[$i]}]+="$cpu "
     ROUND[${MODES[$i]}]=$rps
-    line+=" ${MODES[$i]}=$rps"
+    line+=" ${MODES[$i]}=$rps (${cpu} µs)"
   done
   for m in "${MODES[@]}"; do
     RATIOS[$m]+="$(awk -v a="${ROUND[$m]}" -v b="${ROUND[${MODES[0]}]}" 'BEGIN {print a / b}') "
@@ -113,9 +127,13 @@ echo
 # Two estimates of each mode's ratio to the reference: the ratio of the medians, and the median
 # of the ratios within each round (the latter compares runs seconds apart, so slow drift of the
 # machine cancels out).
-printf '%-14s %14s %16s %18s\n' mode "median req/s" "ratio of medians" "median of ratios"
+printf '%-14s %14s %16s %18s %16s %14s\n' mode "median req/s" "ratio of medians" "median of ratios" \
+  "server µs/req" "CPU ratio"
+cpu_base=$(echo "${CPU[${MODES[0]}]}" | median)
 for m in "${MODES[@]}"; do
   med=$(echo "${RESULTS[$m]}" | median)
-  printf '%-14s %14.0f %16.3f %18.3f\n' "$m" "$med" \
-    "$(awk -v a="$med" -v b="$base" 'BEGIN {print a / b}')" "$(echo "${RATIOS[$m]}" | median)"
+  cpu=$(echo "${CPU[$m]}" | median)
+  printf '%-14s %14.0f %16.3f %18.3f %16.3f %14.3f\n' "$m" "$med" \
+    "$(awk -v a="$med" -v b="$base" 'BEGIN {print a / b}')" "$(echo "${RATIOS[$m]}" | median)" \
+    "$cpu" "$(awk -v a="$cpu" -v b="$cpu_base" 'BEGIN {print (a > 0 ? b / a : 0)}')"
 done
