@@ -23,7 +23,8 @@
 //!   difference, so drift of the machine hits both sides alike;
 //! - `suite.stack`: the full stack's absolute figures (harness included);
 //! - `suite.store_scale`: random keys among 10k and 1M in the store;
-//! - `suite.threads`: one and two threads, on one hot key and on random keys.
+//! - `suite.threads`: one and two threads, on one hot key and on random keys; and the store's
+//!   look-up alone on one hot key.
 //!
 //! Every timed iteration builds a fresh request (as a server does for each one it reads), runs
 //! it through the service and drops the response. (Building the requests ahead, untimed,
@@ -547,6 +548,29 @@ fn threads(c: &mut Criterion) {
                 })
             });
         }
+    }
+    // The store's look-up alone on one hot key: each returns the key's snapshot by `Arc`, so
+    // two threads write one reference count (increment on look-up, decrement on drop).
+    let hash = KeyHash::of(fx.hot.strip_prefix("Bearer ").unwrap_or(fx.hot));
+    for threads in [1usize, 2] {
+        g.throughput(Throughput::Elements(threads as u64));
+        g.bench_function(format!("memory_lookup_hot_key/{threads}_threads"), |b| {
+            b.iter_custom(|iters| {
+                run_threads(
+                    threads,
+                    |_| fx.store.clone(),
+                    |_, store| {
+                        let mut found = 0u64;
+                        for _ in 0..iters {
+                            let hit = store.find_by_hash(&hash).into_inner();
+                            found += u64::from(matches!(black_box(hit), Ok(Some(_))));
+                        }
+                        assert_eq!(found, iters, "the hot key must be found");
+                        found
+                    },
+                )
+            })
+        });
     }
     g.finish();
 }

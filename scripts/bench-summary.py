@@ -30,9 +30,9 @@ for group in ["baseline", "rate_limit_step", "decision", "net", "stack", "store_
 for name in sorted(rows):
     print(f"{name:50s} {rows[name]:9.1f} ns")
 
-for label in ["hot_key", "random_keys"]:
-    one = rows.get(f"suite.threads/stack_{label}/1_threads")
-    two = rows.get(f"suite.threads/stack_{label}/2_threads")
+for label in ["stack_hot_key", "stack_random_keys", "memory_lookup_hot_key"]:
+    one = rows.get(f"suite.threads/{label}/1_threads")
+    two = rows.get(f"suite.threads/{label}/2_threads")
     if one and two:
         # Each iteration is one request per thread: aggregate throughput = threads / time.
         print(f"two threads, {label}: {2 * one / two:.2f}x the throughput of one")
