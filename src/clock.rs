@@ -241,6 +241,16 @@ impl Clock {
         )
     }
 
+    /// Whether `self` and `other` read the same time: both coarse, both system, or handles of
+    /// one manual clock. Layers run together in one service read such clocks once per request.
+    pub(crate) fn same_as(&self, other: &Clock) -> bool {
+        match (&self.0, &other.0) {
+            (ClockKind::Coarse, ClockKind::Coarse) | (ClockKind::System, ClockKind::System) => true,
+            (ClockKind::Manual(a), ClockKind::Manual(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     /// The current time.
     #[inline]
     pub fn now(&self) -> Timestamp {

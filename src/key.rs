@@ -204,7 +204,7 @@ impl KeyFormat {
     /// Check that `key` has this format: prefix, length, alphabet and checksum.
     pub fn check(&self, key: &str) -> Result<(), MalformedKey> {
         let bytes = key.as_bytes();
-        if !bytes.starts_with(self.prefix.as_bytes()) {
+        if !crate::bytes_eq::starts_with(bytes, self.prefix.as_bytes()) {
             return Err(MalformedKey::Prefix);
         }
         if bytes.len() != self.key_len() {

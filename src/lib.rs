@@ -64,6 +64,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
+mod bytes_eq;
 pub mod clock;
 mod future;
 pub mod key;
@@ -73,6 +74,7 @@ pub mod principal;
 pub mod rate_limit;
 pub mod reject;
 pub mod scope;
+pub mod stack;
 pub mod store;
 
 #[cfg(feature = "axum")]
@@ -95,5 +97,6 @@ pub use rate_limit::{
 };
 pub use reject::{Rejection, Responder, ResponseBody};
 pub use scope::{Requirement, RuleMatch, ScopeGuard, ScopeGuardLayer, ScopeRules};
+pub use stack::{ApiKeyStack, ApiKeyStackLayer};
 pub use store::{BoxedStore, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey};
 pub use store::{CacheConfig, CachedStore, Invalidation};

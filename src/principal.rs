@@ -162,12 +162,15 @@ impl Scope {
 
 #[inline]
 fn grants(held: &str, required: &str) -> bool {
-    if held == required {
+    use crate::bytes_eq::{bytes_eq, starts_with};
+    if bytes_eq(held.as_bytes(), required.as_bytes()) {
         return true;
     }
     match held.strip_suffix('*') {
         // `*` alone, or `resource:*` where required starts with `resource:`.
-        Some(stem) => required.len() > stem.len() && required.starts_with(stem),
+        Some(stem) => {
+            required.len() > stem.len() && starts_with(required.as_bytes(), stem.as_bytes())
+        }
         None => false,
     }
 }

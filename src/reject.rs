@@ -300,11 +300,11 @@ impl Rejection {
         let h = res.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert(
-            "grpc-status",
+            GRPC_STATUS,
             HeaderValue::from(u16::from(self.grpc_status())),
         );
         if let Ok(v) = HeaderValue::from_str(&percent_encode(&self.message())) {
-            h.insert("grpc-message", v);
+            h.insert(GRPC_MESSAGE, v);
         }
         self.write_retry_headers(h);
         res
@@ -461,12 +461,32 @@ pub struct DefaultRender {
     fixed: Arc<[Prerendered; 6]>,
 }
 
+/// A response rendered once, kept as the values of the few headers a refusal carries.
+///
+/// # Design note: constant header names
+///
+/// A refusal is written by inserting each of these under its constant name
+/// (`headers.insert(CONTENT_TYPE, ..)`), not by copying a stored `HeaderMap`: `http` hashes a
+/// header name on every insert, and with a constant name that hash is folded at compile time,
+/// while copying from a map hashes every name at run time. For the two headers of a 401 that
+/// was ~500 instructions of the malformed-key refusal (`valgrind --tool=callgrind`; figures in
+/// `BENCHMARKS.md`).
 #[derive(Debug)]
 struct Prerendered {
     status: StatusCode,
-    headers: HeaderMap,
+    content_type: Option<HeaderValue>,
+    www_authenticate: Option<HeaderValue>,
+    grpc_status: Option<HeaderValue>,
+    grpc_message: Option<HeaderValue>,
+    /// Any other header of the rendering (none of the default renderer's refusals has one).
+    other: HeaderMap,
     body: Bytes,
 }
+
+/// `grpc-status`.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// `grpc-message`.
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// Room left in a refusal's header map for what outer layers add (`X-RateLimit-*`,
 /// `Retry-After`), so that adding them never reallocates it.
@@ -481,27 +501,68 @@ fn forever(bytes: &[u8]) -> Bytes {
 impl Prerendered {
     fn of(res: Response<Bytes>, process_wide: bool) -> Self {
         let (mut parts, body) = res.into_parts();
-        if process_wide {
-            for value in parts.headers.values_mut() {
-                if let Ok(v) = HeaderValue::from_maybe_shared(forever(value.as_bytes())) {
-                    *value = v;
-                }
+        let keep = |v: HeaderValue| {
+            if process_wide {
+                HeaderValue::from_maybe_shared(forever(v.as_bytes())).unwrap_or(v)
+            } else {
+                v
             }
-        }
+        };
+        let mut take = |name: &HeaderName| parts.headers.remove(name).map(keep);
+        let content_type = take(&CONTENT_TYPE);
+        let www_authenticate = take(&WWW_AUTHENTICATE);
+        let grpc_status = take(&GRPC_STATUS);
+        let grpc_message = take(&GRPC_MESSAGE);
         Self {
             status: parts.status,
-            headers: parts.headers,
+            content_type,
+            www_authenticate,
+            grpc_status,
+            grpc_message,
+            other: parts.headers,
             body: if process_wide { forever(&body) } else { body },
         }
     }
 
-    /// A fresh response whose header map is a copy of the stored one: the cheapest, for
-    /// refusals nothing is added to (those of `ApiKeyAuth`, the outermost layer).
+    /// How many headers [`write`](Self::write) adds.
+    fn len(&self) -> usize {
+        usize::from(self.content_type.is_some())
+            + usize::from(self.www_authenticate.is_some())
+            + usize::from(self.grpc_status.is_some())
+            + usize::from(self.grpc_message.is_some())
+            + self.other.len()
+    }
+
+    /// Add the headers to `headers`, in the order a fresh rendering has them.
+    #[inline]
+    fn write(&self, headers: &mut HeaderMap) {
+        if let Some(v) = &self.content_type {
+            headers.insert(CONTENT_TYPE, v.clone());
+        }
+        if let Some(v) = &self.www_authenticate {
+            headers.insert(WWW_AUTHENTICATE, v.clone());
+        }
+        if let Some(v) = &self.grpc_status {
+            headers.insert(GRPC_STATUS, v.clone());
+        }
+        if let Some(v) = &self.grpc_message {
+            headers.insert(GRPC_MESSAGE, v.clone());
+        }
+        if !self.other.is_empty() {
+            for (name, value) in &self.other {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+
+    /// A fresh response with its own header map.
     #[inline]
     fn response(&self) -> Response<Bytes> {
         let mut res = Response::new(self.body.clone());
         *res.status_mut() = self.status;
-        *res.headers_mut() = self.headers.clone();
+        let headers = res.headers_mut();
+        headers.reserve(self.len());
+        self.write(headers);
         res
     }
 
@@ -510,15 +571,24 @@ impl Prerendered {
     /// now; the response keeps it instead). `room` more entries are reserved for what outer
     /// layers add, which only allocates if the request's map is smaller than that.
     #[inline]
-    fn response_in(&self, mut headers: HeaderMap, room: usize) -> Response<Bytes> {
+    fn response_in(&self, headers: HeaderMap, room: usize) -> Response<Bytes> {
+        self.response_in_with(headers, room, |b| b)
+    }
+
+    /// [`response_in`](Self::response_in) with the body wrapped by `wrap`.
+    #[inline]
+    fn response_in_with<T>(
+        &self,
+        mut headers: HeaderMap,
+        room: usize,
+        wrap: impl FnOnce(Bytes) -> T,
+    ) -> Response<T> {
         headers.clear();
         if room > 0 {
-            headers.reserve(self.headers.len() + room);
+            headers.reserve(self.len() + room);
         }
-        for (name, value) in self.headers.iter() {
-            headers.append(name.clone(), value.clone());
-        }
-        let mut res = Response::new(self.body.clone());
+        self.write(&mut headers);
+        let mut res = Response::new(wrap(self.body.clone()));
         *res.status_mut() = self.status;
         *res.headers_mut() = headers;
         res
@@ -598,17 +668,18 @@ impl DefaultRender {
         rejection: &Rejection,
         request_headers: &HeaderMap,
     ) -> Option<&Prerendered> {
-        let slot = match rejection {
-            Rejection::MissingKey => 0,
-            Rejection::InvalidKey(_) => 1,
-            Rejection::KeyInQuery => 2,
-            _ => return None,
-        };
-        Some(if is_grpc(request_headers) {
+        Some(self.fixed(FixedRejection::of(rejection)?, request_headers))
+    }
+
+    /// The pre-rendered response of a fixed rejection for a request with these headers.
+    #[inline]
+    fn fixed(&self, kind: FixedRejection, request_headers: &HeaderMap) -> &Prerendered {
+        let slot = kind as usize;
+        if is_grpc(request_headers) {
             &self.fixed[slot + 3]
         } else {
             &self.fixed[slot]
-        })
+        }
     }
 
     #[inline]
@@ -660,6 +731,9 @@ pub struct Responder(RenderKind);
 /// own fixed refusals with it.
 #[derive(Clone)]
 enum RenderKind {
+    /// The process-wide default renderer: no reference count to touch, and its fixed refusals
+    /// can be referred to by a response future (see [`StaticRefusal`]).
+    Process(&'static DefaultRender),
     Default(Arc<DefaultRender>),
     Custom(Arc<dyn RenderRejection>),
 }
@@ -667,12 +741,48 @@ enum RenderKind {
 impl Default for Responder {
     /// The default renderer, realm `api`: one per process, shared by every layer.
     fn default() -> Self {
-        static DEFAULT: OnceLock<Arc<DefaultRender>> = OnceLock::new();
-        Self(RenderKind::Default(
-            DEFAULT
-                .get_or_init(|| Arc::new(DefaultRender::build("api", true)))
-                .clone(),
+        static DEFAULT: OnceLock<DefaultRender> = OnceLock::new();
+        Self(RenderKind::Process(
+            DEFAULT.get_or_init(|| DefaultRender::build("api", true)),
         ))
+    }
+}
+
+/// The rejections whose default rendering never varies (all invalid keys look alike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FixedRejection {
+    MissingKey = 0,
+    InvalidKey = 1,
+    KeyInQuery = 2,
+}
+
+impl FixedRejection {
+    #[inline]
+    pub(crate) fn of(rejection: &Rejection) -> Option<Self> {
+        match rejection {
+            Rejection::MissingKey => Some(Self::MissingKey),
+            Rejection::InvalidKey(_) => Some(Self::InvalidKey),
+            Rejection::KeyInQuery => Some(Self::KeyInQuery),
+            _ => None,
+        }
+    }
+}
+
+/// One of the process-wide default renderer's fixed refusals, by reference: a response future
+/// can hold it with the refused request's header map and build the response only when polled,
+/// straight into its final type, instead of carrying a finished response through two moves.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StaticRefusal(&'static Prerendered);
+
+impl StaticRefusal {
+    /// The refusal, built in `request_headers` (emptied), with its body wrapped by `wrap`.
+    #[inline]
+    pub(crate) fn respond_in<T>(
+        self,
+        request_headers: HeaderMap,
+        wrap: impl FnOnce(Bytes) -> T,
+    ) -> Response<T> {
+        self.0.response_in_with(request_headers, 0, wrap)
     }
 }
 
@@ -697,8 +807,24 @@ impl Responder {
     #[inline]
     pub fn respond(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
         match &self.0 {
+            RenderKind::Process(d) => d.render_default(rejection, request_headers),
             RenderKind::Default(d) => d.render_default(rejection, request_headers),
             RenderKind::Custom(c) => c.render(rejection, request_headers),
+        }
+    }
+
+    /// The process-wide default renderer's fixed refusal of `rejection` for a request with
+    /// these headers, if this responder is that renderer and the refusal is a fixed one
+    /// (missing key, invalid key, key in the query string).
+    #[inline]
+    pub(crate) fn static_refusal(
+        &self,
+        kind: FixedRejection,
+        request_headers: &HeaderMap,
+    ) -> Option<StaticRefusal> {
+        match &self.0 {
+            RenderKind::Process(d) => Some(StaticRefusal(d.fixed(kind, request_headers))),
+            _ => None,
         }
     }
 
@@ -712,18 +838,21 @@ impl Responder {
         rejection: &Rejection,
         request_headers: HeaderMap,
     ) -> Response<Bytes> {
-        match &self.0 {
-            RenderKind::Default(d) => match d.fixed_for(rejection, &request_headers) {
-                Some(fixed) => fixed.response_in(request_headers, 0),
-                None => rejection.default_response(&request_headers, &d.realm),
-            },
-            RenderKind::Custom(c) => c.render(rejection, &request_headers),
+        let d: &DefaultRender = match &self.0 {
+            RenderKind::Process(d) => d,
+            RenderKind::Default(d) => d,
+            RenderKind::Custom(c) => return c.render(rejection, &request_headers),
+        };
+        match d.fixed_for(rejection, &request_headers) {
+            Some(fixed) => fixed.response_in(request_headers, 0),
+            None => rejection.default_response(&request_headers, &d.realm),
         }
     }
 
     /// The default renderer, if this is one (so a layer may pre-render its fixed refusals).
     pub(crate) fn default_render(&self) -> Option<&DefaultRender> {
         match &self.0 {
+            RenderKind::Process(d) => Some(d),
             RenderKind::Default(d) => Some(d),
             RenderKind::Custom(_) => None,
         }

@@ -61,11 +61,19 @@ pub(crate) fn credential<'a>(
     headers: &'a HeaderMap,
     custom: Option<&HeaderName>,
 ) -> Credential<'a> {
-    let mut auth = headers.get_all(AUTHORIZATION).iter();
-    if let Some(first) = auth.next() {
-        if auth.next().is_some() {
+    // A map holding one value per name (`len == keys_len`, the usual case) cannot hold two
+    // `Authorization` headers: one look-up then, instead of iterating the name's values.
+    let auth = if headers.len() == headers.keys_len() {
+        headers.get(AUTHORIZATION)
+    } else {
+        let mut all = headers.get_all(AUTHORIZATION).iter();
+        let first = all.next();
+        if first.is_some() && all.next().is_some() {
             return Credential::Bad;
         }
+        first
+    };
+    if let Some(first) = auth {
         if let Some(token) = parse_bearer(first.as_bytes()) {
             return Credential::Key(token);
         }

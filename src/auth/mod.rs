@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -40,10 +41,16 @@ pub use extract::parse_bearer;
 pub use future::ResponseFuture;
 pub(crate) use future::polled_after_completion;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::key::{KeyFormats, KeyHash};
+use crate::last_used::LastUsedRecorderLayer;
 use crate::principal::Principal;
-use crate::reject::{InvalidKey, Rejection, Responder, ResponseBody};
+use crate::rate_limit::{OrgRateLimitLayer, RateLimitBackend};
+use crate::reject::{
+    FixedRejection, InvalidKey, Rejection, Responder, ResponseBody, StaticRefusal,
+};
+use crate::scope::ScopeGuardLayer;
+use crate::stack::ApiKeyStackLayer;
 use crate::store::{KeyStore, LookupResult};
 use extract::Credential;
 
@@ -87,6 +94,7 @@ impl ApiKeyAuth<(), ()> {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Shared<St> {
     pub(crate) store: St,
     pub(crate) formats: KeyFormats,
@@ -97,12 +105,93 @@ pub(crate) struct Shared<St> {
     pub(crate) retry_after: u64,
 }
 
+/// How a request's authentication starts: refused before any lookup, decided by a lookup that
+/// was ready at once, or waiting for one.
+pub(crate) enum Begin<L> {
+    Refuse(Early),
+    Decided(LookupResult, KeyHash),
+    Pending(L, KeyHash),
+}
+
+/// A refusal decided before any lookup. A few bytes, where a [`Rejection`] is 32: on the
+/// malformed-key path it is copied between frames, and a small value copies without a stall.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Early {
+    Missing,
+    Invalid(InvalidKey),
+    InQuery,
+}
+
+impl Early {
+    #[inline]
+    fn kind(self) -> FixedRejection {
+        match self {
+            Early::Missing => FixedRejection::MissingKey,
+            Early::Invalid(_) => FixedRejection::InvalidKey,
+            Early::InQuery => FixedRejection::KeyInQuery,
+        }
+    }
+
+    fn rejection(self) -> Rejection {
+        match self {
+            Early::Missing => Rejection::MissingKey,
+            Early::Invalid(reason) => Rejection::InvalidKey(reason),
+            Early::InQuery => Rejection::KeyInQuery,
+        }
+    }
+}
+
+impl<St: KeyStore> Shared<St> {
+    /// Steps 1–4 of the module docs up to the store's answer: the query-string check, the
+    /// credential, its format, its hash, and the lookup, polled once in place. Shared by
+    /// [`ApiKeyAuth`] and [`ApiKeyStack`](crate::stack::ApiKeyStack); always inlined into
+    /// their `call`.
+    #[inline(always)]
+    pub(crate) fn begin<B>(&self, req: &Request<B>) -> Begin<St::Lookup> {
+        if extract::key_in_query(req.uri(), &self.formats) {
+            tracing::debug!(reason = "key_in_query", "api key refused");
+            return Begin::Refuse(Early::InQuery);
+        }
+        let key = match extract::credential(req.headers(), self.header.as_ref()) {
+            Credential::Key(k) => k,
+            Credential::Missing => {
+                tracing::debug!(reason = "missing", "api key refused");
+                return Begin::Refuse(Early::Missing);
+            }
+            Credential::Bad => return Begin::Refuse(early_invalid(InvalidKey::BadHeader)),
+        };
+        if let Err(e) = self.formats.check(key) {
+            return Begin::Refuse(early_invalid(InvalidKey::Malformed(e)));
+        }
+        let hash = KeyHash::of(key);
+        let mut lookup = self.store.find_by_hash(&hash);
+        // A lookup that is ready at once is decided by the caller. Lookups are `Unpin`, so
+        // polling one in place and moving it afterwards is sound.
+        let mut noop = Context::from_waker(Waker::noop());
+        match Pin::new(&mut lookup).poll(&mut noop) {
+            Poll::Ready(result) => Begin::Decided(result, hash),
+            Poll::Pending => Begin::Pending(lookup, hash),
+        }
+    }
+}
+
 impl<St> Shared<St> {
     /// Turn a lookup result into a principal or a rejection, logging the decision.
     pub(crate) fn decide(
         &self,
         result: LookupResult,
         hash: &KeyHash,
+    ) -> Result<Principal, Rejection> {
+        self.decide_at(result, hash, self.clock.now())
+    }
+
+    /// [`decide`](Self::decide) at `now`, read from this layer's clock by the caller.
+    #[inline]
+    pub(crate) fn decide_at(
+        &self,
+        result: LookupResult,
+        hash: &KeyHash,
+        now: Timestamp,
     ) -> Result<Principal, Rejection> {
         let stored = match result {
             Ok(Some(stored)) if stored.record.hash.ct_eq(hash) => stored,
@@ -115,7 +204,6 @@ impl<St> Shared<St> {
             }
         };
         let record = &stored.record;
-        let now = self.clock.now();
         if record.is_revoked(now) {
             return Err(self.invalid(InvalidKey::Revoked, Some(record)));
         }
@@ -126,7 +214,11 @@ impl<St> Shared<St> {
         Ok(Principal::new(stored.record, stored.plan))
     }
 
-    fn invalid(&self, reason: InvalidKey, record: Option<&crate::store::KeyRecord>) -> Rejection {
+    pub(crate) fn invalid(
+        &self,
+        reason: InvalidKey,
+        record: Option<&crate::store::KeyRecord>,
+    ) -> Rejection {
         match record {
             Some(r) => tracing::debug!(
                 key_id = %r.id, org_id = %r.org_id, reason = reason.as_str(),
@@ -136,6 +228,13 @@ impl<St> Shared<St> {
         }
         Rejection::InvalidKey(reason)
     }
+}
+
+/// Log a refusal for a key that is invalid before any lookup.
+#[inline]
+fn early_invalid(reason: InvalidKey) -> Early {
+    tracing::debug!(reason = reason.as_str(), "api key refused");
+    Early::Invalid(reason)
 }
 
 /// Layer that adds [`ApiKeyAuth`]. Cheap to clone; all clones share one configuration.
@@ -190,22 +289,51 @@ impl<St: KeyStore> ApiKeyAuthLayer<St> {
     }
 
     fn map(self, f: impl FnOnce(&mut Shared<St>)) -> Self {
-        let mut shared = match Arc::try_unwrap(self.shared) {
-            Ok(s) => s,
-            Err(arc) => Shared {
-                store: arc.store.clone(),
-                formats: arc.formats.clone(),
-                header: arc.header.clone(),
-                clock: arc.clock.clone(),
-                responder: arc.responder.clone(),
-                timeout: arc.timeout,
-                retry_after: arc.retry_after,
-            },
-        };
+        let mut shared = Arc::unwrap_or_clone(self.shared);
         f(&mut shared);
         Self {
             shared: Arc::new(shared),
         }
+    }
+
+    /// The configuration, for [`ApiKeyStackLayer`].
+    pub(crate) fn into_shared(self) -> Shared<St> {
+        Arc::unwrap_or_clone(self.shared)
+    }
+
+    /// Run this rate limit inside the same service, right after a key is accepted: the whole
+    /// stack in one service ([`ApiKeyStack`](crate::ApiKeyStack)). The same decisions,
+    /// headers and refusals as `layer` placed directly behind `ApiKeyAuth`, with its own
+    /// configuration (backend, policy, cost, failure policy, responder).
+    ///
+    /// ```
+    /// use tower_api_key::{ApiKeyAuth, LastUsedRecorder, MemoryStore, OrgRateLimit};
+    ///
+    /// let store = MemoryStore::new();
+    /// let recorder = LastUsedRecorder::new(store.clone());
+    /// let layer = ApiKeyAuth::new(store)
+    ///     .rate_limit(OrgRateLimit::new())
+    ///     .record_last_used(recorder.clone());
+    /// # let _ = layer;
+    /// ```
+    pub fn rate_limit<B: RateLimitBackend>(
+        self,
+        layer: OrgRateLimitLayer<B>,
+    ) -> ApiKeyStackLayer<St, B> {
+        ApiKeyStackLayer::from_auth(self).rate_limit(layer)
+    }
+
+    /// Mark keys as used inside the same service: see [`ApiKeyStackLayer::record_last_used`].
+    pub fn record_last_used<St2: KeyStore>(
+        self,
+        layer: LastUsedRecorderLayer<St2>,
+    ) -> ApiKeyStackLayer<St> {
+        ApiKeyStackLayer::from_auth(self).record_last_used(layer)
+    }
+
+    /// Check scopes inside the same service: see [`ApiKeyStackLayer::scope_guard`].
+    pub fn scope_guard(self, layer: ScopeGuardLayer) -> ApiKeyStackLayer<St> {
+        ApiKeyStackLayer::from_auth(self).scope_guard(layer)
     }
 
     /// The key formats to accept (default: `br_live_` only).
@@ -291,40 +419,18 @@ where
     #[inline]
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        if extract::key_in_query(req.uri(), &shared.formats) {
-            tracing::debug!(reason = "key_in_query", "api key refused");
-            return self.reject(&Rejection::KeyInQuery, std::mem::take(req.headers_mut()));
-        }
-        let key = match extract::credential(req.headers(), shared.header.as_ref()) {
-            Credential::Key(k) => k,
-            Credential::Missing => {
-                tracing::debug!(reason = "missing", "api key refused");
-                return self.reject(&Rejection::MissingKey, std::mem::take(req.headers_mut()));
-            }
-            Credential::Bad => {
-                let rejection = shared.invalid(InvalidKey::BadHeader, None);
-                return self.reject(&rejection, std::mem::take(req.headers_mut()));
-            }
-        };
-        if let Err(e) = shared.formats.check(key) {
-            let rejection = shared.invalid(InvalidKey::Malformed(e), None);
-            return self.reject(&rejection, std::mem::take(req.headers_mut()));
-        }
-        let hash = KeyHash::of(key);
-        let mut lookup = shared.store.find_by_hash(&hash);
-
-        // Fast path: a lookup that is ready at once is decided here. Lookups are `Unpin`, so
-        // polling one in place and moving it afterwards is sound.
-        let mut noop = Context::from_waker(Waker::noop());
-        match Pin::new(&mut lookup).poll(&mut noop) {
-            Poll::Ready(result) => match shared.decide(result, &hash) {
+        match shared.begin(&req) {
+            Begin::Decided(result, hash) => match shared.decide(result, &hash) {
                 Ok(principal) => {
                     req.extensions_mut().insert(principal);
                     ResponseFuture::inner(self.inner.call(req))
                 }
-                Err(rejection) => self.reject(&rejection, std::mem::take(req.headers_mut())),
+                Err(rejection) => self.reject(&rejection, req.headers_mut()),
             },
-            Poll::Pending => {
+            Begin::Refuse(early) => {
+                ResponseFuture::refused(refuse_early(&shared.responder, early, req.headers_mut()))
+            }
+            Begin::Pending(lookup, hash) => {
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::lookup(lookup, hash, req, inner, self.shared.clone())
@@ -340,12 +446,57 @@ impl<S, St> ApiKeyAuth<S, St> {
     fn reject<ReqBody>(
         &self,
         rejection: &Rejection,
-        request_headers: HeaderMap,
+        request_headers: &mut HeaderMap,
     ) -> ResponseFuture<S, St, ReqBody>
     where
         S: Service<Request<ReqBody>>,
         St: KeyStore,
     {
-        ResponseFuture::rejected(self.shared.responder.respond_in(rejection, request_headers))
+        ResponseFuture::refused(refuse(&self.shared.responder, rejection, request_headers))
     }
+}
+
+/// A refusal as a response future holds it: one of the process-wide default refusals with the
+/// refused request's header map, built only when polled (straight into the response type,
+/// without carrying a finished response through two moves), or a rendered response.
+pub(crate) enum Refused {
+    Fixed(StaticRefusal, HeaderMap),
+    Rendered(Response<Bytes>),
+}
+
+/// Refuse a request, given its header map (taken: emptied, it becomes the response's).
+#[inline]
+pub(crate) fn refuse(
+    responder: &Responder,
+    rejection: &Rejection,
+    request_headers: &mut HeaderMap,
+) -> Refused {
+    let fixed = FixedRejection::of(rejection)
+        .and_then(|kind| responder.static_refusal(kind, request_headers));
+    match fixed {
+        Some(refusal) => Refused::Fixed(refusal, std::mem::take(request_headers)),
+        None => Refused::Rendered(responder.respond_in(rejection, std::mem::take(request_headers))),
+    }
+}
+
+/// Refuse a request before any lookup: the default responder's fixed refusals by reference.
+#[inline]
+pub(crate) fn refuse_early(
+    responder: &Responder,
+    early: Early,
+    request_headers: &mut HeaderMap,
+) -> Refused {
+    match responder.static_refusal(early.kind(), request_headers) {
+        Some(refusal) => Refused::Fixed(refusal, std::mem::take(request_headers)),
+        None => refuse_slow(responder, &early.rejection(), request_headers),
+    }
+}
+
+#[cold]
+fn refuse_slow(
+    responder: &Responder,
+    rejection: &Rejection,
+    request_headers: &mut HeaderMap,
+) -> Refused {
+    Refused::Rendered(responder.respond_in(rejection, std::mem::take(request_headers)))
 }

@@ -94,9 +94,10 @@ pub const DEFAULT_GRANULARITY: Duration = Duration::from_secs(1);
 /// The default bound on one flush's store call: ten seconds.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the request path needs, behind one `Arc`.
+/// What the request path needs, behind one `Arc` (or held by value inside
+/// [`ApiKeyAuth`](crate::ApiKeyAuth), see [`ApiKeyAuthLayer::record_last_used`](crate::ApiKeyAuthLayer::record_last_used)).
 #[derive(Clone)]
-struct Core {
+pub(crate) struct Core {
     /// Granularity in nanoseconds, at least 1.
     granularity: u64,
     clock: Clock,
@@ -108,12 +109,23 @@ struct Core {
 impl Core {
     #[inline]
     fn mark(&self, principal: &Principal) {
+        self.mark_at(principal, self.clock.now());
+    }
+
+    /// Mark `principal`'s key as used at `now` (read from [`clock`](Self::clock)).
+    #[inline]
+    pub(crate) fn mark_at(&self, principal: &Principal, now: crate::clock::Timestamp) {
         slot::mark(
             &self.list,
             principal.record(),
-            self.clock.now().as_unix_nanos(),
+            now.as_unix_nanos(),
             self.granularity,
         );
+    }
+
+    /// The clock marks are read from.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
     }
 }
 
@@ -266,6 +278,12 @@ impl<St: KeyStore> LastUsedRecorderLayer<St> {
     /// The store marks are written to.
     pub fn store(&self) -> &St {
         &self.flush.store
+    }
+
+    /// The request path's configuration, for
+    /// [`ApiKeyAuthLayer::record_last_used`](crate::ApiKeyAuthLayer::record_last_used).
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
     }
 }
 

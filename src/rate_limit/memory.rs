@@ -269,7 +269,9 @@ impl MemoryRateLimiter {
         let now = Timestamp::from_unix_nanos(now_ns);
         let orgs = self.inner.orgs.pin();
         loop {
-            let Some(state) = orgs.get(org.as_str()) else {
+            // By `&OrgId`, not `&str`: the key in the map is a clone of the same `Arc` as the
+            // record's organization, so equality is a pointer comparison, not a `memcmp`.
+            let Some(state) = orgs.get(org) else {
                 let d = gcra.decide(Timestamp::EPOCH, now, cost);
                 if !d.allowed || d.tat.as_unix_nanos() <= now_ns {
                     // Nothing to remember: refused, or free and the bucket still full.

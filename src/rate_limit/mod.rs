@@ -170,11 +170,28 @@ impl QuotaPolicy {
             None => match principal.plan() {
                 Plan::Free => FREE,
                 Plan::Paid => PAID,
-                Plan::Enterprise(q) => Gcra::from_quota(&q),
+                Plan::Enterprise(q) => enterprise_gcra(&q),
             },
             Some(f) => Gcra::from_quota(&f(principal)),
         }
     }
+}
+
+/// The GCRA of an enterprise quota, remembered per thread for the last quota seen: computing
+/// one divides (the emission interval), ~5 ns, and a server's hot organizations repeat.
+#[inline]
+fn enterprise_gcra(q: &Quota) -> Gcra {
+    use std::cell::Cell;
+    thread_local!(static LAST: Cell<Option<(Quota, Gcra)>> = const { Cell::new(None) });
+    LAST.try_with(|last| match last.get() {
+        Some((seen, gcra)) if seen.requests == q.requests && seen.period == q.period => gcra,
+        _ => {
+            let gcra = Gcra::from_quota(q);
+            last.set(Some((*q, gcra)));
+            gcra
+        }
+    })
+    .unwrap_or_else(|_| Gcra::from_quota(q))
 }
 
 /// How many cells a request costs, as a request extension. Set it in a layer *outside*
@@ -272,7 +289,38 @@ pub(crate) enum Outcome {
     Refuse(Response<Bytes>),
 }
 
+impl<B> Shared<B> {
+    /// The clock the limiter reads.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+}
+
 impl<B: RateLimitBackend> Shared<B> {
+    /// Start the check of a request by `principal` at `now`: its quota, its cost, the draft
+    /// fields if enabled, and the backend's check (not yet polled). Shared by [`OrgRateLimit`]
+    /// and the rate limit run inside [`ApiKeyAuth`](crate::ApiKeyAuth).
+    #[inline]
+    pub(crate) fn begin<ReqBody>(
+        &self,
+        principal: &Principal,
+        req: &Request<ReqBody>,
+        now: Timestamp,
+    ) -> (B::Check, CheckArgs, Option<Draft>) {
+        let gcra = self.policy.gcra(principal);
+        let cost = match req.extensions().get::<Cost>() {
+            Some(c) => c.0,
+            None => self.cost.as_ref().map_or(1, |f| f(req.method(), req.uri())),
+        };
+        let draft = self.draft_headers.then(|| Draft {
+            policy: principal.plan().name(),
+            window_secs: gcra.period().as_secs().max(1),
+            now_secs: now.as_unix_secs(),
+        });
+        let check = self.backend.check(principal.org_id(), &gcra, cost, now);
+        (check, CheckArgs { gcra, cost, now }, draft)
+    }
+
     /// Turn a backend answer into the figures to add, or a rendered refusal. An admission, the
     /// common case, is decided inline; refusals and backend errors (logging, rendering) go to
     /// [`outcome_slow`](Self::outcome_slow).
@@ -501,6 +549,11 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
     pub fn quota_policy(&self) -> &QuotaPolicy {
         &self.shared.policy
     }
+
+    /// The configuration, for [`ApiKeyAuthLayer::rate_limit`](crate::ApiKeyAuthLayer::rate_limit).
+    pub(crate) fn shared(&self) -> &Shared<B> {
+        &self.shared
+    }
 }
 
 impl<S, B> Layer<S> for OrgRateLimitLayer<B> {
@@ -552,22 +605,7 @@ where
             let res = missing_principal("OrgRateLimit", &shared.responder, req.headers());
             return ResponseFuture::rejected(res);
         };
-        let gcra = shared.policy.gcra(principal);
-        let cost = match req.extensions().get::<Cost>() {
-            Some(c) => c.0,
-            None => shared
-                .cost
-                .as_ref()
-                .map_or(1, |f| f(req.method(), req.uri())),
-        };
-        let now = shared.clock.now();
-        let draft = shared.draft_headers.then(|| Draft {
-            policy: principal.plan().name(),
-            window_secs: gcra.period().as_secs().max(1),
-            now_secs: now.as_unix_secs(),
-        });
-        let mut check = shared.backend.check(principal.org_id(), &gcra, cost, now);
-        let args = CheckArgs { gcra, cost, now };
+        let (mut check, args, draft) = shared.begin(principal, &req, shared.clock.now());
 
         // Fast path: a check that is ready at once (the in-memory backend) is decided here.
         // Checks are `Unpin`, so polling one in place and moving it afterwards is sound.

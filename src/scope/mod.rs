@@ -35,7 +35,7 @@ enum Check {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     check: Check,
     responder: Responder,
     /// The refusal of a fixed requirement, rendered once when the responder is the default one.
@@ -127,6 +127,11 @@ pub struct ScopeGuardLayer {
 }
 
 impl ScopeGuardLayer {
+    /// The check, for [`ApiKeyAuthLayer::scope_guard`](crate::ApiKeyAuthLayer::scope_guard).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     fn new(check: Check) -> Self {
         Self {
             shared: Arc::new(Shared::new(check, Responder::default())),
@@ -191,41 +196,85 @@ where
             let res = missing_principal("ScopeGuard", &shared.responder, req.headers());
             return GuardFuture::rejected(res);
         };
-        let requirement = match &shared.check {
-            Check::Fixed(r) => Some(r),
-            Check::Rules(rules) => match rules.check(req.method(), req.uri().path()) {
-                RuleMatch::Requires(r) => Some(r),
-                RuleMatch::Authenticated => None,
-                RuleMatch::Unmatched if rules.allows_unmatched() => None,
+        match shared.check_parts(principal, req.method(), req.uri()) {
+            Verdict::Pass => GuardFuture::inner(self.inner.call(req)),
+            Verdict::Refuse(reason) => {
+                GuardFuture::rejected(shared.refusal(reason, std::mem::take(req.headers_mut())))
+            }
+        }
+    }
+}
+
+/// What a scope check decided.
+pub(crate) enum Verdict<'a> {
+    /// Let the request through.
+    Pass,
+    /// Refuse it for this reason.
+    Refuse(Refusal<'a>),
+}
+
+/// Why a request is refused.
+pub(crate) enum Refusal<'a> {
+    /// No rule matches and unmatched requests are refused.
+    Unmatched,
+    /// The key does not meet this requirement.
+    Lacks(&'a Requirement),
+}
+
+impl Shared {
+    /// Decide a request by `principal` to `method` `uri` (logged when refused).
+    #[inline]
+    pub(crate) fn check_parts(
+        &self,
+        principal: &Principal,
+        method: &http::Method,
+        uri: &http::Uri,
+    ) -> Verdict<'_> {
+        let requirement = match &self.check {
+            Check::Fixed(r) => r,
+            Check::Rules(rules) => match rules.check(method, uri.path()) {
+                RuleMatch::Requires(r) => r,
+                RuleMatch::Authenticated => return Verdict::Pass,
+                RuleMatch::Unmatched if rules.allows_unmatched() => return Verdict::Pass,
                 RuleMatch::Unmatched => {
                     tracing::debug!(
                         key_id = %principal.key_id(), org_id = %principal.org_id(),
-                        method = %req.method(), path = req.uri().path(),
+                        method = %method, path = uri.path(),
                         "no scope rule matches the request; refused"
                     );
-                    let rejection = Rejection::InsufficientScope {
-                        required: String::new(),
-                    };
-                    return GuardFuture::rejected(
-                        shared.responder.respond(&rejection, req.headers()),
-                    );
+                    return Verdict::Refuse(Refusal::Unmatched);
                 }
             },
         };
-        match requirement {
-            Some(r) if !r.is_met(principal.scopes()) => {
-                tracing::debug!(
-                    key_id = %principal.key_id(), org_id = %principal.org_id(),
-                    required = r.describe(), "api key lacks scope"
-                );
-                let res = match &shared.refusal {
-                    // Built in the refused request's header map: no allocation.
-                    Some(fixed) => fixed.respond_in(std::mem::take(req.headers_mut())),
-                    None => shared.responder.respond(&insufficient(r), req.headers()),
+        if requirement.is_met(principal.scopes()) {
+            return Verdict::Pass;
+        }
+        tracing::debug!(
+            key_id = %principal.key_id(), org_id = %principal.org_id(),
+            required = requirement.describe(), "api key lacks scope"
+        );
+        Verdict::Refuse(Refusal::Lacks(requirement))
+    }
+
+    /// The refusal's response, built in the refused request's header map where it can be.
+    #[cold]
+    pub(crate) fn refusal(
+        &self,
+        reason: Refusal<'_>,
+        request_headers: http::HeaderMap,
+    ) -> Response<bytes::Bytes> {
+        match reason {
+            Refusal::Unmatched => {
+                let rejection = Rejection::InsufficientScope {
+                    required: String::new(),
                 };
-                GuardFuture::rejected(res)
+                self.responder.respond(&rejection, &request_headers)
             }
-            _ => GuardFuture::inner(self.inner.call(req)),
+            Refusal::Lacks(r) => match &self.refusal {
+                // Built in the refused request's header map: no allocation.
+                Some(fixed) => fixed.respond_in(request_headers),
+                None => self.responder.respond(&insufficient(r), &request_headers),
+            },
         }
     }
 }

@@ -134,8 +134,12 @@ impl Pattern {
         Self(segments)
     }
 
+    /// Whether `path` matches: its segments (after leading `/`s, split on `/`, as
+    /// `str::split`) against the pattern's. Literal segments are compared inline, without
+    /// `memcmp` (see [`bytes_eq`](crate::bytes_eq::bytes_eq)): a table is scanned on every
+    /// request.
     fn matches(&self, path: &str) -> bool {
-        let mut parts = path.trim_start_matches('/').split('/');
+        let mut parts = Parts::new(path.as_bytes());
         for seg in self.0.iter() {
             match seg {
                 Segment::Rest => return true,
@@ -143,14 +147,43 @@ impl Pattern {
                     Some(p) if !p.is_empty() => {}
                     _ => return false,
                 },
-                Segment::Literal(lit) => {
-                    if parts.next() != Some(&**lit) {
-                        return false;
-                    }
-                }
+                Segment::Literal(lit) => match parts.next() {
+                    Some(p) if crate::bytes_eq::bytes_eq(p, lit.as_bytes()) => {}
+                    _ => return false,
+                },
             }
         }
         parts.next().is_none()
+    }
+}
+
+/// The segments of a path: `path.trim_start_matches('/').split('/')`, on bytes.
+struct Parts<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Parts<'a> {
+    #[inline]
+    fn new(mut path: &'a [u8]) -> Self {
+        while let [b'/', tail @ ..] = path {
+            path = tail;
+        }
+        Self { rest: Some(path) }
+    }
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest?;
+        match rest.iter().position(|&b| b == b'/') {
+            Some(i) => {
+                self.rest = rest.get(i + 1..);
+                rest.get(..i)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
     }
 }
 
@@ -274,6 +307,37 @@ impl ScopeRules {
 
 #[cfg(test)]
 mod tests {
+
+    /// The matcher before it compared bytes inline: the reference for the one in use.
+    fn reference_matches(pattern: &Pattern, path: &str) -> bool {
+        let mut parts = path.trim_start_matches('/').split('/');
+        for seg in pattern.0.iter() {
+            match seg {
+                Segment::Rest => return true,
+                Segment::One => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(lit) => {
+                    if parts.next() != Some(&**lit) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn path_matching_agrees_with_the_split_reference(
+            pattern in "(/(v1|browsers|\\{id\\}|\\*|\\*\\*|\\{\\*rest\\}|)){0,4}",
+            path in "/{0,2}((v1|browsers|x|)/?){0,5}",
+        ) {
+            let p = Pattern::parse(&pattern);
+            proptest::prop_assert_eq!(p.matches(&path), reference_matches(&p, &path), "{} {}", pattern, path);
+        }
+    }
     use super::*;
 
     #[test]

@@ -1,0 +1,333 @@
+//! The response future of [`ApiKeyStack`](super::ApiKeyStack).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::{Ready, Shared, admit, finish};
+use crate::auth::{Refused, polled_after_completion};
+use crate::clock::Timestamp;
+use crate::key::KeyHash;
+use crate::principal::Principal;
+use crate::rate_limit::{CheckArgs, Draft, Figures, MemoryRateLimiter, Outcome, RateLimitBackend};
+use crate::reject::{ResponseBody, StaticRefusal};
+use crate::store::{KeyStore, StoreError};
+
+pin_project! {
+    /// Response future of [`ApiKeyStack`](super::ApiKeyStack): a pending store lookup, a
+    /// pending rate-limit check, the inner service's future (whose response gets the rate
+    /// limit's headers), or a refusal. Never boxed.
+    pub struct ResponseFuture<S, St, ReqBody, B = MemoryRateLimiter>
+    where
+        S: Service<Request<ReqBody>>,
+        St: KeyStore,
+        B: RateLimitBackend,
+    {
+        #[pin]
+        state: State<S, St, ReqBody, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, St, ReqBody, B>
+    where
+        S: Service<Request<ReqBody>>,
+        St: KeyStore,
+        B: RateLimitBackend,
+    {
+        // Boxed: only lookups that are really pending (remote stores) get here, where the
+        // round trip dwarfs the allocation, while inline it would make every response future
+        // carry a whole request, moved at each step of an accepted request.
+        Lookup {
+            waiting: Box<Waiting<S, St, ReqBody, B>>,
+        },
+        // Boxed for the same reason: only remote rate-limit backends wait.
+        Checking {
+            checking: Box<Checking<S, St, ReqBody, B>>,
+        },
+        Inner {
+            #[pin]
+            fut: S::Future,
+            figures: Option<Figures>,
+        },
+        Rejected {
+            res: Option<Response<Bytes>>,
+        },
+        // One of the process-wide default refusals, built when polled in the refused
+        // request's header map (no allocation, and one move less than a finished response).
+        Fixed {
+            refusal: StaticRefusal,
+            headers: Option<HeaderMap>,
+        },
+    }
+}
+
+struct Waiting<S, St: KeyStore, ReqBody, B> {
+    lookup: St::Lookup,
+    pending: Option<Pending<S, St, ReqBody, B>>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+struct Pending<S, St, ReqBody, B> {
+    hash: KeyHash,
+    req: Request<ReqBody>,
+    inner: S,
+    shared: Arc<Shared<St, B>>,
+}
+
+struct Checking<S, St, ReqBody, B: RateLimitBackend> {
+    check: B::Check,
+    checked: Option<Checked<S, St, ReqBody, B>>,
+}
+
+/// An accepted request waiting for the rate limit's backend.
+pub(crate) struct Checked<S, St, ReqBody, B> {
+    pub(crate) req: Request<ReqBody>,
+    pub(crate) principal: Principal,
+    pub(crate) now: Timestamp,
+    pub(crate) inner: S,
+    pub(crate) shared: Arc<Shared<St, B>>,
+    pub(crate) args: CheckArgs,
+    pub(crate) draft: Option<Draft>,
+}
+
+impl<S, St, ReqBody, B> ResponseFuture<S, St, ReqBody, B>
+where
+    S: Service<Request<ReqBody>>,
+    St: KeyStore,
+    B: RateLimitBackend,
+{
+    pub(super) fn inner(fut: S::Future, figures: Option<Figures>) -> Self {
+        Self {
+            state: State::Inner { fut, figures },
+        }
+    }
+
+    pub(super) fn rejected(res: Response<Bytes>) -> Self {
+        Self {
+            state: State::Rejected { res: Some(res) },
+        }
+    }
+
+    pub(super) fn refused(refused: Refused) -> Self {
+        match refused {
+            Refused::Fixed(refusal, headers) => Self {
+                state: State::Fixed {
+                    refusal,
+                    headers: Some(headers),
+                },
+            },
+            Refused::Rendered(res) => Self::rejected(res),
+        }
+    }
+
+    pub(super) fn lookup(
+        lookup: St::Lookup,
+        hash: KeyHash,
+        req: Request<ReqBody>,
+        inner: S,
+        shared: Arc<Shared<St, B>>,
+    ) -> Self {
+        Self {
+            state: State::Lookup {
+                waiting: Box::new(Waiting {
+                    lookup,
+                    pending: Some(Pending {
+                        hash,
+                        req,
+                        inner,
+                        shared,
+                    }),
+                    deadline: None,
+                    armed: false,
+                }),
+            },
+        }
+    }
+
+    pub(super) fn checking(check: B::Check, checked: Checked<S, St, ReqBody, B>) -> Self {
+        Self {
+            state: State::Checking {
+                checking: Box::new(Checking {
+                    check,
+                    checked: Some(checked),
+                }),
+            },
+        }
+    }
+}
+
+impl<S, St, ReqBody, ResBody, B> Future for ResponseFuture<S, St, ReqBody, B>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    St: KeyStore,
+    B: RateLimitBackend,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    /// The hot states (the inner service's future, a refusal) are handled inline; a lookup or
+    /// check still pending is driven out of line, so that this function stays small enough to
+    /// inline into the enclosing stack.
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Inner { fut, figures } => {
+                    let mut res = match fut.poll(cx) {
+                        Poll::Ready(Ok(res)) => res,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    if let Some(f) = figures {
+                        f.write(res.headers_mut());
+                    }
+                    return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+                }
+                StateProj::Fixed { refusal, headers } => {
+                    return Poll::Ready(Ok(match headers.take() {
+                        Some(h) => refusal.respond_in(h, ResponseBody::full),
+                        None => polled_after_completion(),
+                    }));
+                }
+                StateProj::Rejected { res } => {
+                    return Poll::Ready(Ok(match res.take() {
+                        Some(res) => res.map(ResponseBody::full),
+                        None => polled_after_completion(),
+                    }));
+                }
+                StateProj::Lookup { .. } => {
+                    if let Some(done) = Self::poll_lookup(state.as_mut(), cx) {
+                        return done;
+                    }
+                }
+                StateProj::Checking { .. } => {
+                    if let Some(done) = Self::poll_checking(state.as_mut(), cx) {
+                        return done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S, St, ReqBody, ResBody, B> ResponseFuture<S, St, ReqBody, B>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    St: KeyStore,
+    B: RateLimitBackend,
+{
+    /// Drive a pending lookup. `None`: the state moved on (to a check, the inner future or a
+    /// refusal); poll again.
+    #[inline(never)]
+    #[allow(clippy::type_complexity)]
+    fn poll_lookup(
+        mut state: Pin<&mut State<S, St, ReqBody, B>>,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<Result<Response<ResponseBody<ResBody>>, S::Error>>> {
+        let StateProj::Lookup { waiting } = state.as_mut().project() else {
+            return None;
+        };
+        let Waiting {
+            lookup,
+            pending,
+            deadline,
+            armed,
+        } = &mut **waiting;
+        let result = match Pin::new(lookup).poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                if !*armed {
+                    *armed = true;
+                    // Arm the timeout only for lookups that actually wait, and only inside a
+                    // tokio runtime (outside one, `sleep` would panic).
+                    if let Some(p) = pending.as_ref() {
+                        if tokio::runtime::Handle::try_current().is_ok() {
+                            *deadline = Some(Box::pin(tokio::time::sleep(p.shared.auth.timeout)));
+                        }
+                    }
+                }
+                match deadline.as_mut() {
+                    Some(d) => match d.as_mut().poll(cx) {
+                        Poll::Ready(()) => Err(StoreError::Timeout),
+                        Poll::Pending => return Some(Poll::Pending),
+                    },
+                    None => return Some(Poll::Pending),
+                }
+            }
+        };
+        // `pending` is `Some` until this point: it is taken only here, and the state changes
+        // below before the next poll.
+        let Some(Pending {
+            hash,
+            mut req,
+            inner,
+            shared,
+        }) = pending.take()
+        else {
+            return Some(Poll::Ready(Ok(polled_after_completion())));
+        };
+        let now = shared.auth.clock.now();
+        let next = match shared.auth.decide_at(result, &hash, now) {
+            Ok(principal) => admit(&shared, Ready::Owned(inner), req, principal, now),
+            Err(rejection) => {
+                let headers = std::mem::take(req.headers_mut());
+                Self::rejected(shared.auth.responder.respond_in(&rejection, headers))
+            }
+        };
+        state.set(next.state);
+        None
+    }
+
+    /// Drive a pending rate-limit check. `None`: the state moved on; poll again.
+    #[inline(never)]
+    #[allow(clippy::type_complexity)]
+    fn poll_checking(
+        mut state: Pin<&mut State<S, St, ReqBody, B>>,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<Result<Response<ResponseBody<ResBody>>, S::Error>>> {
+        let StateProj::Checking { checking } = state.as_mut().project() else {
+            return None;
+        };
+        let Checking { check, checked } = &mut **checking;
+        let result = match Pin::new(check).poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => return Some(Poll::Pending),
+        };
+        let Some(Checked {
+            req,
+            principal,
+            now,
+            inner,
+            shared,
+            args,
+            draft,
+        }) = checked.take()
+        else {
+            return Some(Poll::Ready(Ok(polled_after_completion())));
+        };
+        let next = match shared.limit.as_ref() {
+            Some(limit) => {
+                match limit.outcome(result, Some(&principal), &args, draft, req.headers()) {
+                    Outcome::Admit(figures) => {
+                        finish(&shared, Ready::Owned(inner), req, principal, now, figures)
+                    }
+                    Outcome::Refuse(res) => Self::rejected(res),
+                }
+            }
+            // Only a configured rate limit starts a check.
+            None => finish(&shared, Ready::Owned(inner), req, principal, now, None),
+        };
+        state.set(next.state);
+        None
+    }
+}
