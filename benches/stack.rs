@@ -403,6 +403,25 @@ fn baselines_and_layers(c: &mut Criterion) {
             "{name}: {other} requests answered otherwise than {status}"
         );
     }
+    let mut fused = support::fused_stack_layer(&fx.store).layer(Hello);
+    for (name, header, status) in stack_paths(&fx) {
+        run(&mut fused, request(header));
+        let mut other = 0u64;
+        bench_net(
+            &mut g,
+            &format!("stack_fused/{name}"),
+            || {
+                let got = run(&mut fused, request(header));
+                other += u64::from(got != status);
+                got
+            },
+            || run(&mut Hello, request(header)),
+        );
+        assert_eq!(
+            other, 0,
+            "fused {name}: {other} requests answered otherwise than {status}"
+        );
+    }
     bench_net(
         &mut g,
         "tower_http_bearer/accept",

@@ -14,7 +14,10 @@
 //!   per-route wrapper for them;
 //! - `--mode full-rules`: the scope check as a `ScopeRules` table in the same `ServiceBuilder`;
 //! - `--mode none-headers`: no middleware, the handler adds the three `X-RateLimit-*` headers
-//!   (static names, pre-encoded values): what those headers alone cost.
+//!   (static names, pre-encoded values): what those headers alone cost;
+//! - `--mode fused`: the same four stages as one service, [`ApiKeyStack`] (the scope check as a
+//!   `ScopeRules` table inside it), given to one `Router::layer` call: the recommended stack;
+//! - `--mode fused-outer`: that one service wrapped around the whole router.
 //!
 //! ```text
 //! cargo run --release --example load_target -- --mode full --addr 127.0.0.1:18083 \
@@ -58,6 +61,11 @@ enum Mode {
     /// The same layers as `full`, wrapped around the whole router (`ServiceBuilder::service`)
     /// instead of given to `Router::layer`: no per-request boxed service, future and body.
     FullOuter,
+    /// The four stages as one service (`ApiKeyStack`), scope check by rule table, given to one
+    /// `Router::layer` call.
+    Fused,
+    /// The same one service wrapped around the whole router.
+    FusedOuter,
 }
 
 struct Args {
@@ -69,7 +77,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: load_target --mode none|none-headers|tower-http|full|full-separate|full-rules|full-outer --addr 127.0.0.1:PORT --key br_live_… [--threads N]"
+        "usage: load_target --mode none|none-headers|tower-http|full|full-separate|full-rules|full-outer|fused|fused-outer --addr 127.0.0.1:PORT --key br_live_… [--threads N]"
     );
     std::process::exit(2)
 }
@@ -92,6 +100,8 @@ fn args() -> Args {
                     "full-separate" => Mode::FullSeparate,
                     "full-rules" => Mode::FullRules,
                     "full-outer" => Mode::FullOuter,
+                    "fused" => Mode::Fused,
+                    "fused-outer" => Mode::FusedOuter,
                     _ => usage(),
                 })
             }
@@ -168,7 +178,12 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let layer = tower_http::validate_request::ValidateRequestHeaderLayer::bearer(&args.key);
             Router::new().route("/", get(hello)).layer(layer)
         }
-        Mode::Full | Mode::FullSeparate | Mode::FullRules | Mode::FullOuter => {
+        Mode::Full
+        | Mode::FullSeparate
+        | Mode::FullRules
+        | Mode::FullOuter
+        | Mode::Fused
+        | Mode::FusedOuter => {
             let store = MemoryStore::new();
             let org = OrgId::from("org_load");
             KeyManager::new(store.clone())
@@ -187,6 +202,22 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             store.insert(record).await?;
             let recorder = LastUsedRecorder::new(store.clone());
             flusher = Some(recorder.spawn_flusher(Duration::from_secs(1)));
+            if let Mode::Fused | Mode::FusedOuter = args.mode {
+                let rules = ScopeRules::new().route(http::Method::GET, "/", "hello:read");
+                let stack = ApiKeyAuth::new(store)
+                    .rate_limit(OrgRateLimit::new())
+                    .record_last_used(recorder)
+                    .scope_guard(ScopeGuard::rules(rules));
+                let router = Router::new().route("/", get(hello));
+                if args.mode == Mode::FusedOuter {
+                    let app = ServiceBuilder::new()
+                        .map_response(IntoResponse::into_response)
+                        .layer(stack)
+                        .service(router);
+                    return run(listener, app, flusher).await;
+                }
+                return run(listener, router.layer(stack), flusher).await;
+            }
             if args.mode == Mode::FullRules {
                 let rules = ScopeRules::new().route(http::Method::GET, "/", "hello:read");
                 return run(

@@ -333,6 +333,15 @@ pub fn full_stack_layers(store: &MemoryStore) -> FullStackLayers {
         .layer(ScopeGuard::require(REQUIRED))
 }
 
+/// The same stack as one service ([`tower_api_key::ApiKeyStack`]): the four stages inside one
+/// layer, every piece with its defaults.
+pub fn fused_stack_layer(store: &MemoryStore) -> tower_api_key::ApiKeyStackLayer<MemoryStore> {
+    auth_layer(store)
+        .rate_limit(OrgRateLimit::new())
+        .record_last_used(LastUsedRecorder::new(store.clone()))
+        .scope_guard(ScopeGuard::require(REQUIRED))
+}
+
 /// From the first thread's start to the last one's end.
 pub fn span(times: impl Iterator<Item = (Instant, Instant)>) -> Duration {
     let (starts, ends): (Vec<_>, Vec<_>) = times.unzip();
