@@ -532,40 +532,34 @@ fn threads(c: &mut Criterion) {
     let big = std::cell::OnceCell::new();
     let mut g = c.benchmark_group("suite.threads");
     for label in ["hot_key", "random_keys"] {
-        // One stack per scenario, shared by its 1- and 2-thread runs (built on first use).
-        let layers = std::cell::OnceCell::new();
+        let (store, headers): (&MemoryStore, &[http::HeaderValue]) = match label {
+            "hot_key" => (&fx.store, &[]),
+            _ => {
+                let (s, h) = big.get_or_init(|| support::large_store(10_000, support::roomy()));
+                (s, h)
+            }
+        };
+        // One stack per scenario, shared by its 1- and 2-thread runs.
+        let layers = full_stack_layers(store);
+        let fused = support::fused_stack_layer(store);
         for threads in [1usize, 2] {
             g.throughput(Throughput::Elements(threads as u64));
-            g.bench_function(format!("stack_{label}/{threads}_threads"), |b| {
-                let (store, headers): (&MemoryStore, &[http::HeaderValue]) = match label {
-                    "hot_key" => (&fx.store, &[]),
-                    _ => {
-                        let (s, h) =
-                            big.get_or_init(|| support::large_store(10_000, support::roomy()));
-                        (s, h)
-                    }
-                };
-                let layers = layers.get_or_init(|| full_stack_layers(store));
-                b.iter_custom(|iters| {
-                    run_threads(
-                        threads,
-                        |t| (layers.service(Hello), Rng::new(0x1234_5678 + t as u64)),
-                        |_, (mut svc, mut rng)| {
-                            let mut ok = 0u64;
-                            for _ in 0..iters {
-                                let r = match label {
-                                    "hot_key" => request(fx.hot),
-                                    _ => request_with(headers[rng.below(headers.len())].clone()),
-                                };
-                                ok += u64::from(run(&mut svc, r) == 200);
-                            }
-                            // Every request is admitted: the quota is far above these rates.
-                            assert_eq!(ok, iters);
-                            ok
-                        },
-                    )
-                })
-            });
+            thread_bench(
+                &mut g,
+                &format!("stack_{label}/{threads}_threads"),
+                &layers,
+                threads,
+                fx.hot,
+                headers,
+            );
+            thread_bench(
+                &mut g,
+                &format!("stack_fused_{label}/{threads}_threads"),
+                &fused,
+                threads,
+                fx.hot,
+                headers,
+            );
         }
     }
     // The store's look-up alone on one hot key: each returns the key's snapshot by `Arc`, so
@@ -592,6 +586,45 @@ fn threads(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// `threads` threads, each with its own service from `layers`, each sending `iters` requests:
+/// with the hot key when `headers` is empty, else with random ones of `headers`.
+fn thread_bench<L, R>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    layers: &L,
+    threads: usize,
+    hot: &'static str,
+    headers: &[http::HeaderValue],
+) where
+    L: Layer<Hello> + Sync,
+    L::Service:
+        Service<Request<http_body_util::Empty<bytes::Bytes>>, Response = Response<R>> + Send,
+    <L::Service as Service<Request<http_body_util::Empty<bytes::Bytes>>>>::Error: std::fmt::Debug,
+{
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            run_threads(
+                threads,
+                |t| (layers.layer(Hello), Rng::new(0x1234_5678 + t as u64)),
+                |_, (mut svc, mut rng)| {
+                    let mut ok = 0u64;
+                    for _ in 0..iters {
+                        let r = if headers.is_empty() {
+                            request(hot)
+                        } else {
+                            request_with(headers[rng.below(headers.len())].clone())
+                        };
+                        ok += u64::from(run(&mut svc, r) == 200);
+                    }
+                    // Every request is admitted: the quota is far above these rates.
+                    assert_eq!(ok, iters);
+                    ok
+                },
+            )
+        })
+    });
 }
 
 criterion_group! {

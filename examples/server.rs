@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,7 +37,8 @@ use tower_api_key::last_used::LastUsedRecorderLayer;
 use tower_api_key::store::store_from_url;
 use tower_api_key::{
     ApiKeyAuth, BoxedStore, KeyId, KeyManager, ManageError, NewKey, OrgId, OrgRateLimit, Plan,
-    Principal, Rejection, Rotation, ScopeGuard, Scopes, SessionError, SessionQuota, Timestamp,
+    Principal, Rejection, Rotation, ScopeGuard, ScopeRules, Scopes, SessionError, SessionQuota,
+    Timestamp,
 };
 
 /// How long a session holds its slot of the plan's concurrent-session quota without being read
@@ -581,68 +583,61 @@ fn options() -> Result<Options, String> {
 
 fn app(state: AppState, with_dev_seed: bool) -> Router {
     let store = state.manager.store().clone();
-    let api = Router::new()
+    // Each route's scope, checked inside the one-service stack below (a per-route
+    // `route_layer(ScopeGuard::require(..))` does the same, at the cost of a boxed service and
+    // future per request in axum). Every route of `api` has a rule; requests to other paths
+    // go on to the router's 404.
+    let scopes = ScopeRules::new()
+        .route(Method::POST, "/v1/browsers", "browser_sessions:create")
+        .route(Method::GET, "/v1/browsers/{id}", "browser_sessions:read")
         .route(
-            "/v1/browsers",
-            post(create_browser).route_layer(ScopeGuard::require("browser_sessions:create")),
-        )
-        .route(
+            Method::DELETE,
             "/v1/browsers/{id}",
-            get(get_browser)
-                .route_layer(ScopeGuard::require("browser_sessions:read"))
-                .merge(
-                    axum::routing::delete(delete_browser)
-                        .route_layer(ScopeGuard::require("browser_sessions:delete")),
-                ),
+            "browser_sessions:delete",
+        )
+        .route(Method::POST, "/v1/sandboxes", "sandbox_sessions:create")
+        .route(Method::GET, "/v1/sandboxes/{id}", "sandbox_sessions:read")
+        .route(
+            Method::DELETE,
+            "/v1/sandboxes/{id}",
+            "sandbox_sessions:delete",
         )
         .route(
-            "/v1/sandboxes",
-            post(create_sandbox).route_layer(ScopeGuard::require("sandbox_sessions:create")),
+            Method::POST,
+            "/v1/sandboxes/{id}/exec",
+            "sandbox_sessions:exec",
         )
+        .route(Method::GET, "/v1/usage", "org:billing")
+        .route(Method::POST, "/v1/api-keys", "api_keys:manage")
+        .route(Method::GET, "/v1/api-keys", "api_keys:manage")
+        .route(Method::DELETE, "/v1/api-keys/{id}", "api_keys:manage")
+        .route(Method::POST, "/v1/api-keys/{id}/rotate", "api_keys:manage")
+        .allow_unmatched();
+    // The whole stack as one service: ApiKeyAuth, the org's rate limit, last-used marks and the
+    // scope rules (see `tower_api_key::stack`).
+    let stack = ApiKeyAuth::new(store)
+        .rate_limit(OrgRateLimit::new())
+        .record_last_used(state.recorder.clone())
+        .scope_guard(ScopeGuard::rules(scopes));
+    let api = Router::new()
+        .route("/v1/browsers", post(create_browser))
+        .route("/v1/browsers/{id}", get(get_browser).delete(delete_browser))
+        .route("/v1/sandboxes", post(create_sandbox))
         .route(
             "/v1/sandboxes/{id}",
-            get(get_sandbox)
-                .route_layer(ScopeGuard::require("sandbox_sessions:read"))
-                .merge(
-                    axum::routing::delete(delete_sandbox)
-                        .route_layer(ScopeGuard::require("sandbox_sessions:delete")),
-                ),
+            get(get_sandbox).delete(delete_sandbox),
         )
-        .route(
-            "/v1/sandboxes/{id}/exec",
-            post(exec_sandbox).route_layer(ScopeGuard::require("sandbox_sessions:exec")),
-        )
-        .route(
-            "/v1/usage",
-            get(usage).route_layer(ScopeGuard::require("org:billing")),
-        )
-        .route(
-            "/v1/api-keys",
-            post(create_key)
-                .get(list_keys)
-                .route_layer(ScopeGuard::require("api_keys:manage")),
-        )
-        .route(
-            "/v1/api-keys/{id}",
-            axum::routing::delete(revoke_key).route_layer(ScopeGuard::require("api_keys:manage")),
-        )
-        .route(
-            "/v1/api-keys/{id}/rotate",
-            post(rotate_key).route_layer(ScopeGuard::require("api_keys:manage")),
-        )
+        .route("/v1/sandboxes/{id}/exec", post(exec_sandbox))
+        .route("/v1/usage", get(usage))
+        .route("/v1/api-keys", post(create_key).get(list_keys))
+        .route("/v1/api-keys/{id}", axum::routing::delete(revoke_key))
+        .route("/v1/api-keys/{id}/rotate", post(rotate_key))
         .fallback(|| async { ApiError::not_found("route") })
-        // One ServiceBuilder in one `.layer` call (axum boxes every `Router::layer` separately),
-        // top to bottom = outside in: ApiKeyAuth, the org's rate limit, last-used, usage counts.
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(ApiKeyAuth::new(store))
-                .layer(OrgRateLimit::new())
-                .layer(state.recorder.clone())
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    count_requests,
-                )),
-        );
+        // One `.layer` call (axum boxes every `Router::layer` separately), outside in: the
+        // stack, then the per-organization request counts of `/v1/usage`.
+        .layer(tower::ServiceBuilder::new().layer(stack).layer(
+            axum::middleware::from_fn_with_state(state.clone(), count_requests),
+        ));
 
     let mut open = Router::new().route("/healthz", get(|| async { Json(json!({"status": "ok"})) }));
     if with_dev_seed {
