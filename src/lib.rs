@@ -41,6 +41,8 @@
 //! - Durable and shared stores (features `sqlite`, `postgres`) and [`CachedStore`] in front of
 //!   them, with invalidation pushed between replicas; see [`store`].
 //! - [`ApiKeyAuth`]: the layer that authenticates and inserts a [`Principal`].
+//! - [`ApiKeyStack`]: authentication, rate limit, last-used marks and scope rules in one
+//!   service, built with [`ApiKeyAuthLayer::rate_limit`] and friends ([`stack`]).
 //! - [`ScopeGuard`]: per-route scope checks, or a [`ScopeRules`] table for hyper and tonic.
 //! - [`LastUsedRecorder`]: when each key was last used, marked lock-free per request and written
 //!   to the store in one batch per interval by a flusher task ([`last_used`]).
@@ -62,6 +64,11 @@
 //! [tower]: https://docs.rs/tower
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README's examples compile and run as doctests.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub mod auth;
 mod bytes_eq;

@@ -260,23 +260,30 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 impl Figures {
+    /// Write the headers; the draft fields (formatted, optional) out of line, so that the
+    /// common case stays small enough to inline.
     #[inline]
     pub(crate) fn write(&self, headers: &mut HeaderMap) {
         headers::write_info(&self.info, headers);
         if let Some(d) = &self.draft {
-            let policy = format!("\"{}\";q={};w={}", d.policy, self.info.limit, d.window_secs);
-            let state = format!(
-                "\"{}\";r={};t={}",
-                d.policy,
-                self.info.remaining,
-                self.info.reset.saturating_sub(d.now_secs)
-            );
-            if let Ok(v) = HeaderValue::from_str(&policy) {
-                headers.insert(RATELIMIT_POLICY, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&state) {
-                headers.insert(RATELIMIT, v);
-            }
+            self.write_draft(d, headers);
+        }
+    }
+
+    #[inline(never)]
+    fn write_draft(&self, d: &Draft, headers: &mut HeaderMap) {
+        let policy = format!("\"{}\";q={};w={}", d.policy, self.info.limit, d.window_secs);
+        let state = format!(
+            "\"{}\";r={};t={}",
+            d.policy,
+            self.info.remaining,
+            self.info.reset.saturating_sub(d.now_secs)
+        );
+        if let Ok(v) = HeaderValue::from_str(&policy) {
+            headers.insert(RATELIMIT_POLICY, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&state) {
+            headers.insert(RATELIMIT, v);
         }
     }
 }
