@@ -20,7 +20,8 @@
 //! 401s carry `WWW-Authenticate: Bearer realm="api"`, with `error="invalid_token"` when a key was
 //! sent (RFC 6750); 403s carry `error="insufficient_scope", scope="…"`. Requests whose
 //! `content-type` starts with `application/grpc` get a trailers-only gRPC response instead: HTTP
-//! 200 with `grpc-status` and `grpc-message` headers.
+//! 200 with `grpc-status` and `grpc-message` headers. (`ApiKeyAuth` and `ApiKeyStack` look at
+//! the content type of `POST`s only: every gRPC call is one.)
 //!
 //! All four causes of an invalid key get the same answer, so a client cannot probe which keys
 //! exist; the precise reason is in the `tracing` event. Replace the rendering with
@@ -367,6 +368,14 @@ pub(crate) fn missing_principal(
     responder.respond(&Rejection::MissingPrincipal { layer }, request_headers)
 }
 
+/// Whether a request is gRPC: a `POST` (every gRPC call is one, gRPC-Web's included) with
+/// `content-type: application/grpc…`. Checking the method first spares the header look-up
+/// for every other request (~10 ns of a refusal).
+#[inline]
+pub(crate) fn is_grpc_request<B>(request: &http::Request<B>) -> bool {
+    request.method() == http::Method::POST && is_grpc(request.headers())
+}
+
 /// Whether a request is gRPC (`content-type: application/grpc…`).
 #[inline]
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -674,8 +683,14 @@ impl DefaultRender {
     /// The pre-rendered response of a fixed rejection for a request with these headers.
     #[inline]
     fn fixed(&self, kind: FixedRejection, request_headers: &HeaderMap) -> &Prerendered {
+        self.fixed_as(kind, is_grpc(request_headers))
+    }
+
+    /// The pre-rendered response of a fixed rejection, in its gRPC form or not.
+    #[inline]
+    fn fixed_as(&self, kind: FixedRejection, grpc: bool) -> &Prerendered {
         let slot = kind as usize;
-        if is_grpc(request_headers) {
+        if grpc {
             &self.fixed[slot + 3]
         } else {
             &self.fixed[slot]
@@ -817,13 +832,15 @@ impl Responder {
     /// these headers, if this responder is that renderer and the refusal is a fixed one
     /// (missing key, invalid key, key in the query string).
     #[inline]
-    pub(crate) fn static_refusal(
+    pub(crate) fn static_refusal<B>(
         &self,
         kind: FixedRejection,
-        request_headers: &HeaderMap,
+        request: &http::Request<B>,
     ) -> Option<StaticRefusal> {
         match &self.0 {
-            RenderKind::Process(d) => Some(StaticRefusal(d.fixed(kind, request_headers))),
+            RenderKind::Process(d) => {
+                Some(StaticRefusal(d.fixed_as(kind, is_grpc_request(request))))
+            }
             _ => None,
         }
     }

@@ -427,10 +427,10 @@ where
                     req.extensions_mut().insert(principal);
                     ResponseFuture::inner(self.inner.call(req))
                 }
-                Err(rejection) => self.reject(&rejection, req.headers_mut()),
+                Err(rejection) => self.reject(&rejection, &mut req),
             },
             Begin::Refuse(early) => {
-                ResponseFuture::refused(refuse_early(&shared.responder, early, req.headers_mut()))
+                ResponseFuture::refused(refuse_early(&shared.responder, early, &mut req))
             }
             Begin::Pending(lookup, hash) => {
                 let clone = self.inner.clone();
@@ -448,13 +448,13 @@ impl<S, St> ApiKeyAuth<S, St> {
     fn reject<ReqBody>(
         &self,
         rejection: &Rejection,
-        request_headers: &mut HeaderMap,
+        request: &mut Request<ReqBody>,
     ) -> ResponseFuture<S, St, ReqBody>
     where
         S: Service<Request<ReqBody>>,
         St: KeyStore,
     {
-        ResponseFuture::refused(refuse(&self.shared.responder, rejection, request_headers))
+        ResponseFuture::refused(refuse(&self.shared.responder, rejection, request))
     }
 }
 
@@ -468,29 +468,30 @@ pub(crate) enum Refused {
 
 /// Refuse a request, given its header map (taken: emptied, it becomes the response's).
 #[inline]
-pub(crate) fn refuse(
+pub(crate) fn refuse<B>(
     responder: &Responder,
     rejection: &Rejection,
-    request_headers: &mut HeaderMap,
+    request: &mut Request<B>,
 ) -> Refused {
-    let fixed = FixedRejection::of(rejection)
-        .and_then(|kind| responder.static_refusal(kind, request_headers));
+    let fixed =
+        FixedRejection::of(rejection).and_then(|kind| responder.static_refusal(kind, request));
+    let headers = std::mem::take(request.headers_mut());
     match fixed {
-        Some(refusal) => Refused::Fixed(refusal, std::mem::take(request_headers)),
-        None => Refused::Rendered(responder.respond_in(rejection, std::mem::take(request_headers))),
+        Some(refusal) => Refused::Fixed(refusal, headers),
+        None => Refused::Rendered(responder.respond_in(rejection, headers)),
     }
 }
 
 /// Refuse a request before any lookup: the default responder's fixed refusals by reference.
 #[inline]
-pub(crate) fn refuse_early(
+pub(crate) fn refuse_early<B>(
     responder: &Responder,
     early: Early,
-    request_headers: &mut HeaderMap,
+    request: &mut Request<B>,
 ) -> Refused {
-    match responder.static_refusal(early.kind(), request_headers) {
-        Some(refusal) => Refused::Fixed(refusal, std::mem::take(request_headers)),
-        None => refuse_slow(responder, &early.rejection(), request_headers),
+    match responder.static_refusal(early.kind(), request) {
+        Some(refusal) => Refused::Fixed(refusal, std::mem::take(request.headers_mut())),
+        None => refuse_slow(responder, &early.rejection(), request.headers_mut()),
     }
 }
 

@@ -346,15 +346,13 @@ where
                         principal,
                         now,
                     ),
-                    Err(rejection) => ResponseFuture::refused(refuse(
-                        &auth.responder,
-                        &rejection,
-                        req.headers_mut(),
-                    )),
+                    Err(rejection) => {
+                        ResponseFuture::refused(refuse(&auth.responder, &rejection, &mut req))
+                    }
                 }
             }
             Begin::Refuse(early) => {
-                ResponseFuture::refused(refuse_early(&auth.responder, early, req.headers_mut()))
+                ResponseFuture::refused(refuse_early(&auth.responder, early, &mut req))
             }
             Begin::Pending(lookup, hash) => {
                 let clone = self.inner.clone();
