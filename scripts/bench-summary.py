@@ -30,7 +30,8 @@ for group in ["baseline", "rate_limit_step", "decision", "net", "stack", "store_
 for name in sorted(rows):
     print(f"{name:50s} {rows[name]:9.1f} ns")
 
-for label in ["stack_hot_key", "stack_random_keys", "memory_lookup_hot_key"]:
+for label in ["stack_fused_hot_key", "stack_fused_random_keys", "stack_hot_key",
+              "stack_random_keys", "memory_lookup_hot_key"]:
     one = rows.get(f"suite.threads/{label}/1_threads")
     two = rows.get(f"suite.threads/{label}/2_threads")
     if one and two:

@@ -447,3 +447,34 @@ async fn every_stage_is_optional() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-ratelimit-limit"], "100");
 }
+
+// Paused time: the store timeout elapses as soon as the runtime is idle, without waiting.
+#[tokio::test(start_paused = true)]
+async fn a_failing_or_hanging_store_is_a_503_never_a_401() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_a", &[]).await;
+    let auth_header = bearer(&key);
+    for mode in [Mode::Fail, Mode::Hang] {
+        let store = TestStore::new(fx.store.clone(), mode);
+        let svc = ServiceBuilder::new()
+            .layer(
+                auth(&fx, store)
+                    .store_timeout(Duration::from_millis(20))
+                    .rate_limit(limit(OrgRateLimit::new(), &fx.clock))
+                    .scope_guard(ScopeGuard::rules(rules())),
+            )
+            .service_fn(handler);
+        let res = svc
+            .oneshot(request(
+                Method::GET,
+                "/v1/whoami",
+                &[("authorization", &auth_header)],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503, "{mode:?}");
+        assert_eq!(res.headers()["retry-after"], "5");
+        assert!(res.headers().get("x-ratelimit-limit").is_none());
+        assert!(body_string(res).await.contains("auth_unavailable"));
+    }
+}

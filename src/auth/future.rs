@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -14,7 +15,7 @@ use tower_service::Service;
 use super::{Refused, Shared};
 use crate::key::KeyHash;
 use crate::reject::{ResponseBody, StaticRefusal};
-use crate::store::{KeyStore, StoreError};
+use crate::store::{KeyStore, LookupResult, StoreError};
 
 pin_project! {
     /// Response future of [`ApiKeyAuth`](super::ApiKeyAuth): a pending store lookup, the inner
@@ -59,10 +60,44 @@ pin_project! {
 }
 
 struct Waiting<S, St: KeyStore, ReqBody> {
-    lookup: St::Lookup,
+    wait: LookupWait<St::Lookup>,
     pending: Option<Pending<S, St, ReqBody>>,
+}
+/// A store lookup that is waiting, with a timeout armed the first time it waits: only lookups
+/// that really wait (remote stores) pay for a timer, and only inside a tokio runtime (outside
+/// one, `sleep` would panic). Shared by `ApiKeyAuth` and `ApiKeyStack`.
+pub(crate) struct LookupWait<L> {
+    lookup: L,
     deadline: Option<Pin<Box<Sleep>>>,
     armed: bool,
+}
+
+impl<L: Future<Output = LookupResult> + Unpin> LookupWait<L> {
+    pub(crate) fn new(lookup: L) -> Self {
+        Self {
+            lookup,
+            deadline: None,
+            armed: false,
+        }
+    }
+
+    /// The lookup's result, or `StoreError::Timeout` once `timeout` has passed since it first
+    /// waited.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, timeout: Duration) -> Poll<LookupResult> {
+        if let Poll::Ready(r) = Pin::new(&mut self.lookup).poll(cx) {
+            return Poll::Ready(r);
+        }
+        if !self.armed {
+            self.armed = true;
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+            }
+        }
+        match self.deadline.as_mut() {
+            Some(d) => d.as_mut().poll(cx).map(|()| Err(StoreError::Timeout)),
+            None => Poll::Pending,
+        }
+    }
 }
 
 struct Pending<S, St, ReqBody> {
@@ -111,15 +146,13 @@ where
         Self {
             state: State::Lookup {
                 waiting: Box::new(Waiting {
-                    lookup,
+                    wait: LookupWait::new(lookup),
                     pending: Some(Pending {
                         hash,
                         req,
                         inner,
                         shared,
                     }),
-                    deadline: None,
-                    armed: false,
                 }),
             },
         }
@@ -182,33 +215,13 @@ where
         let StateProj::Lookup { waiting } = state.as_mut().project() else {
             return None;
         };
-        let Waiting {
-            lookup,
-            pending,
-            deadline,
-            armed,
-        } = &mut **waiting;
-        let result = match Pin::new(lookup).poll(cx) {
+        let Waiting { wait, pending } = &mut **waiting;
+        let timeout = pending
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.shared.timeout);
+        let result = match wait.poll(cx, timeout) {
             Poll::Ready(r) => r,
-            Poll::Pending => {
-                if !*armed {
-                    *armed = true;
-                    // Arm the timeout only for lookups that actually wait, and only inside a
-                    // tokio runtime (outside one, `sleep` would panic).
-                    if let Some(p) = pending.as_ref() {
-                        if tokio::runtime::Handle::try_current().is_ok() {
-                            *deadline = Some(Box::pin(tokio::time::sleep(p.shared.timeout)));
-                        }
-                    }
-                }
-                match deadline.as_mut() {
-                    Some(d) => match d.as_mut().poll(cx) {
-                        Poll::Ready(()) => Err(StoreError::Timeout),
-                        Poll::Pending => return Some(Poll::Pending),
-                    },
-                    None => return Some(Poll::Pending),
-                }
-            }
+            Poll::Pending => return Some(Poll::Pending),
         };
         // `pending` is `Some` until this point: it is taken only here, and the state changes
         // below before the next poll.

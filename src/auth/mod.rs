@@ -39,7 +39,7 @@ use tower_service::Service;
 pub(crate) use extract::all_graphic;
 pub use extract::parse_bearer;
 pub use future::ResponseFuture;
-pub(crate) use future::polled_after_completion;
+pub(crate) use future::{LookupWait, polled_after_completion};
 
 use crate::clock::{Clock, Timestamp};
 use crate::key::{KeyFormats, KeyHash};

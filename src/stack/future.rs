@@ -4,21 +4,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::{Ready, Shared, admit, finish};
-use crate::auth::{Refused, polled_after_completion};
+use crate::auth::{LookupWait, Refused, polled_after_completion};
 use crate::clock::Timestamp;
 use crate::key::KeyHash;
 use crate::principal::Principal;
 use crate::rate_limit::{CheckArgs, Draft, Figures, MemoryRateLimiter, Outcome, RateLimitBackend};
 use crate::reject::{ResponseBody, StaticRefusal};
-use crate::store::{KeyStore, StoreError};
+use crate::store::KeyStore;
 
 pin_project! {
     /// Response future of [`ApiKeyStack`](super::ApiKeyStack): a pending store lookup, a
@@ -71,10 +71,8 @@ pin_project! {
 }
 
 struct Waiting<S, St: KeyStore, ReqBody, B> {
-    lookup: St::Lookup,
+    wait: LookupWait<St::Lookup>,
     pending: Option<Pending<S, St, ReqBody, B>>,
-    deadline: Option<Pin<Box<Sleep>>>,
-    armed: bool,
 }
 
 struct Pending<S, St, ReqBody, B> {
@@ -140,15 +138,13 @@ where
         Self {
             state: State::Lookup {
                 waiting: Box::new(Waiting {
-                    lookup,
+                    wait: LookupWait::new(lookup),
                     pending: Some(Pending {
                         hash,
                         req,
                         inner,
                         shared,
                     }),
-                    deadline: None,
-                    armed: false,
                 }),
             },
         }
@@ -237,33 +233,13 @@ where
         let StateProj::Lookup { waiting } = state.as_mut().project() else {
             return None;
         };
-        let Waiting {
-            lookup,
-            pending,
-            deadline,
-            armed,
-        } = &mut **waiting;
-        let result = match Pin::new(lookup).poll(cx) {
+        let Waiting { wait, pending } = &mut **waiting;
+        let timeout = pending
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.shared.auth.timeout);
+        let result = match wait.poll(cx, timeout) {
             Poll::Ready(r) => r,
-            Poll::Pending => {
-                if !*armed {
-                    *armed = true;
-                    // Arm the timeout only for lookups that actually wait, and only inside a
-                    // tokio runtime (outside one, `sleep` would panic).
-                    if let Some(p) = pending.as_ref() {
-                        if tokio::runtime::Handle::try_current().is_ok() {
-                            *deadline = Some(Box::pin(tokio::time::sleep(p.shared.auth.timeout)));
-                        }
-                    }
-                }
-                match deadline.as_mut() {
-                    Some(d) => match d.as_mut().poll(cx) {
-                        Poll::Ready(()) => Err(StoreError::Timeout),
-                        Poll::Pending => return Some(Poll::Pending),
-                    },
-                    None => return Some(Poll::Pending),
-                }
-            }
+            Poll::Pending => return Some(Poll::Pending),
         };
         // `pending` is `Some` until this point: it is taken only here, and the state changes
         // below before the next poll.
