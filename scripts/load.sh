@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# End-to-end load test: one axum hello-world app served three ways (no middleware, tower-http's
-# static bearer check, this crate's full stack), driven by wrk on 127.0.0.1 in short rounds that
-# alternate between the three, so drift of the machine hits all of them alike. Prints each
+# End-to-end load test: one axum hello-world app served several ways (no middleware, tower-http's
+# static bearer check, this crate's full stack as four layers and as one service), driven by wrk
+# on 127.0.0.1 in short rounds that alternate between them, so drift of the machine hits all of
+# them alike. Prints each
 # round, then the median requests/s of each mode and its ratio to no middleware, as the ratio of
 # the medians and as the median of the per-round ratios (DESIGN §6 bar: full stack ≥ 0.92).
 # It also prints the server's own CPU time per request (user + system, from /proc/PID/stat over
@@ -11,11 +12,13 @@
 #
 #   scripts/load.sh                 # 7 rounds of 3 s per mode (about 1.5 minutes)
 #   ROUNDS=3 SECS=2 scripts/load.sh # shorter
+#   LTO=1 scripts/load.sh           # every mode built with lto = "fat", codegen-units = 1
 #
 # Settings (environment): ROUNDS (7), SECS per wrk run (3), CONNS (32), WRK_THREADS (1),
 # SERVER_THREADS (1: with one wrk thread, each side has one of the two cores), BASE_PORT (18081),
-# MODES ("none tower-http full"; the first is the reference; add `full-separate` to see the
-# cost of one `Router::layer` call per layer).
+# MODES ("none tower-http full fused fused-outer"; the first is the reference; add
+# `full-separate` to see the cost of one `Router::layer` call per layer; examples/load_target.rs
+# lists every mode), LTO (0).
 # Installs wrk from Debian's packages if it is missing. Targets 127.0.0.1 only; every wrk run is
 # bounded by `timeout`; the servers are stopped on exit, whatever happens. Not part of .ci/run.
 set -euo pipefail
@@ -28,7 +31,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 SERVER_THREADS=${SERVER_THREADS:-1}
 BASE_PORT=${BASE_PORT:-18081}
 # shellcheck disable=SC2206
-MODES=(${MODES:-none tower-http full})
+MODES=(${MODES:-none tower-http full fused fused-outer})
 KEY=br_live_LoadTest0123456789abcdefghijklmn
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -40,9 +43,20 @@ if ! command -v wrk >/dev/null 2>&1; then
   fi
 fi
 
-echo "building the load target (release)" >&2
-cargo build --release --example load_target >&2
-BIN="${CARGO_TARGET_DIR:-target}/release/examples/load_target"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+if [ "${LTO:-0}" = 1 ]; then
+  # The release profile with fat LTO and one codegen unit, as many production builds are
+  # configured; every mode is built alike. A target directory of its own keeps the default
+  # build's artifacts.
+  echo "building the load target (release, lto = \"fat\", codegen-units = 1)" >&2
+  TARGET_DIR="$TARGET_DIR/lto"
+  CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+    cargo build --release --example load_target --target-dir "$TARGET_DIR" >&2
+else
+  echo "building the load target (release)" >&2
+  cargo build --release --example load_target >&2
+fi
+BIN="$TARGET_DIR/release/examples/load_target"
 
 PIDS=()
 cleanup() {
