@@ -17,12 +17,14 @@
 //!   tower-http's bearer check; the hand-composed floor);
 //! - `suite.rate_limit_step`: our in-memory limiter against governor's keyed limiter;
 //! - `suite.decision`: ApiKeyAuth's refusal decisions without request or response;
-//! - `suite.net`: each layer alone, the full stack, tower-http and the floor, as their cost
+//! - `suite.net`: each layer alone, the full stack (as four layers, `stack/*`, and as one
+//!   service, `stack_fused/*`), tower-http and the floor, as their cost
 //!   **net of the no-layer baseline**: the subject and the same requests sent to the inner
 //!   service alone run alternately, 512 iterations at a time, and the measurement is the
 //!   difference, so drift of the machine hits both sides alike;
 //! - `suite.stack`: the full stack's absolute figures (harness included);
-//! - `suite.store_scale`: random keys among 10k and 1M in the store;
+//! - `suite.store_scale`: random keys among 10k and 1M in the store (ApiKeyAuth, the four
+//!   layers, the one-service stack);
 //! - `suite.threads`: one and two threads, on one hot key and on random keys; and the store's
 //!   look-up alone on one hot key.
 //!
@@ -512,6 +514,11 @@ fn store_scale(c: &mut Criterion) {
         g.bench_function(format!("stack_accept/{label}"), |b| {
             let (store, headers, _) = data();
             let mut stack = full_stack(store, Hello);
+            b.iter(|| run(&mut stack, request_with(headers[rng.below(n)].clone())))
+        });
+        g.bench_function(format!("stack_fused_accept/{label}"), |b| {
+            let (store, headers, _) = data();
+            let mut stack = support::fused_stack_layer(store).layer(Hello);
             b.iter(|| run(&mut stack, request_with(headers[rng.below(n)].clone())))
         });
     }

@@ -341,6 +341,47 @@ async fn two_replicas_share_one_limit() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_service_stack_shares_the_limit_with_the_layers() {
+    let Some(url) = redis_url("the_one_service_stack_shares_the_limit_with_the_layers") else {
+        return;
+    };
+    let cleanup = Cleanup::new(&url);
+    let f = Fixture::new();
+    let key = f.key("org_mixed").await;
+    // Replica `a` runs the layers, replica `b` the one-service stack; one Redis state. Every
+    // check of `b` waits for Redis: the stack's pending-check path.
+    let a = f.stack(OrgRateLimit::with_backend(
+        limiter(&url, &cleanup.prefix).await,
+    ));
+    let b = ServiceBuilder::new()
+        .layer(
+            ApiKeyAuth::new(f.store.clone())
+                .clock(f.clock.clone())
+                .rate_limit(
+                    OrgRateLimit::with_backend(limiter(&url, &cleanup.prefix).await)
+                        .clock(f.clock.clone()),
+                ),
+        )
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+    for i in 0..100u64 {
+        let res = if i % 2 == 0 {
+            call(&a, &key).await.map(|_| ())
+        } else {
+            call(&b, &key).await.map(|_| ())
+        };
+        assert_eq!(res.status(), StatusCode::OK, "request {}", i + 1);
+        assert_eq!(remaining(res.headers()), Some(99 - i));
+    }
+    let res = call(&b, &key).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(res.headers(), "retry-after"), Some(1));
+    assert_eq!(header(res.headers(), "x-ratelimit-reset"), Some(T0 + 60));
+    assert_eq!(call(&a, &key).await.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
 #[tokio::test]
 async fn a_plan_change_carries_the_cells_over_across_replicas() {
     let Some(url) = redis_url("a_plan_change_carries_the_cells_over_across_replicas") else {
