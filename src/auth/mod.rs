@@ -185,10 +185,8 @@ impl<St> Shared<St> {
         self.decide_at(result, hash, self.clock.now())
     }
 
-    /// [`decide`](Self::decide) at `now`, read from this layer's clock by the caller. Always
-    /// inlined, for the reason given at [`RateLimit::begin`](crate::rate_limit): its result
-    /// (a principal) is used at once.
-    #[inline(always)]
+    /// [`decide`](Self::decide) at `now`, read from this layer's clock by the caller.
+    #[inline]
     pub(crate) fn decide_at(
         &self,
         result: LookupResult,

@@ -306,10 +306,8 @@ impl<B> Shared<B> {
 impl<B: RateLimitBackend> Shared<B> {
     /// Start the check of a request by `principal` at `now`: its quota, its cost, the draft
     /// fields if enabled, and the backend's check (not yet polled). Shared by [`OrgRateLimit`]
-    /// and [`ApiKeyStack`](crate::ApiKeyStack). Always inlined: returned through memory, its
-    /// result was read back before the stores had landed (a store-forwarding stall, ~8 % of
-    /// the one-service stack's samples in `perf annotate`).
-    #[inline(always)]
+    /// and [`ApiKeyStack`](crate::ApiKeyStack).
+    #[inline]
     pub(crate) fn begin<ReqBody>(
         &self,
         principal: &Principal,
