@@ -17,7 +17,10 @@
 //!   (static names, pre-encoded values): what those headers alone cost;
 //! - `--mode fused`: the same four stages as one service, [`ApiKeyStack`] (the scope check as a
 //!   `ScopeRules` table inside it), given to one `Router::layer` call: the recommended stack;
-//! - `--mode fused-outer`: that one service wrapped around the whole router.
+//! - `--mode fused-outer`: that one service wrapped around the whole router;
+//! - `--mode fused-outer-route`: the same without the rule table, the scope checked by a
+//!   per-route `route_layer(ScopeGuard::require(..))` instead: what axum's per-route wrapper
+//!   costs.
 //!
 //! ```text
 //! cargo run --release --example load_target -- --mode full --addr 127.0.0.1:18083 \
@@ -66,6 +69,8 @@ enum Mode {
     Fused,
     /// The same one service wrapped around the whole router.
     FusedOuter,
+    /// `FusedOuter` with the scope checked by a per-route `route_layer` instead of the table.
+    FusedOuterRoute,
 }
 
 struct Args {
@@ -77,7 +82,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: load_target --mode none|none-headers|tower-http|full|full-separate|full-rules|full-outer|fused|fused-outer --addr 127.0.0.1:PORT --key br_live_… [--threads N]"
+        "usage: load_target --mode none|none-headers|tower-http|full|full-separate|full-rules|full-outer|fused|fused-outer|fused-outer-route --addr 127.0.0.1:PORT --key br_live_… [--threads N]"
     );
     std::process::exit(2)
 }
@@ -102,6 +107,7 @@ fn args() -> Args {
                     "full-outer" => Mode::FullOuter,
                     "fused" => Mode::Fused,
                     "fused-outer" => Mode::FusedOuter,
+                    "fused-outer-route" => Mode::FusedOuterRoute,
                     _ => usage(),
                 })
             }
@@ -183,7 +189,8 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         | Mode::FullRules
         | Mode::FullOuter
         | Mode::Fused
-        | Mode::FusedOuter => {
+        | Mode::FusedOuter
+        | Mode::FusedOuterRoute => {
             let store = MemoryStore::new();
             let org = OrgId::from("org_load");
             KeyManager::new(store.clone())
@@ -202,6 +209,20 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             store.insert(record).await?;
             let recorder = LastUsedRecorder::new(store.clone());
             flusher = Some(recorder.spawn_flusher(Duration::from_secs(1)));
+            if args.mode == Mode::FusedOuterRoute {
+                let stack = ApiKeyAuth::new(store)
+                    .rate_limit(OrgRateLimit::new())
+                    .record_last_used(recorder);
+                let router = Router::new().route(
+                    "/",
+                    get(hello).route_layer(ScopeGuard::require("hello:read")),
+                );
+                let app = ServiceBuilder::new()
+                    .map_response(IntoResponse::into_response)
+                    .layer(stack)
+                    .service(router);
+                return run(listener, app, flusher).await;
+            }
             if let Mode::Fused | Mode::FusedOuter = args.mode {
                 let rules = ScopeRules::new().route(http::Method::GET, "/", "hello:read");
                 let stack = ApiKeyAuth::new(store)
