@@ -42,8 +42,9 @@
 //!
 //! # Design note: why one service
 //!
-//! Measured on the full stack (`BENCHMARKS.md`), composing the four layers costs more than the
-//! work they do, and each item below is per request:
+//! Measured on the full stack (`BENCHMARKS.md`), composing the four layers adds 60–100 ns per
+//! request to their work (against the same work composed by hand), from these items, each per
+//! request:
 //!
 //! - hyper and axum clone the service for every request: one `Arc` here, against one per
 //!   layer (two atomic operations each, on memory other cores share);
@@ -53,7 +54,7 @@
 //! - one clock read, shared by every stage whose clock is the same as the authentication's (the
 //!   request is one instant);
 //! - in axum, a scope check by rule table here avoids `route_layer`, which boxes and clones a
-//!   service and boxes a future per request, and cost more end to end than the whole stack.
+//!   service and boxes a future per request (0–4 % of a hello world's throughput end to end).
 //!
 //! The separate layers remain, each useful alone and for stacks that need something between
 //! them.
