@@ -20,8 +20,7 @@
 //! 401s carry `WWW-Authenticate: Bearer realm="api"`, with `error="invalid_token"` when a key was
 //! sent (RFC 6750); 403s carry `error="insufficient_scope", scope="…"`. Requests whose
 //! `content-type` starts with `application/grpc` get a trailers-only gRPC response instead: HTTP
-//! 200 with `grpc-status` and `grpc-message` headers. (`ApiKeyAuth` and `ApiKeyStack` look at
-//! the content type of `POST`s only: every gRPC call is one.)
+//! 200 with `grpc-status` and `grpc-message` headers.
 //!
 //! All four causes of an invalid key get the same answer, so a client cannot probe which keys
 //! exist; the precise reason is in the `tracing` event. Replace the rendering with
@@ -368,14 +367,6 @@ pub(crate) fn missing_principal(
     responder.respond(&Rejection::MissingPrincipal { layer }, request_headers)
 }
 
-/// Whether a request is gRPC: a `POST` (every gRPC call is one, gRPC-Web's included) with
-/// `content-type: application/grpc…`. Checking the method first spares the header look-up
-/// for every other request (~10 ns of a refusal).
-#[inline]
-pub(crate) fn is_grpc_request<B>(request: &http::Request<B>) -> bool {
-    request.method() == http::Method::POST && is_grpc(request.headers())
-}
-
 /// Whether a request is gRPC (`content-type: application/grpc…`).
 #[inline]
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -470,25 +461,10 @@ pub struct DefaultRender {
     fixed: Arc<[Prerendered; 6]>,
 }
 
-/// A response rendered once, kept as the values of the few headers a refusal carries.
-///
-/// # Design note: constant header names
-///
-/// A refusal is written by inserting each of these under its constant name
-/// (`headers.insert(CONTENT_TYPE, ..)`), not by copying a stored `HeaderMap`: `http` hashes a
-/// header name on every insert, and with a constant name that hash is folded at compile time,
-/// while copying from a map hashes every name at run time. For the two headers of a 401 that
-/// was ~500 instructions of the malformed-key refusal (`valgrind --tool=callgrind`; figures in
-/// `BENCHMARKS.md`).
 #[derive(Debug)]
 struct Prerendered {
     status: StatusCode,
-    content_type: Option<HeaderValue>,
-    www_authenticate: Option<HeaderValue>,
-    grpc_status: Option<HeaderValue>,
-    grpc_message: Option<HeaderValue>,
-    /// Any other header of the rendering (none of the default renderer's refusals has one).
-    other: HeaderMap,
+    headers: HeaderMap,
     body: Bytes,
 }
 
@@ -510,68 +486,27 @@ fn forever(bytes: &[u8]) -> Bytes {
 impl Prerendered {
     fn of(res: Response<Bytes>, process_wide: bool) -> Self {
         let (mut parts, body) = res.into_parts();
-        let keep = |v: HeaderValue| {
-            if process_wide {
-                HeaderValue::from_maybe_shared(forever(v.as_bytes())).unwrap_or(v)
-            } else {
-                v
+        if process_wide {
+            for value in parts.headers.values_mut() {
+                if let Ok(v) = HeaderValue::from_maybe_shared(forever(value.as_bytes())) {
+                    *value = v;
+                }
             }
-        };
-        let mut take = |name: &HeaderName| parts.headers.remove(name).map(keep);
-        let content_type = take(&CONTENT_TYPE);
-        let www_authenticate = take(&WWW_AUTHENTICATE);
-        let grpc_status = take(&GRPC_STATUS);
-        let grpc_message = take(&GRPC_MESSAGE);
+        }
         Self {
             status: parts.status,
-            content_type,
-            www_authenticate,
-            grpc_status,
-            grpc_message,
-            other: parts.headers,
+            headers: parts.headers,
             body: if process_wide { forever(&body) } else { body },
         }
     }
 
-    /// How many headers [`write`](Self::write) adds.
-    fn len(&self) -> usize {
-        usize::from(self.content_type.is_some())
-            + usize::from(self.www_authenticate.is_some())
-            + usize::from(self.grpc_status.is_some())
-            + usize::from(self.grpc_message.is_some())
-            + self.other.len()
-    }
-
-    /// Add the headers to `headers`, in the order a fresh rendering has them.
-    #[inline]
-    fn write(&self, headers: &mut HeaderMap) {
-        if let Some(v) = &self.content_type {
-            headers.insert(CONTENT_TYPE, v.clone());
-        }
-        if let Some(v) = &self.www_authenticate {
-            headers.insert(WWW_AUTHENTICATE, v.clone());
-        }
-        if let Some(v) = &self.grpc_status {
-            headers.insert(GRPC_STATUS, v.clone());
-        }
-        if let Some(v) = &self.grpc_message {
-            headers.insert(GRPC_MESSAGE, v.clone());
-        }
-        if !self.other.is_empty() {
-            for (name, value) in &self.other {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-    }
-
-    /// A fresh response with its own header map.
+    /// A fresh response whose header map is a copy of the stored one: the cheapest, for
+    /// refusals nothing is added to (those of `ApiKeyAuth`, the outermost layer).
     #[inline]
     fn response(&self) -> Response<Bytes> {
         let mut res = Response::new(self.body.clone());
         *res.status_mut() = self.status;
-        let headers = res.headers_mut();
-        headers.reserve(self.len());
-        self.write(headers);
+        *res.headers_mut() = self.headers.clone();
         res
     }
 
@@ -594,9 +529,11 @@ impl Prerendered {
     ) -> Response<T> {
         headers.clear();
         if room > 0 {
-            headers.reserve(self.len() + room);
+            headers.reserve(self.headers.len() + room);
         }
-        self.write(&mut headers);
+        for (name, value) in self.headers.iter() {
+            headers.append(name.clone(), value.clone());
+        }
         let mut res = Response::new(wrap(self.body.clone()));
         *res.status_mut() = self.status;
         *res.headers_mut() = headers;
@@ -677,24 +614,17 @@ impl DefaultRender {
         rejection: &Rejection,
         request_headers: &HeaderMap,
     ) -> Option<&Prerendered> {
-        Some(self.fixed(FixedRejection::of(rejection)?, request_headers))
-    }
-
-    /// The pre-rendered response of a fixed rejection for a request with these headers.
-    #[inline]
-    fn fixed(&self, kind: FixedRejection, request_headers: &HeaderMap) -> &Prerendered {
-        self.fixed_as(kind, is_grpc(request_headers))
-    }
-
-    /// The pre-rendered response of a fixed rejection, in its gRPC form or not.
-    #[inline]
-    fn fixed_as(&self, kind: FixedRejection, grpc: bool) -> &Prerendered {
-        let slot = kind as usize;
-        if grpc {
+        let slot = match rejection {
+            Rejection::MissingKey => 0,
+            Rejection::InvalidKey(_) => 1,
+            Rejection::KeyInQuery => 2,
+            _ => return None,
+        };
+        Some(if is_grpc(request_headers) {
             &self.fixed[slot + 3]
         } else {
             &self.fixed[slot]
-        }
+        })
     }
 
     #[inline]
@@ -763,26 +693,6 @@ impl Default for Responder {
     }
 }
 
-/// The rejections whose default rendering never varies (all invalid keys look alike).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FixedRejection {
-    MissingKey = 0,
-    InvalidKey = 1,
-    KeyInQuery = 2,
-}
-
-impl FixedRejection {
-    #[inline]
-    pub(crate) fn of(rejection: &Rejection) -> Option<Self> {
-        match rejection {
-            Rejection::MissingKey => Some(Self::MissingKey),
-            Rejection::InvalidKey(_) => Some(Self::InvalidKey),
-            Rejection::KeyInQuery => Some(Self::KeyInQuery),
-            _ => None,
-        }
-    }
-}
-
 /// One of the process-wide default renderer's fixed refusals, by reference: a response future
 /// can hold it with the refused request's header map and build the response only when polled,
 /// straight into its final type, instead of carrying a finished response through two moves.
@@ -832,15 +742,13 @@ impl Responder {
     /// these headers, if this responder is that renderer and the refusal is a fixed one
     /// (missing key, invalid key, key in the query string).
     #[inline]
-    pub(crate) fn static_refusal<B>(
+    pub(crate) fn static_refusal(
         &self,
-        kind: FixedRejection,
-        request: &http::Request<B>,
+        rejection: &Rejection,
+        request_headers: &HeaderMap,
     ) -> Option<StaticRefusal> {
         match &self.0 {
-            RenderKind::Process(d) => {
-                Some(StaticRefusal(d.fixed_as(kind, is_grpc_request(request))))
-            }
+            RenderKind::Process(d) => d.fixed_for(rejection, request_headers).map(StaticRefusal),
             _ => None,
         }
     }

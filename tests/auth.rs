@@ -388,14 +388,6 @@ async fn grpc_requests_get_trailers_only_statuses() {
     let (_, down) = stack(&fx, Mode::Fail);
     let res = down.oneshot(grpc_get(Some(&bearer(&key)))).await.unwrap();
     assert_eq!(res.headers()["grpc-status"], "14");
-
-    // A `GET` is never a gRPC call, whatever its content type: it gets the HTTP refusal.
-    let (_, svc) = stack(&fx, Mode::Pass);
-    let mut not_grpc = grpc_get(None);
-    *not_grpc.method_mut() = http::Method::GET;
-    let res = svc.oneshot(not_grpc).await.unwrap();
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
 }
 
 #[tokio::test]

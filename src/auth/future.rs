@@ -7,14 +7,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use super::{Refused, Shared};
+use super::{Refused, Shared, refuse};
 use crate::key::KeyHash;
-use crate::reject::{ResponseBody, StaticRefusal};
+use crate::reject::ResponseBody;
 use crate::store::{KeyStore, LookupResult, StoreError};
 
 pin_project! {
@@ -47,14 +47,10 @@ pin_project! {
             #[pin]
             fut: S::Future,
         },
-        Rejected {
-            res: Option<Response<Bytes>>,
-        },
-        // One of the process-wide default refusals, built when polled in the refused
+        // A refusal; the process-wide default ones are built when polled, in the refused
         // request's header map (no allocation, and one move less than a finished response).
-        Fixed {
-            refusal: StaticRefusal,
-            headers: Option<HeaderMap>,
+        Refused {
+            refused: Option<Refused>,
         },
     }
 }
@@ -118,21 +114,11 @@ where
         }
     }
 
-    pub(super) fn rejected(res: Response<Bytes>) -> Self {
-        Self {
-            state: State::Rejected { res: Some(res) },
-        }
-    }
-
     pub(super) fn refused(refused: Refused) -> Self {
-        match refused {
-            Refused::Fixed(refusal, headers) => Self {
-                state: State::Fixed {
-                    refusal,
-                    headers: Some(headers),
-                },
+        Self {
+            state: State::Refused {
+                refused: Some(refused),
             },
-            Refused::Rendered(res) => Self::rejected(res),
         }
     }
 
@@ -177,15 +163,9 @@ where
                 StateProj::Inner { fut } => {
                     return fut.poll(cx).map_ok(|res| res.map(ResponseBody::inner));
                 }
-                StateProj::Fixed { refusal, headers } => {
-                    return Poll::Ready(Ok(match headers.take() {
-                        Some(h) => refusal.respond_in(h, ResponseBody::full),
-                        None => polled_after_completion(),
-                    }));
-                }
-                StateProj::Rejected { res } => {
-                    return Poll::Ready(Ok(match res.take() {
-                        Some(res) => res.map(ResponseBody::full),
+                StateProj::Refused { refused } => {
+                    return Poll::Ready(Ok(match refused.take() {
+                        Some(r) => r.into_response(),
                         None => polled_after_completion(),
                     }));
                 }
@@ -241,9 +221,10 @@ where
                 state.set(State::Inner { fut });
             }
             Err(rejection) => {
-                let headers = std::mem::take(req.headers_mut());
-                let res = shared.responder.respond_in(&rejection, headers);
-                state.set(State::Rejected { res: Some(res) });
+                let refused = refuse(&shared.responder, &rejection, req.headers_mut());
+                state.set(State::Refused {
+                    refused: Some(refused),
+                });
             }
         }
         None

@@ -46,9 +46,7 @@ use crate::key::{KeyFormats, KeyHash};
 use crate::last_used::LastUsedRecorderLayer;
 use crate::principal::Principal;
 use crate::rate_limit::{OrgRateLimitLayer, RateLimitBackend};
-use crate::reject::{
-    FixedRejection, InvalidKey, Rejection, Responder, ResponseBody, StaticRefusal,
-};
+use crate::reject::{InvalidKey, Rejection, Responder, ResponseBody, StaticRefusal};
 use crate::scope::ScopeGuardLayer;
 use crate::stack::ApiKeyStackLayer;
 use crate::store::{KeyStore, LookupResult};
@@ -108,37 +106,9 @@ pub(crate) struct Shared<St> {
 /// How a request's authentication starts: refused before any lookup, decided by a lookup that
 /// was ready at once, or waiting for one.
 pub(crate) enum Begin<L> {
-    Refuse(Early),
+    Refuse(Rejection),
     Decided(LookupResult, KeyHash),
     Pending(L, KeyHash),
-}
-
-/// A refusal decided before any lookup. A few bytes, where a [`Rejection`] is 32: on the
-/// malformed-key path it is copied between frames, and a small value copies without a stall.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Early {
-    Missing,
-    Invalid(InvalidKey),
-    InQuery,
-}
-
-impl Early {
-    #[inline]
-    fn kind(self) -> FixedRejection {
-        match self {
-            Early::Missing => FixedRejection::MissingKey,
-            Early::Invalid(_) => FixedRejection::InvalidKey,
-            Early::InQuery => FixedRejection::KeyInQuery,
-        }
-    }
-
-    fn rejection(self) -> Rejection {
-        match self {
-            Early::Missing => Rejection::MissingKey,
-            Early::Invalid(reason) => Rejection::InvalidKey(reason),
-            Early::InQuery => Rejection::KeyInQuery,
-        }
-    }
 }
 
 impl<St: KeyStore> Shared<St> {
@@ -150,18 +120,18 @@ impl<St: KeyStore> Shared<St> {
     pub(crate) fn begin<B>(&self, req: &Request<B>) -> Begin<St::Lookup> {
         if extract::key_in_query(req.uri(), &self.formats) {
             tracing::debug!(reason = "key_in_query", "api key refused");
-            return Begin::Refuse(Early::InQuery);
+            return Begin::Refuse(Rejection::KeyInQuery);
         }
         let key = match extract::credential(req.headers(), self.header.as_ref()) {
             Credential::Key(k) => k,
             Credential::Missing => {
                 tracing::debug!(reason = "missing", "api key refused");
-                return Begin::Refuse(Early::Missing);
+                return Begin::Refuse(Rejection::MissingKey);
             }
-            Credential::Bad => return Begin::Refuse(early_invalid(InvalidKey::BadHeader)),
+            Credential::Bad => return Begin::Refuse(self.invalid(InvalidKey::BadHeader, None)),
         };
         if let Err(e) = self.formats.check(key) {
-            return Begin::Refuse(early_invalid(InvalidKey::Malformed(e)));
+            return Begin::Refuse(self.invalid(InvalidKey::Malformed(e), None));
         }
         let hash = KeyHash::of(key);
         let mut lookup = self.store.find_by_hash(&hash);
@@ -214,11 +184,7 @@ impl<St> Shared<St> {
         Ok(Principal::new(stored.record, stored.plan))
     }
 
-    pub(crate) fn invalid(
-        &self,
-        reason: InvalidKey,
-        record: Option<&crate::store::KeyRecord>,
-    ) -> Rejection {
+    fn invalid(&self, reason: InvalidKey, record: Option<&crate::store::KeyRecord>) -> Rejection {
         match record {
             Some(r) => tracing::debug!(
                 key_id = %r.id, org_id = %r.org_id, reason = reason.as_str(),
@@ -228,13 +194,6 @@ impl<St> Shared<St> {
         }
         Rejection::InvalidKey(reason)
     }
-}
-
-/// Log a refusal for a key that is invalid before any lookup.
-#[inline]
-fn early_invalid(reason: InvalidKey) -> Early {
-    tracing::debug!(reason = reason.as_str(), "api key refused");
-    Early::Invalid(reason)
 }
 
 /// Layer that adds [`ApiKeyAuth`]. Cheap to clone; all clones share one configuration.
@@ -425,11 +384,9 @@ where
                     req.extensions_mut().insert(principal);
                     ResponseFuture::inner(self.inner.call(req))
                 }
-                Err(rejection) => self.reject(&rejection, &mut req),
+                Err(rejection) => self.reject(&rejection, req.headers_mut()),
             },
-            Begin::Refuse(early) => {
-                ResponseFuture::refused(refuse_early(&shared.responder, early, &mut req))
-            }
+            Begin::Refuse(rejection) => self.reject(&rejection, req.headers_mut()),
             Begin::Pending(lookup, hash) => {
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
@@ -446,13 +403,13 @@ impl<S, St> ApiKeyAuth<S, St> {
     fn reject<ReqBody>(
         &self,
         rejection: &Rejection,
-        request: &mut Request<ReqBody>,
+        request_headers: &mut HeaderMap,
     ) -> ResponseFuture<S, St, ReqBody>
     where
         S: Service<Request<ReqBody>>,
         St: KeyStore,
     {
-        ResponseFuture::refused(refuse(&self.shared.responder, rejection, request))
+        ResponseFuture::refused(refuse(&self.shared.responder, rejection, request_headers))
     }
 }
 
@@ -464,40 +421,27 @@ pub(crate) enum Refused {
     Rendered(Response<Bytes>),
 }
 
+impl Refused {
+    /// The response, with the body type of the layer's responses.
+    #[inline]
+    pub(crate) fn into_response<B>(self) -> Response<ResponseBody<B>> {
+        match self {
+            Refused::Fixed(refusal, headers) => refusal.respond_in(headers, ResponseBody::full),
+            Refused::Rendered(res) => res.map(ResponseBody::full),
+        }
+    }
+}
+
 /// Refuse a request, given its header map (taken: emptied, it becomes the response's).
-#[inline]
-pub(crate) fn refuse<B>(
-    responder: &Responder,
-    rejection: &Rejection,
-    request: &mut Request<B>,
-) -> Refused {
-    let fixed =
-        FixedRejection::of(rejection).and_then(|kind| responder.static_refusal(kind, request));
-    let headers = std::mem::take(request.headers_mut());
-    match fixed {
-        Some(refusal) => Refused::Fixed(refusal, headers),
-        None => Refused::Rendered(responder.respond_in(rejection, headers)),
-    }
-}
-
-/// Refuse a request before any lookup: the default responder's fixed refusals by reference.
-#[inline]
-pub(crate) fn refuse_early<B>(
-    responder: &Responder,
-    early: Early,
-    request: &mut Request<B>,
-) -> Refused {
-    match responder.static_refusal(early.kind(), request) {
-        Some(refusal) => Refused::Fixed(refusal, std::mem::take(request.headers_mut())),
-        None => refuse_slow(responder, &early.rejection(), request.headers_mut()),
-    }
-}
-
-#[cold]
-fn refuse_slow(
+#[inline(always)]
+pub(crate) fn refuse(
     responder: &Responder,
     rejection: &Rejection,
     request_headers: &mut HeaderMap,
 ) -> Refused {
-    Refused::Rendered(responder.respond_in(rejection, std::mem::take(request_headers)))
+    let headers = std::mem::take(request_headers);
+    match responder.static_refusal(rejection, &headers) {
+        Some(refusal) => Refused::Fixed(refusal, headers),
+        None => Refused::Rendered(responder.respond_in(rejection, headers)),
+    }
 }

@@ -94,8 +94,9 @@ pub const DEFAULT_GRANULARITY: Duration = Duration::from_secs(1);
 /// The default bound on one flush's store call: ten seconds.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the request path needs, behind one `Arc` (or held by value inside
-/// [`ApiKeyAuth`](crate::ApiKeyAuth), see [`ApiKeyAuthLayer::record_last_used`](crate::ApiKeyAuthLayer::record_last_used)).
+/// What the request path needs, behind one `Arc` (or held by value inside an
+/// [`ApiKeyStack`](crate::ApiKeyStack), see
+/// [`ApiKeyAuthLayer::record_last_used`](crate::ApiKeyAuthLayer::record_last_used)).
 #[derive(Clone)]
 pub(crate) struct Core {
     /// Granularity in nanoseconds, at least 1.

@@ -307,6 +307,7 @@ impl ScopeRules {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// The matcher before it compared bytes inline: the reference for the one in use.
     fn reference_matches(pattern: &Pattern, path: &str) -> bool {
@@ -338,7 +339,6 @@ mod tests {
             proptest::prop_assert_eq!(p.matches(&path), reference_matches(&p, &path), "{} {}", pattern, path);
         }
     }
-    use super::*;
 
     #[test]
     fn patterns() {

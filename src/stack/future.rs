@@ -7,17 +7,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{Ready, Shared, admit, finish};
-use crate::auth::{LookupWait, Refused, polled_after_completion};
+use crate::auth::{LookupWait, Refused, polled_after_completion, refuse};
 use crate::clock::Timestamp;
 use crate::key::KeyHash;
 use crate::principal::Principal;
 use crate::rate_limit::{CheckArgs, Draft, Figures, MemoryRateLimiter, Outcome, RateLimitBackend};
-use crate::reject::{ResponseBody, StaticRefusal};
+use crate::reject::ResponseBody;
 use crate::store::KeyStore;
 
 pin_project! {
@@ -58,14 +58,10 @@ pin_project! {
             fut: S::Future,
             figures: Option<Figures>,
         },
-        Rejected {
-            res: Option<Response<Bytes>>,
-        },
-        // One of the process-wide default refusals, built when polled in the refused
+        // A refusal; the process-wide default ones are built when polled, in the refused
         // request's header map (no allocation, and one move less than a finished response).
-        Fixed {
-            refusal: StaticRefusal,
-            headers: Option<HeaderMap>,
+        Refused {
+            refused: Option<Refused>,
         },
     }
 }
@@ -111,20 +107,14 @@ where
     }
 
     pub(super) fn rejected(res: Response<Bytes>) -> Self {
-        Self {
-            state: State::Rejected { res: Some(res) },
-        }
+        Self::refused(Refused::Rendered(res))
     }
 
     pub(super) fn refused(refused: Refused) -> Self {
-        match refused {
-            Refused::Fixed(refusal, headers) => Self {
-                state: State::Fixed {
-                    refusal,
-                    headers: Some(headers),
-                },
+        Self {
+            state: State::Refused {
+                refused: Some(refused),
             },
-            Refused::Rendered(res) => Self::rejected(res),
         }
     }
 
@@ -189,15 +179,9 @@ where
                     }
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }
-                StateProj::Fixed { refusal, headers } => {
-                    return Poll::Ready(Ok(match headers.take() {
-                        Some(h) => refusal.respond_in(h, ResponseBody::full),
-                        None => polled_after_completion(),
-                    }));
-                }
-                StateProj::Rejected { res } => {
-                    return Poll::Ready(Ok(match res.take() {
-                        Some(res) => res.map(ResponseBody::full),
+                StateProj::Refused { refused } => {
+                    return Poll::Ready(Ok(match refused.take() {
+                        Some(r) => r.into_response(),
                         None => polled_after_completion(),
                     }));
                 }
@@ -255,10 +239,11 @@ where
         let now = shared.auth.clock.now();
         let next = match shared.auth.decide_at(result, &hash, now) {
             Ok(principal) => admit(&shared, Ready::Owned(inner), req, principal, now),
-            Err(rejection) => {
-                let headers = std::mem::take(req.headers_mut());
-                Self::rejected(shared.auth.responder.respond_in(&rejection, headers))
-            }
+            Err(rejection) => Self::refused(refuse(
+                &shared.auth.responder,
+                &rejection,
+                req.headers_mut(),
+            )),
         };
         state.set(next.state);
         None

@@ -73,7 +73,7 @@ use tower_service::Service;
 
 pub use future::ResponseFuture;
 
-use crate::auth::{ApiKeyAuthLayer, Begin, Shared as Auth, refuse, refuse_early};
+use crate::auth::{ApiKeyAuthLayer, Begin, Shared as Auth, refuse};
 use crate::clock::{Clock, Timestamp};
 use crate::key::KeyFormats;
 use crate::last_used::{Core as Recorder, LastUsedRecorderLayer};
@@ -110,41 +110,25 @@ impl<S: fmt::Debug, St, B> fmt::Debug for ApiKeyStack<S, St, B> {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Shared<St, B> {
     pub(crate) auth: Auth<St>,
     /// The stages run after a key is accepted, in this order (each optional).
     pub(crate) limit: Option<RateLimit<B>>,
     pub(crate) recorder: Option<Recorder>,
     pub(crate) guard: Option<Arc<Guard>>,
-    /// Whether the stage's clock is the authentication's (then the instant is read once).
-    limit_same_clock: bool,
-    recorder_same_clock: bool,
-}
-
-impl<St: Clone, B: Clone> Clone for Shared<St, B> {
-    fn clone(&self) -> Self {
-        Self {
-            auth: self.auth.clone(),
-            limit: self.limit.clone(),
-            recorder: self.recorder.clone(),
-            guard: self.guard.clone(),
-            limit_same_clock: self.limit_same_clock,
-            recorder_same_clock: self.recorder_same_clock,
-        }
-    }
 }
 
 impl<St, B> Shared<St, B> {
-    /// Recompute which stages share the authentication's clock.
-    fn refresh_clocks(&mut self) {
-        self.limit_same_clock = self
-            .limit
-            .as_ref()
-            .is_some_and(|l| l.clock().same_as(&self.auth.clock));
-        self.recorder_same_clock = self
-            .recorder
-            .as_ref()
-            .is_some_and(|r| r.clock().same_as(&self.auth.clock));
+    /// The instant a stage reading `clock` sees: the authentication's `now` when the clocks
+    /// are the same (the request is one instant), else its own clock's.
+    #[inline]
+    fn instant(&self, clock: &Clock, now: Timestamp) -> Timestamp {
+        if clock.same_as(&self.auth.clock) {
+            now
+        } else {
+            clock.now()
+        }
     }
 
     fn stages(&self) -> Vec<&'static str> {
@@ -196,8 +180,6 @@ impl<St: KeyStore> ApiKeyStackLayer<St> {
                 limit: None,
                 recorder: None,
                 guard: None,
-                limit_same_clock: false,
-                recorder_same_clock: false,
             }),
         }
     }
@@ -207,7 +189,6 @@ impl<St: KeyStore, B: RateLimitBackend> ApiKeyStackLayer<St, B> {
     fn map(self, f: impl FnOnce(&mut Shared<St, B>)) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.shared);
         f(&mut shared);
-        shared.refresh_clocks();
         Self {
             shared: Arc::new(shared),
         }
@@ -220,17 +201,13 @@ impl<St: KeyStore, B: RateLimitBackend> ApiKeyStackLayer<St, B> {
         layer: OrgRateLimitLayer<B2>,
     ) -> ApiKeyStackLayer<St, B2> {
         let s = Arc::unwrap_or_clone(self.shared);
-        let mut shared = Shared {
-            auth: s.auth,
-            limit: Some(layer.shared().clone()),
-            recorder: s.recorder,
-            guard: s.guard,
-            limit_same_clock: false,
-            recorder_same_clock: false,
-        };
-        shared.refresh_clocks();
         ApiKeyStackLayer {
-            shared: Arc::new(shared),
+            shared: Arc::new(Shared {
+                auth: s.auth,
+                limit: Some(layer.shared().clone()),
+                recorder: s.recorder,
+                guard: s.guard,
+            }),
         }
     }
 
@@ -347,13 +324,15 @@ where
                         principal,
                         now,
                     ),
-                    Err(rejection) => {
-                        ResponseFuture::refused(refuse(&auth.responder, &rejection, &mut req))
-                    }
+                    Err(rejection) => ResponseFuture::refused(refuse(
+                        &auth.responder,
+                        &rejection,
+                        req.headers_mut(),
+                    )),
                 }
             }
-            Begin::Refuse(early) => {
-                ResponseFuture::refused(refuse_early(&auth.responder, early, &mut req))
+            Begin::Refuse(rejection) => {
+                ResponseFuture::refused(refuse(&auth.responder, &rejection, req.headers_mut()))
             }
             Begin::Pending(lookup, hash) => {
                 let clone = self.inner.clone();
@@ -416,11 +395,7 @@ where
     let Some(limit) = &shared.limit else {
         return finish(shared, inner, req, principal, now, None);
     };
-    let at = if shared.limit_same_clock {
-        now
-    } else {
-        limit.clock().now()
-    };
+    let at = shared.instant(limit.clock(), now);
     let (mut check, args, draft) = limit.begin(&principal, &req, at);
     // A check that is ready at once (the in-memory backend) is decided here. Checks are
     // `Unpin`, so polling one in place and moving it afterwards is sound.
@@ -463,12 +438,7 @@ where
     B: RateLimitBackend,
 {
     if let Some(recorder) = &shared.recorder {
-        let at = if shared.recorder_same_clock {
-            now
-        } else {
-            recorder.clock().now()
-        };
-        recorder.mark_at(&principal, at);
+        recorder.mark_at(&principal, shared.instant(recorder.clock(), now));
     }
     if let Some(guard) = &shared.guard {
         if let Verdict::Refuse(reason) = guard.check_parts(&principal, req.method(), req.uri()) {
