@@ -156,34 +156,10 @@ impl Floor {
         Some(Principal::new(found.record, found.plan))
     }
 
-    /// The least a conforming refusal of a malformed key can do with `http` 1.x: find the
-    /// bearer token, check its format, and answer 401 with the two headers the contract asks
-    /// for (`WWW-Authenticate`, `content-type`: DESIGN §4) and a static body, written into the
-    /// request's own header map (no allocation). No tower, no response future, no body wrapper,
-    /// no gRPC check, no problem+json choice: what any implementation must pay at the least.
+    /// The malformed-key refusal composed by hand ([`support::floor_malformed`]).
     #[inline]
     fn malformed<B>(&self, req: Request<B>) -> u16 {
-        if let Some(value) = req.headers().get(AUTHORIZATION)
-            && let Some(key) = tower_api_key::auth::parse_bearer(value.as_bytes())
-            && self.formats.check(key).is_ok()
-        {
-            return 0; // not malformed: the caller counts it as a wrong path
-        }
-        let (mut parts, _) = req.into_parts();
-        parts.headers.clear();
-        parts.headers.insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static(r#"Bearer realm="api", error="invalid_token""#),
-        );
-        parts.headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/problem+json"),
-        );
-        let mut res = Response::new(bytes::Bytes::from_static(MALFORMED_BODY));
-        *res.status_mut() = http::StatusCode::UNAUTHORIZED;
-        *res.headers_mut() = parts.headers;
-        black_box(&res);
-        res.status().as_u16()
+        support::floor_malformed(&self.formats, req)
     }
 
     fn auth_only<B>(&self, mut req: Request<B>) -> u16 {
@@ -215,10 +191,6 @@ impl Floor {
         res.status().as_u16()
     }
 }
-
-/// The problem+json body of ApiKeyAuth's refusal (module docs of `reject`).
-const MALFORMED_BODY: &[u8] =
-    br#"{"type":"about:blank","title":"Invalid or missing API key","status":401,"code":"invalid_api_key"}"#;
 
 /// The full stack's paths: name, `Authorization` value, the status the path must answer.
 fn stack_paths(fx: &Fixture) -> [(&'static str, &'static str, u16); 6] {

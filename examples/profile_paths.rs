@@ -24,41 +24,9 @@
 #[path = "../benches/support/mod.rs"]
 mod support;
 
-use std::hint::black_box;
-
-use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderValue, Request, Response, StatusCode};
 use support::*;
 use tower::Layer;
 use tower_api_key::KeyFormats;
-
-/// The problem+json body of ApiKeyAuth's refusal.
-const MALFORMED_BODY: &[u8] = br#"{"type":"about:blank","title":"Invalid or missing API key","status":401,"code":"invalid_api_key"}"#;
-
-/// The least a conforming refusal of a malformed key does, as the suite's floor.
-fn floor_malformed<B>(formats: &KeyFormats, req: Request<B>) -> u16 {
-    if let Some(value) = req.headers().get(AUTHORIZATION)
-        && let Some(key) = tower_api_key::auth::parse_bearer(value.as_bytes())
-        && formats.check(key).is_ok()
-    {
-        return 0;
-    }
-    let (mut parts, _) = req.into_parts();
-    parts.headers.clear();
-    parts.headers.insert(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_static(r#"Bearer realm="api", error="invalid_token""#),
-    );
-    parts.headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    let mut res = Response::new(bytes::Bytes::from_static(MALFORMED_BODY));
-    *res.status_mut() = StatusCode::UNAUTHORIZED;
-    *res.headers_mut() = parts.headers;
-    black_box(&res);
-    res.status().as_u16()
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);

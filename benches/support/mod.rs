@@ -342,6 +342,40 @@ pub fn fused_stack_layer(store: &MemoryStore) -> tower_api_key::ApiKeyStackLayer
         .scope_guard(ScopeGuard::require(REQUIRED))
 }
 
+/// The problem+json body of ApiKeyAuth's refusal (module docs of `reject`).
+pub const MALFORMED_BODY: &[u8] = br#"{"type":"about:blank","title":"Invalid or missing API key","status":401,"code":"invalid_api_key"}"#;
+
+/// The least a conforming refusal of a malformed key can do with `http` 1.x: find the bearer
+/// token, check its format, and answer 401 with the two headers the contract asks for
+/// (`WWW-Authenticate`, `content-type`: DESIGN §4) and a static body, written into the
+/// request's own header map (no allocation). No tower, no response future, no body wrapper, no
+/// gRPC check, no problem+json choice: what any implementation must pay at the least. Returns
+/// the status, 0 if the key was not malformed (the caller counts it as a wrong path).
+#[inline]
+pub fn floor_malformed<B>(formats: &tower_api_key::KeyFormats, req: Request<B>) -> u16 {
+    if let Some(value) = req.headers().get(AUTHORIZATION)
+        && let Some(key) = tower_api_key::auth::parse_bearer(value.as_bytes())
+        && formats.check(key).is_ok()
+    {
+        return 0;
+    }
+    let (mut parts, _) = req.into_parts();
+    parts.headers.clear();
+    parts.headers.insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Bearer realm="api", error="invalid_token""#),
+    );
+    parts.headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    let mut res = Response::new(Bytes::from_static(MALFORMED_BODY));
+    *res.status_mut() = http::StatusCode::UNAUTHORIZED;
+    *res.headers_mut() = parts.headers;
+    std::hint::black_box(&res);
+    res.status().as_u16()
+}
+
 /// From the first thread's start to the last one's end.
 pub fn span(times: impl Iterator<Item = (Instant, Instant)>) -> Duration {
     let (starts, ends): (Vec<_>, Vec<_>) = times.unzip();
