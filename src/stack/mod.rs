@@ -73,7 +73,7 @@ use tower_service::Service;
 
 pub use future::ResponseFuture;
 
-use crate::auth::{ApiKeyAuthLayer, Begin, Shared as Auth, refuse};
+use crate::auth::{ApiKeyAuthLayer, Begin, Shared as Auth, refuse, refuse_early};
 use crate::clock::{Clock, Timestamp};
 use crate::key::KeyFormats;
 use crate::last_used::{Core as Recorder, LastUsedRecorderLayer};
@@ -331,8 +331,8 @@ where
                     )),
                 }
             }
-            Begin::Refuse(rejection) => {
-                ResponseFuture::refused(refuse(&auth.responder, &rejection, req.headers_mut()))
+            Begin::Refuse(early) => {
+                ResponseFuture::refused(refuse_early(&auth.responder, early, req.headers_mut()))
             }
             Begin::Pending(lookup, hash) => {
                 let clone = self.inner.clone();
