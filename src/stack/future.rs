@@ -11,7 +11,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{Ready, Shared, admit, finish};
+use super::{Shared, Stages, after_limit, proceed, stages};
 use crate::auth::{LookupWait, Refused, polled_after_completion, refuse};
 use crate::clock::Timestamp;
 use crate::key::KeyHash;
@@ -238,7 +238,10 @@ where
         };
         let now = shared.auth.clock.now();
         let next = match shared.auth.decide_at(result, &hash, now) {
-            Ok(principal) => admit(&shared, Ready::Owned(inner), req, principal, now),
+            Ok(principal) => {
+                let decided = stages(&shared, &mut req, &principal, now);
+                proceed(shared, inner, req, principal, now, decided)
+            }
             Err(rejection) => Self::refused(refuse(
                 &shared.auth.responder,
                 &rejection,
@@ -265,7 +268,7 @@ where
             Poll::Pending => return Some(Poll::Pending),
         };
         let Some(Checked {
-            req,
+            mut req,
             principal,
             now,
             inner,
@@ -276,18 +279,17 @@ where
         else {
             return Some(Poll::Ready(Ok(polled_after_completion())));
         };
-        let next = match shared.limit.as_ref() {
+        let decided = match shared.limit.as_ref() {
             Some(limit) => {
                 match limit.outcome(result, Some(&principal), &args, draft, req.headers()) {
-                    Outcome::Admit(figures) => {
-                        finish(&shared, Ready::Owned(inner), req, principal, now, figures)
-                    }
-                    Outcome::Refuse(res) => Self::rejected(res),
+                    Outcome::Admit(figures) => after_limit(&shared, &mut req, &principal, now, figures),
+                    Outcome::Refuse(res) => Stages::Refuse(res),
                 }
             }
             // Only a configured rate limit starts a check.
-            None => finish(&shared, Ready::Owned(inner), req, principal, now, None),
+            None => after_limit(&shared, &mut req, &principal, now, None),
         };
+        let next = proceed(shared, inner, req, principal, now, decided);
         state.set(next.state);
         None
     }
