@@ -282,7 +282,9 @@ where
         let decided = match shared.limit.as_ref() {
             Some(limit) => {
                 match limit.outcome(result, Some(&principal), &args, draft, req.headers()) {
-                    Outcome::Admit(figures) => after_limit(&shared, &mut req, &principal, now, figures),
+                    Outcome::Admit(figures) => {
+                        after_limit(&shared, &mut req, &principal, now, figures)
+                    }
                     Outcome::Refuse(res) => Stages::Refuse(res),
                 }
             }

@@ -80,7 +80,8 @@ use crate::key::KeyFormats;
 use crate::last_used::{Core as Recorder, LastUsedRecorderLayer};
 use crate::principal::Principal;
 use crate::rate_limit::{
-    CheckArgs, Draft, Figures, MemoryRateLimiter, OrgRateLimitLayer, Outcome, RateLimitBackend, Shared as RateLimit,
+    CheckArgs, Draft, Figures, MemoryRateLimiter, OrgRateLimitLayer, Outcome, RateLimitBackend,
+    Shared as RateLimit,
 };
 use crate::reject::{Responder, ResponseBody};
 use crate::scope::{ScopeGuardLayer, Shared as Guard, Verdict};
