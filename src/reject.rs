@@ -454,7 +454,9 @@ where
 /// The responses that never vary (missing key, invalid key, key in the query string) are
 /// rendered once, at construction; refusing a request then costs a copy of their headers, not a
 /// JSON serialization. The renderer of the default realm is built once per process, with its
-/// bodies and header values in `'static` memory, so copying them touches no reference count.
+/// bodies and header values in `'static` memory, so copying them touches no reference count;
+/// `ApiKeyAuth` and `ApiKeyStack` do not even copy those: they write the same responses from
+/// constants.
 #[derive(Debug, Clone)]
 pub struct DefaultRender {
     realm: Arc<str>,
@@ -698,8 +700,9 @@ pub struct Responder(RenderKind);
 /// own fixed refusals with it.
 #[derive(Clone)]
 enum RenderKind {
-    /// The process-wide default renderer: no reference count to touch, and its fixed refusals
-    /// can be referred to by a response future (see [`StaticRefusal`]).
+    /// The process-wide default renderer, realm `api`: no reference count to touch, and its
+    /// fixed refusals are constants a response future can build when polled (see
+    /// [`StaticRefusal`]).
     Process(&'static DefaultRender),
     Default(Arc<DefaultRender>),
     Custom(Arc<dyn RenderRejection>),
