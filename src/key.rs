@@ -429,6 +429,30 @@ const SHA256_INITIAL: [u32; 8] = [
     0x5be0_cd19,
 ];
 
+/// Copy `src` (at most [`ONE_BLOCK_MAX`] bytes) to the start of `dst` (64 bytes) with two
+/// fixed-size, possibly overlapping moves, which the compiler inlines: a copy of a length known
+/// only at run time is a call to libc's `memcpy`, measured at ~10 ns for a key.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    // No index can be out of bounds: `n <= 55 < 64 == dst.len()`, and each branch's width is
+    // at most `n`.
+    let n = src.len();
+    if n >= 32 {
+        dst[..32].copy_from_slice(&src[..32]);
+        dst[n - 32..n].copy_from_slice(&src[n - 32..]);
+    } else if n >= 16 {
+        dst[..16].copy_from_slice(&src[..16]);
+        dst[n - 16..n].copy_from_slice(&src[n - 16..]);
+    } else if n >= 8 {
+        dst[..8].copy_from_slice(&src[..8]);
+        dst[n - 8..n].copy_from_slice(&src[n - 8..]);
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
+    }
+}
+
 impl KeyHash {
     /// Hash a raw key.
     ///
@@ -446,7 +470,7 @@ impl KeyHash {
         // FIPS 180-4 §5.1.1: the message, a 1 bit, zeros, the message's length in bits as a
         // big-endian u64 in the block's last 8 bytes.
         let mut block = sha2::digest::generic_array::GenericArray::default();
-        block[..bytes.len()].copy_from_slice(bytes);
+        copy_short(&mut block, bytes);
         block[bytes.len()] = 0x80;
         block[56..].copy_from_slice(&((bytes.len() as u64) * 8).to_be_bytes());
         let mut state = SHA256_INITIAL;
