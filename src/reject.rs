@@ -453,10 +453,8 @@ where
 ///
 /// The responses that never vary (missing key, invalid key, key in the query string) are
 /// rendered once, at construction; refusing a request then costs a copy of their headers, not a
-/// JSON serialization. The renderer of the default realm is built once per process, with its
-/// bodies and header values in `'static` memory, so copying them touches no reference count;
-/// `ApiKeyAuth` and `ApiKeyStack` do not even copy those: they write the same responses from
-/// constants.
+/// JSON serialization. The default [`Responder`] (realm `api`, one per process) does not even
+/// copy those: it writes the same responses from compile-time constants.
 #[derive(Debug, Clone)]
 pub struct DefaultRender {
     realm: Arc<str>,
@@ -479,26 +477,13 @@ const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// `Retry-After`), so that adding them never reallocates it.
 const ROOM: usize = 4;
 
-/// Copy `bytes` into memory that lives as long as the process. Used only for the one default
-/// renderer built per process (a few hundred bytes, once).
-fn forever(bytes: &[u8]) -> Bytes {
-    Bytes::from_static(Box::leak(bytes.to_vec().into_boxed_slice()))
-}
-
 impl Prerendered {
-    fn of(res: Response<Bytes>, process_wide: bool) -> Self {
-        let (mut parts, body) = res.into_parts();
-        if process_wide {
-            for value in parts.headers.values_mut() {
-                if let Ok(v) = HeaderValue::from_maybe_shared(forever(value.as_bytes())) {
-                    *value = v;
-                }
-            }
-        }
+    fn of(res: Response<Bytes>) -> Self {
+        let (parts, body) = res.into_parts();
         Self {
             status: parts.status,
             headers: parts.headers,
-            body: if process_wide { forever(&body) } else { body },
+            body,
         }
     }
 
@@ -589,10 +574,6 @@ impl FixedRefusal {
 impl DefaultRender {
     /// The default renderer with `realm` in its `WWW-Authenticate` challenges.
     pub fn new(realm: &str) -> Self {
-        Self::build(realm, false)
-    }
-
-    fn build(realm: &str, process_wide: bool) -> Self {
         let fixed = [
             Rejection::MissingKey,
             Rejection::InvalidKey(InvalidKey::Unknown),
@@ -600,14 +581,11 @@ impl DefaultRender {
         ];
         let render = |i: usize| {
             let r = &fixed[i % 3];
-            Prerendered::of(
-                if i < 3 {
-                    r.problem_response(realm)
-                } else {
-                    r.grpc_response()
-                },
-                process_wide,
-            )
+            Prerendered::of(if i < 3 {
+                r.problem_response(realm)
+            } else {
+                r.grpc_response()
+            })
         };
         Self {
             realm: Arc::from(realm),
@@ -625,8 +603,8 @@ impl DefaultRender {
     /// Render `rejection` once, as this renderer would, for a layer to copy on each refusal.
     pub(crate) fn prerender(&self, rejection: &Rejection) -> FixedRefusal {
         FixedRefusal {
-            http: Prerendered::of(rejection.problem_response(&self.realm), false),
-            grpc: Prerendered::of(rejection.grpc_response(), false),
+            http: Prerendered::of(rejection.problem_response(&self.realm)),
+            grpc: Prerendered::of(rejection.grpc_response()),
         }
     }
 
@@ -701,7 +679,7 @@ pub struct Responder(RenderKind);
 #[derive(Clone)]
 enum RenderKind {
     /// The process-wide default renderer, realm `api`: no reference count to touch, and its
-    /// fixed refusals are constants a response future can build when polled (see
+    /// fixed refusals are constants, built when a response future is polled (see
     /// [`StaticRefusal`]).
     Process(&'static DefaultRender),
     Default(Arc<DefaultRender>),
@@ -713,7 +691,7 @@ impl Default for Responder {
     fn default() -> Self {
         static DEFAULT: OnceLock<DefaultRender> = OnceLock::new();
         Self(RenderKind::Process(
-            DEFAULT.get_or_init(|| DefaultRender::build("api", true)),
+            DEFAULT.get_or_init(|| DefaultRender::new("api")),
         ))
     }
 }
@@ -817,7 +795,10 @@ impl Responder {
     #[inline]
     pub fn respond(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
         match &self.0 {
-            RenderKind::Process(d) => d.render_default(rejection, request_headers),
+            RenderKind::Process(d) => match self.static_refusal(rejection, request_headers) {
+                Some(fixed) => fixed.respond_in(HeaderMap::with_capacity(3 + ROOM), |b| b),
+                None => rejection.default_response(request_headers, &d.realm),
+            },
             RenderKind::Default(d) => d.render_default(rejection, request_headers),
             RenderKind::Custom(c) => c.render(rejection, request_headers),
         }
@@ -832,13 +813,7 @@ impl Responder {
         rejection: &Rejection,
         request_headers: &HeaderMap,
     ) -> Option<StaticRefusal> {
-        match &self.0 {
-            RenderKind::Process(_) => Some(StaticRefusal {
-                fixed: Fixed::of(rejection)?,
-                grpc: is_grpc(request_headers),
-            }),
-            _ => None,
-        }
+        self.fixed_refusal(Fixed::of(rejection)?, request_headers)
     }
 
     /// [`static_refusal`](Self::static_refusal) for a refusal known to be a fixed one.
@@ -868,7 +843,10 @@ impl Responder {
         request_headers: HeaderMap,
     ) -> Response<Bytes> {
         let d: &DefaultRender = match &self.0 {
-            RenderKind::Process(d) => d,
+            RenderKind::Process(d) => match self.static_refusal(rejection, &request_headers) {
+                Some(fixed) => return fixed.respond_in(request_headers, |b| b),
+                None => d,
+            },
             RenderKind::Default(d) => d,
             RenderKind::Custom(c) => return c.render(rejection, &request_headers),
         };

@@ -483,10 +483,10 @@ pub(crate) fn refuse_early(
     early: Early,
     request_headers: &mut HeaderMap,
 ) -> Refused {
-    let headers = std::mem::take(request_headers);
-    match responder.fixed_refusal(early.fixed(), &headers) {
-        Some(refusal) => Refused::Fixed(refusal, headers),
-        None => Refused::Rendered(responder.respond_in(&early.rejection(), headers)),
+    match responder.fixed_refusal(early.fixed(), request_headers) {
+        Some(refusal) => Refused::Fixed(refusal, std::mem::take(request_headers)),
+        // Another responder: rendered as any rejection.
+        None => refuse(responder, &early.rejection(), request_headers),
     }
 }
 
