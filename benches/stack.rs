@@ -43,18 +43,17 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use tower::{Layer, Service};
-use tower_api_key::rate_limit::{Gcra, QuotaPolicy};
+use tower_api_key::rate_limit::Gcra;
 use tower_api_key::{
-    Clock, KeyFormats, KeyHash, KeyStore, LastUsedRecorder, LastUsedRecorderLayer,
-    MemoryRateLimiter, MemoryStore, OrgId, OrgRateLimit, Principal, Requirement, ScopeGuard,
+    Clock, KeyFormats, KeyHash, KeyStore, LastUsedRecorder, MemoryRateLimiter, MemoryStore, OrgId,
+    OrgRateLimit, Principal, ScopeGuard,
 };
 
 use support::{
-    Fixture, Hello, REQUIRED, Rng, full_stack, full_stack_layers, hello_response, request,
-    request_with, run, run_threads,
+    Fixture, Floor, Hello, REQUIRED, Rng, full_stack, full_stack_layers, request, request_with,
+    run, run_threads,
 };
 
 /// Time `svc` on fresh requests from `make`.
@@ -111,85 +110,6 @@ fn with_principal(
     let mut r = request(auth);
     r.extensions_mut().insert(p.clone());
     r
-}
-
-/// The floor: what the full stack does for an accepted request, composed by hand from the
-/// crate's public pieces, with no tower service, future or body wrapper around it.
-struct Floor {
-    formats: KeyFormats,
-    store: MemoryStore,
-    clock: Clock,
-    policy: QuotaPolicy,
-    limiter: MemoryRateLimiter,
-    recorder: LastUsedRecorderLayer<MemoryStore>,
-    requirement: Requirement,
-}
-
-impl Floor {
-    fn new(store: &MemoryStore) -> Self {
-        Self {
-            formats: KeyFormats::default(),
-            store: store.clone(),
-            clock: Clock::coarse(),
-            policy: QuotaPolicy::by_plan(),
-            limiter: MemoryRateLimiter::new(),
-            recorder: LastUsedRecorder::new(store.clone()),
-            requirement: Requirement::scope(REQUIRED),
-        }
-    }
-
-    /// ApiKeyAuth's work: the principal of an accepted request.
-    #[inline]
-    fn authenticate<B>(&self, req: &Request<B>) -> Option<Principal> {
-        let value = req.headers().get(AUTHORIZATION)?;
-        let key = tower_api_key::auth::parse_bearer(value.as_bytes())?;
-        self.formats.check(key).ok()?;
-        let hash = KeyHash::of(key);
-        let found = self.store.find_by_hash(&hash).into_inner().ok()??;
-        let now = self.clock.now();
-        if !found.record.hash.ct_eq(&hash)
-            || found.record.is_revoked(now)
-            || found.record.is_expired(now)
-        {
-            return None;
-        }
-        Some(Principal::new(found.record, found.plan))
-    }
-
-    /// The malformed-key refusal composed by hand ([`support::floor_malformed`]).
-    #[inline]
-    fn malformed<B>(&self, req: Request<B>) -> u16 {
-        support::floor_malformed(&self.formats, req)
-    }
-
-    fn auth_only<B>(&self, mut req: Request<B>) -> u16 {
-        let Some(p) = self.authenticate(&req) else {
-            return 401;
-        };
-        req.extensions_mut().insert(p);
-        drop(req);
-        hello_response().status().as_u16()
-    }
-
-    fn full<B>(&self, mut req: Request<B>) -> u16 {
-        let Some(p) = self.authenticate(&req) else {
-            return 401;
-        };
-        let gcra = self.policy.gcra(&p);
-        let decision = self.limiter.decide(p.org_id(), &gcra, 1, self.clock.now());
-        if !decision.allowed {
-            return 429;
-        }
-        self.recorder.mark(&p);
-        if !self.requirement.is_met(p.scopes()) {
-            return 403;
-        }
-        req.extensions_mut().insert(p);
-        drop(req);
-        let mut res = hello_response();
-        decision.info.write_headers(res.headers_mut());
-        res.status().as_u16()
-    }
 }
 
 /// The full stack's paths: name, `Authorization` value, the status the path must answer.

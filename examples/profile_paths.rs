@@ -17,7 +17,9 @@
 //! - `layers`, `layers-malformed`: the four layers composed with `ServiceBuilder`;
 //! - `fused`, `fused-malformed`: the same stack as one service, `ApiKeyStack`;
 //! - `floor-malformed`: the malformed-key refusal composed by hand, no tower (the suite's
-//!   `hand_composed/malformed_refused`).
+//!   `hand_composed/malformed_refused`);
+//! - `floor-accept`, `floor-full`: `ApiKeyAuth`'s and the full stack's work on an accepted
+//!   request composed by hand (`hand_composed/auth_accept` and `hand_composed/full_accept`).
 //!
 //! Every request's status is checked, so a path that went wrong cannot pass for a fast one.
 
@@ -40,6 +42,7 @@ fn main() {
     let mut layers = full_stack(&fx.store, Hello);
     let mut fused = fused_stack_layer(&fx.store).layer(Hello);
     let formats = KeyFormats::default();
+    let floor = Floor::new(&fx.store);
     let (expected, mut step): (u16, Box<dyn FnMut() -> u16>) = match path.as_str() {
         "none" => (200, Box::new(|| run(&mut Hello, request(fx.hot)))),
         "accept" => (200, Box::new(|| run(&mut auth, request(fx.hot)))),
@@ -52,6 +55,8 @@ fn main() {
             401,
             Box::new(|| floor_malformed(&formats, request(fx.malformed))),
         ),
+        "floor-accept" => (200, Box::new(|| floor.auth_only(request(fx.hot)))),
+        "floor-full" => (200, Box::new(|| floor.full(request(fx.hot)))),
         other => {
             eprintln!("unknown path {other:?}; see the example's docs for the paths");
             std::process::exit(2);

@@ -17,11 +17,13 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::Empty;
 use tower::Service;
 use tower::layer::util::{Identity, Stack};
+use tower_api_key::rate_limit::QuotaPolicy;
 use tower_api_key::{
     ApiKeyAuth, ApiKeyAuthLayer, KeyFormat, KeyHash, KeyId, KeyManager, KeyRecord, KeyStore,
     LastUsedRecorder, MemoryStore, NewKey, OrgId, OrgRateLimit, Plan, Principal, Quota, ScopeGuard,
     Scopes, Timestamp,
 };
+use tower_api_key::{Clock, KeyFormats, LastUsedRecorderLayer, MemoryRateLimiter, Requirement};
 
 /// Criterion settings that keep the whole suite within minutes on two cores. `--quick` (or
 /// `BENCH_QUICK=1`) shortens it further, to check that everything runs.
@@ -410,4 +412,83 @@ where
             .collect();
         span(handles.into_iter().map(|h| h.join().unwrap()))
     })
+}
+
+/// The floor: what the full stack does for an accepted request, composed by hand from the
+/// crate's public pieces, with no tower service, future or body wrapper around it.
+pub struct Floor {
+    formats: KeyFormats,
+    store: MemoryStore,
+    clock: Clock,
+    policy: QuotaPolicy,
+    limiter: MemoryRateLimiter,
+    recorder: LastUsedRecorderLayer<MemoryStore>,
+    requirement: Requirement,
+}
+
+impl Floor {
+    pub fn new(store: &MemoryStore) -> Self {
+        Self {
+            formats: KeyFormats::default(),
+            store: store.clone(),
+            clock: Clock::coarse(),
+            policy: QuotaPolicy::by_plan(),
+            limiter: MemoryRateLimiter::new(),
+            recorder: LastUsedRecorder::new(store.clone()),
+            requirement: Requirement::scope(REQUIRED),
+        }
+    }
+
+    /// ApiKeyAuth's work: the principal of an accepted request.
+    #[inline]
+    pub fn authenticate<B>(&self, req: &Request<B>) -> Option<Principal> {
+        let value = req.headers().get(AUTHORIZATION)?;
+        let key = tower_api_key::auth::parse_bearer(value.as_bytes())?;
+        self.formats.check(key).ok()?;
+        let hash = KeyHash::of(key);
+        let found = self.store.find_by_hash(&hash).into_inner().ok()??;
+        let now = self.clock.now();
+        if !found.record.hash.ct_eq(&hash)
+            || found.record.is_revoked(now)
+            || found.record.is_expired(now)
+        {
+            return None;
+        }
+        Some(Principal::new(found.record, found.plan))
+    }
+
+    /// The malformed-key refusal composed by hand ([`floor_malformed`]).
+    #[inline]
+    pub fn malformed<B>(&self, req: Request<B>) -> u16 {
+        floor_malformed(&self.formats, req)
+    }
+
+    pub fn auth_only<B>(&self, mut req: Request<B>) -> u16 {
+        let Some(p) = self.authenticate(&req) else {
+            return 401;
+        };
+        req.extensions_mut().insert(p);
+        drop(req);
+        hello_response().status().as_u16()
+    }
+
+    pub fn full<B>(&self, mut req: Request<B>) -> u16 {
+        let Some(p) = self.authenticate(&req) else {
+            return 401;
+        };
+        let gcra = self.policy.gcra(&p);
+        let decision = self.limiter.decide(p.org_id(), &gcra, 1, self.clock.now());
+        if !decision.allowed {
+            return 429;
+        }
+        self.recorder.mark(&p);
+        if !self.requirement.is_met(p.scopes()) {
+            return 403;
+        }
+        req.extensions_mut().insert(p);
+        drop(req);
+        let mut res = hello_response();
+        decision.info.write_headers(res.headers_mut());
+        res.status().as_u16()
+    }
 }
