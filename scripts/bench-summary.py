@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Print the criterion medians of the `stack` bench (benches/stack.rs), group by group, and the
-two-thread scaling ratios.
+two-thread scaling ratios, and what the layers add over the hand-composed floor of the same work
+(a difference of two medians of the run, each net of the no-layer baseline; measured minutes
+apart, so on a noisy machine it can even come out below zero).
 
     python3 scripts/bench-summary.py [CRITERION_DIR]
 
@@ -37,3 +39,13 @@ for label in ["stack_fused_hot_key", "stack_fused_random_keys", "stack_hot_key",
     if one and two:
         # Each iteration is one request per thread: aggregate throughput = threads / time.
         print(f"two threads, {label}: {2 * one / two:.2f}x the throughput of one")
+
+for subject, floor in [("api_key_auth/malformed_refused", "hand_composed/malformed_refused"),
+                       ("stack_fused/malformed_refused", "hand_composed/malformed_refused"),
+                       ("api_key_auth/accept", "hand_composed/auth_accept"),
+                       ("stack_fused/accept", "hand_composed/full_accept"),
+                       ("stack/accept", "hand_composed/full_accept")]:
+    ours = rows.get(f"suite.net/{subject}")
+    base = rows.get(f"suite.net/{floor}")
+    if ours is not None and base is not None:
+        print(f"over the floor, {subject}: {ours - base:+.1f} ns ({floor} {base:.1f} ns)")
