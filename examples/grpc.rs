@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sandbox_grpc::{EXEC, SandboxClient, SandboxServer, WHOAMI};
-use tower_api_key::last_used::LastUsedRecorderLayer;
+use tower_api_key::LastUsedRecorder;
 use tower_api_key::{
     ApiKeyAuth, KeyManager, MemoryStore, NewKey, OrgId, OrgRateLimit, Plan, Quota, ScopeGuard,
     ScopeRules, Scopes,
@@ -78,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
 
-    let recorder = LastUsedRecorderLayer::new(store.clone());
+    let recorder = LastUsedRecorder::new(store.clone());
     let flusher = recorder.spawn_flusher(Duration::from_secs(5));
     let rules = ScopeRules::new()
         .grpc(EXEC, "sandbox_sessions:exec")

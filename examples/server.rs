@@ -33,7 +33,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tower_api_key::last_used::LastUsedRecorderLayer;
+use tower_api_key::{LastUsedRecorder, LastUsedRecorderLayer};
 use tower_api_key::store::store_from_url;
 use tower_api_key::{
     ApiKeyAuth, BoxedStore, KeyId, KeyManager, ManageError, NewKey, OrgId, OrgRateLimit, Plan,
@@ -668,7 +668,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let recorder = LastUsedRecorderLayer::new(store.clone());
+    let recorder = LastUsedRecorder::new(store.clone());
     let flusher = recorder.spawn_flusher(opts.flush_interval);
     let state = AppState {
         manager: KeyManager::new(store),

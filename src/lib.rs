@@ -59,7 +59,7 @@
 //! | `tonic` | [`PrincipalExt`](grpc::PrincipalExt) for `tonic::Request` |
 //! | `sqlite` | `store::SqliteStore`: embedded durable store (sqlx, bundled SQLite) |
 //! | `postgres` | `store::PostgresStore` and `store::PgInvalidations` (`LISTEN/NOTIFY`) |
-//! | `redis` | `rate_limit::redis::{RedisRateLimiter, RedisSessions}`: one rate limit and one session count shared by replicas |
+//! | `redis` | [`RedisRateLimiter`] and [`RedisSessions`]: one rate limit and one session count shared by replicas |
 //!
 //! [tower]: https://docs.rs/tower
 #![deny(missing_docs)]
@@ -70,10 +70,15 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub mod auth;
 mod bytes_eq;
-pub mod clock;
 mod future;
+mod headers;
+mod ids;
+mod plan;
+mod scopes;
+
+pub mod auth;
+pub mod clock;
 pub mod key;
 pub mod last_used;
 pub mod manage;
@@ -81,6 +86,7 @@ pub mod principal;
 pub mod rate_limit;
 pub mod reject;
 pub mod scope;
+pub mod sessions;
 pub mod stack;
 pub mod store;
 
@@ -89,21 +95,35 @@ pub mod axum;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 
-pub use auth::{ApiKeyAuth, ApiKeyAuthLayer};
+// Keys and who holds them.
 pub use clock::{Clock, ManualClock, Timestamp};
-pub use future::GuardFuture;
+pub use ids::{KeyId, OrgId};
 pub use key::{ApiKey, KeyFormat, KeyFormats, KeyHash, MalformedKey};
-pub use last_used::{FlushError, FlusherHandle, LastUsedRecorder, LastUsedRecorderLayer};
+pub use plan::{Plan, Quota};
+pub use principal::Principal;
+pub use scopes::{InvalidScope, Scope, Scopes};
+
+// Stores and key management.
 pub use manage::{CreatedKey, KeyManager, ManageError, NewKey, Rotation};
-pub use principal::{InvalidScope, KeyId, OrgId, Plan, Principal, Quota, Scope, Scopes};
-#[cfg(feature = "redis")]
-pub use rate_limit::redis::{RedisRateLimiter, RedisSessions};
-pub use rate_limit::{
-    Cost, MemoryRateLimiter, MemorySessions, OrgRateLimit, OrgRateLimitLayer, QuotaPolicy,
-    RateLimitBackend, SessionError, SessionLease, SessionQuota,
-};
-pub use reject::{Rejection, Responder, ResponseBody};
-pub use scope::{Requirement, RuleMatch, ScopeGuard, ScopeGuardLayer, ScopeRules};
-pub use stack::{ApiKeyStack, ApiKeyStackLayer};
 pub use store::{BoxedStore, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey};
 pub use store::{CacheConfig, CachedStore, Invalidation};
+
+// The layers, and the stack of all four as one service.
+pub use auth::{ApiKeyAuth, ApiKeyAuthLayer};
+pub use last_used::{FlushError, FlusherHandle, LastUsedRecorder, LastUsedRecorderLayer};
+pub use rate_limit::{
+    Cost, MemoryRateLimiter, OnBackendError, OrgRateLimit, OrgRateLimitLayer, QuotaPolicy,
+    RateLimitBackend, RateLimitInfo,
+};
+#[cfg(feature = "redis")]
+pub use rate_limit::redis::RedisRateLimiter;
+pub use scope::{Requirement, ScopeGuard, ScopeGuardLayer, ScopeRules};
+pub use stack::{ApiKeyStack, ApiKeyStackLayer};
+
+// Concurrent-session quotas.
+#[cfg(feature = "redis")]
+pub use sessions::RedisSessions;
+pub use sessions::{MemorySessions, SessionError, SessionLease, SessionQuota};
+
+// Refusals.
+pub use reject::{Rejection, Responder, ResponseBody};

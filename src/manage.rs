@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use crate::clock::{Clock, Timestamp};
 use crate::key::{ApiKey, KeyFormat, KeyFormats, RngError};
-use crate::principal::{KeyId, OrgId, Plan, Principal, Scopes};
+use crate::ids::{KeyId, OrgId};
+use crate::plan::Plan;
+use crate::principal::Principal;
+use crate::scopes::Scopes;
 use crate::store::{KeyRecord, KeyStore, StoreError};
 
 /// A key management operation failed.

@@ -22,14 +22,7 @@ pub(crate) enum Credential<'a> {
 /// token; trailing spaces are ignored. Returns `None` for another scheme, an empty token, or a
 /// token containing whitespace or non-visible characters.
 ///
-/// ```
-/// use tower_api_key::auth::parse_bearer;
-/// assert_eq!(parse_bearer(b"Bearer br_live_abc"), Some("br_live_abc"));
-/// assert_eq!(parse_bearer(b"bearer   br_live_abc "), Some("br_live_abc"));
-/// assert_eq!(parse_bearer(b"Basic dXNlcjpwYXNz"), None);
-/// assert_eq!(parse_bearer(b"Bearer a b"), None);
-/// ```
-pub fn parse_bearer(value: &[u8]) -> Option<&str> {
+pub(crate) fn parse_bearer(value: &[u8]) -> Option<&str> {
     let (scheme, rest) = value.split_first_chunk::<6>()?;
     if !is_bearer(scheme) || rest.first() != Some(&b' ') {
         return None;
@@ -240,5 +233,44 @@ mod tests {
         assert!(q("/v1/browsers?k=br_live_abcdef"));
         assert!(!q("/v1/browsers?page=2"));
         assert!(!q("/v1/browsers"));
+    }
+
+    #[test]
+    fn bearer_examples() {
+        assert_eq!(parse_bearer(b"Bearer br_live_abc"), Some("br_live_abc"));
+        assert_eq!(parse_bearer(b"bearer   br_live_abc "), Some("br_live_abc"));
+        assert_eq!(parse_bearer(b"Basic dXNlcjpwYXNz"), None);
+        assert_eq!(parse_bearer(b"Bearer a b"), None);
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn bearer_parser_never_panics_and_yields_only_visible_ascii(
+            scheme in prop_oneof![Just(&b"Bearer "[..]), Just(&b"bearer  "[..]), Just(&b""[..])],
+            tail in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let bytes = [scheme, &tail[..]].concat();
+            // The parser skips re-validating UTF-8 because it checked for visible ASCII: a token
+            // it returns must be exactly a run of the input's visible ASCII bytes.
+            if let Some(token) = parse_bearer(&bytes) {
+                prop_assert!(!token.is_empty());
+                prop_assert!(token.bytes().all(|b| (b'!'..=b'~').contains(&b)), "{:?}", token);
+                prop_assert!(std::str::from_utf8(token.as_bytes()).is_ok());
+            }
+        }
+
+        #[test]
+        fn bearer_token_is_what_follows_the_scheme(
+            scheme in "(?i:bearer)",
+            spaces in " {1,4}",
+            token in "[!-~]{1,80}",
+        ) {
+            let value = format!("{scheme}{spaces}{token}");
+            prop_assert_eq!(parse_bearer(value.as_bytes()), Some(token.as_str()));
+        }
     }
 }

@@ -9,9 +9,9 @@ use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::slot::MarkList;
+use super::marks::MarkList;
 use crate::clock::Timestamp;
-use crate::principal::KeyId;
+use crate::ids::KeyId;
 use crate::store::{KeyStore, StoreError};
 
 /// A flush of last-used marks failed. The marks are kept and written by the next flush.

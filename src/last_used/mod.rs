@@ -63,7 +63,7 @@
 //! ```
 
 mod flusher;
-mod slot;
+mod marks;
 
 use std::fmt;
 use std::sync::Arc;
@@ -75,18 +75,17 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use flusher::{FlushError, FlusherHandle};
-pub(crate) use slot::UsageSlot;
 
-use crate::clock::{Clock, duration_nanos};
-use crate::future::GuardFuture;
+use crate::clock::{Clock, Timestamp, duration_nanos};
+use crate::future::inner_accessors;
 use crate::principal::Principal;
 use crate::reject::{Responder, ResponseBody};
 use crate::store::KeyStore;
 use flusher::Flush;
-use slot::MarkList;
+use marks::MarkList;
 
 /// The response future of [`LastUsedRecorder`].
-pub type ResponseFuture<F> = GuardFuture<F>;
+pub type ResponseFuture<F> = crate::future::ResponseFuture<F>;
 
 /// The default granularity of marks: one second.
 pub const DEFAULT_GRANULARITY: Duration = Duration::from_secs(1);
@@ -95,10 +94,9 @@ pub const DEFAULT_GRANULARITY: Duration = Duration::from_secs(1);
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the request path needs, behind one `Arc` (or held by value inside an
-/// [`ApiKeyStack`](crate::ApiKeyStack), see
-/// [`ApiKeyAuthLayer::record_last_used`](crate::ApiKeyAuthLayer::record_last_used)).
+/// [`ApiKeyStack`](crate::ApiKeyStack)).
 #[derive(Clone)]
-pub(crate) struct Core {
+pub(crate) struct Recorder {
     /// Granularity in nanoseconds, at least 1.
     granularity: u64,
     clock: Clock,
@@ -107,7 +105,7 @@ pub(crate) struct Core {
     flush_timeout: Duration,
 }
 
-impl Core {
+impl Recorder {
     #[inline]
     fn mark(&self, principal: &Principal) {
         self.mark_at(principal, self.clock.now());
@@ -115,8 +113,8 @@ impl Core {
 
     /// Mark `principal`'s key as used at `now` (read from [`clock`](Self::clock)).
     #[inline]
-    pub(crate) fn mark_at(&self, principal: &Principal, now: crate::clock::Timestamp) {
-        slot::mark(
+    pub(crate) fn mark_at(&self, principal: &Principal, now: Timestamp) {
+        marks::mark(
             &self.list,
             principal.record(),
             now.as_unix_nanos(),
@@ -136,7 +134,7 @@ impl Core {
 #[derive(Clone)]
 pub struct LastUsedRecorder<S> {
     inner: S,
-    core: Arc<Core>,
+    core: Arc<Recorder>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for LastUsedRecorder<S> {
@@ -150,7 +148,7 @@ impl<S: fmt::Debug> fmt::Debug for LastUsedRecorder<S> {
 
 impl LastUsedRecorder<()> {
     /// The layer writing to `store`, with the defaults: 1 s granularity, coarse clock, 10 s
-    /// flush timeout, problem+json rejections. Same as [`LastUsedRecorderLayer::new`].
+    /// flush timeout, problem+json rejections.
     ///
     /// Start its flusher with [`LastUsedRecorderLayer::spawn_flusher`].
     #[allow(clippy::new_ret_no_self)]
@@ -164,15 +162,15 @@ impl LastUsedRecorder<()> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_api_key::{Clock, LastUsedRecorderLayer, MemoryStore};
+/// use tower_api_key::{Clock, LastUsedRecorder, MemoryStore};
 ///
-/// let layer = LastUsedRecorderLayer::new(MemoryStore::new())
+/// let layer = LastUsedRecorder::new(MemoryStore::new())
 ///     .granularity(Duration::from_secs(60))
 ///     .clock(Clock::coarse())
 ///     .flush_timeout(Duration::from_secs(5));
 /// ```
 pub struct LastUsedRecorderLayer<St> {
-    core: Arc<Core>,
+    core: Arc<Recorder>,
     flush: Arc<Flush<St>>,
 }
 
@@ -197,10 +195,10 @@ impl<St> fmt::Debug for LastUsedRecorderLayer<St> {
 
 impl<St: KeyStore> LastUsedRecorderLayer<St> {
     /// The layer with the defaults (see [`LastUsedRecorder::new`]).
-    pub fn new(store: St) -> Self {
+    pub(crate) fn new(store: St) -> Self {
         let list = Arc::new(MarkList::new());
         Self {
-            core: Arc::new(Core {
+            core: Arc::new(Recorder {
                 granularity: duration_nanos(DEFAULT_GRANULARITY),
                 clock: Clock::default(),
                 responder: Responder::default(),
@@ -211,9 +209,9 @@ impl<St: KeyStore> LastUsedRecorderLayer<St> {
         }
     }
 
-    fn map(self, f: impl FnOnce(&mut Core)) -> Self {
+    fn map(self, f: impl FnOnce(&mut Recorder)) -> Self {
         // The mark list is behind its own `Arc`, so a copied configuration keeps sharing it.
-        let mut core = Arc::try_unwrap(self.core).unwrap_or_else(|arc| Core::clone(&arc));
+        let mut core = Arc::try_unwrap(self.core).unwrap_or_else(|arc| Recorder::clone(&arc));
         f(&mut core);
         Self {
             core: Arc::new(core),
@@ -281,9 +279,8 @@ impl<St: KeyStore> LastUsedRecorderLayer<St> {
         &self.flush.store
     }
 
-    /// The request path's configuration, for
-    /// [`ApiKeyAuthLayer::record_last_used`](crate::ApiKeyAuthLayer::record_last_used).
-    pub(crate) fn core(&self) -> &Core {
+    /// The request path's configuration, for [`ApiKeyStack`](crate::ApiKeyStack).
+    pub(crate) fn recorder(&self) -> &Recorder {
         &self.core
     }
 }
@@ -299,22 +296,7 @@ impl<S, St> Layer<S> for LastUsedRecorderLayer<St> {
     }
 }
 
-impl<S> LastUsedRecorder<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_accessors!(LastUsedRecorder<S>);
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LastUsedRecorder<S>
 where
@@ -330,21 +312,19 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let core = &*self.core;
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let recorder = &*self.core;
         match req.extensions().get::<Principal>() {
-            Some(principal) => core.mark(principal),
-            None => return missing_principal(core, &req),
+            Some(principal) => recorder.mark(principal),
+            None => {
+                let headers = std::mem::take(req.headers_mut());
+                return ResponseFuture::refused(crate::reject::missing_principal(
+                    "LastUsedRecorder",
+                    &recorder.responder,
+                    headers,
+                ));
+            }
         }
-        GuardFuture::inner(self.inner.call(req))
+        ResponseFuture::inner(self.inner.call(req), None)
     }
-}
-
-#[cold]
-fn missing_principal<F, B>(core: &Core, req: &Request<B>) -> GuardFuture<F> {
-    GuardFuture::rejected(crate::reject::missing_principal(
-        "LastUsedRecorder",
-        &core.responder,
-        req.headers(),
-    ))
 }

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use crate::clock::Timestamp;
-use crate::principal::OrgId;
+use crate::ids::OrgId;
 use crate::store::BoxError;
 
 use super::gcra::{Decision, Gcra};

@@ -1,186 +1,68 @@
-//! The response future of [`OrgRateLimit`](super::OrgRateLimit).
+//! The response future of [`OrgRateLimit`](super::OrgRateLimit), and its waiting state.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use pin_project_lite::pin_project;
+use http::Request;
 use tower_service::Service;
 
-use super::{CheckArgs, Draft, Figures, Outcome, RateLimitBackend, Shared};
-use crate::auth::polled_after_completion;
+use super::{CheckArgs, Limiter, Outcome, RateLimitBackend};
+use std::future::Future as _;
+
+use crate::future::{Next, Wait, already_decided};
+use crate::headers::Draft;
 use crate::principal::Principal;
-use crate::reject::ResponseBody;
 
-pin_project! {
-    /// Response future of [`OrgRateLimit`](super::OrgRateLimit): a pending backend check, the
-    /// inner service's future (whose response gets the rate-limit headers), or a refusal.
-    /// Never boxed.
-    pub struct ResponseFuture<S, B, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-        B: RateLimitBackend,
-    {
-        #[pin]
-        state: State<S, B, ReqBody>,
-    }
-}
+/// Response future of [`OrgRateLimit`](super::OrgRateLimit).
+pub type ResponseFuture<S, B, ReqBody> =
+    crate::future::ResponseFuture<<S as Service<Request<ReqBody>>>::Future, Check<S, B, ReqBody>>;
 
-pin_project! {
-    #[project = StateProj]
-    enum State<S, B, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-        B: RateLimitBackend,
-    {
-        Checking {
-            check: B::Check,
-            // Boxed: only remote backends get here, and the round trip dwarfs the allocation,
-            // while an unboxed request would make every response future larger.
-            pending: Option<Box<Pending<S, B, ReqBody>>>,
-        },
-        Inner {
-            #[pin]
-            fut: S::Future,
-            figures: Option<Figures>,
-        },
-        Rejected {
-            res: Option<Response<Bytes>>,
-        },
-    }
-}
-
-struct Pending<S, B, ReqBody> {
-    req: Request<ReqBody>,
-    inner: S,
-    shared: Arc<Shared<B>>,
+/// A request waiting for a remote rate-limit backend's answer.
+pub struct Check<S, B: RateLimitBackend, ReqBody> {
+    check: B::Check,
+    limiter: Arc<Limiter<B>>,
     args: CheckArgs,
     draft: Option<Draft>,
+    /// The request and the inner service made ready for it; taken once the check answers.
+    call: Option<(Request<ReqBody>, S)>,
 }
 
-impl<S, B, ReqBody> ResponseFuture<S, B, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-    B: RateLimitBackend,
-{
-    pub(super) fn inner(fut: S::Future, figures: Option<Figures>) -> Self {
-        Self {
-            state: State::Inner { fut, figures },
-        }
-    }
-
-    pub(super) fn rejected(res: Response<Bytes>) -> Self {
-        Self {
-            state: State::Rejected { res: Some(res) },
-        }
-    }
-
-    pub(super) fn checking(
+impl<S, B: RateLimitBackend, ReqBody> Check<S, B, ReqBody> {
+    pub(crate) fn new(
         check: B::Check,
         req: Request<ReqBody>,
         inner: S,
-        shared: Arc<Shared<B>>,
+        limiter: Arc<Limiter<B>>,
         args: CheckArgs,
         draft: Option<Draft>,
     ) -> Self {
         Self {
-            state: State::Checking {
-                check,
-                pending: Some(Box::new(Pending {
-                    req,
-                    inner,
-                    shared,
-                    args,
-                    draft,
-                })),
-            },
-        }
-    }
-}
-
-impl<S, B, ReqBody, ResBody> Future for ResponseFuture<S, B, ReqBody>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    B: RateLimitBackend,
-{
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
-
-    /// The hot states are handled inline; a check still pending (a remote backend) is driven
-    /// by `poll_checking`, kept out of line so that this function stays small enough to inline
-    /// into the enclosing stack.
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                StateProj::Inner { fut, figures } => {
-                    let mut res = match fut.poll(cx) {
-                        Poll::Ready(Ok(res)) => res,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
-                    };
-                    if let Some(f) = figures {
-                        f.write(res.headers_mut());
-                    }
-                    return Poll::Ready(Ok(res.map(ResponseBody::inner)));
-                }
-                StateProj::Rejected { res } => {
-                    return Poll::Ready(Ok(match res.take() {
-                        Some(res) => res.map(ResponseBody::full),
-                        None => polled_after_completion(),
-                    }));
-                }
-                StateProj::Checking { .. } => {
-                    if let Some(done) = Self::poll_checking(state.as_mut(), cx) {
-                        return done;
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl<S, B, ReqBody, ResBody> ResponseFuture<S, B, ReqBody>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    B: RateLimitBackend,
-{
-    /// Drive a pending check. `None`: the state moved on (to the inner future or a refusal);
-    /// poll again.
-    #[inline(never)]
-    #[allow(clippy::type_complexity)]
-    fn poll_checking(
-        mut state: Pin<&mut State<S, B, ReqBody>>,
-        cx: &mut Context<'_>,
-    ) -> Option<Poll<Result<Response<ResponseBody<ResBody>>, S::Error>>> {
-        let StateProj::Checking { check, pending } = state.as_mut().project() else {
-            return None;
-        };
-        let result = match Pin::new(check).poll(cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => return Some(Poll::Pending),
-        };
-        let Some(pending) = pending.take() else {
-            return Some(Poll::Ready(Ok(polled_after_completion())));
-        };
-        let Pending {
-            req,
-            mut inner,
-            shared,
+            check,
+            limiter,
             args,
             draft,
-        } = *pending;
-        let principal = req.extensions().get::<Principal>();
-        match shared.outcome(result, principal, &args, draft, req.headers()) {
-            Outcome::Admit(figures) => {
-                let fut = inner.call(req);
-                state.set(State::Inner { fut, figures });
-            }
-            Outcome::Refuse(res) => state.set(State::Rejected { res: Some(res) }),
+            call: Some((req, inner)),
         }
-        None
+    }
+}
+
+impl<S, B, ReqBody> Wait<S::Future> for Check<S, B, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+    B: RateLimitBackend,
+{
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Next<S::Future, Self>> {
+        let result = ready!(std::pin::Pin::new(&mut self.check).poll(cx));
+        let Some((req, mut inner)) = self.call.take() else {
+            return Poll::Ready(Next::Refuse(already_decided()));
+        };
+        let principal = req.extensions().get::<Principal>();
+        let outcome = self
+            .limiter
+            .outcome(result, principal, &self.args, self.draft, req.headers());
+        Poll::Ready(match outcome {
+            Outcome::Admit(headers) => Next::Call(inner.call(req), headers),
+            Outcome::Refuse(res) => Next::Refuse(res),
+        })
     }
 }

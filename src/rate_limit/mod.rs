@@ -1,5 +1,4 @@
-//! [`OrgRateLimit`]: per-organization request rates by plan, and [`SessionQuota`]: concurrent
-//! sessions by plan.
+//! [`OrgRateLimit`]: per-organization request rates by plan.
 //!
 //! The layer sits behind [`ApiKeyAuth`](crate::ApiKeyAuth) and reads the [`Principal`] it
 //! inserted. For each request:
@@ -7,7 +6,7 @@
 //! 1. no `Principal` → `500 auth_layer_missing` and an error log (fail closed: the layer is in
 //!    front of `ApiKeyAuth` by mistake);
 //! 2. the organization's quota comes from its plan through the [`QuotaPolicy`] (default: the
-//!    seeds' table, [`Plan::quota`]; enterprise plans carry their own [`Quota`]). The store
+//!    plan's table below, [`Plan::quota`]; enterprise plans carry their own [`Quota`]). The store
 //!    returns the organization's *current* plan with every key lookup, so a plan change applies
 //!    on its next request, with the cells already spent carried over ([`Gcra::convert`]);
 //! 3. the request's cost: a [`Cost`] request extension if an outer layer set one, else the
@@ -34,30 +33,22 @@
 //! ```
 //! use std::time::Duration;
 //! use axum::{Router, body::Body, extract::{Path, Request, State}, routing::{delete, post}};
-//! use axum::response::{IntoResponse, Response};
-//! use tower_api_key::{ApiKeyAuth, MemoryStore, OrgRateLimit, Principal, SessionQuota};
+//! use tower_api_key::{ApiKeyAuth, MemoryStore, OrgRateLimit, Principal, SessionError, SessionQuota};
 //!
-//! // With the `axum` feature, take `p: Principal` as an extractor and return
-//! // `SessionError` directly (it is `IntoResponse`).
-//! async fn create_session(State(sessions): State<SessionQuota>, req: Request) -> Response {
-//!     let p = req.extensions().get::<Principal>().expect("behind ApiKeyAuth");
+//! // A refused acquire is `429 session_limit_exceeded` with `Retry-After` (problem+json).
+//! async fn create_session(
+//!     State(sessions): State<SessionQuota>, p: Principal,
+//! ) -> Result<String, SessionError> {
 //!     let id = "sess_123"; // the id your service gives the new session
-//!     match sessions.acquire(p, id, Duration::from_secs(300)).await {
-//!         Ok(lease) => format!("created {}", lease.session_id()).into_response(),
-//!         // 429 session_limit_exceeded + Retry-After, problem+json
-//!         Err(e) => match e.rejection() {
-//!             Some(r) => r.problem_response("api").map(Body::from),
-//!             None => "not found".into_response(),
-//!         },
-//!     }
+//!     let lease = sessions.acquire(&p, id, Duration::from_secs(300)).await?;
+//!     Ok(format!("created {}", lease.session_id()))
 //! }
 //!
 //! async fn delete_session(
-//!     State(sessions): State<SessionQuota>, Path(id): Path<String>, req: Request,
-//! ) -> &'static str {
-//!     let p = req.extensions().get::<Principal>().expect("behind ApiKeyAuth");
-//!     let _ = sessions.release(p.org_id(), &id).await;
-//!     "deleted"
+//!     State(sessions): State<SessionQuota>, Path(id): Path<String>, p: Principal,
+//! ) -> Result<&'static str, SessionError> {
+//!     sessions.release(p.org_id(), &id).await?;
+//!     Ok("deleted")
 //! }
 //!
 //! let store = MemoryStore::new();
@@ -78,7 +69,7 @@
 //! use tower_api_key::rate_limit::QuotaPolicy;
 //!
 //! let layer = OrgRateLimit::new()
-//!     // Every plan gets twice the seeds' request rate; sessions unchanged.
+//!     // Every plan gets twice its request rate; sessions unchanged.
 //!     .policy(QuotaPolicy::new(|p| {
 //!         let q = p.plan().quota();
 //!         Quota { requests: q.requests * 2, ..q }
@@ -92,34 +83,37 @@
 mod backend;
 mod future;
 pub mod gcra;
-mod headers;
 mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
-mod sessions;
 mod throttle;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use tower_layer::Layer;
 use tower_service::Service;
 
 pub use backend::{CheckResult, RateLimitBackend, RateLimitError};
 pub use future::ResponseFuture;
+pub(crate) use future::Check;
 pub use gcra::{Decision, Gcra};
-pub(crate) use headers::{int_value, write_info};
 pub use memory::MemoryRateLimiter;
-pub use sessions::{MemorySessions, SessionBackend, SessionError, SessionLease, SessionQuota};
+
+pub use crate::headers::{
+    RATELIMIT, RATELIMIT_POLICY, RateLimitInfo, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET,
+};
 
 use crate::clock::{Clock, Timestamp};
-use crate::principal::{Plan, Principal, Quota};
-use crate::reject::{RateLimitInfo, Rejection, Responder, ResponseBody, missing_principal};
+use crate::future::{inner_accessors, poll_now, take_ready};
+use crate::headers::{Draft, LimitHeaders};
+use crate::plan::{Plan, Quota};
+use crate::principal::Principal;
+use crate::reject::{Rejection, Responder, ResponseBody, missing_principal};
 
 const FREE: Gcra = Gcra::from_quota(&Plan::Free.quota());
 const PAID: Gcra = Gcra::from_quota(&Plan::Paid.quota());
@@ -219,7 +213,7 @@ pub enum OnBackendError {
 type CostFn = dyn Fn(&Method, &Uri) -> u32 + Send + Sync;
 
 #[derive(Clone)]
-pub(crate) struct Shared<B> {
+pub(crate) struct Limiter<B> {
     backend: B,
     policy: QuotaPolicy,
     clock: Clock,
@@ -240,70 +234,22 @@ pub(crate) struct CheckArgs {
     pub(crate) now: Timestamp,
 }
 
-/// The headers to add to a response: the decision's figures, and the draft fields if enabled.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Figures {
-    info: RateLimitInfo,
-    draft: Option<Draft>,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Draft {
-    policy: &'static str,
-    window_secs: u64,
-    now_secs: u64,
-}
-
-/// `ratelimit-policy` (IETF draft-ietf-httpapi-ratelimit-headers).
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `ratelimit` (IETF draft-ietf-httpapi-ratelimit-headers).
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-impl Figures {
-    /// Write the headers; the draft fields (formatted, optional) out of line, so that the
-    /// common case stays small enough to inline.
-    #[inline]
-    pub(crate) fn write(&self, headers: &mut HeaderMap) {
-        headers::write_info(&self.info, headers);
-        if let Some(d) = &self.draft {
-            self.write_draft(d, headers);
-        }
-    }
-
-    #[inline(never)]
-    fn write_draft(&self, d: &Draft, headers: &mut HeaderMap) {
-        let policy = format!("\"{}\";q={};w={}", d.policy, self.info.limit, d.window_secs);
-        let state = format!(
-            "\"{}\";r={};t={}",
-            d.policy,
-            self.info.remaining,
-            self.info.reset.saturating_sub(d.now_secs)
-        );
-        if let Ok(v) = HeaderValue::from_str(&policy) {
-            headers.insert(RATELIMIT_POLICY, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&state) {
-            headers.insert(RATELIMIT, v);
-        }
-    }
-}
-
 /// What to do with a request once the backend answered.
 pub(crate) enum Outcome {
     /// Call the inner service; add these headers to its response.
-    Admit(Option<Figures>),
+    Admit(Option<LimitHeaders>),
     /// Answer with this refusal.
     Refuse(Response<Bytes>),
 }
 
-impl<B> Shared<B> {
+impl<B> Limiter<B> {
     /// The clock the limiter reads.
     pub(crate) fn clock(&self) -> &Clock {
         &self.clock
     }
 }
 
-impl<B: RateLimitBackend> Shared<B> {
+impl<B: RateLimitBackend> Limiter<B> {
     /// Start the check of a request by `principal` at `now`: its quota, its cost, the draft
     /// fields if enabled, and the backend's check (not yet polled). Shared by [`OrgRateLimit`]
     /// and [`ApiKeyStack`](crate::ApiKeyStack).
@@ -341,7 +287,7 @@ impl<B: RateLimitBackend> Shared<B> {
         request_headers: &HeaderMap,
     ) -> Outcome {
         match result {
-            Ok(d) if d.allowed => Outcome::Admit(Some(Figures {
+            Ok(d) if d.allowed => Outcome::Admit(Some(LimitHeaders {
                 info: d.info,
                 draft,
             })),
@@ -360,7 +306,7 @@ impl<B: RateLimitBackend> Shared<B> {
     ) -> Outcome {
         let org = principal.map(|p| p.org_id().as_str()).unwrap_or_default();
         match result {
-            Ok(d) if d.allowed => Outcome::Admit(Some(Figures {
+            Ok(d) if d.allowed => Outcome::Admit(Some(LimitHeaders {
                 info: d.info,
                 draft,
             })),
@@ -376,7 +322,7 @@ impl<B: RateLimitBackend> Shared<B> {
                     .respond(&Rejection::RateLimited(d.info), request_headers);
                 // The responder wrote X-RateLimit-* and Retry-After; add the draft fields.
                 if draft.is_some() {
-                    Figures {
+                    LimitHeaders {
                         info: d.info,
                         draft,
                     }
@@ -432,7 +378,7 @@ impl<B: RateLimitBackend> Shared<B> {
 #[derive(Clone)]
 pub struct OrgRateLimit<S, B = MemoryRateLimiter> {
     inner: S,
-    shared: Arc<Shared<B>>,
+    shared: Arc<Limiter<B>>,
 }
 
 impl<S: fmt::Debug, B: fmt::Debug> fmt::Debug for OrgRateLimit<S, B> {
@@ -462,7 +408,7 @@ impl OrgRateLimit<(), ()> {
 /// shares the same backend state.
 #[derive(Clone)]
 pub struct OrgRateLimitLayer<B = MemoryRateLimiter> {
-    shared: Arc<Shared<B>>,
+    shared: Arc<Limiter<B>>,
 }
 
 impl<B: fmt::Debug> fmt::Debug for OrgRateLimitLayer<B> {
@@ -477,17 +423,11 @@ impl<B: fmt::Debug> fmt::Debug for OrgRateLimitLayer<B> {
     }
 }
 
-impl Default for OrgRateLimitLayer<MemoryRateLimiter> {
-    fn default() -> Self {
-        Self::new(MemoryRateLimiter::new())
-    }
-}
-
 impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
     /// The layer over `backend`, with the defaults (see [`OrgRateLimit::new`]).
-    pub fn new(backend: B) -> Self {
+    pub(crate) fn new(backend: B) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Limiter {
                 backend,
                 policy: QuotaPolicy::default(),
                 clock: Clock::default(),
@@ -501,7 +441,7 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
         }
     }
 
-    fn map(self, f: impl FnOnce(&mut Shared<B>)) -> Self {
+    fn map(self, f: impl FnOnce(&mut Limiter<B>)) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.shared);
         f(&mut shared);
         Self {
@@ -558,7 +498,7 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
     }
 
     /// The configuration, for [`ApiKeyAuthLayer::rate_limit`](crate::ApiKeyAuthLayer::rate_limit).
-    pub(crate) fn shared(&self) -> &Shared<B> {
+    pub(crate) fn limiter(&self) -> &Limiter<B> {
         &self.shared
     }
 }
@@ -574,22 +514,7 @@ impl<S, B> Layer<S> for OrgRateLimitLayer<B> {
     }
 }
 
-impl<S, B> OrgRateLimit<S, B> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_accessors!(OrgRateLimit<S, B>);
 
 impl<S, B, ReqBody, ResBody> Service<Request<ReqBody>> for OrgRateLimit<S, B>
 where
@@ -606,28 +531,23 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let shared = &*self.shared;
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let limiter = &*self.shared;
         let Some(principal) = req.extensions().get::<Principal>() else {
-            let res = missing_principal("OrgRateLimit", &shared.responder, req.headers());
-            return ResponseFuture::rejected(res);
+            let headers = std::mem::take(req.headers_mut());
+            return ResponseFuture::refused(missing_principal("OrgRateLimit", &limiter.responder, headers));
         };
-        let (mut check, args, draft) = shared.begin(principal, &req, shared.clock.now());
-
-        // Fast path: a check that is ready at once (the in-memory backend) is decided here.
-        // Checks are `Unpin`, so polling one in place and moving it afterwards is sound.
-        let mut noop = Context::from_waker(Waker::noop());
-        match Pin::new(&mut check).poll(&mut noop) {
+        let (mut check, args, draft) = limiter.begin(principal, &req, limiter.clock.now());
+        match poll_now(&mut check) {
             Poll::Ready(result) => {
-                match shared.outcome(result, Some(principal), &args, draft, req.headers()) {
-                    Outcome::Admit(figures) => ResponseFuture::inner(self.inner.call(req), figures),
-                    Outcome::Refuse(res) => ResponseFuture::rejected(res),
+                match limiter.outcome(result, Some(principal), &args, draft, req.headers()) {
+                    Outcome::Admit(headers) => ResponseFuture::inner(self.inner.call(req), headers),
+                    Outcome::Refuse(res) => ResponseFuture::refused(res),
                 }
             }
             Poll::Pending => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::checking(check, req, inner, self.shared.clone(), args, draft)
+                let inner = take_ready(&mut self.inner);
+                ResponseFuture::waiting(Check::new(check, req, inner, self.shared.clone(), args, draft))
             }
         }
     }

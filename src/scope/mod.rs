@@ -4,10 +4,12 @@
 //! [`ScopeGuard::all_of`], or in front of a whole hyper or tonic service with a
 //! [`ScopeRules`] table. It reads the [`Principal`] that [`ApiKeyAuth`](crate::ApiKeyAuth)
 //! inserted; without one it fails closed with `500 auth_layer_missing` and an error log naming the
-//! missing layer. A key with no scopes has full access (the seeds' rule).
+//! missing layer. A key with no scopes has full access.
 //!
 //! Refusal: `403` with `WWW-Authenticate: Bearer error="insufficient_scope", scope="…"` and a
-//! problem+json body, or gRPC status 7 `PERMISSION_DENIED`.
+//! problem+json body, or gRPC status 7 `PERMISSION_DENIED`. A [`ScopeRules`] table that has no
+//! rule for the request's route refuses it with `403 no_route_rule` (fail closed), unless the
+//! table lets unmatched routes through.
 
 mod rules;
 
@@ -15,18 +17,19 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri};
 use tower_layer::Layer;
 use tower_service::Service;
 
 pub use rules::{Requirement, RuleMatch, ScopeRules};
 
-use crate::future::GuardFuture;
+use crate::future::inner_accessors;
 use crate::principal::Principal;
-use crate::reject::{FixedRefusal, Rejection, Responder, ResponseBody, missing_principal};
+use crate::reject::{Rejection, Responder, ResponseBody, missing_principal};
 
 /// The response future of [`ScopeGuard`].
-pub type ResponseFuture<F> = GuardFuture<F>;
+pub type ResponseFuture<F> = crate::future::ResponseFuture<F>;
 
 #[derive(Debug)]
 enum Check {
@@ -34,32 +37,11 @@ enum Check {
     Rules(ScopeRules),
 }
 
+/// A scope guard's configuration: what it checks and how it refuses.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Guard {
     check: Check,
     responder: Responder,
-    /// The refusal of a fixed requirement, rendered once when the responder is the default one.
-    refusal: Option<FixedRefusal>,
-}
-
-impl Shared {
-    fn new(check: Check, responder: Responder) -> Self {
-        let refusal = match (&check, responder.default_render()) {
-            (Check::Fixed(r), Some(render)) => Some(render.prerender(&insufficient(r))),
-            _ => None,
-        };
-        Self {
-            check,
-            responder,
-            refusal,
-        }
-    }
-}
-
-fn insufficient(r: &Requirement) -> Rejection {
-    Rejection::InsufficientScope {
-        required: r.describe().to_owned(),
-    }
 }
 
 /// Checks the caller's scopes. Build its layer with [`ScopeGuard::require`] and friends.
@@ -78,7 +60,7 @@ fn insufficient(r: &Requirement) -> Rejection {
 #[derive(Clone)]
 pub struct ScopeGuard<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<Guard>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for ScopeGuard<S> {
@@ -123,18 +105,21 @@ impl ScopeGuard<()> {
 /// Layer that adds a [`ScopeGuard`].
 #[derive(Clone, Debug)]
 pub struct ScopeGuardLayer {
-    shared: Arc<Shared>,
+    shared: Arc<Guard>,
 }
 
 impl ScopeGuardLayer {
     /// The check, for [`ApiKeyAuthLayer::scope_guard`](crate::ApiKeyAuthLayer::scope_guard).
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn guard(&self) -> &Arc<Guard> {
         &self.shared
     }
 
     fn new(check: Check) -> Self {
         Self {
-            shared: Arc::new(Shared::new(check, Responder::default())),
+            shared: Arc::new(Guard {
+                check,
+                responder: Responder::default(),
+            }),
         }
     }
 
@@ -148,7 +133,7 @@ impl ScopeGuardLayer {
             },
         };
         Self {
-            shared: Arc::new(Shared::new(check, responder)),
+            shared: Arc::new(Guard { check, responder }),
         }
     }
 }
@@ -164,17 +149,7 @@ impl<S> Layer<S> for ScopeGuardLayer {
     }
 }
 
-impl<S> ScopeGuard<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// Unwrap the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_accessors!(ScopeGuard<S>);
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ScopeGuard<S>
 where
@@ -191,90 +166,68 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let shared = &*self.shared;
+        let guard = &*self.shared;
         let Some(principal) = req.extensions().get::<Principal>() else {
-            let res = missing_principal("ScopeGuard", &shared.responder, req.headers());
-            return GuardFuture::rejected(res);
+            let headers = std::mem::take(req.headers_mut());
+            return ResponseFuture::refused(missing_principal("ScopeGuard", &guard.responder, headers));
         };
-        match shared.check_parts(principal, req.method(), req.uri()) {
-            Verdict::Pass => GuardFuture::inner(self.inner.call(req)),
-            Verdict::Refuse(reason) => {
-                GuardFuture::rejected(shared.refusal(reason, std::mem::take(req.headers_mut())))
+        match guard.check(principal, req.method(), req.uri()) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(req), None),
+            Err(rejection) => {
+                ResponseFuture::refused(guard.refuse(&rejection, std::mem::take(req.headers_mut())))
             }
         }
     }
 }
 
-/// What a scope check decided.
-pub(crate) enum Verdict<'a> {
-    /// Let the request through.
-    Pass,
-    /// Refuse it for this reason.
-    Refuse(Refusal<'a>),
-}
-
-/// Why a request is refused.
-pub(crate) enum Refusal<'a> {
-    /// No rule matches and unmatched requests are refused.
-    Unmatched,
-    /// The key does not meet this requirement.
-    Lacks(&'a Requirement),
-}
-
-impl Shared {
-    /// Decide a request by `principal` to `method` `uri` (logged when refused).
+impl Guard {
+    /// Decide a request by `principal` to `method` `uri`; a refusal is logged.
     #[inline]
-    pub(crate) fn check_parts(
+    pub(crate) fn check(
         &self,
         principal: &Principal,
-        method: &http::Method,
-        uri: &http::Uri,
-    ) -> Verdict<'_> {
+        method: &Method,
+        uri: &Uri,
+    ) -> Result<(), Rejection> {
         let requirement = match &self.check {
             Check::Fixed(r) => r,
             Check::Rules(rules) => match rules.check(method, uri.path()) {
                 RuleMatch::Requires(r) => r,
-                RuleMatch::Authenticated => return Verdict::Pass,
-                RuleMatch::Unmatched if rules.allows_unmatched() => return Verdict::Pass,
-                RuleMatch::Unmatched => {
-                    tracing::debug!(
-                        key_id = %principal.key_id(), org_id = %principal.org_id(),
-                        method = %method, path = uri.path(),
-                        "no scope rule matches the request; refused"
-                    );
-                    return Verdict::Refuse(Refusal::Unmatched);
-                }
+                RuleMatch::Authenticated => return Ok(()),
+                RuleMatch::Unmatched if rules.allows_unmatched() => return Ok(()),
+                RuleMatch::Unmatched => return Err(no_route_rule(principal, method, uri)),
             },
         };
         if requirement.is_met(principal.scopes()) {
-            return Verdict::Pass;
+            return Ok(());
         }
-        tracing::debug!(
-            key_id = %principal.key_id(), org_id = %principal.org_id(),
-            required = requirement.describe(), "api key lacks scope"
-        );
-        Verdict::Refuse(Refusal::Lacks(requirement))
+        Err(lacks(principal, requirement))
     }
 
-    /// The refusal's response, built in the refused request's header map where it can be.
+    /// The response refusing a request, built in its header map.
     #[cold]
-    pub(crate) fn refusal(
-        &self,
-        reason: Refusal<'_>,
-        request_headers: http::HeaderMap,
-    ) -> Response<bytes::Bytes> {
-        match reason {
-            Refusal::Unmatched => {
-                let rejection = Rejection::InsufficientScope {
-                    required: String::new(),
-                };
-                self.responder.respond(&rejection, &request_headers)
-            }
-            Refusal::Lacks(r) => match &self.refusal {
-                // Built in the refused request's header map: no allocation.
-                Some(fixed) => fixed.respond_in(request_headers),
-                None => self.responder.respond(&insufficient(r), &request_headers),
-            },
-        }
+    pub(crate) fn refuse(&self, rejection: &Rejection, request_headers: HeaderMap) -> Response<Bytes> {
+        self.responder.refuse(rejection, request_headers)
+    }
+}
+
+#[cold]
+fn no_route_rule(principal: &Principal, method: &Method, uri: &Uri) -> Rejection {
+    tracing::debug!(
+        key_id = %principal.key_id(), org_id = %principal.org_id(),
+        method = %method, path = uri.path(),
+        "no scope rule matches the request; refused"
+    );
+    Rejection::NoRouteRule
+}
+
+#[cold]
+fn lacks(principal: &Principal, requirement: &Requirement) -> Rejection {
+    tracing::debug!(
+        key_id = %principal.key_id(), org_id = %principal.org_id(),
+        required = requirement.describe(), "api key lacks scope"
+    );
+    Rejection::InsufficientScope {
+        required: requirement.describe().to_owned(),
     }
 }

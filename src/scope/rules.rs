@@ -4,7 +4,7 @@ use std::fmt;
 
 use http::Method;
 
-use crate::principal::{Scope, Scopes};
+use crate::scopes::{Scope, Scopes};
 
 /// What a route asks of a key's scopes.
 ///

@@ -40,58 +40,39 @@
 //! the handler. Each piece keeps its own configuration (the rate limit's backend, policy, cost
 //! and failure policy; the recorder's granularity and flusher; the guard's rules and responder).
 //!
-//! # Design note: why one service
-//!
-//! Measured on the full stack (`BENCHMARKS.md`), composing the four layers adds 60–100 ns per
-//! request to their work (against the same work composed by hand), from these items, each per
-//! request:
-//!
-//! - hyper and axum clone the service for every request: one `Arc` here, against one per
-//!   layer (two atomic operations each, on memory other cores share);
-//! - one response future and one body wrapper, instead of one per layer, each moving the
-//!   request (224 bytes) on the way in and the response (~150 bytes) on the way out;
-//! - the [`Principal`] is in hand: no extension look-ups to find it again;
-//! - one clock read, shared by every stage whose clock is the same as the authentication's (the
-//!   request is one instant);
-//! - in axum, a scope check by rule table here avoids `route_layer`, which boxes and clones a
-//!   service and boxes a future per request (0–4 % of a hello world's throughput end to end).
-//!
-//! The separate layers remain, each useful alone and for stacks that need something between
-//! them.
+//! One service instead of four saves, per request, a service clone and a response future per
+//! layer, and finds the [`Principal`] without extension look-ups; the separate layers remain,
+//! each useful alone and for stacks that need something between them.
 
 mod future;
 
 use std::fmt;
-use std::future::Future as _;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderName, Request, Response};
+use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
 pub use future::ResponseFuture;
 
-use crate::auth::{ApiKeyAuthLayer, Begin, Shared as Auth, refuse, refuse_early};
+use crate::auth::{ApiKeyAuthLayer, Authenticator, Begin};
 use crate::clock::{Clock, Timestamp};
-use crate::key::KeyFormats;
-use crate::last_used::{Core as Recorder, LastUsedRecorderLayer};
+use crate::future::{Next, inner_accessors, poll_now, take_ready};
+use crate::headers::LimitHeaders;
+use crate::last_used::{LastUsedRecorderLayer, Recorder};
 use crate::principal::Principal;
-use crate::rate_limit::{
-    CheckArgs, Draft, Figures, MemoryRateLimiter, OrgRateLimitLayer, Outcome, RateLimitBackend,
-    Shared as RateLimit,
-};
-use crate::reject::{Responder, ResponseBody};
-use crate::scope::{ScopeGuardLayer, Shared as Guard, Verdict};
+use crate::rate_limit::{CheckArgs, Limiter, MemoryRateLimiter, OrgRateLimitLayer, Outcome, RateLimitBackend};
+use crate::reject::{Rejection, ResponseBody};
+use crate::scope::{Guard, ScopeGuardLayer};
 use crate::store::KeyStore;
+use bytes::Bytes;
 
 /// Authentication, rate limit, last-used marks and scope checks in one service. See the
 /// [module docs](self).
 pub struct ApiKeyStack<S, St, B = MemoryRateLimiter> {
     inner: S,
-    shared: Arc<Shared<St, B>>,
+    shared: Arc<Stages<St, B>>,
 }
 
 impl<S: Clone, St, B> Clone for ApiKeyStack<S, St, B> {
@@ -112,16 +93,17 @@ impl<S: fmt::Debug, St, B> fmt::Debug for ApiKeyStack<S, St, B> {
     }
 }
 
+/// The stack's configuration: authentication, then the stages run after a key is accepted, in
+/// this order (each optional).
 #[derive(Clone)]
-pub(crate) struct Shared<St, B> {
-    pub(crate) auth: Auth<St>,
-    /// The stages run after a key is accepted, in this order (each optional).
-    pub(crate) limit: Option<RateLimit<B>>,
+pub(crate) struct Stages<St, B> {
+    pub(crate) auth: Authenticator<St>,
+    pub(crate) limit: Option<Limiter<B>>,
     pub(crate) recorder: Option<Recorder>,
     pub(crate) guard: Option<Arc<Guard>>,
 }
 
-impl<St, B> Shared<St, B> {
+impl<St, B> Stages<St, B> {
     /// The instant a stage reading `clock` sees: the authentication's `now` when the clocks
     /// are the same (the request is one instant), else its own clock's.
     #[inline]
@@ -149,10 +131,10 @@ impl<St, B> Shared<St, B> {
 }
 
 /// Layer that adds [`ApiKeyStack`]. Cheap to clone; all clones share one configuration (and
-/// the rate limit's state and the recorder's marks). Built from an [`ApiKeyAuthLayer`]; see
-/// the [module docs](self).
+/// the rate limit's state and the recorder's marks). Built from a configured
+/// [`ApiKeyAuthLayer`] by adding stages; see the [module docs](self).
 pub struct ApiKeyStackLayer<St, B = MemoryRateLimiter> {
-    shared: Arc<Shared<St, B>>,
+    shared: Arc<Stages<St, B>>,
 }
 
 impl<St, B> Clone for ApiKeyStackLayer<St, B> {
@@ -173,11 +155,46 @@ impl<St, B> fmt::Debug for ApiKeyStackLayer<St, B> {
     }
 }
 
+impl<St: KeyStore> ApiKeyAuthLayer<St> {
+    /// Run this rate limit inside the same service, right after a key is accepted: the whole
+    /// stack in one service ([`ApiKeyStack`]). The same decisions, headers and refusals as
+    /// `layer` placed directly behind `ApiKeyAuth`, with its own configuration.
+    ///
+    /// ```
+    /// use tower_api_key::{ApiKeyAuth, LastUsedRecorder, MemoryStore, OrgRateLimit};
+    ///
+    /// let store = MemoryStore::new();
+    /// let recorder = LastUsedRecorder::new(store.clone());
+    /// let layer = ApiKeyAuth::new(store)
+    ///     .rate_limit(OrgRateLimit::new())
+    ///     .record_last_used(recorder.clone());
+    /// # let _ = layer;
+    /// ```
+    pub fn rate_limit<B: RateLimitBackend>(
+        self,
+        layer: OrgRateLimitLayer<B>,
+    ) -> ApiKeyStackLayer<St, B> {
+        ApiKeyStackLayer::from_auth(self).rate_limit(layer)
+    }
+
+    /// Mark keys as used inside the same service: see [`ApiKeyStackLayer::record_last_used`].
+    pub fn record_last_used<St2: KeyStore>(
+        self,
+        layer: LastUsedRecorderLayer<St2>,
+    ) -> ApiKeyStackLayer<St> {
+        ApiKeyStackLayer::from_auth(self).record_last_used(layer)
+    }
+
+    /// Check scopes inside the same service: see [`ApiKeyStackLayer::scope_guard`].
+    pub fn scope_guard(self, layer: ScopeGuardLayer) -> ApiKeyStackLayer<St> {
+        ApiKeyStackLayer::from_auth(self).scope_guard(layer)
+    }
+}
+
 impl<St: KeyStore> ApiKeyStackLayer<St> {
-    /// The stack of `auth` alone; add stages with the methods below.
-    pub fn from_auth(auth: ApiKeyAuthLayer<St>) -> Self {
+    fn from_auth(auth: ApiKeyAuthLayer<St>) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Stages {
                 auth: auth.into_shared(),
                 limit: None,
                 recorder: None,
@@ -188,7 +205,7 @@ impl<St: KeyStore> ApiKeyStackLayer<St> {
 }
 
 impl<St: KeyStore, B: RateLimitBackend> ApiKeyStackLayer<St, B> {
-    fn map(self, f: impl FnOnce(&mut Shared<St, B>)) -> Self {
+    fn map(self, f: impl FnOnce(&mut Stages<St, B>)) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.shared);
         f(&mut shared);
         Self {
@@ -204,9 +221,9 @@ impl<St: KeyStore, B: RateLimitBackend> ApiKeyStackLayer<St, B> {
     ) -> ApiKeyStackLayer<St, B2> {
         let s = Arc::unwrap_or_clone(self.shared);
         ApiKeyStackLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Stages {
                 auth: s.auth,
-                limit: Some(layer.shared().clone()),
+                limit: Some(layer.limiter().clone()),
                 recorder: s.recorder,
                 guard: s.guard,
             }),
@@ -218,49 +235,16 @@ impl<St: KeyStore, B: RateLimitBackend> ApiKeyStackLayer<St, B> {
     /// [`LastUsedRecorderLayer::spawn_flusher`] on the same layer or a clone (clones share
     /// their marks).
     pub fn record_last_used<St2: KeyStore>(self, layer: LastUsedRecorderLayer<St2>) -> Self {
-        let core = layer.core().clone();
-        self.map(|s| s.recorder = Some(core))
+        let recorder = layer.recorder().clone();
+        self.map(|s| s.recorder = Some(recorder))
     }
 
     /// Check scopes last, before the inner service is called, as `layer` does as a layer of
     /// its own: a [`ScopeRules`](crate::ScopeRules) table over a whole router, or one
     /// requirement for every request. A refusal (403) carries the rate limit's headers.
     pub fn scope_guard(self, layer: ScopeGuardLayer) -> Self {
-        let guard = layer.shared().clone();
+        let guard = layer.guard().clone();
         self.map(|s| s.guard = Some(guard))
-    }
-
-    /// As [`ApiKeyAuthLayer::formats`].
-    pub fn formats(self, formats: impl Into<KeyFormats>) -> Self {
-        let formats = formats.into();
-        self.map(|s| s.auth.formats = formats)
-    }
-
-    /// As [`ApiKeyAuthLayer::header`].
-    pub fn header(self, name: HeaderName) -> Self {
-        self.map(|s| s.auth.header = Some(name))
-    }
-
-    /// As [`ApiKeyAuthLayer::clock`]. Stages whose clock is the same read the request's
-    /// instant once.
-    pub fn clock(self, clock: Clock) -> Self {
-        self.map(|s| s.auth.clock = clock)
-    }
-
-    /// As [`ApiKeyAuthLayer::responder`] (the authentication's refusals; the rate limit and
-    /// the guard keep their own).
-    pub fn responder(self, responder: Responder) -> Self {
-        self.map(|s| s.auth.responder = responder)
-    }
-
-    /// As [`ApiKeyAuthLayer::store_timeout`].
-    pub fn store_timeout(self, timeout: Duration) -> Self {
-        self.map(|s| s.auth.timeout = timeout)
-    }
-
-    /// As [`ApiKeyAuthLayer::unavailable_retry_after`].
-    pub fn unavailable_retry_after(self, secs: u64) -> Self {
-        self.map(|s| s.auth.retry_after = secs.max(1))
     }
 
     /// The store.
@@ -280,22 +264,7 @@ impl<S, St, B> Layer<S> for ApiKeyStackLayer<St, B> {
     }
 }
 
-impl<S, St, B> ApiKeyStack<S, St, B> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
+inner_accessors!(ApiKeyStack<S, St, B>);
 
 impl<S, St, B, ReqBody, ResBody> Service<Request<ReqBody>> for ApiKeyStack<S, St, B>
 where
@@ -315,74 +284,50 @@ where
     #[inline]
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let auth = &self.shared.auth;
-        match auth.begin(&req) {
+        let rejection = match auth.begin(&req) {
             Begin::Decided(result, hash) => {
                 let now = auth.clock.now();
                 match auth.decide_at(result, &hash, now) {
-                    Ok(principal) => match stages(&self.shared, &mut req, &principal, now) {
-                        Stages::Call(figures) => {
-                            req.extensions_mut().insert(principal);
-                            ResponseFuture::inner(self.inner.call(req), figures)
-                        }
-                        Stages::Refuse(res) => ResponseFuture::rejected(res),
-                        Stages::Check(check, args, draft) => {
-                            // The service made ready is the one called: taken out, a clone
-                            // left in its place.
-                            let clone = self.inner.clone();
-                            let inner = std::mem::replace(&mut self.inner, clone);
-                            let checked = future::Checked {
-                                req,
-                                principal,
-                                now,
-                                inner,
-                                shared: self.shared.clone(),
-                                args,
-                                draft,
-                            };
-                            ResponseFuture::checking(check, checked)
-                        }
-                    },
-                    Err(rejection) => ResponseFuture::refused(refuse(
-                        &auth.responder,
-                        &rejection,
-                        req.headers_mut(),
-                    )),
+                    Ok(principal) => {
+                        let decided = stages(&self.shared, &mut req, &principal, now);
+                        let next = proceed(&self.shared, &mut self.inner, req, principal, now, decided);
+                        return ResponseFuture::next(next);
+                    }
+                    Err(rejection) => rejection,
                 }
             }
-            Begin::Refuse(early) => {
-                ResponseFuture::refused(refuse_early(&auth.responder, early, req.headers_mut()))
-            }
+            Begin::Refuse(rejection) => rejection,
             Begin::Pending(lookup, hash) => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::lookup(lookup, hash, req, inner, self.shared.clone())
+                let inner = take_ready(&mut self.inner);
+                let waiting = future::Waiting::lookup(lookup, hash, req, inner, self.shared.clone());
+                return ResponseFuture::waiting(waiting);
             }
-        }
+        };
+        let headers = std::mem::take(req.headers_mut());
+        ResponseFuture::refused(auth.responder.refuse(&rejection, headers))
     }
 }
 
 /// What the stages after authentication (rate limit, last-used mark, scope check) decided for
 /// an accepted request.
-pub(crate) enum Stages<C> {
-    /// Call the inner service; these rate-limit figures go on its response.
-    Call(Option<Figures>),
+pub(crate) enum Decided<C> {
+    /// Call the inner service; these rate-limit headers go on its response.
+    Call(Option<LimitHeaders>),
     /// Refused by the rate limit or the scope guard.
     Refuse(Response<Bytes>),
     /// The rate limit's check is still pending.
-    Check(C, CheckArgs, Option<Draft>),
+    Check(C, CheckArgs, Option<crate::headers::Draft>),
 }
 
-/// Run the stages of an accepted request, up to the call. The request is borrowed: it moves
-/// once, in the caller, into the inner service or a waiting state. (Passed by value through
-/// the stages, each inlined step copied all 224 bytes of it: four copies per accepted request,
-/// each a `memcpy` call, seen in the disassembly and in callgrind's call counts.)
-#[inline(always)]
+/// Run the stages of an accepted request, up to the call. The request is borrowed, so that it
+/// moves once, into the inner service or a waiting state.
+#[inline]
 pub(crate) fn stages<St, B, ReqBody>(
-    shared: &Shared<St, B>,
+    shared: &Stages<St, B>,
     req: &mut Request<ReqBody>,
     principal: &Principal,
     now: Timestamp,
-) -> Stages<B::Check>
+) -> Decided<B::Check>
 where
     B: RateLimitBackend,
 {
@@ -391,29 +336,26 @@ where
     };
     let at = shared.instant(limit.clock(), now);
     let (mut check, args, draft) = limit.begin(principal, req, at);
-    // A check that is ready at once (the in-memory backend) is decided here. Checks are
-    // `Unpin`, so polling one in place and moving it afterwards is sound.
-    let mut noop = Context::from_waker(std::task::Waker::noop());
-    match std::pin::Pin::new(&mut check).poll(&mut noop) {
+    match poll_now(&mut check) {
         Poll::Ready(result) => {
             match limit.outcome(result, Some(principal), &args, draft, req.headers()) {
-                Outcome::Admit(figures) => after_limit(shared, req, principal, now, figures),
-                Outcome::Refuse(res) => Stages::Refuse(res),
+                Outcome::Admit(headers) => after_limit(shared, req, principal, now, headers),
+                Outcome::Refuse(res) => Decided::Refuse(res),
             }
         }
-        Poll::Pending => Stages::Check(check, args, draft),
+        Poll::Pending => Decided::Check(check, args, draft),
     }
 }
 
 /// The stages after the rate limit: mark the key, check scopes.
-#[inline(always)]
+#[inline]
 pub(crate) fn after_limit<St, B, ReqBody>(
-    shared: &Shared<St, B>,
+    shared: &Stages<St, B>,
     req: &mut Request<ReqBody>,
     principal: &Principal,
     now: Timestamp,
-    figures: Option<Figures>,
-) -> Stages<B::Check>
+    headers: Option<LimitHeaders>,
+) -> Decided<B::Check>
 where
     B: RateLimitBackend,
 {
@@ -421,50 +363,59 @@ where
         recorder.mark_at(principal, shared.instant(recorder.clock(), now));
     }
     if let Some(guard) = &shared.guard {
-        if let Verdict::Refuse(reason) = guard.check_parts(principal, req.method(), req.uri()) {
-            let mut res = guard.refusal(reason, std::mem::take(req.headers_mut()));
-            if let Some(f) = &figures {
-                f.write(res.headers_mut());
-            }
-            return Stages::Refuse(res);
+        if let Err(rejection) = guard.check(principal, req.method(), req.uri()) {
+            return Decided::Refuse(refuse_after_limit(guard, &rejection, req, headers));
         }
     }
-    Stages::Call(figures)
+    Decided::Call(headers)
 }
 
-/// Act on the stages' decision for a request taken out of a waiting state (a pending lookup or
-/// check): the slow paths, where the moves of the request do not matter. `ApiKeyStack::call`
-/// does the same inline.
+/// A scope refusal, with the rate limit's headers as the separate layers give it.
+#[cold]
+fn refuse_after_limit<ReqBody>(
+    guard: &Guard,
+    rejection: &Rejection,
+    req: &mut Request<ReqBody>,
+    headers: Option<LimitHeaders>,
+) -> Response<Bytes> {
+    let mut res = guard.refuse(rejection, std::mem::take(req.headers_mut()));
+    if let Some(h) = &headers {
+        h.write(res.headers_mut());
+    }
+    res
+}
+
+/// Act on the stages' decision: call the service made ready, refuse, or wait for the check.
+/// `inner` is the ready service (`self.inner` in `call`, the waiting state's own later).
+#[inline]
 pub(crate) fn proceed<S, St, B, ReqBody>(
-    shared: Arc<Shared<St, B>>,
-    mut inner: S,
+    shared: &Arc<Stages<St, B>>,
+    inner: &mut S,
     mut req: Request<ReqBody>,
     principal: Principal,
     now: Timestamp,
-    stages: Stages<B::Check>,
-) -> ResponseFuture<S, St, ReqBody, B>
+    decided: Decided<B::Check>,
+) -> Next<S::Future, future::Waiting<S, St, ReqBody, B>>
 where
     S: Service<Request<ReqBody>> + Clone,
     St: KeyStore,
     B: RateLimitBackend,
 {
-    match stages {
-        Stages::Call(figures) => {
+    match decided {
+        Decided::Call(headers) => {
             req.extensions_mut().insert(principal);
-            ResponseFuture::inner(inner.call(req), figures)
+            Next::Call(inner.call(req), headers)
         }
-        Stages::Refuse(res) => ResponseFuture::rejected(res),
-        Stages::Check(check, args, draft) => ResponseFuture::checking(
+        Decided::Refuse(res) => Next::Refuse(res),
+        Decided::Check(check, args, draft) => Next::Wait(future::Waiting::check(
             check,
-            future::Checked {
-                req,
-                principal,
-                now,
-                inner,
-                shared,
-                args,
-                draft,
-            },
-        ),
+            args,
+            draft,
+            req,
+            principal,
+            now,
+            take_ready(inner),
+            shared.clone(),
+        )),
     }
 }

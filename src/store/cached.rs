@@ -13,7 +13,8 @@ use tokio::sync::OnceCell;
 
 use crate::clock::{Clock, Timestamp};
 use crate::key::{KeyHash, KeyHashBuilder};
-use crate::principal::{KeyId, OrgId, Plan};
+use crate::ids::{KeyId, OrgId};
+use crate::plan::Plan;
 
 use super::{BoxFuture, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
 

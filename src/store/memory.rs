@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::clock::Timestamp;
 use crate::key::{KeyHash, KeyHashBuilder};
-use crate::principal::{KeyId, OrgId, Plan};
+use crate::ids::{KeyId, OrgId};
+use crate::plan::Plan;
 
 use super::{KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
 
@@ -401,7 +402,7 @@ impl KeyStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::principal::Scopes;
+    use crate::scopes::Scopes;
 
     fn record(org: &str, i: usize) -> KeyRecord {
         let id = format!("key_{org}_{i}");

@@ -71,10 +71,13 @@ use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::key::KeyHash;
-use crate::principal::{KeyId, OrgId, Plan, Scopes};
+use crate::ids::{KeyId, OrgId};
+use crate::plan::Plan;
+use crate::scopes::Scopes;
 
 mod cached;
 mod memory;
+mod usage;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -86,6 +89,7 @@ pub use cached::{
     CacheConfig, CacheStats, CachedLookup, CachedStore, Invalidation, InvalidationSource,
 };
 pub use memory::MemoryStore;
+pub(crate) use usage::UsageSlot;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgInvalidations, PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
@@ -157,7 +161,7 @@ pub struct KeyRecord {
     /// Where [`LastUsedRecorder`](crate::LastUsedRecorder) marks this snapshot as used, lock-free
     /// and without a map lookup. Bookkeeping only: ignored by `==` and serialization.
     #[serde(skip)]
-    pub(crate) usage: crate::last_used::UsageSlot,
+    pub(crate) usage: UsageSlot,
 }
 
 impl fmt::Debug for KeyRecord {
@@ -218,7 +222,7 @@ impl KeyRecord {
             revoked_at: None,
             last_used_at: None,
             rotated_from: None,
-            usage: crate::last_used::UsageSlot::new(),
+            usage: UsageSlot::new(),
         }
     }
 

@@ -54,7 +54,8 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::clock::Timestamp;
 use crate::key::KeyHash;
-use crate::principal::{KeyId, OrgId, Plan};
+use crate::ids::{KeyId, OrgId};
+use crate::plan::Plan;
 
 use super::cached::{Invalidation, InvalidationSource};
 use super::sql::{

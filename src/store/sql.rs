@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use crate::clock::Timestamp;
 use crate::key::KeyHash;
-use crate::principal::{KeyId, OrgId, Plan, Quota, Scopes};
+use crate::ids::{KeyId, OrgId};
+use crate::plan::{Plan, Quota};
+use crate::scopes::Scopes;
 
 use super::{KeyRecord, StoreError};
 

@@ -30,7 +30,8 @@ use sqlx::sqlite::{
 
 use crate::clock::Timestamp;
 use crate::key::KeyHash;
-use crate::principal::{KeyId, OrgId, Plan};
+use crate::ids::{KeyId, OrgId};
+use crate::plan::Plan;
 
 use super::sql::{
     KeyRow, Migration, key_columns, map_err, opt_ts_to_db, plan_from_db, plan_to_db,

@@ -1,5 +1,5 @@
 //! Redis backends (feature `redis`): [`RedisRateLimiter`], one request rate per organization
-//! shared by every replica, and [`RedisSessions`], one concurrent-session count.
+//! shared by every replica, and [`RedisSessions`](crate::RedisSessions), one concurrent-session count.
 //!
 //! With the in-memory backends each replica limits on its own, so three replicas let a Free
 //! organization send 300 requests a minute. Over Redis they share one state: the 101st request
@@ -10,7 +10,7 @@
 //! ```no_run
 //! use axum::{Router, routing::get};
 //! use tower_api_key::rate_limit::OnBackendError;
-//! use tower_api_key::rate_limit::redis::{RedisRateLimiter, RedisSessions};
+//! use tower_api_key::{RedisRateLimiter, RedisSessions};
 //! use tower_api_key::{ApiKeyAuth, MemoryStore, OrgRateLimit, SessionQuota};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -119,15 +119,13 @@
 //! request then counts against the quota without having been served by it, which errs on the
 //! strict side.
 //!
-//! Sessions have no fallback: [`RedisSessions`] answers [`SessionError::Unavailable`]
+//! Sessions have no fallback: [`RedisSessions`](crate::RedisSessions) answers [`SessionError::Unavailable`]
 //! (`503`) when Redis fails, since a per-replica session count would silently multiply the
 //! quota for as long as the sessions live.
 //!
 //! [`SessionError::Unavailable`]: super::SessionError::Unavailable
 
-mod sessions;
 
-pub use sessions::RedisSessions;
 
 use std::fmt;
 use std::future::Future;
@@ -141,8 +139,8 @@ use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, Script, Value};
 
 use crate::clock::{Timestamp, duration_nanos};
-use crate::principal::OrgId;
-use crate::reject::RateLimitInfo;
+use crate::headers::RateLimitInfo;
+use crate::ids::OrgId;
 
 use super::backend::{CheckResult, RateLimitBackend, RateLimitError};
 use super::gcra::{Decision, Gcra, ceil_duration_secs};
@@ -335,7 +333,7 @@ impl RedisRateLimiter<ConnectionManager> {
 }
 
 impl<C: RedisConnection> RedisRateLimiter<C> {
-    /// A limiter over an existing connection (e.g. one shared with [`RedisSessions`] or the
+    /// A limiter over an existing connection (e.g. one shared with [`RedisSessions`](crate::RedisSessions) or the
     /// rest of the application), with the defaults: prefix `tak`, 50 ms timeout, 1 s cooldown,
     /// 60 s idle grace.
     pub fn new(conn: C) -> Self {
@@ -392,7 +390,7 @@ impl<C: RedisConnection> RedisRateLimiter<C> {
         self.map(|c| c.grace_ms = millis(grace))
     }
 
-    /// The connection (clone it to share it with [`RedisSessions::new`]).
+    /// The connection (clone it to share it with [`RedisSessions::new`](crate::RedisSessions::new)).
     pub fn connection(&self) -> &C {
         &self.inner.conn
     }
@@ -574,7 +572,7 @@ fn parse_quota_id(q: &str) -> Option<Gcra> {
     ))
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -28,7 +28,10 @@
 //! let lease = Duration::from_secs(60);
 //! sessions.acquire_for(&org, 2, "s1", lease).await?;
 //! sessions.acquire_for(&org, 2, "s2", lease).await?;
-//! assert!(sessions.acquire_for(&org, 2, "s3", lease).await.is_err());
+//! assert!(matches!(
+//!     sessions.acquire_for(&org, 2, "s3", lease).await,
+//!     Err(tower_api_key::SessionError::LimitReached { limit: 2, .. })
+//! ));
 //! assert!(sessions.release(&org, "s1").await?);
 //! sessions.acquire_for(&org, 2, "s3", lease).await?;
 //! # Ok::<(), tower_api_key::SessionError>(()) }).unwrap();
@@ -42,12 +45,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::clock::{Clock, Timestamp};
-use crate::principal::{OrgId, Principal};
+use crate::ids::OrgId;
+use crate::principal::Principal;
+use crate::rate_limit::QuotaPolicy;
+use crate::rate_limit::gcra::ceil_duration_secs;
 use crate::reject::Rejection;
 use crate::store::BoxError;
 
-use super::QuotaPolicy;
-use super::gcra::ceil_duration_secs;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "redis")]
+pub use redis::RedisSessions;
 
 /// A held session slot.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,11 +7,10 @@ use std::time::Duration;
 use ::redis::aio::ConnectionManager;
 use ::redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
+use super::{SessionBackend, SessionError, SessionLease};
 use crate::clock::Timestamp;
-use crate::principal::OrgId;
-use crate::rate_limit::sessions::{SessionBackend, SessionError, SessionLease};
-
-use super::{
+use crate::ids::OrgId;
+use crate::rate_limit::redis::{
     DEFAULT_IDLE_GRACE, DEFAULT_PREFIX, RedisBackendError, RedisConnection, connect, millis,
     org_key,
 };

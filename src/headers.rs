@@ -1,18 +1,92 @@
-//! Integer header values without an allocation per response.
+//! The rate-limit header encoding: [`RateLimitInfo`] and the `X-RateLimit-*` fields, plus the
+//! IETF draft `RateLimit-Policy` / `RateLimit` fields.
 //!
-//! `HeaderValue::from(u64)` formats into a fresh heap buffer: ~50 ns, three times per response.
-//! Small numbers (limits and remaining counts up to 9,999) come from one table of digits built
-//! at compile time (39 KB in the binary) as `'static` values. Larger ones (Unix times, enterprise quotas) are
-//! formatted into a per-thread 4 KB chunk that each value shares by reference count, so one
-//! allocation serves a few hundred values; the reset time, which changes about once a second,
-//! is also remembered per thread.
+//! Integer values are written without an allocation per response: numbers below 10,000 come
+//! from a table of digits built at compile time, larger ones share a per-thread buffer, and the
+//! reset time (which changes once a second) is remembered per thread.
 
 use std::cell::RefCell;
 
 use bytes::BytesMut;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::reject::{RateLimitInfo, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
+/// `x-ratelimit-limit`: requests allowed per window.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `x-ratelimit-remaining`: requests left now.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `x-ratelimit-reset`: Unix time, in seconds, at which the allowance is whole again.
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// `ratelimit-policy` (IETF draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `ratelimit` (IETF draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The rate-limit figures of one decision, as sent in `X-RateLimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    /// Requests allowed per window (`X-RateLimit-Limit`).
+    pub limit: u64,
+    /// Requests left now (`X-RateLimit-Remaining`).
+    pub remaining: u64,
+    /// Unix time, in seconds, at which the allowance is whole again (`X-RateLimit-Reset`).
+    pub reset: u64,
+    /// Whole seconds to wait before retrying, never 0 on a refusal (`Retry-After`).
+    pub retry_after: u64,
+}
+
+impl RateLimitInfo {
+    /// Write `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
+    #[inline]
+    pub(crate) fn write(&self, headers: &mut HeaderMap) {
+        headers.insert(X_RATELIMIT_LIMIT, int_value(self.limit));
+        headers.insert(X_RATELIMIT_REMAINING, int_value(self.remaining));
+        headers.insert(X_RATELIMIT_RESET, reset_value(self.reset));
+    }
+}
+
+/// What the IETF draft fields name: the plan's policy, its window, and the time of the decision.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Draft {
+    pub(crate) policy: &'static str,
+    pub(crate) window_secs: u64,
+    pub(crate) now_secs: u64,
+}
+
+/// The rate-limit headers an admitted request's response gets (and a refusal after
+/// authentication): the decision's figures, and the draft fields if enabled.
+#[derive(Clone, Copy, Debug)]
+pub struct LimitHeaders {
+    pub(crate) info: RateLimitInfo,
+    pub(crate) draft: Option<Draft>,
+}
+
+impl LimitHeaders {
+    /// Write the headers; the draft fields (formatted, rarely on) out of line.
+    #[inline]
+    pub(crate) fn write(&self, headers: &mut HeaderMap) {
+        self.info.write(headers);
+        if let Some(d) = &self.draft {
+            self.write_draft(d, headers);
+        }
+    }
+
+    #[inline(never)]
+    fn write_draft(&self, d: &Draft, headers: &mut HeaderMap) {
+        let policy = format!("\"{}\";q={};w={}", d.policy, self.info.limit, d.window_secs);
+        let state = format!(
+            "\"{}\";r={};t={}",
+            d.policy,
+            self.info.remaining,
+            self.info.reset.saturating_sub(d.now_secs)
+        );
+        if let Ok(v) = HeaderValue::from_str(&policy) {
+            headers.insert(RATELIMIT_POLICY, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&state) {
+            headers.insert(RATELIMIT, v);
+        }
+    }
+}
 
 const TABLE_LEN: u64 = 10_000;
 
@@ -96,24 +170,10 @@ fn reset_value(secs: u64) -> HeaderValue {
         .unwrap_or_else(|_| int_value(secs))
 }
 
-/// `n` in decimal, into a buffer; returns the digits.
-fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[at..]
-}
-
 /// An integer header value sharing the thread's chunk.
 fn arena_value(n: u64) -> HeaderValue {
-    let mut buf = [0u8; 20];
-    let digits = format_u64(n, &mut buf);
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n).as_bytes();
     ARENA
         .try_with(|arena| {
             let mut arena = arena.borrow_mut();
@@ -128,14 +188,6 @@ fn arena_value(n: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(n))
 }
 
-/// Write `X-RateLimit-Limit`, `-Remaining` and `-Reset` without allocating per value (the body
-/// of [`RateLimitInfo::write_headers`]).
-#[inline]
-pub(crate) fn write_info(info: &RateLimitInfo, headers: &mut HeaderMap) {
-    headers.insert(X_RATELIMIT_LIMIT, int_value(info.limit));
-    headers.insert(X_RATELIMIT_REMAINING, int_value(info.remaining));
-    headers.insert(X_RATELIMIT_RESET, reset_value(info.reset));
-}
 
 #[cfg(test)]
 mod tests {
@@ -177,7 +229,7 @@ mod tests {
             retry_after: 0,
         };
         let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
-        write_info(&info, &mut a);
+        info.write(&mut a);
         b.insert(X_RATELIMIT_LIMIT, HeaderValue::from(info.limit));
         b.insert(X_RATELIMIT_REMAINING, HeaderValue::from(info.remaining));
         b.insert(X_RATELIMIT_RESET, HeaderValue::from(info.reset));

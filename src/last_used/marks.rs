@@ -1,0 +1,219 @@
+//! The queue of marked records: which records the flusher writes next.
+//!
+//! A request marks its record with one relaxed load when the time has not moved into a new
+//! granule. Otherwise it raises the record's time and, if the record is not queued yet, pushes
+//! it onto the [`MarkList`] under a lock: once per record per flush interval, not per request.
+//! The list holds a strong reference per queued record, so a record stays alive until flushed.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::clock::Timestamp;
+use crate::store::KeyRecord;
+
+/// Mark `record` as used at `now_nanos`, truncated to `granularity_nanos` (≥ 1).
+#[inline]
+pub(crate) fn mark(
+    list: &MarkList,
+    record: &Arc<KeyRecord>,
+    now_nanos: u64,
+    granularity_nanos: u64,
+) {
+    if record.usage.is_marked_at(now_nanos, granularity_nanos) {
+        return;
+    }
+    mark_slow(list, record, now_nanos - now_nanos % granularity_nanos);
+}
+
+#[cold]
+#[inline(never)]
+fn mark_slow(list: &MarkList, record: &Arc<KeyRecord>, t: u64) {
+    if record.usage.raise(t) {
+        list.push(Arc::clone(record));
+    }
+}
+
+/// The records marked since the last drain, each at most once.
+pub(crate) struct MarkList {
+    records: Mutex<Vec<Arc<KeyRecord>>>,
+}
+
+impl fmt::Debug for MarkList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MarkList")
+            .field("empty", &self.is_empty())
+            .finish()
+    }
+}
+
+impl MarkList {
+    pub(crate) const fn new() -> Self {
+        Self {
+            records: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<KeyRecord>>> {
+        // A panic while pushing leaves a valid vector: the poison carries no broken invariant.
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, record: Arc<KeyRecord>) {
+        self.lock().push(record);
+    }
+
+    /// Take every queued record; for each, call `f` with the record and its latest mark.
+    pub(crate) fn drain(&self, mut f: impl FnMut(&KeyRecord, Timestamp)) {
+        let records = std::mem::take(&mut *self.lock());
+        for record in records {
+            if let Some(t) = record.usage.take() {
+                f(&record, t);
+            }
+        }
+    }
+
+    /// Whether no record is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+impl Drop for MarkList {
+    fn drop(&mut self) {
+        // Clear the queued flags, so that another recorder can queue the records.
+        self.drain(|_, _| {});
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{KeyId, OrgId};
+    use crate::key::KeyHash;
+    use crate::scopes::Scopes;
+    use crate::store::UsageSlot;
+
+    fn record(id: &str) -> Arc<KeyRecord> {
+        Arc::new(KeyRecord::new(
+            KeyId::from(id),
+            OrgId::from("org"),
+            "n".into(),
+            KeyHash::of(id),
+            "h".into(),
+            Scopes::full_access(),
+            Arc::from("live"),
+            Timestamp::EPOCH,
+        ))
+    }
+
+    fn drained(list: &MarkList) -> Vec<(String, u64)> {
+        let mut v = Vec::new();
+        list.drain(|r, t| v.push((r.id.to_string(), t.as_unix_nanos())));
+        v.sort();
+        v
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_slot_is_two_words() {
+        assert_eq!(std::mem::size_of::<UsageSlot>(), 16);
+    }
+
+    #[test]
+    fn same_granule_queues_once_new_granule_updates_the_time() {
+        let list = MarkList::new();
+        let a = record("a");
+        mark(&list, &a, 10 * SEC + 5, SEC);
+        mark(&list, &a, 10 * SEC + 900, SEC);
+        assert_eq!(Arc::strong_count(&a), 2, "queued once");
+        mark(&list, &a, 12 * SEC + 1, SEC);
+        assert_eq!(Arc::strong_count(&a), 2, "still queued once");
+        assert_eq!(drained(&list), vec![("a".into(), 12 * SEC)]);
+        assert_eq!(Arc::strong_count(&a), 1, "released after drain");
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn clock_stepping_back_never_lowers_the_mark() {
+        let list = MarkList::new();
+        let a = record("a");
+        mark(&list, &a, 20 * SEC, SEC);
+        mark(&list, &a, 5 * SEC, SEC);
+        assert_eq!(drained(&list), vec![("a".into(), 20 * SEC)]);
+        mark(&list, &a, 5 * SEC, SEC);
+        assert!(list.is_empty(), "an older time queues nothing");
+    }
+
+    #[test]
+    fn a_drained_record_is_queued_again_by_its_next_granule() {
+        let list = MarkList::new();
+        let a = record("a");
+        let b = record("b");
+        mark(&list, &a, SEC, SEC);
+        mark(&list, &b, SEC, SEC);
+        assert_eq!(drained(&list), vec![("a".into(), SEC), ("b".into(), SEC)]);
+        mark(&list, &a, SEC + 1, SEC);
+        assert!(list.is_empty(), "same granule as the flushed mark");
+        mark(&list, &a, 2 * SEC, SEC);
+        assert_eq!(drained(&list), vec![("a".into(), 2 * SEC)]);
+    }
+
+    #[test]
+    fn dropping_a_list_releases_its_records() {
+        let a = record("a");
+        {
+            let list = MarkList::new();
+            mark(&list, &a, SEC, SEC);
+            assert_eq!(Arc::strong_count(&a), 2);
+        }
+        assert_eq!(Arc::strong_count(&a), 1);
+        assert!(!a.usage.queued());
+    }
+
+    #[test]
+    fn long_chains_drop_without_recursion() {
+        let list = MarkList::new();
+        let records: Vec<_> = (0..100_000).map(|i| record(&format!("k{i}"))).collect();
+        for r in &records {
+            mark(&list, r, SEC, SEC);
+        }
+        drop(list);
+        assert!(records.iter().all(|r| Arc::strong_count(r) == 1));
+    }
+
+    #[test]
+    fn cloned_records_start_unqueued_with_the_time() {
+        let list = MarkList::new();
+        let a = record("a");
+        mark(&list, &a, 7 * SEC, SEC);
+        let copy = KeyRecord::clone(&a);
+        assert_eq!(copy.usage.last(), Some(Timestamp::from_unix_secs(7)));
+        assert!(!copy.usage.queued());
+        assert_eq!(copy, *a);
+        list.drain(|_, _| {});
+    }
+
+    #[test]
+    fn concurrent_marks_of_shared_and_distinct_records_are_all_drained() {
+        let list = Arc::new(MarkList::new());
+        let shared = record("shared");
+        let own: Vec<_> = (0..4).map(|i| record(&format!("own{i}"))).collect();
+        std::thread::scope(|s| {
+            for (i, mine) in own.iter().enumerate() {
+                let list = &list;
+                let shared = &shared;
+                s.spawn(move || {
+                    for step in 0..1_000u64 {
+                        let t = (step + 1) * SEC + i as u64;
+                        mark(list, shared, t, SEC);
+                        mark(list, mine, t, SEC);
+                    }
+                });
+            }
+        });
+        let got = drained(&list);
+        assert_eq!(got.len(), 5);
+        assert!(got.iter().all(|(_, t)| *t == 1_000 * SEC), "{got:?}");
+    }
+}

@@ -1,0 +1,129 @@
+//! [`Responder`]: how a layer turns a [`Rejection`] into a response.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+
+use super::Rejection;
+use super::render::{DEFAULT_REALM, is_grpc, render};
+
+/// Renders rejections into responses.
+///
+/// Implemented for closures `Fn(&Rejection, &HeaderMap) -> Response<Bytes>`, which receive the
+/// request's headers (for content negotiation).
+pub trait RenderRejection: Send + Sync + 'static {
+    /// The response for `rejection` to a request with `request_headers`.
+    fn render(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes>;
+}
+
+impl<F> RenderRejection for F
+where
+    F: Fn(&Rejection, &HeaderMap) -> Response<Bytes> + Send + Sync + 'static,
+{
+    fn render(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
+        self(rejection, request_headers)
+    }
+}
+
+/// How a layer turns a [`Rejection`] into a response. Cheap to clone.
+///
+/// The default renders problem+json (gRPC trailers-only for gRPC requests) with
+/// `WWW-Authenticate: Bearer realm="api"`; [`with_realm`](Self::with_realm) changes the realm,
+/// [`new`](Self::new) replaces the rendering:
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{HeaderMap, Response, StatusCode};
+/// use tower_api_key::{Rejection, Responder};
+///
+/// // Plain-text bodies, keeping the default status codes.
+/// let responder = Responder::new(|r: &Rejection, _: &HeaderMap| {
+///     let mut res = Response::new(Bytes::from(r.message().into_owned()));
+///     *res.status_mut() = r.status();
+///     res
+/// });
+/// let res = responder.respond(&Rejection::MissingKey, &HeaderMap::new());
+/// assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+/// assert_eq!(res.body(), "Invalid or missing API key");
+/// ```
+#[derive(Clone, Default)]
+pub struct Responder(Kind);
+
+#[derive(Clone, Default)]
+enum Kind {
+    /// The default rendering, realm `api`.
+    #[default]
+    Default,
+    /// The default rendering with another realm.
+    Realm(Arc<str>),
+    Custom(Arc<dyn RenderRejection>),
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Kind::Default => f.write_str("Responder::default()"),
+            Kind::Realm(realm) => write!(f, "Responder::with_realm({realm:?})"),
+            Kind::Custom(_) => f.write_str("Responder::new(..)"),
+        }
+    }
+}
+
+impl Responder {
+    /// A custom renderer.
+    pub fn new(render: impl RenderRejection) -> Self {
+        Self(Kind::Custom(Arc::new(render)))
+    }
+
+    /// The default renderer with another `WWW-Authenticate` realm than `api`.
+    pub fn with_realm(realm: &str) -> Self {
+        if realm == DEFAULT_REALM {
+            return Self::default();
+        }
+        Self(Kind::Realm(Arc::from(realm)))
+    }
+
+    /// Render a rejection of a request with these headers.
+    pub fn respond(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
+        match self.realm() {
+            Some(realm) => render(rejection, realm, is_grpc(request_headers), HeaderMap::new()),
+            None => self.custom(rejection, request_headers),
+        }
+    }
+
+    /// Render a rejection of a request whose header map the layer gives up: the default
+    /// rendering builds the response in that map, emptied, which saves an allocation.
+    pub(crate) fn refuse(
+        &self,
+        rejection: &Rejection,
+        mut request_headers: HeaderMap,
+    ) -> Response<Bytes> {
+        match self.realm() {
+            Some(realm) => {
+                let grpc = is_grpc(&request_headers);
+                request_headers.clear();
+                render(rejection, realm, grpc, request_headers)
+            }
+            None => self.custom(rejection, &request_headers),
+        }
+    }
+
+    /// The realm of the default rendering; `None` for a custom renderer.
+    #[inline]
+    fn realm(&self) -> Option<&str> {
+        match &self.0 {
+            Kind::Default => Some(DEFAULT_REALM),
+            Kind::Realm(realm) => Some(realm),
+            Kind::Custom(_) => None,
+        }
+    }
+
+    fn custom(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
+        match &self.0 {
+            Kind::Custom(c) => c.render(rejection, request_headers),
+            _ => self.respond(rejection, request_headers),
+        }
+    }
+}
