@@ -33,13 +33,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tower_api_key::{LastUsedRecorder, LastUsedRecorderLayer};
 use tower_api_key::store::store_from_url;
 use tower_api_key::{
     ApiKeyAuth, BoxedStore, KeyId, KeyManager, ManageError, NewKey, OrgId, OrgRateLimit, Plan,
     Principal, Rejection, Rotation, ScopeGuard, ScopeRules, Scopes, SessionError, SessionQuota,
     Timestamp,
 };
+use tower_api_key::{LastUsedRecorder, LastUsedRecorderLayer};
 
 /// How long a session holds its slot of the plan's concurrent-session quota without being read
 /// or deleted: a crashed client never leaks a slot for longer than this.

@@ -3,16 +3,9 @@
 //! Every layer reads the time through a [`Clock`], so expiry, rate limits and last-used marks can
 //! be tested with a [`ManualClock`] and no sleeping. The default is [`Clock::coarse`].
 //!
-//! # Design note: the coarse clock
-//!
-//! `SystemTime::now` costs 30–45 ns on the machines we measured, and the request path reads the
-//! time in three layers. On Linux (and Android) [`Clock::coarse`] reads the kernel's
-//! `CLOCK_REALTIME_COARSE` through the vDSO instead: ~3 ns, no system call, no thread, at the
-//! resolution of the scheduler tick (1–10 ms; 4 ms on the benchmark machine). An earlier design
-//! cached the time in an atomic refreshed by a background thread every millisecond: one atomic
-//! load per read, but a thread waking 1,000 times a second, which showed up as 1.7 % of a
-//! server's profile under load — more than the ~2 ns per read it saved. Elsewhere, where no
-//! coarse kernel clock is exposed, that thread remains the fallback.
+//! On Linux (and Android) [`Clock::coarse`] reads the kernel's `CLOCK_REALTIME_COARSE` through
+//! the vDSO: several times cheaper than `SystemTime::now`, at the resolution of the scheduler
+//! tick (1–10 ms). Elsewhere the time is cached by a background thread every millisecond.
 //!
 //! Coarse time is safe for every use here: a clock that lags by a tick makes rate limits
 //! slightly stricter (never looser), expiry a tick late, and revocation is stamped with

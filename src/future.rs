@@ -192,7 +192,11 @@ impl<F: Future + Unpin> Timed<F> {
     }
 
     /// The output, or `None` once `timeout` has passed since the future first waited.
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, timeout: Duration) -> Poll<Option<F::Output>> {
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        timeout: Duration,
+    ) -> Poll<Option<F::Output>> {
         if let Poll::Ready(out) = Pin::new(&mut self.fut).poll(cx) {
             return Poll::Ready(Some(out));
         }

@@ -91,7 +91,6 @@ impl KeyId {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,12 +111,12 @@ pub use store::{CacheConfig, CachedStore, Invalidation};
 // The layers, and the stack of all four as one service.
 pub use auth::{ApiKeyAuth, ApiKeyAuthLayer};
 pub use last_used::{FlushError, FlusherHandle, LastUsedRecorder, LastUsedRecorderLayer};
+#[cfg(feature = "redis")]
+pub use rate_limit::redis::RedisRateLimiter;
 pub use rate_limit::{
     Cost, MemoryRateLimiter, OnBackendError, OrgRateLimit, OrgRateLimitLayer, QuotaPolicy,
     RateLimitBackend, RateLimitInfo,
 };
-#[cfg(feature = "redis")]
-pub use rate_limit::redis::RedisRateLimiter;
 pub use scope::{Requirement, ScopeGuard, ScopeGuardLayer, ScopeRules};
 pub use stack::{ApiKeyStack, ApiKeyStackLayer};
 

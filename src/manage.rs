@@ -6,9 +6,12 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
 use crate::clock::{Clock, Timestamp};
-use crate::key::{ApiKey, KeyFormat, KeyFormats, RngError};
 use crate::ids::{KeyId, OrgId};
+use crate::key::{ApiKey, KeyFormat, KeyFormats, RngError};
 use crate::plan::Plan;
 use crate::principal::Principal;
 use crate::scopes::Scopes;
@@ -42,6 +45,81 @@ pub enum ManageError {
     /// The random number generator failed.
     #[error(transparent)]
     Rng(#[from] RngError),
+}
+
+impl ManageError {
+    /// The HTTP status a key-management endpoint answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ManageError::NotFound => StatusCode::NOT_FOUND,
+            ManageError::ScopeEscalation => StatusCode::FORBIDDEN,
+            ManageError::Revoked => StatusCode::CONFLICT,
+            ManageError::InvalidName
+            | ManageError::UnknownEnvironment(_)
+            | ManageError::ExpiryInPast => StatusCode::UNPROCESSABLE_ENTITY,
+            ManageError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ManageError::Rng(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code of the problem body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ManageError::NotFound => "key_not_found",
+            ManageError::ScopeEscalation => "scope_escalation",
+            ManageError::Revoked => "key_revoked",
+            ManageError::InvalidName => "invalid_name",
+            ManageError::UnknownEnvironment(_) => "unknown_environment",
+            ManageError::ExpiryInPast => "expiry_in_past",
+            ManageError::Store(_) => "store_unavailable",
+            ManageError::Rng(_) => "internal_error",
+        }
+    }
+
+    /// The `application/problem+json` response, as the layers' refusals are shaped:
+    /// `type`, `title`, `status`, `code`. Store and RNG failures are logged, and their detail
+    /// stays out of the body.
+    pub fn problem_response(&self) -> Response<Bytes> {
+        let title = match self {
+            ManageError::Store(e) => {
+                tracing::warn!(error = %e, "key management: store failed");
+                "The key store is temporarily unavailable; retry later".to_owned()
+            }
+            ManageError::Rng(e) => {
+                tracing::error!(error = %e, "key management: random number generator failed");
+                "Internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let status = self.status();
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": title,
+            "status": status.as_u16(),
+            "code": self.code(),
+        });
+        let mut res = Response::new(Bytes::from(body.to_string()));
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/problem+json"),
+        );
+        if let ManageError::Store(_) = self {
+            res.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("5"),
+            );
+        }
+        res
+    }
+}
+
+/// With the `axum` feature, handlers return `Result<_, ManageError>` and use `?`.
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for ManageError {
+    fn into_response(self) -> axum_core::response::Response {
+        self.problem_response().map(axum_core::body::Body::from)
+    }
 }
 
 /// The parameters of a new key.
@@ -345,5 +423,32 @@ impl<St: KeyStore> KeyManager<St> {
     /// An organization's plan.
     pub async fn plan(&self, org: &OrgId) -> Result<Plan, ManageError> {
         Ok(self.store.plan(org).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_render_as_problems_with_their_code() {
+        for (e, status, code) in [
+            (ManageError::NotFound, 404, "key_not_found"),
+            (ManageError::ScopeEscalation, 403, "scope_escalation"),
+            (ManageError::Revoked, 409, "key_revoked"),
+            (ManageError::ExpiryInPast, 422, "expiry_in_past"),
+            (
+                ManageError::Store(StoreError::Timeout),
+                503,
+                "store_unavailable",
+            ),
+        ] {
+            let res = e.problem_response();
+            assert_eq!(res.status(), status);
+            assert_eq!(res.headers()["content-type"], "application/problem+json");
+            let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+            assert_eq!(v["code"], code);
+            assert_eq!(v["status"], status);
+        }
     }
 }

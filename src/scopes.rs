@@ -160,7 +160,7 @@ impl<'de> Deserialize<'de> for Scope {
     }
 }
 
-/// The scopes a key holds. **Empty means full access**, as the seeds specify.
+/// The scopes a key holds. **Empty means full access.**
 ///
 /// ```
 /// use tower_api_key::{Scope, Scopes};
@@ -248,7 +248,6 @@ impl fmt::Debug for Scopes {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,11 @@ fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     for module in &modules {
         let mut uses = BTreeSet::new();
         let file = src.join(format!("{module}.rs"));
-        let files = if file.exists() { vec![file] } else { rust_files(&src.join(module)) };
+        let files = if file.exists() {
+            vec![file]
+        } else {
+            rust_files(&src.join(module))
+        };
         for file in files {
             for name in crate_paths(&fs::read_to_string(&file).unwrap()) {
                 if modules.contains(&name) && &name != module {
@@ -152,7 +156,10 @@ fn top_level_modules_form_a_dag() {
     let graph = module_graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
     assert!(graph.len() > 10, "read the crate's modules: {graph:?}");
     if let Some(cycle) = find_cycle(&graph) {
-        panic!("top-level modules import each other in a cycle: {}", cycle.join(" -> "));
+        panic!(
+            "top-level modules import each other in a cycle: {}",
+            cycle.join(" -> ")
+        );
     }
 }
 
@@ -181,9 +188,16 @@ fn the_cycle_finder_finds_cycles() {
 fn the_layers_sit_above_the_leaves() {
     let graph = module_graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
     for leaf in ["clock", "plan", "headers"] {
-        assert!(graph[leaf].is_empty(), "{leaf} is a leaf: {:?}", graph[leaf]);
+        assert!(
+            graph[leaf].is_empty(),
+            "{leaf} is a leaf: {:?}",
+            graph[leaf]
+        );
     }
     for layer in ["auth", "rate_limit", "last_used", "scope"] {
-        assert!(!graph[layer].contains("stack"), "{layer} must not know the stack");
+        assert!(
+            !graph[layer].contains("stack"),
+            "{layer} must not know the stack"
+        );
     }
 }

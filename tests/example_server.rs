@@ -1,6 +1,7 @@
 //! The real example binary (`cargo run --example server`), started on a free port and driven over
 //! HTTP the way the seeds' users would.
 
+mod common;
 #[path = "common/server.rs"]
 mod server;
 
@@ -41,7 +42,7 @@ impl Api {
         body: Option<Value>,
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(method, self.srv.url(path));
+        let mut req = self.http.request(method.clone(), self.srv.url(path));
         if let Some(k) = key {
             req = req.bearer_auth(k);
         }
@@ -52,6 +53,16 @@ impl Api {
         let status = res.status();
         let headers = res.headers().clone();
         let text = res.text().await.unwrap();
+        // Every refusal, the library's and the example's own, is an RFC 9457 problem.
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(
+                headers.get("content-type").map(|v| v.to_str().unwrap()),
+                Some("application/problem+json"),
+                "{method} {path}: {status}"
+            );
+            let problem = common::problem(text.as_bytes());
+            assert_eq!(problem["status"], status.as_u16(), "{method} {path}");
+        }
         let json = if text.is_empty() {
             Value::Null
         } else {
@@ -101,11 +112,9 @@ async fn seed_create_and_read_a_browser_session() {
         .call("DELETE", &format!("/v1/browsers/{id}"), Some(&k), None)
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(
-        headers["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .contains("insufficient_scope")
+    assert_eq!(
+        headers["www-authenticate"],
+        "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"browser_sessions:delete\""
     );
     assert_eq!(body["code"], "insufficient_scope");
 }
@@ -139,12 +148,16 @@ async fn every_invalid_key_is_a_401_with_the_seeds_message() {
         let (status, headers, body) = api.call("GET", "/v1/browsers/x", k.as_deref(), None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
         assert_eq!(body["title"], "Invalid or missing API key", "{what}");
-        assert!(
-            headers["www-authenticate"]
-                .to_str()
-                .unwrap()
-                .starts_with("Bearer realm=")
-        );
+        let (code, challenge) = if k.is_none() {
+            ("missing_api_key", "Bearer realm=\"api\"")
+        } else {
+            (
+                "invalid_api_key",
+                "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"Invalid or missing API key\"",
+            )
+        };
+        assert_eq!(body["code"], code, "{what}");
+        assert_eq!(headers["www-authenticate"], challenge, "{what}");
     }
 
     // Expired: the seeded key lived one second; wait for the server's clock to pass it.
@@ -206,7 +219,7 @@ async fn bad_bodies_get_clear_json_errors() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-    let v: Value = res.json().await.unwrap();
+    let v = common::problem(&res.bytes().await.unwrap());
     assert_eq!(v["code"], "invalid_request");
     let (status, _, v) = api
         .call(
@@ -217,7 +230,8 @@ async fn bad_bodies_get_clear_json_errors() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(v["title"].as_str().unwrap().contains("weight"));
+    assert_eq!(v["code"], "invalid_request");
+    assert_eq!(v["title"], "weight must be one of light, medium, heavy");
     let res = api
         .http
         .post(api.srv.url("/dev/seed"))
@@ -227,6 +241,8 @@ async fn bad_bodies_get_clear_json_errors() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let v = common::problem(&res.bytes().await.unwrap());
+    assert_eq!(v["code"], "invalid_request");
 }
 
 #[tokio::test]
@@ -398,7 +414,14 @@ async fn the_11th_concurrent_session_of_a_free_org_is_refused_until_one_ends() {
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body["code"], "session_limit_exceeded");
-    assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        body["title"],
+        "Concurrent session limit of 10 reached; end a session first"
+    );
+    // The first session's 15-minute lease began moments ago (real time: the whole seconds left
+    // may already have dropped by one).
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((899..=900).contains(&retry), "retry-after {retry}");
 
     let (path, id) = &ids[0];
     let (status, _, _) = api

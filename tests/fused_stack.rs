@@ -172,7 +172,10 @@ where
         .await;
     assert_eq!(denied.status, 403);
     assert!(denied.headers.iter().any(|(k, _)| k == "x-ratelimit-limit"));
-    assert!(denied.body.contains("insufficient_scope"));
+    assert_eq!(
+        problem(denied.body.as_bytes())["code"],
+        "insufficient_scope"
+    );
     // No rule matches: refused (the table fails closed).
     assert_eq!(
         pair.same(|| request(Method::DELETE, "/v1/other", &[("authorization", &w)]))
@@ -263,8 +266,17 @@ where
         .same(|| request(Method::GET, "/v1/whoami", &[("authorization", &lim)]))
         .await;
     assert_eq!(limited.status, 429);
-    assert!(limited.headers.iter().any(|(k, _)| k == "retry-after"));
-    assert!(limited.body.contains("rate_limited"));
+    // The next of the three hourly cells is 1,200 s away.
+    assert!(
+        limited
+            .headers
+            .contains(&("retry-after".into(), "1200".into())),
+        "{:?}",
+        limited.headers
+    );
+    let body = problem(limited.body.as_bytes());
+    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(body["status"], 429);
 }
 
 fn auth<St: KeyStore>(fx: &Fixture, store: St) -> tower_api_key::ApiKeyAuthLayer<St> {
@@ -429,13 +441,13 @@ async fn every_stage_is_optional() {
         .service_fn(handler);
     assert_eq!(svc.oneshot(req()).await.unwrap().status(), 200);
     assert_eq!(recorder.flush().await.unwrap(), 1);
-    // Setters after the stages still configure the authentication.
+    // The authentication is configured first, then the stages are added.
     let svc = ServiceBuilder::new()
         .layer(
             ApiKeyAuth::new(fx.store.clone())
-                .rate_limit(OrgRateLimit::new().clock(fx.clock.clone()))
                 .clock(fx.clock.clone())
-                .header(HeaderName::from_static("x-api-key")),
+                .header(HeaderName::from_static("x-api-key"))
+                .rate_limit(OrgRateLimit::new().clock(fx.clock.clone())),
         )
         .service_fn(handler);
     let mut req = request(Method::GET, "/v1/whoami", &[]);
@@ -475,6 +487,6 @@ async fn a_failing_or_hanging_store_is_a_503_never_a_401() {
         assert_eq!(res.status(), 503, "{mode:?}");
         assert_eq!(res.headers()["retry-after"], "5");
         assert!(res.headers().get("x-ratelimit-limit").is_none());
-        assert!(body_string(res).await.contains("auth_unavailable"));
+        assert_eq!(problem_code(res).await, "auth_unavailable", "{mode:?}");
     }
 }

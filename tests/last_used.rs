@@ -3,6 +3,8 @@
 //! Time is paused tokio time for the flusher and a manual `Clock` for the marks, so every test is
 //! deterministic and nothing sleeps for real.
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_api_key::store::LookupResult;
 use tower_api_key::{
@@ -743,10 +745,12 @@ async fn without_a_principal_the_layer_fails_closed() {
         }));
     let res = svc.oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let json = common::problem_of(res).await;
     assert_eq!(json["code"], "auth_layer_missing");
-    assert!(json["title"].as_str().unwrap().contains("LastUsedRecorder"));
+    assert_eq!(
+        json["title"],
+        "Server misconfiguration: LastUsedRecorder found no authenticated principal (is ApiKeyAuth in front of it?)"
+    );
     assert!(
         !called.load(Ordering::SeqCst),
         "the inner service is not called"

@@ -1,10 +1,13 @@
 //! OrgRateLimit and SessionQuota in full stacks (`ApiKeyAuth` + the limiter over a
 //! `service_fn`), with a manual clock: every figure is exact.
 
+mod common;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{limit_reached, problem, problem_code, problem_of};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -107,14 +110,6 @@ fn figures(headers: &HeaderMap) -> (u64, u64, u64) {
     )
 }
 
-async fn body_json<B>(res: Response<B>) -> serde_json::Value
-where
-    B: http_body::Body<Data = Bytes, Error: std::fmt::Debug>,
-{
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
 #[tokio::test]
 async fn exact_headers_through_a_sequence() {
     let f = fixture();
@@ -165,13 +160,13 @@ async fn the_101st_free_request_in_a_minute_is_refused_then_refills() {
     // The next cell is due 600 ms after T0, 500 ms from now: rounded up to 1 s.
     assert_eq!(h(res.headers(), "retry-after").as_deref(), Some("1"));
     assert_eq!(figures(res.headers()), (100, 0, T0 + 60));
-    assert_eq!(
-        h(res.headers(), "content-type").as_deref(),
-        Some("application/problem+json")
-    );
-    let body = body_json(res).await;
+    let body = problem_of(res).await;
     assert_eq!(body["code"], "rate_limited");
     assert_eq!(body["status"], 429);
+    assert_eq!(
+        body["title"],
+        "Rate limit of 100 requests exceeded; retry after 1 seconds"
+    );
     assert_eq!(body["retry_after"], 1);
     assert_eq!(body["limit"], 100);
 
@@ -277,7 +272,7 @@ async fn plan_upgrade_raises_the_limit_on_the_next_request() {
     assert_eq!(call(&svc, get(&key)).await.status(), 429);
 
     // Back to Free: at most exhausted, full again within a minute.
-    f.store.set_plan(&org, Plan::Free).await.ok();
+    f.store.set_plan(&org, Plan::Free).await.unwrap();
     let res = call(&svc, get(&key)).await;
     assert_eq!(res.status(), 429);
     assert_eq!(figures(res.headers()), (100, 0, T0 + 60));
@@ -357,10 +352,9 @@ async fn grpc_refusal_is_resource_exhausted_with_the_figures_as_metadata() {
         "gRPC errors are trailers-only 200s"
     );
     assert_eq!(h(res.headers(), "grpc-status").as_deref(), Some("8"));
-    assert!(
-        h(res.headers(), "grpc-message")
-            .unwrap()
-            .contains("Rate limit")
+    assert_eq!(
+        h(res.headers(), "grpc-message").as_deref(),
+        Some("Rate limit of 100 requests exceeded; retry after 1 seconds")
     );
     assert_eq!(figures(res.headers()), (100, 0, T0 + 60));
     assert_eq!(h(res.headers(), "retry-after").as_deref(), Some("1"));
@@ -430,7 +424,12 @@ async fn without_api_key_auth_the_layer_fails_closed() {
     );
     let res = svc.oneshot(get("br_live_whatever")).await.unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(body_json(res).await["code"], "auth_layer_missing");
+    let body = problem_of(res).await;
+    assert_eq!(body["code"], "auth_layer_missing");
+    assert_eq!(
+        body["title"],
+        "Server misconfiguration: OrgRateLimit found no authenticated principal (is ApiKeyAuth in front of it?)"
+    );
 }
 
 #[tokio::test]
@@ -486,8 +485,14 @@ async fn eleventh_free_session_is_refused_and_a_released_slot_is_reusable() {
     let res = refused.rejection().unwrap().problem_response("api");
     assert_eq!(res.status(), 429);
     assert_eq!(res.headers()["retry-after"], "200");
-    let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let body = problem(res.body());
     assert_eq!(body["code"], "session_limit_exceeded");
+    assert_eq!(body["status"], 429);
+    assert_eq!(
+        body["title"],
+        "Concurrent session limit of 10 reached; end a session first"
+    );
     let mut grpc_headers = HeaderMap::new();
     grpc_headers.insert("content-type", "application/grpc".parse().unwrap());
     let g = refused
@@ -499,7 +504,11 @@ async fn eleventh_free_session_is_refused_and_a_released_slot_is_reusable() {
     assert!(sessions.release(p.org_id(), "s3").await.unwrap());
     assert_eq!(sessions.active(p.org_id()).await.unwrap(), 9);
     sessions.acquire(&p, "s10", LEASE).await.unwrap();
-    assert!(sessions.acquire(&p, "s11", LEASE).await.is_err());
+    // Full again: the earliest lease (s0) still ends at T0 + 300.
+    assert_eq!(
+        limit_reached(sessions.acquire(&p, "s11", LEASE).await),
+        (10, 200)
+    );
     // Another organization has its own ten.
     let other = principal_of(&f, &f.key("org_b").await).await;
     sessions.acquire(&other, "s0", LEASE).await.unwrap();
@@ -519,7 +528,10 @@ async fn expired_lease_is_reclaimed() {
     }
     // "s0" crashed without releasing: its lease ends at T0 + 60.
     f.advance(Duration::from_secs(59));
-    assert!(sessions.acquire(&p, "new", LEASE).await.is_err());
+    assert_eq!(
+        limit_reached(sessions.acquire(&p, "new", LEASE).await),
+        (10, 1)
+    );
     f.advance(Duration::from_secs(1));
     sessions.acquire(&p, "new", LEASE).await.unwrap();
     assert!(matches!(
@@ -542,14 +554,20 @@ async fn session_limit_follows_the_plan() {
     for i in 0..10 {
         sessions.acquire(&p, &format!("s{i}"), LEASE).await.unwrap();
     }
-    assert!(sessions.acquire(&p, "s10", LEASE).await.is_err());
+    assert_eq!(
+        limit_reached(sessions.acquire(&p, "s10", LEASE).await),
+        (10, 300)
+    );
     f.manager.set_plan(&org, Plan::Paid).await.unwrap();
     // The next request's Principal carries the new plan.
     let p = principal_of(&f, &key).await;
     for i in 10..100 {
         sessions.acquire(&p, &format!("s{i}"), LEASE).await.unwrap();
     }
-    assert!(sessions.acquire(&p, "s100", LEASE).await.is_err());
+    assert_eq!(
+        limit_reached(sessions.acquire(&p, "s100", LEASE).await),
+        (100, 300)
+    );
 }
 
 // ---- asynchronous backends -----------------------------------------------------------------
@@ -642,9 +660,8 @@ async fn session_errors_are_axum_responses() {
     .into_response();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["retry-after"], "7");
-    let body = body_json(res).await;
-    assert_eq!(body["code"], "session_limit_exceeded");
+    assert_eq!(problem_code(res).await, "session_limit_exceeded");
     let res = SessionError::NotHeld.into_response();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    assert_eq!(body_json(res).await["code"], "session_not_found");
+    assert_eq!(problem_code(res).await, "session_not_found");
 }

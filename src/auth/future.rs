@@ -47,7 +47,8 @@ where
     St: KeyStore,
 {
     fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Next<S::Future, Self>> {
-        let result = ready!(self.wait.poll(cx, self.shared.timeout)).unwrap_or(Err(StoreError::Timeout));
+        let result =
+            ready!(self.wait.poll(cx, self.shared.timeout)).unwrap_or(Err(StoreError::Timeout));
         let Some((mut req, mut inner)) = self.call.take() else {
             return Poll::Ready(Next::Refuse(already_decided()));
         };

@@ -26,8 +26,8 @@ use http::{HeaderName, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-pub use future::ResponseFuture;
 pub(crate) use future::Lookup;
+pub use future::ResponseFuture;
 
 use crate::clock::{Clock, Timestamp};
 use crate::future::{inner_accessors, poll_now, take_ready};
@@ -328,7 +328,13 @@ where
             Begin::Refuse(rejection) => rejection,
             Begin::Pending(lookup, hash) => {
                 let inner = take_ready(&mut self.inner);
-                return ResponseFuture::waiting(Lookup::new(lookup, hash, req, inner, self.shared.clone()));
+                return ResponseFuture::waiting(Lookup::new(
+                    lookup,
+                    hash,
+                    req,
+                    inner,
+                    self.shared.clone(),
+                ));
             }
         };
         let headers = std::mem::take(req.headers_mut());

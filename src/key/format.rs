@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use super::secret::{ApiKey, RngError, push_random_alphanumerics};
 
-pub(super) const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+pub(super) const ALPHABET: &[u8; 62] =
+    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const CHECKSUM_LEN: usize = 6;
 
 /// Why a presented key was refused before any lookup.
@@ -86,7 +87,7 @@ impl Default for KeyFormat {
 }
 
 impl KeyFormat {
-    /// `br_live_` + 32 alphanumerics, environment `live`: the seeds' format.
+    /// `br_live_` + 32 alphanumerics, environment `live`: the default format.
     pub fn live() -> Self {
         Self {
             prefix: Arc::from("br_live_"),
@@ -308,4 +309,3 @@ impl KeyFormats {
         self.formats.iter().any(|f| s.contains(&*f.prefix))
     }
 }
-

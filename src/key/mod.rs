@@ -43,7 +43,7 @@ mod tests {
     }
 
     #[test]
-    fn default_format_matches_the_seeds() {
+    fn default_format_is_br_live_and_32_alphanumerics() {
         let k = KeyFormat::live().generate().unwrap();
         let s = k.expose_secret();
         assert!(s.starts_with("br_live_"));
@@ -140,4 +140,3 @@ mod tests {
         assert!(KeyFormat::live().with_random_len(40).is_ok());
     }
 }
-

@@ -92,4 +92,3 @@ impl fmt::Display for ApiKey {
         write!(f, "{}…[redacted]", self.visible_prefix())
     }
 }
-

@@ -57,9 +57,9 @@ where
             return Poll::Ready(Next::Refuse(already_decided()));
         };
         let principal = req.extensions().get::<Principal>();
-        let outcome = self
-            .limiter
-            .outcome(result, principal, &self.args, self.draft, req.headers());
+        let outcome =
+            self.limiter
+                .outcome(result, principal, &self.args, self.draft, req.headers());
         Poll::Ready(match outcome {
             Outcome::Admit(headers) => Next::Call(inner.call(req), headers),
             Outcome::Refuse(res) => Next::Refuse(res),

@@ -56,8 +56,8 @@
 use std::time::Duration;
 
 use crate::clock::{Timestamp, duration_nanos};
-use crate::plan::Quota;
 use crate::headers::RateLimitInfo;
+use crate::plan::Quota;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 

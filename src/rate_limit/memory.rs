@@ -9,8 +9,8 @@ use std::time::Duration;
 use papaya::{Compute, Operation};
 
 use crate::clock::Timestamp;
-use crate::ids::OrgId;
 use crate::headers::RateLimitInfo;
+use crate::ids::OrgId;
 
 use super::backend::{CheckResult, RateLimitBackend};
 use super::gcra::{Decision, Gcra};

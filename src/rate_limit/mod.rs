@@ -98,8 +98,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use backend::{CheckResult, RateLimitBackend, RateLimitError};
-pub use future::ResponseFuture;
 pub(crate) use future::Check;
+pub use future::ResponseFuture;
 pub use gcra::{Decision, Gcra};
 pub use memory::MemoryRateLimiter;
 
@@ -120,7 +120,7 @@ const PAID: Gcra = Gcra::from_quota(&Plan::Paid.quota());
 
 /// Which [`Quota`] an organization gets. Cheap to clone.
 ///
-/// The default, [`QuotaPolicy::by_plan`], is the plan's own quota ([`Plan::quota`]): the seeds'
+/// The default, [`QuotaPolicy::by_plan`], is the plan's own quota ([`Plan::quota`]): the
 /// table for Free and Paid, the negotiated quota an enterprise plan carries. Replace it with
 /// [`QuotaPolicy::new`] to compute quotas otherwise (a promotion, an override table). The
 /// policy runs on every request, so keep it cheap; it sees the organization's current plan.
@@ -535,7 +535,11 @@ where
         let limiter = &*self.shared;
         let Some(principal) = req.extensions().get::<Principal>() else {
             let headers = std::mem::take(req.headers_mut());
-            return ResponseFuture::refused(missing_principal("OrgRateLimit", &limiter.responder, headers));
+            return ResponseFuture::refused(missing_principal(
+                "OrgRateLimit",
+                &limiter.responder,
+                headers,
+            ));
         };
         let (mut check, args, draft) = limiter.begin(principal, &req, limiter.clock.now());
         match poll_now(&mut check) {
@@ -547,7 +551,14 @@ where
             }
             Poll::Pending => {
                 let inner = take_ready(&mut self.inner);
-                ResponseFuture::waiting(Check::new(check, req, inner, self.shared.clone(), args, draft))
+                ResponseFuture::waiting(Check::new(
+                    check,
+                    req,
+                    inner,
+                    self.shared.clone(),
+                    args,
+                    draft,
+                ))
             }
         }
     }

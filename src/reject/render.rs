@@ -56,47 +56,55 @@ struct Fixed {
     grpc_message: HeaderValue,
 }
 
-/// The default realm's fixed refusals: missing key, invalid key, key in the query string. A
-/// unit test checks each against the general rendering.
-static FIXED: [Fixed; 3] = [
-    Fixed {
-        status: StatusCode::UNAUTHORIZED,
-        www_authenticate: HeaderValue::from_static(r#"Bearer realm="api""#),
-        body: r#"{"type":"about:blank","title":"Invalid or missing API key","status":401,"code":"missing_api_key"}"#,
-        grpc_status: HeaderValue::from_static("16"),
-        grpc_message: HeaderValue::from_static(INVALID_OR_MISSING),
-    },
-    Fixed {
-        status: StatusCode::UNAUTHORIZED,
-        www_authenticate: HeaderValue::from_static(
-            r#"Bearer realm="api", error="invalid_token", error_description="Invalid or missing API key""#,
-        ),
-        body: r#"{"type":"about:blank","title":"Invalid or missing API key","status":401,"code":"invalid_api_key"}"#,
-        grpc_status: HeaderValue::from_static("16"),
-        grpc_message: HeaderValue::from_static(INVALID_OR_MISSING),
-    },
-    Fixed {
-        status: StatusCode::BAD_REQUEST,
-        www_authenticate: HeaderValue::from_static(
-            r#"Bearer realm="api", error="invalid_request", error_description="Send the API key in the Authorization header""#,
-        ),
-        body: r#"{"type":"about:blank","title":"API keys must not be sent in the URL; use the Authorization: Bearer header","status":400,"code":"api_key_in_query"}"#,
-        grpc_status: HeaderValue::from_static("3"),
-        grpc_message: HeaderValue::from_static(KEY_IN_QUERY),
-    },
-];
+// The default realm's fixed refusals, one table: missing key, invalid key, key in the query
+// string. A unit test checks each against the general rendering.
+
+/// Missing key.
+static MISSING: Fixed = Fixed {
+    status: StatusCode::UNAUTHORIZED,
+    www_authenticate: HeaderValue::from_static(r#"Bearer realm="api""#),
+    body: r#"{"type":"about:blank","title":"Invalid or missing API key","status":401,"code":"missing_api_key"}"#,
+    grpc_status: HeaderValue::from_static("16"),
+    grpc_message: HeaderValue::from_static(INVALID_OR_MISSING),
+};
+
+/// Invalid key.
+static INVALID: Fixed = Fixed {
+    status: StatusCode::UNAUTHORIZED,
+    www_authenticate: HeaderValue::from_static(
+        r#"Bearer realm="api", error="invalid_token", error_description="Invalid or missing API key""#,
+    ),
+    body: r#"{"type":"about:blank","title":"Invalid or missing API key","status":401,"code":"invalid_api_key"}"#,
+    grpc_status: HeaderValue::from_static("16"),
+    grpc_message: HeaderValue::from_static(INVALID_OR_MISSING),
+};
+
+/// Key in the query string.
+static IN_QUERY: Fixed = Fixed {
+    status: StatusCode::BAD_REQUEST,
+    www_authenticate: HeaderValue::from_static(
+        r#"Bearer realm="api", error="invalid_request", error_description="Send the API key in the Authorization header""#,
+    ),
+    body: r#"{"type":"about:blank","title":"API keys must not be sent in the URL; use the Authorization: Bearer header","status":400,"code":"api_key_in_query"}"#,
+    grpc_status: HeaderValue::from_static("3"),
+    grpc_message: HeaderValue::from_static(KEY_IN_QUERY),
+};
 
 impl Fixed {
+    /// The table's entry for `rejection`, if it has one.
+    #[inline]
     fn of(rejection: &Rejection) -> Option<&'static Fixed> {
         match rejection {
-            Rejection::MissingKey => Some(&FIXED[0]),
-            Rejection::InvalidKey(_) => Some(&FIXED[1]),
-            Rejection::KeyInQuery => Some(&FIXED[2]),
+            Rejection::MissingKey => Some(&MISSING),
+            Rejection::InvalidKey(_) => Some(&INVALID),
+            Rejection::KeyInQuery => Some(&IN_QUERY),
             _ => None,
         }
     }
 
-    fn response(&'static self, grpc: bool, mut headers: HeaderMap) -> Response<Bytes> {
+    /// The response, built in `headers` (empty).
+    #[inline]
+    fn response(&self, grpc: bool, mut headers: HeaderMap) -> Response<Bytes> {
         let (status, body) = if grpc {
             headers.insert(CONTENT_TYPE, APPLICATION_GRPC);
             headers.insert(GRPC_STATUS, self.grpc_status.clone());
@@ -168,7 +176,10 @@ fn problem_in(rejection: &Rejection, realm: &str, mut headers: HeaderMap) -> Res
 
 fn grpc_in(rejection: &Rejection, mut headers: HeaderMap) -> Response<Bytes> {
     headers.insert(CONTENT_TYPE, APPLICATION_GRPC);
-    headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(rejection.grpc_status())));
+    headers.insert(
+        GRPC_STATUS,
+        HeaderValue::from(u16::from(rejection.grpc_status())),
+    );
     let message = utf8_percent_encode(&rejection.message(), GRPC_MESSAGE_SET).to_string();
     if let Ok(v) = HeaderValue::from_str(&message) {
         headers.insert(GRPC_MESSAGE, v);

@@ -169,7 +169,11 @@ where
         let guard = &*self.shared;
         let Some(principal) = req.extensions().get::<Principal>() else {
             let headers = std::mem::take(req.headers_mut());
-            return ResponseFuture::refused(missing_principal("ScopeGuard", &guard.responder, headers));
+            return ResponseFuture::refused(missing_principal(
+                "ScopeGuard",
+                &guard.responder,
+                headers,
+            ));
         };
         match guard.check(principal, req.method(), req.uri()) {
             Ok(()) => ResponseFuture::inner(self.inner.call(req), None),
@@ -206,7 +210,11 @@ impl Guard {
 
     /// The response refusing a request, built in its header map.
     #[cold]
-    pub(crate) fn refuse(&self, rejection: &Rejection, request_headers: HeaderMap) -> Response<Bytes> {
+    pub(crate) fn refuse(
+        &self,
+        rejection: &Rejection,
+        request_headers: HeaderMap,
+    ) -> Response<Bytes> {
         self.responder.refuse(rejection, request_headers)
     }
 }

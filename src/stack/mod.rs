@@ -62,7 +62,9 @@ use crate::future::{Next, inner_accessors, poll_now, take_ready};
 use crate::headers::LimitHeaders;
 use crate::last_used::{LastUsedRecorderLayer, Recorder};
 use crate::principal::Principal;
-use crate::rate_limit::{CheckArgs, Limiter, MemoryRateLimiter, OrgRateLimitLayer, Outcome, RateLimitBackend};
+use crate::rate_limit::{
+    CheckArgs, Limiter, MemoryRateLimiter, OrgRateLimitLayer, Outcome, RateLimitBackend,
+};
 use crate::reject::{Rejection, ResponseBody};
 use crate::scope::{Guard, ScopeGuardLayer};
 use crate::store::KeyStore;
@@ -290,7 +292,8 @@ where
                 match auth.decide_at(result, &hash, now) {
                     Ok(principal) => {
                         let decided = stages(&self.shared, &mut req, &principal, now);
-                        let next = proceed(&self.shared, &mut self.inner, req, principal, now, decided);
+                        let next =
+                            proceed(&self.shared, &mut self.inner, req, principal, now, decided);
                         return ResponseFuture::next(next);
                     }
                     Err(rejection) => rejection,
@@ -299,7 +302,8 @@ where
             Begin::Refuse(rejection) => rejection,
             Begin::Pending(lookup, hash) => {
                 let inner = take_ready(&mut self.inner);
-                let waiting = future::Waiting::lookup(lookup, hash, req, inner, self.shared.clone());
+                let waiting =
+                    future::Waiting::lookup(lookup, hash, req, inner, self.shared.clone());
                 return ResponseFuture::waiting(waiting);
             }
         };

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 
 use crate::clock::{Clock, Timestamp};
-use crate::key::{KeyHash, KeyHashBuilder};
 use crate::ids::{KeyId, OrgId};
+use crate::key::{KeyHash, KeyHashBuilder};
 use crate::plan::Plan;
 
 use super::{BoxFuture, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};

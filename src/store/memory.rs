@@ -8,8 +8,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::clock::Timestamp;
-use crate::key::{KeyHash, KeyHashBuilder};
 use crate::ids::{KeyId, OrgId};
+use crate::key::{KeyHash, KeyHashBuilder};
 use crate::plan::Plan;
 
 use super::{KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};

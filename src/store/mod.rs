@@ -70,30 +70,30 @@ use compact_str::CompactString;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
-use crate::key::KeyHash;
 use crate::ids::{KeyId, OrgId};
+use crate::key::KeyHash;
 use crate::plan::Plan;
 use crate::scopes::Scopes;
 
 mod cached;
 mod memory;
-mod usage;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+mod usage;
 
 pub use cached::{
     CacheConfig, CacheStats, CachedLookup, CachedStore, Invalidation, InvalidationSource,
 };
 pub use memory::MemoryStore;
-pub(crate) use usage::UsageSlot;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgInvalidations, PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+pub(crate) use usage::UsageSlot;
 
 /// A boxed error from a store's driver.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -539,7 +539,7 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_record_stays_small() {
-        // The budget behind DESIGN §6 (≤ 300 bytes a key at 1M keys): see the module docs.
+        // The memory budget: at most 300 bytes a key at 1M keys (see the module docs).
         assert_eq!(std::mem::size_of::<KeyRecord>(), 208);
     }
 

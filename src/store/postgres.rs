@@ -53,8 +53,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::clock::Timestamp;
-use crate::key::KeyHash;
 use crate::ids::{KeyId, OrgId};
+use crate::key::KeyHash;
 use crate::plan::Plan;
 
 use super::cached::{Invalidation, InvalidationSource};

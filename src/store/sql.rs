@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
-use crate::key::KeyHash;
 use crate::ids::{KeyId, OrgId};
+use crate::key::KeyHash;
 use crate::plan::{Plan, Quota};
 use crate::scopes::Scopes;
 

@@ -29,8 +29,8 @@ use sqlx::sqlite::{
 };
 
 use crate::clock::Timestamp;
-use crate::key::KeyHash;
 use crate::ids::{KeyId, OrgId};
+use crate::key::KeyHash;
 use crate::plan::Plan;
 
 use super::sql::{

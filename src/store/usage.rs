@@ -37,7 +37,11 @@ impl UsageSlot {
     /// later, if the clock stepped back). One relaxed load: the per-request path.
     #[inline]
     pub(crate) fn is_marked_at(&self, now_nanos: u64, granularity_nanos: u64) -> bool {
-        now_nanos < self.last.load(Ordering::Relaxed).saturating_add(granularity_nanos)
+        now_nanos
+            < self
+                .last
+                .load(Ordering::Relaxed)
+                .saturating_add(granularity_nanos)
     }
 
     /// Raise the mark to `t`; `true` when the caller must queue the record (it raised the mark

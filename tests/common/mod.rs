@@ -13,7 +13,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower_api_key::{
     Clock, CreatedKey, KeyManager, ManualClock, MemoryStore, NewKey, OrgId, Principal, Scopes,
-    Timestamp,
+    SessionError, Timestamp,
 };
 
 /// A store, a manager and a manual clock that all agree on the time.
@@ -91,6 +91,72 @@ where
     B::Error: std::fmt::Debug,
 {
     serde_json::from_str(&body_string(res).await).unwrap()
+}
+
+/// The body of a refusal as an RFC 9457 problem: asserts it is a JSON object whose `type` and
+/// `title` are strings, `status` an HTTP status code and `code` a string, and returns it.
+#[track_caller]
+pub fn problem(body: &[u8]) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "refusal body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    assert!(v["type"].is_string(), "problem without a `type`: {v}");
+    assert!(v["title"].is_string(), "problem without a `title`: {v}");
+    assert!(
+        v["status"]
+            .as_u64()
+            .is_some_and(|s| (100..600).contains(&s)),
+        "problem without an HTTP `status`: {v}"
+    );
+    assert!(v["code"].is_string(), "problem without a `code`: {v}");
+    v
+}
+
+/// A refusal response's problem: asserts the `application/problem+json` content type and that
+/// the body's `status` member is the response's status, and returns the parsed body.
+pub async fn problem_of<B>(res: Response<B>) -> serde_json::Value
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let status = res.status();
+    assert_eq!(
+        res.headers()
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap()),
+        Some("application/problem+json"),
+        "a {status} refusal is problem+json"
+    );
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let v = problem(&bytes);
+    assert_eq!(
+        v["status"],
+        status.as_u16(),
+        "the body's status is the response's"
+    );
+    v
+}
+
+/// The `code` member of a refusal response's problem body (checked as [`problem_of`] does).
+pub async fn problem_code<B>(res: Response<B>) -> String
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    problem_of(res).await["code"].as_str().unwrap().to_owned()
+}
+
+/// The `(limit, retry_after)` of a session refusal; panics on anything but
+/// [`SessionError::LimitReached`].
+#[track_caller]
+pub fn limit_reached<T: std::fmt::Debug>(r: Result<T, SessionError>) -> (u64, u64) {
+    match r {
+        Err(SessionError::LimitReached { limit, retry_after }) => (limit, retry_after),
+        other => panic!("expected SessionError::LimitReached, got {other:?}"),
+    }
 }
 
 /// Stores that misbehave on purpose, and one that counts lookups.

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 /// The example server, killed on drop.
 pub struct ExampleServer {
@@ -12,44 +12,45 @@ pub struct ExampleServer {
     pub base: String,
 }
 
-/// Build (once per test binary) the examples and return the path of `name`.
+/// Build (once per test binary and example) the example `name` and return its path.
 pub fn example_binary(name: &str) -> std::path::PathBuf {
-    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
-    let dir = BUILT
-        .get_or_init(|| {
-            // Build (or confirm up to date) the example with the same cargo and target dir.
-            // Same features as this test binary, so the library is not rebuilt for the example.
-            let features: Vec<&str> = [
-                ("axum", cfg!(feature = "axum")),
-                ("tonic", cfg!(feature = "tonic")),
-                ("sqlite", cfg!(feature = "sqlite")),
-                ("postgres", cfg!(feature = "postgres")),
-                ("redis", cfg!(feature = "redis")),
-            ]
-            .into_iter()
-            .filter_map(|(f, on)| on.then_some(f))
-            .collect();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "--example",
-                    "server",
-                    "--quiet",
-                    "--no-default-features",
-                ])
-                .args(["--features", &features.join(",")])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build --example server");
-            assert!(status.success(), "cargo build --examples failed");
-            // tests run from target/<profile>/deps/<test>; examples live in target/<profile>/examples
-            let exe = std::env::current_exe().expect("current exe");
-            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-            profile_dir.join("examples")
-        })
-        .clone();
-    let bin = dir.join(name);
+    // The examples built so far; held across the build so that two tests asking for the same
+    // example build it once.
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
+        // Build (or confirm up to date) the example with the same cargo and target dir.
+        // Same features as this test binary, so the library is not rebuilt for the example.
+        let features: Vec<&str> = [
+            ("axum", cfg!(feature = "axum")),
+            ("tonic", cfg!(feature = "tonic")),
+            ("sqlite", cfg!(feature = "sqlite")),
+            ("postgres", cfg!(feature = "postgres")),
+            ("redis", cfg!(feature = "redis")),
+        ]
+        .into_iter()
+        .filter_map(|(f, on)| on.then_some(f))
+        .collect();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--example",
+                name,
+                "--quiet",
+                "--no-default-features",
+            ])
+            .args(["--features", &features.join(",")])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build --example");
+        assert!(status.success(), "cargo build --example {name} failed");
+        built.push(name.to_owned());
+    }
+    // tests run from target/<profile>/deps/<test>; examples live in target/<profile>/examples
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = profile_dir.join("examples").join(name);
     assert!(bin.exists(), "{} missing", bin.display());
     bin
 }

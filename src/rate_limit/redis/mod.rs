@@ -92,7 +92,7 @@
 //! replica whose clock runs `δ` ahead sees `δ` more refill than the others (at most `δ / T`
 //! extra cells, e.g. one Free request per 600 ms of skew), and one running behind is
 //! correspondingly stricter. With NTP-synchronized hosts (skew of a few milliseconds) this is
-//! far below one cell for every plan of the seeds' table. Key expiry uses Redis's clock, which
+//! far below one cell for every plan of the default table. Key expiry uses Redis's clock, which
 //! is why it includes the [grace period](RedisRateLimiter::idle_grace): keep it above any
 //! plausible skew.
 //!
@@ -124,8 +124,6 @@
 //! quota for as long as the sessions live.
 //!
 //! [`SessionError::Unavailable`]: super::SessionError::Unavailable
-
-
 
 use std::fmt;
 use std::future::Future;
