@@ -184,6 +184,50 @@ async fn rule_table_by_method_and_path_fails_closed() {
 }
 
 #[tokio::test]
+async fn a_route_without_a_rule_is_refused_with_no_route_rule() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_a", &[]).await; // full access: only the missing rule refuses
+    let rules = ScopeRules::new().route(Method::GET, "/v1/browsers/{id}", "browser_sessions:read");
+    let request = || {
+        Request::builder()
+            .uri("/v1/unlisted")
+            .header("authorization", bearer(&key))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let layered = ServiceBuilder::new()
+        .layer(ApiKeyAuth::new(fx.store.clone()).clock(fx.clock.clone()))
+        .layer(ScopeGuard::rules(rules.clone()))
+        .service(service_fn(echo_principal));
+    let fused = ServiceBuilder::new()
+        .layer(
+            ApiKeyAuth::new(fx.store.clone())
+                .clock(fx.clock.clone())
+                .scope_guard(ScopeGuard::rules(rules)),
+        )
+        .service(service_fn(echo_principal));
+    let layered = layered.oneshot(request()).await.unwrap();
+    let fused = fused.oneshot(request()).await.unwrap();
+    for (status, challenge, v) in [
+        (
+            layered.status(),
+            layered.headers().contains_key("www-authenticate"),
+            problem_of(layered).await,
+        ),
+        (
+            fused.status(),
+            fused.headers().contains_key("www-authenticate"),
+            problem_of(fused).await,
+        ),
+    ] {
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(!challenge, "no scope to name in a challenge");
+        assert_eq!(v["code"], "no_route_rule");
+        assert_eq!(v["title"], "No permission rule for this route");
+    }
+}
+
+#[tokio::test]
 async fn scope_guard_without_api_key_auth_fails_closed_with_500() {
     let svc = ServiceBuilder::new()
         .layer(ScopeGuard::require("org:billing"))

@@ -217,7 +217,8 @@ pub enum RuleMatch<'a> {
 ///
 /// ```
 /// use http::Method;
-/// use tower_api_key::{RuleMatch, ScopeRules};
+/// use tower_api_key::ScopeRules;
+/// use tower_api_key::scope::RuleMatch;
 ///
 /// let rules = ScopeRules::new()
 ///     .route(Method::POST, "/v1/browsers", "browser_sessions:create")
