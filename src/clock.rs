@@ -212,7 +212,7 @@ impl fmt::Debug for Clock {
 impl Clock {
     /// The default: the system time at a coarse resolution, cheap to read.
     ///
-    /// On Linux and Android, the kernel's `CLOCK_REALTIME_COARSE` (~3 ns, the scheduler tick's
+    /// On Linux and Android, the kernel's `CLOCK_REALTIME_COARSE` (the scheduler tick's
     /// resolution, 1–10 ms; no thread). Elsewhere, the system time cached by a background thread
     /// refreshed every millisecond (or read directly if the thread cannot be started). See the
     /// [module docs](self).
@@ -220,7 +220,7 @@ impl Clock {
         Self(ClockKind::Coarse)
     }
 
-    /// The system time, read at every call (a `clock_gettime` through the vDSO, ~20–40 ns).
+    /// The system time, read at every call.
     pub fn system() -> Self {
         Self(ClockKind::System)
     }

@@ -38,7 +38,7 @@ pub type CheckResult = Result<Decision, RateLimitError>;
 /// differs from the one the state was written under (a plan change), the state is carried
 /// over with [`Gcra::convert`] first, so the change applies to this very request.
 ///
-/// # Design note: a named, unboxed check future
+/// # A named, unboxed check future
 ///
 /// Like [`KeyStore::Lookup`](crate::KeyStore::Lookup), the check future is an associated type
 /// and `Unpin`: [`OrgRateLimit`](super::OrgRateLimit) polls it once in place and, if it is

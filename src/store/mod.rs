@@ -4,7 +4,7 @@
 //! `Arc`: a revocation or a last-used time replaces the record, it never mutates one a request
 //! is reading.
 //!
-//! # Design note: a named lookup future
+//! # A named lookup future
 //!
 //! [`KeyStore::find_by_hash`] returns an associated future type, not `impl Future`, so that
 //! [`ApiKeyAuth`](crate::ApiKeyAuth)'s response future can name it and stay unboxed. The
@@ -15,40 +15,11 @@
 //! For `dyn` users, [`DynKeyStore`] is object safe and [`BoxedStore`] turns an
 //! `Arc<dyn DynKeyStore>` back into a `KeyStore`.
 //!
-//! # Design note: the size of a record
+//! # The size of a record
 //!
-//! A [`MemoryStore`] must hold a million keys in at most 300 bytes each (requested heap bytes;
-//! `cargo run --release --example store_memory` measures it). A record is an `Arc` snapshot of
-//! 208 bytes plus the `Arc`'s 16, with no further allocation for typical keys, and the store
-//! adds about 65 bytes per key (its lock-free entry of two pointers, its tables, the id index
-//! and the per-organization list, one pointer each). What that took, field by field:
-//!
-//! - [`Timestamp`] keeps its value inverted in a `NonZeroU64`, so `Option<Timestamp>` is 8
-//!   bytes, not 16 (three such fields). Its order is the order of the times; the one lost value is
-//!   `u64::MAX` nanoseconds, in 2554, which saturates to the one before.
-//! - [`KeyId`] is an inline string of up to 24 bytes (generated ids are exactly 24): 24 bytes in
-//!   place of a 16-byte `Arc<str>` and its 40-byte allocation. `OrgId` stays an `Arc<str>`: the
-//!   keys and requests of one organization share it.
-//! - The label and the hint are inline strings too (up to 24 bytes without allocating), and are
-//!   read through [`KeyRecord::name`] and [`KeyRecord::hint`] as `&str`, so that the public API
-//!   does not name the string type. `rotated_from`, set only on keys created by a rotation, is
-//!   boxed (8 bytes instead of 24) behind [`KeyRecord::rotated_from`].
-//! - The last-used slot is 16 bytes: the queued flag is the low bit of its list link.
-//! - Everything a request reads (`id`, `org_id`, `scopes`, `expires_at`, `revoked_at`, …) stays
-//!   a public field of an unchanged type, read in place as before.
-//!
-//! Last-used times are in the record too, not in a map beside it (which cost another 40 bytes or
-//! so per key once the key was used: 330 bytes per key with every key used, measured by
-//! `store_memory -- 1000000 --used`). [`MemoryStore`]'s `touch_last_used` replaces a touched
-//! key's snapshot with a copy whose `last_used_at` is raised, in every index, as a revocation
-//! does; the copy carries the old snapshot's usage mark, and marks still made on the old
-//! snapshot reach the store on the next flush, which writes by key id.
-//!
-//! In the store, an organization's plan is one shared allocation that the entries of all its
-//! keys point to (16 bytes an entry instead of 32; a lookup loads the plan beside the record),
-//! the per-organization lists hold the records rather than copies of their ids, and the
-//! lock-free map resizes in one step and hands its outgrown tables back at once (an incremental
-//! resize, with few writes, keeps the old table allocated and lookups probing both).
+//! A [`MemoryStore`] holds a million keys in at most 300 bytes each: a record is an `Arc`
+//! snapshot of 208 bytes with no further allocation for typical keys. How each field got there
+//! is in `docs/DESIGN-NOTES.md` (Stores).
 //!
 //! # Implementations
 //!
