@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 /// SHA-256 digest of a full key, the only form in which keys are stored.
 ///
 /// Its `Hash` implementation feeds the first 8 bytes to the hasher: the digest is already uniform,
-/// so [`KeyHashBuilder`] can use them as the hash directly.
+/// so the store's maps use them as the hash directly.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeyHash([u8; 32]);
 

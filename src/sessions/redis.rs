@@ -37,7 +37,7 @@ const MICROS_PER_SEC: u64 = 1_000_000;
 /// Leases are measured to the microsecond (the scores are Unix microseconds, exact in a
 /// double). The key expires when its last lease does, plus the
 /// [idle grace](Self::idle_grace). Time is the caller's (the [`SessionQuota`]'s clock), as for
-/// [`RedisRateLimiter`](super::RedisRateLimiter): see the [module docs](super) for the
+/// [`RedisRateLimiter`](crate::RedisRateLimiter): see the [module docs](crate::rate_limit::redis) for the
 /// trade-off. A Redis failure or [timeout](Self::timeout) is [`SessionError::Unavailable`].
 ///
 /// ```no_run
@@ -77,7 +77,7 @@ impl<C> fmt::Debug for RedisSessions<C> {
 }
 
 impl RedisSessions<ConnectionManager> {
-    /// Connect to `url` with [`connect`](super::connect). Fails if Redis cannot be reached
+    /// Connect to `url` with [`connect`]. Fails if Redis cannot be reached
     /// now; once connected, the connection reconnects by itself.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
         Ok(Self::new(connect(url).await?))

@@ -56,9 +56,7 @@ mod sql;
 pub mod sqlite;
 mod usage;
 
-pub use cached::{
-    CacheConfig, CacheStats, CachedLookup, CachedStore, Invalidation, InvalidationSource,
-};
+pub use cached::{CacheConfig, CacheStats, CachedStore, Invalidation, InvalidationSource};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgInvalidations, PostgresStore, PostgresStoreBuilder};

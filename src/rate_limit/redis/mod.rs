@@ -122,7 +122,7 @@
 //! (`503`) when Redis fails, since a per-replica session count would silently multiply the
 //! quota for as long as the sessions live.
 //!
-//! [`SessionError::Unavailable`]: super::SessionError::Unavailable
+//! [`SessionError::Unavailable`]: crate::SessionError::Unavailable
 
 use std::fmt;
 use std::future::Future;
@@ -164,7 +164,7 @@ const MAX_CARRY: usize = 3;
 static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("gcra.lua")));
 
 /// Why a Redis backend call failed (the source of [`RateLimitError::Unavailable`] and
-/// [`SessionError::Unavailable`](super::SessionError::Unavailable)).
+/// [`SessionError::Unavailable`](crate::SessionError::Unavailable)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisBackendError {
