@@ -77,11 +77,6 @@ impl Plan {
     }
 }
 
-/// The authenticated caller, placed in the request's extensions by
-/// [`ApiKeyAuth`](crate::ApiKeyAuth).
-///
-/// Cheap to clone (one `Arc`). Read it in axum with the `Principal` extractor (feature `axum`),
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,10 @@ use crate::plan::Plan;
 use crate::scopes::{Scope, Scopes};
 use crate::store::KeyRecord;
 
+/// The authenticated caller, placed in the request's extensions by
+/// [`ApiKeyAuth`](crate::ApiKeyAuth).
+///
+/// Cheap to clone (one `Arc`). Read it in axum with the `Principal` extractor (feature `axum`),
 /// in tonic with `request.extensions().get::<Principal>()`, and in plain `http` the same way.
 #[derive(Clone)]
 pub struct Principal {
