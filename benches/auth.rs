@@ -43,7 +43,7 @@ fn bench_auth(c: &mut Criterion) {
             || req(fx.hot),
             |mut r| {
                 let value = r.headers().get("authorization").unwrap().as_bytes();
-                let key = tower_api_key::auth::parse_bearer(value).unwrap();
+                let key = support::parse_bearer(value).unwrap();
                 formats.check(key).unwrap();
                 let hash = KeyHash::of(key);
                 let found = store.find_by_hash(&hash).into_inner().unwrap().unwrap();

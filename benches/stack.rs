@@ -189,14 +189,14 @@ fn baselines_and_layers(c: &mut Criterion) {
     let value = http::HeaderValue::from_static(malformed);
     g.bench_function("malformed_key", |b| {
         b.iter(|| {
-            let key = tower_api_key::auth::parse_bearer(black_box(&value).as_bytes());
+            let key = support::parse_bearer(black_box(&value).as_bytes());
             key.is_some_and(|k| formats.check(k).is_ok())
         })
     });
     let value = http::HeaderValue::from_static(unknown);
     g.bench_function("unknown_key", |b| {
         b.iter(|| {
-            let Some(key) = tower_api_key::auth::parse_bearer(black_box(&value).as_bytes()) else {
+            let Some(key) = support::parse_bearer(black_box(&value).as_bytes()) else {
                 return false;
             };
             if formats.check(key).is_err() {

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end load test: one axum hello-world app served several ways (no middleware, tower-http's
-# static bearer check, this crate's full stack as four layers and as one service), driven by wrk
+# static bearer check, this crate's full stack as four layers and as one service, and the same
+# work written by hand with axum, sha2 and governor, `hand-rolled`), driven by wrk
 # on 127.0.0.1 in short rounds that alternate between them, so drift of the machine hits all of
 # them alike. Prints each
 # round, then the median requests/s of each mode and its ratio to no middleware, as the ratio of
-# the medians and as the median of the per-round ratios (DESIGN §6 bar: full stack ≥ 0.92).
+# the medians and as the median of the per-round ratios (DESIGN §6 bar: full stack ≥ 0.92), and,
+# when `hand-rolled` runs, the same ratios of this crate's modes (full*, fused*) to it.
 # It also prints the server's own CPU time per request (user + system, from /proc/PID/stat over
 # each wrk run) and the reference's CPU per request divided by each mode's: with wrk and the
 # server each saturating one of two cores, requests/s also moves with the client's work (more
@@ -14,10 +16,14 @@
 #   ROUNDS=3 SECS=2 scripts/load.sh # shorter
 #   LTO=1 scripts/load.sh           # every mode built with lto = "fat", codegen-units = 1
 #
+# The server is the bench target `load_target` (benches/load_target.rs, `harness = false`, which
+# lists every mode), built with `cargo bench --bench load_target --no-run` (the `bench` profile:
+# release settings); its executable is the `executable` field of `--message-format=json`.
+#
 # Settings (environment): ROUNDS (7), SECS per wrk run (3), CONNS (32), WRK_THREADS (1),
 # SERVER_THREADS (1: with one wrk thread, each side has one of the two cores), BASE_PORT (18081),
-# MODES ("none tower-http full fused fused-outer"; the first is the reference; add
-# `full-separate` to see the cost of one `Router::layer` call per layer; examples/load_target.rs
+# MODES ("none tower-http hand-rolled full fused fused-outer"; the first is the reference; add
+# `full-separate` to see the cost of one `Router::layer` call per layer; benches/load_target.rs
 # lists every mode), LTO (0).
 # Installs wrk from Debian's packages if it is missing. Targets 127.0.0.1 only; every wrk run is
 # bounded by `timeout`; the servers are stopped on exit, whatever happens. Not part of .ci/run.
@@ -31,7 +37,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 SERVER_THREADS=${SERVER_THREADS:-1}
 BASE_PORT=${BASE_PORT:-18081}
 # shellcheck disable=SC2206
-MODES=(${MODES:-none tower-http full fused fused-outer})
+MODES=(${MODES:-none tower-http hand-rolled full fused fused-outer})
 KEY=br_live_LoadTest0123456789abcdefghijklmn
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -43,20 +49,35 @@ if ! command -v wrk >/dev/null 2>&1; then
   fi
 fi
 
+# The path of the executable cargo reports for the load_target bench target (JSON messages on
+# stdout, one per line).
+executable() {
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line) if line.startswith("{") else {}
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "load_target" and m.get("executable"):
+        print(m["executable"])'
+}
+
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+BUILD=(cargo bench --bench load_target --no-run --message-format=json-render-diagnostics)
 if [ "${LTO:-0}" = 1 ]; then
-  # The release profile with fat LTO and one codegen unit, as many production builds are
-  # configured; every mode is built alike. A target directory of its own keeps the default
-  # build's artifacts.
-  echo "building the load target (release, lto = \"fat\", codegen-units = 1)" >&2
+  # The bench profile (release settings) with fat LTO and one codegen unit, as many production
+  # builds are configured; every mode is built alike. A target directory of its own keeps the
+  # default build's artifacts.
+  echo "building the load target (bench profile, lto = \"fat\", codegen-units = 1)" >&2
   TARGET_DIR="$TARGET_DIR/lto"
-  CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-    cargo build --release --example load_target --target-dir "$TARGET_DIR" >&2
+  BIN=$(CARGO_PROFILE_BENCH_LTO=fat CARGO_PROFILE_BENCH_CODEGEN_UNITS=1 \
+    "${BUILD[@]}" --target-dir "$TARGET_DIR" | executable)
 else
-  echo "building the load target (release)" >&2
-  cargo build --release --example load_target >&2
+  echo "building the load target (bench profile)" >&2
+  BIN=$("${BUILD[@]}" | executable)
 fi
-BIN="$TARGET_DIR/release/examples/load_target"
+if [ -z "$BIN" ] || [ ! -x "$BIN" ]; then
+  echo "cargo reported no load_target executable" >&2
+  exit 1
+fi
+echo "load target: $BIN" >&2
 
 PIDS=()
 cleanup() {
@@ -114,10 +135,9 @@ echo "wrk -t$WRK_THREADS -c$CONNS -d${SECS}s, server threads $SERVER_THREADS, $R
 # Warm-up: one short run per mode, not counted.
 for i in "${!MODES[@]}"; do run_wrk "$(port_of "$i")" 1 "${PIDS[$i]}" >/dev/null; done
 
-declare -A RESULTS RATIOS CPU
+declare -A RESULTS CPU BY_ROUND
 for r in $(seq 1 "$ROUNDS"); do
   line="round $r:"
-  declare -A ROUND=()
   # Rotate the order each round so no mode always runs first or last.
   n=${#MODES[@]}
   for k in $(seq 0 $((n - 1))); do
@@ -125,29 +145,53 @@ for r in $(seq 1 "$ROUNDS"); do
     read -r rps cpu < <(run_wrk "$(port_of "$i")" "$SECS" "${PIDS[$i]}")
     RESULTS[${MODES[$i]}]+="$rps "
     CPU[${MODES[$i]}]+="$cpu "
-    ROUND[${MODES[$i]}]=$rps
+    BY_ROUND[${MODES[$i]},$r]=$rps
     line+=" ${MODES[$i]}=$rps (${cpu} µs)"
-  done
-  for m in "${MODES[@]}"; do
-    RATIOS[$m]+="$(awk -v a="${ROUND[$m]}" -v b="${ROUND[${MODES[0]}]}" 'BEGIN {print a / b}') "
   done
   echo "$line"
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-base=$(echo "${RESULTS[${MODES[0]}]}" | median)
-echo
-# Two estimates of each mode's ratio to the reference: the ratio of the medians, and the median
-# of the ratios within each round (the latter compares runs seconds apart, so slow drift of the
-# machine cancels out).
-printf '%-14s %14s %16s %18s %16s %14s\n' mode "median req/s" "ratio of medians" "median of ratios" \
-  "server µs/req" "CPU ratio"
-cpu_base=$(echo "${CPU[${MODES[0]}]}" | median)
+# One table of ratios to a reference mode: for each mode, its median requests/s, two estimates of
+# its ratio to the reference (the ratio of the medians, and the median of the ratios within each
+# round: the latter compares runs seconds apart, so slow drift of the machine cancels out), its
+# server CPU time per request, and the reference's CPU per request divided by its own.
+ratio_table() { # reference mode...
+  local ref=$1 m med cpu r per_round
+  shift
+  local base cpu_base
+  base=$(echo "${RESULTS[$ref]}" | median)
+  cpu_base=$(echo "${CPU[$ref]}" | median)
+  echo
+  echo "ratios to $ref:"
+  printf '%-18s %14s %16s %18s %16s %14s\n' mode "median req/s" "ratio of medians" \
+    "median of ratios" "server µs/req" "CPU ratio"
+  for m in "$@"; do
+    med=$(echo "${RESULTS[$m]}" | median)
+    cpu=$(echo "${CPU[$m]}" | median)
+    per_round=""
+    for r in $(seq 1 "$ROUNDS"); do
+      per_round+="$(awk -v a="${BY_ROUND[$m,$r]}" -v b="${BY_ROUND[$ref,$r]}" 'BEGIN {print a / b}') "
+    done
+    printf '%-18s %14.0f %16.3f %18.3f %16.3f %14.3f\n' "$m" "$med" \
+      "$(awk -v a="$med" -v b="$base" 'BEGIN {print a / b}')" "$(echo "$per_round" | median)" \
+      "$cpu" "$(awk -v a="$cpu" -v b="$cpu_base" 'BEGIN {print (a > 0 ? b / a : 0)}')"
+  done
+}
+
+# Every mode against the first (no middleware by default).
+ratio_table "${MODES[0]}" "${MODES[@]}"
+
+# This crate's modes against the same work written by hand, when both ran.
+OURS=()
+HAND=0
 for m in "${MODES[@]}"; do
-  med=$(echo "${RESULTS[$m]}" | median)
-  cpu=$(echo "${CPU[$m]}" | median)
-  printf '%-14s %14.0f %16.3f %18.3f %16.3f %14.3f\n' "$m" "$med" \
-    "$(awk -v a="$med" -v b="$base" 'BEGIN {print a / b}')" "$(echo "${RATIOS[$m]}" | median)" \
-    "$cpu" "$(awk -v a="$cpu" -v b="$cpu_base" 'BEGIN {print (a > 0 ? b / a : 0)}')"
+  case $m in
+    full* | fused*) OURS+=("$m") ;;
+    hand-rolled) HAND=1 ;;
+  esac
 done
+if [ "$HAND" = 1 ] && [ "${#OURS[@]}" -gt 0 ]; then
+  ratio_table hand-rolled "${OURS[@]}"
+fi

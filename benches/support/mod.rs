@@ -17,13 +17,14 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::Empty;
 use tower::Service;
 use tower::layer::util::{Identity, Stack};
-use tower_api_key::rate_limit::QuotaPolicy;
 use tower_api_key::{
     ApiKeyAuth, ApiKeyAuthLayer, KeyFormat, KeyHash, KeyId, KeyManager, KeyRecord, KeyStore,
     LastUsedRecorder, MemoryStore, NewKey, OrgId, OrgRateLimit, Plan, Principal, Quota, ScopeGuard,
     Scopes, Timestamp,
 };
-use tower_api_key::{Clock, KeyFormats, LastUsedRecorderLayer, MemoryRateLimiter, Requirement};
+use tower_api_key::{
+    Clock, KeyFormats, LastUsedRecorderLayer, MemoryRateLimiter, QuotaPolicy, Requirement,
+};
 
 /// Criterion settings that keep the whole suite within minutes on two cores. `--quick` (or
 /// `BENCH_QUICK=1`) shortens it further, to check that everything runs.
@@ -344,6 +345,22 @@ pub fn fused_stack_layer(store: &MemoryStore) -> tower_api_key::ApiKeyStackLayer
         .scope_guard(ScopeGuard::require(REQUIRED))
 }
 
+/// The token of an `Authorization: Bearer <token>` value, parsed as a user would by hand: the
+/// scheme matched case-insensitively, the rest trimmed, only visible ASCII accepted. The floors
+/// use it rather than the crate's own parser, which is private.
+#[inline]
+pub fn parse_bearer(value: &[u8]) -> Option<&str> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = token.trim_ascii();
+    if token.is_empty() || !token.iter().all(u8::is_ascii_graphic) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
+}
+
 /// The problem+json body of ApiKeyAuth's refusal (module docs of `reject`).
 pub const MALFORMED_BODY: &[u8] = br#"{"type":"about:blank","title":"Invalid or missing API key","status":401,"code":"invalid_api_key"}"#;
 
@@ -356,7 +373,7 @@ pub const MALFORMED_BODY: &[u8] = br#"{"type":"about:blank","title":"Invalid or 
 #[inline]
 pub fn floor_malformed<B>(formats: &tower_api_key::KeyFormats, req: Request<B>) -> u16 {
     if let Some(value) = req.headers().get(AUTHORIZATION)
-        && let Some(key) = tower_api_key::auth::parse_bearer(value.as_bytes())
+        && let Some(key) = parse_bearer(value.as_bytes())
         && formats.check(key).is_ok()
     {
         return 0;
@@ -376,6 +393,17 @@ pub fn floor_malformed<B>(formats: &tower_api_key::KeyFormats, req: Request<B>) 
     *res.headers_mut() = parts.headers;
     std::hint::black_box(&res);
     res.status().as_u16()
+}
+
+/// The three `X-RateLimit-*` headers of a decision, written as a user would from its public
+/// figures (`HeaderValue::from(u64)`; the crate's own writer, with its table of digits, is
+/// private).
+#[inline]
+pub fn write_limit_headers(info: &tower_api_key::RateLimitInfo, headers: &mut http::HeaderMap) {
+    use tower_api_key::rate_limit::{X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET};
+    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(info.limit));
+    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(info.remaining));
+    headers.insert(X_RATELIMIT_RESET, HeaderValue::from(info.reset));
 }
 
 /// From the first thread's start to the last one's end.
@@ -443,7 +471,7 @@ impl Floor {
     #[inline]
     pub fn authenticate<B>(&self, req: &Request<B>) -> Option<Principal> {
         let value = req.headers().get(AUTHORIZATION)?;
-        let key = tower_api_key::auth::parse_bearer(value.as_bytes())?;
+        let key = parse_bearer(value.as_bytes())?;
         self.formats.check(key).ok()?;
         let hash = KeyHash::of(key);
         let found = self.store.find_by_hash(&hash).into_inner().ok()??;
@@ -488,7 +516,7 @@ impl Floor {
         req.extensions_mut().insert(p);
         drop(req);
         let mut res = hello_response();
-        decision.info.write_headers(res.headers_mut());
+        write_limit_headers(&decision.info, res.headers_mut());
         res.status().as_u16()
     }
 }

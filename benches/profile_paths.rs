@@ -2,12 +2,25 @@
 //! want a process doing one thing: `perf record`, `perf stat`, `valgrind --tool=callgrind`
 //! (whose instruction counts do not move with the machine's load or the code's layout).
 //!
+//! A bench target with `harness = false` (bench tooling stays out of `examples/`), built in the
+//! `bench` profile (release settings) and run as a program: `cargo bench --no-run` builds it and
+//! prints where the executable is (`target/release/deps/profile_paths-<hash>`), or take the
+//! `executable` field of `--message-format=json`:
+//!
 //! ```text
-//! cargo build --release --example profile_paths
-//! valgrind --tool=callgrind target/release/examples/profile_paths malformed 200000
-//! valgrind --tool=callgrind target/release/examples/profile_paths none 200000
-//! perf record -e cpu-clock target/release/examples/profile_paths fused 10000000
+//! cargo bench --bench profile_paths --no-run
+//! BIN=$(cargo bench --bench profile_paths --no-run --message-format=json | python3 -c \
+//!   'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][0])')
+//! valgrind --tool=callgrind "$BIN" malformed 200000
+//! valgrind --tool=callgrind "$BIN" none 200000
+//! perf record -e cpu-clock "$BIN" fused 10000000
+//! cargo bench --bench profile_paths -- accept 2000   # or build and run in one go
 //! ```
+//!
+//! With fat LTO and one codegen unit (as `LTO=1 scripts/load.sh` builds the load target), in a
+//! target directory of its own: prefix the `cargo bench` with
+//! `CARGO_PROFILE_BENCH_LTO=fat CARGO_PROFILE_BENCH_CODEGEN_UNITS=1` and add
+//! `--target-dir target/lto`.
 //!
 //! Paths (the fixture of `benches/support`: a hot key on an enterprise plan that is never
 //! refused, a malformed key):
@@ -23,7 +36,6 @@
 //!
 //! Every request's status is checked, so a path that went wrong cannot pass for a fast one.
 
-#[path = "../benches/support/mod.rs"]
 mod support;
 
 use support::*;
@@ -31,10 +43,25 @@ use tower::Layer;
 use tower_api_key::KeyFormats;
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    // `cargo bench` passes `--bench` (after any arguments of its own) to a `harness = false`
+    // target: not one of ours. Run by a plain `cargo bench` or `cargo test --all-targets`
+    // (which set `CARGO_MANIFEST_DIR`) with no path, or a filter or option meant for other
+    // targets, there is nothing to do, and the run of the other targets goes on.
+    let by_cargo = std::env::args().any(|a| a == "--bench")
+        || std::env::var_os("CARGO_MANIFEST_DIR").is_some();
+    let usage = |problem: &str| -> ! {
+        if by_cargo {
+            eprintln!("profile_paths: a program for profilers (benches/profile_paths.rs); skipped");
+            std::process::exit(0);
+        }
+        eprintln!(
+            "profile_paths: {problem}; usage: profile_paths PATH [N] (paths: benches/profile_paths.rs)"
+        );
+        std::process::exit(2)
+    };
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let (Some(path), n) = (args.next(), args.next()) else {
-        eprintln!("usage: profile_paths PATH [N]; see the example's docs for the paths");
-        std::process::exit(2);
+        usage("no path")
     };
     let n: u64 = n.and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let fx = fixture();
@@ -57,10 +84,7 @@ fn main() {
         ),
         "floor-accept" => (200, Box::new(|| floor.auth_only(request(fx.hot)))),
         "floor-full" => (200, Box::new(|| floor.full(request(fx.hot)))),
-        other => {
-            eprintln!("unknown path {other:?}; see the example's docs for the paths");
-            std::process::exit(2);
-        }
+        other => usage(&format!("unknown path {other:?}")),
     };
     let mut other = 0u64;
     for _ in 0..n {
