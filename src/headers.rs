@@ -1,13 +1,12 @@
 //! The rate-limit header encoding: [`RateLimitInfo`] and the `X-RateLimit-*` fields, plus the
 //! IETF draft `RateLimit-Policy` / `RateLimit` fields.
 //!
-//! Integer values are written without an allocation per response: numbers below 10,000 come
-//! from a table of digits built at compile time, larger ones share a per-thread buffer, and the
-//! reset time (which changes once a second) is remembered per thread.
+//! Integer values below 10,000 come from a table of digits built at compile time, and the reset
+//! time (which changes once a second) is remembered per thread, so an accepted response
+//! allocates no header value.
 
 use std::cell::RefCell;
 
-use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// `x-ratelimit-limit`: requests allowed per window.
@@ -141,13 +140,10 @@ pub(crate) fn int_value(n: u64) -> HeaderValue {
             return HeaderValue::from_static(s);
         }
     }
-    arena_value(n)
+    HeaderValue::from(n)
 }
 
-const CHUNK: usize = 4096;
-
 thread_local! {
-    static ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
     static LAST_RESET: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
 }
 
@@ -167,24 +163,6 @@ fn reset_value(secs: u64) -> HeaderValue {
             }
         })
         .unwrap_or_else(|_| int_value(secs))
-}
-
-/// An integer header value sharing the thread's chunk.
-fn arena_value(n: u64) -> HeaderValue {
-    let mut buf = itoa::Buffer::new();
-    let digits = buf.format(n).as_bytes();
-    ARENA
-        .try_with(|arena| {
-            let mut arena = arena.borrow_mut();
-            if arena.capacity() - arena.len() < digits.len() {
-                *arena = BytesMut::with_capacity(CHUNK);
-            }
-            arena.extend_from_slice(digits);
-            HeaderValue::from_maybe_shared(arena.split().freeze()).ok()
-        })
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| HeaderValue::from(n))
 }
 
 #[cfg(test)]
@@ -209,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn arena_values_survive_chunk_changes() {
+    fn large_values_are_formatted() {
         let values: Vec<_> = (0..2_000u64)
             .map(|i| (i, int_value(1_700_000_000 + i)))
             .collect();

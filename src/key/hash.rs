@@ -13,73 +13,11 @@ use subtle::ConstantTimeEq;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeyHash([u8; 32]);
 
-/// The longest input whose padded form fits one 64-byte SHA-256 block (1 byte of `0x80`, 8 of
-/// length).
-const ONE_BLOCK_MAX: usize = 64 - 1 - 8;
-
-/// SHA-256's initial hash value (FIPS 180-4 §5.3.3).
-const SHA256_INITIAL: [u32; 8] = [
-    0x6a09_e667,
-    0xbb67_ae85,
-    0x3c6e_f372,
-    0xa54f_f53a,
-    0x510e_527f,
-    0x9b05_688c,
-    0x1f83_d9ab,
-    0x5be0_cd19,
-];
-
-/// Copy `src` (at most [`ONE_BLOCK_MAX`] bytes) to the start of `dst` (64 bytes) with two
-/// fixed-size, possibly overlapping moves, which the compiler inlines: a copy of a length known
-/// only at run time is a call to libc's `memcpy`, measured at ~10 ns for a key.
-#[inline(always)]
-fn copy_short(dst: &mut [u8], src: &[u8]) {
-    // No index can be out of bounds: `n <= 55 < 64 == dst.len()`, and each branch's width is
-    // at most `n`.
-    let n = src.len();
-    if n >= 32 {
-        dst[..32].copy_from_slice(&src[..32]);
-        dst[n - 32..n].copy_from_slice(&src[n - 32..]);
-    } else if n >= 16 {
-        dst[..16].copy_from_slice(&src[..16]);
-        dst[n - 16..n].copy_from_slice(&src[n - 16..]);
-    } else if n >= 8 {
-        dst[..8].copy_from_slice(&src[..8]);
-        dst[n - 8..n].copy_from_slice(&src[n - 8..]);
-    } else {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = *s;
-        }
-    }
-}
-
 impl KeyHash {
     /// Hash a raw key.
-    ///
-    /// Keys of up to 55 bytes (every key format's are) fit one SHA-256 block with their padding:
-    /// the block is padded here and compressed once with `sha2`'s (SHA-NI accelerated) block
-    /// function, which saves `Digest`'s buffering, ~10 ns of ~60. Longer inputs take
-    /// `Sha256::digest`. Both give the same digest (tested for every length up to 200 bytes).
     #[inline]
     pub fn of(key: &str) -> Self {
-        let bytes = key.as_bytes();
-        if bytes.len() > ONE_BLOCK_MAX {
-            return Self(Sha256::digest(bytes).into());
-        }
-        // Indexing cannot panic: `bytes.len() <= 55`, the block is 64 bytes.
-        // FIPS 180-4 §5.1.1: the message, a 1 bit, zeros, the message's length in bits as a
-        // big-endian u64 in the block's last 8 bytes.
-        let mut block = sha2::digest::generic_array::GenericArray::default();
-        copy_short(&mut block, bytes);
-        block[bytes.len()] = 0x80;
-        block[56..].copy_from_slice(&((bytes.len() as u64) * 8).to_be_bytes());
-        let mut state = SHA256_INITIAL;
-        sha2::compress256(&mut state, std::slice::from_ref(&block));
-        let mut out = [0u8; 32];
-        for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
-            chunk.copy_from_slice(&word.to_be_bytes());
-        }
-        Self(out)
+        Self(Sha256::digest(key.as_bytes()).into())
     }
 
     /// Wrap stored digest bytes.

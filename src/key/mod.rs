@@ -26,7 +26,6 @@ mod tests {
 
     #[test]
     fn key_hash_is_sha256_at_every_length() {
-        // Around the one-block boundary (55/56 bytes) and beyond, against `Sha256::digest`.
         let text: String = (0..200)
             .map(|i| char::from(b'!' + (i % 94) as u8))
             .collect();

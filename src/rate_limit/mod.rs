@@ -164,28 +164,11 @@ impl QuotaPolicy {
             None => match principal.plan() {
                 Plan::Free => FREE,
                 Plan::Paid => PAID,
-                Plan::Enterprise(q) => enterprise_gcra(&q),
+                Plan::Enterprise(q) => Gcra::from_quota(&q),
             },
             Some(f) => Gcra::from_quota(&f(principal)),
         }
     }
-}
-
-/// The GCRA of an enterprise quota, remembered per thread for the last quota seen: computing
-/// one divides (the emission interval), ~5 ns, and a server's hot organizations repeat.
-#[inline]
-fn enterprise_gcra(q: &Quota) -> Gcra {
-    use std::cell::Cell;
-    thread_local!(static LAST: Cell<Option<(Quota, Gcra)>> = const { Cell::new(None) });
-    LAST.try_with(|last| match last.get() {
-        Some((seen, gcra)) if seen.requests == q.requests && seen.period == q.period => gcra,
-        _ => {
-            let gcra = Gcra::from_quota(q);
-            last.set(Some((*q, gcra)));
-            gcra
-        }
-    })
-    .unwrap_or_else(|_| Gcra::from_quota(q))
 }
 
 /// How many cells a request costs, as a request extension. Set it in a layer *outside*
