@@ -5,7 +5,7 @@
 # on 127.0.0.1 in short rounds that alternate between them, so drift of the machine hits all of
 # them alike. Prints each
 # round, then the median requests/s of each mode and its ratio to no middleware, as the ratio of
-# the medians and as the median of the per-round ratios (DESIGN §6 bar: full stack ≥ 0.92), and,
+# the medians and as the median of the per-round ratios (the bar: the recommended stack ≥ 0.95), and,
 # when `hand-rolled` runs, the same ratios of this crate's modes (full*, fused*) to it.
 # It also prints the server's own CPU time per request (user + system, from /proc/PID/stat over
 # each wrk run) and the reference's CPU per request divided by each mode's: with wrk and the
@@ -24,7 +24,8 @@
 # SERVER_THREADS (1: with one wrk thread, each side has one of the two cores), BASE_PORT (18081),
 # MODES ("none tower-http hand-rolled full fused fused-outer"; the first is the reference; add
 # `full-separate` to see the cost of one `Router::layer` call per layer; benches/load_target.rs
-# lists every mode), LTO (0).
+# lists every mode; `old:MODE` serves MODE from OLD_BIN, another commit's load_target, for
+# before/after ratios in one run), LTO (0).
 # Installs wrk from Debian's packages if it is missing. Targets 127.0.0.1 only; every wrk run is
 # bounded by `timeout`; the servers are stopped on exit, whatever happens. Not part of .ci/run.
 set -euo pipefail
@@ -95,7 +96,13 @@ if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
 fi
 
 for i in "${!MODES[@]}"; do
-  "${PIN_SERVER[@]}" "$BIN" --mode "${MODES[$i]}" --addr "127.0.0.1:$(port_of "$i")" --key "$KEY" \
+  # `old:MODE` serves MODE from the load target named by OLD_BIN (another commit's build), for
+  # before/after ratios in one run.
+  mode_bin=$BIN mode=${MODES[$i]}
+  if [[ $mode == old:* ]]; then
+    mode_bin=${OLD_BIN:?"old:* modes need OLD_BIN, another commit's load_target"} mode=${mode#old:}
+  fi
+  "${PIN_SERVER[@]}" "$mode_bin" --mode "$mode" --addr "127.0.0.1:$(port_of "$i")" --key "$KEY" \
     --threads "$SERVER_THREADS" 2>/dev/null &
   PIDS+=($!)
 done
@@ -188,7 +195,7 @@ OURS=()
 HAND=0
 for m in "${MODES[@]}"; do
   case $m in
-    full* | fused*) OURS+=("$m") ;;
+    full* | fused* | old:full* | old:fused*) OURS+=("$m") ;;
     hand-rolled) HAND=1 ;;
   esac
 done
