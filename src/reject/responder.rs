@@ -88,8 +88,8 @@ impl Responder {
     /// Render a rejection of a request with these headers.
     pub fn respond(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
         match self.realm() {
-            Some(realm) => render(rejection, realm, is_grpc(request_headers), HeaderMap::new()),
-            None => self.custom(rejection, request_headers),
+            Ok(realm) => render(rejection, realm, is_grpc(request_headers), HeaderMap::new()),
+            Err(custom) => custom.render(rejection, request_headers),
         }
     }
 
@@ -101,29 +101,94 @@ impl Responder {
         mut request_headers: HeaderMap,
     ) -> Response<Bytes> {
         match self.realm() {
-            Some(realm) => {
+            Ok(realm) => {
                 let grpc = is_grpc(&request_headers);
                 request_headers.clear();
                 render(rejection, realm, grpc, request_headers)
             }
-            None => self.custom(rejection, &request_headers),
+            Err(custom) => custom.render(rejection, &request_headers),
         }
     }
 
-    /// The realm of the default rendering; `None` for a custom renderer.
+    /// The realm of the default rendering, or the custom renderer.
     #[inline]
-    fn realm(&self) -> Option<&str> {
+    fn realm(&self) -> Result<&str, &dyn RenderRejection> {
         match &self.0 {
-            Kind::Default => Some(DEFAULT_REALM),
-            Kind::Realm(realm) => Some(realm),
-            Kind::Custom(_) => None,
+            Kind::Default => Ok(DEFAULT_REALM),
+            Kind::Realm(realm) => Ok(realm),
+            Kind::Custom(custom) => Err(&**custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reject::InvalidKey;
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE};
+    use http::{HeaderName, HeaderValue};
+
+    /// A request map full of headers, the credential among them: what a refusal reuses.
+    fn busy_request_headers(grpc: bool) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if grpc {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        }
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer br_live_not_a_real_key_at_all_00000"),
+        );
+        h.insert(COOKIE, HeaderValue::from_static("session=1"));
+        for i in 0..20 {
+            let name = HeaderName::try_from(format!("x-request-{i}")).unwrap();
+            h.append(name, HeaderValue::from_static("v"));
+        }
+        h
+    }
+
+    #[test]
+    fn a_refusal_built_in_the_request_map_is_the_rendered_one_without_its_headers() {
+        let responders = [
+            Responder::default(),
+            Responder::with_realm("other"),
+            Responder::new(|r: &Rejection, h: &HeaderMap| r.default_response(h, "custom")),
+        ];
+        let rejections = [
+            Rejection::MissingKey,
+            Rejection::InvalidKey(InvalidKey::Unknown),
+            Rejection::KeyInQuery,
+            Rejection::NoRouteRule,
+            Rejection::InsufficientScope {
+                required: "org:billing".into(),
+            },
+            Rejection::StoreUnavailable { retry_after: 5 },
+        ];
+        for responder in &responders {
+            for grpc in [false, true] {
+                for r in &rejections {
+                    let request = busy_request_headers(grpc);
+                    let rendered = responder.respond(r, &request);
+                    let reused = responder.refuse(r, request);
+                    let what = format!("{responder:?} {r:?} grpc={grpc}");
+                    assert_eq!(reused.status(), rendered.status(), "{what}");
+                    assert_eq!(reused.headers(), rendered.headers(), "{what}");
+                    assert_eq!(reused.body(), rendered.body(), "{what}");
+                    assert!(!reused.headers().contains_key(AUTHORIZATION), "{what}");
+                    assert!(!reused.headers().contains_key(COOKIE), "{what}");
+                }
+            }
         }
     }
 
-    fn custom(&self, rejection: &Rejection, request_headers: &HeaderMap) -> Response<Bytes> {
-        match &self.0 {
-            Kind::Custom(c) => c.render(rejection, request_headers),
-            _ => self.respond(rejection, request_headers),
-        }
+    #[test]
+    fn the_realm_reaches_the_challenge() {
+        let res =
+            Responder::with_realm("banata").respond(&Rejection::MissingKey, &HeaderMap::new());
+        assert_eq!(
+            res.headers()["www-authenticate"],
+            r#"Bearer realm="banata""#
+        );
+        let res = Responder::with_realm("api").respond(&Rejection::MissingKey, &HeaderMap::new());
+        assert_eq!(res.headers()["www-authenticate"], r#"Bearer realm="api""#);
     }
 }

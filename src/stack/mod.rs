@@ -50,6 +50,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -59,7 +60,7 @@ pub use future::ResponseFuture;
 use crate::auth::{ApiKeyAuthLayer, Authenticator, Begin};
 use crate::clock::{Clock, Timestamp};
 use crate::future::{Next, inner_accessors, poll_now, take_ready};
-use crate::headers::LimitHeaders;
+use crate::headers::{Draft, LimitHeaders};
 use crate::last_used::{LastUsedRecorderLayer, Recorder};
 use crate::principal::Principal;
 use crate::rate_limit::{
@@ -68,7 +69,6 @@ use crate::rate_limit::{
 use crate::reject::{Rejection, ResponseBody};
 use crate::scope::{Guard, ScopeGuardLayer};
 use crate::store::KeyStore;
-use bytes::Bytes;
 
 /// Authentication, rate limit, last-used marks and scope checks in one service. See the
 /// [module docs](self).
@@ -320,7 +320,7 @@ pub(crate) enum Decided<C> {
     /// Refused by the rate limit or the scope guard.
     Refuse(Response<Bytes>),
     /// The rate limit's check is still pending.
-    Check(C, CheckArgs, Option<crate::headers::Draft>),
+    Check(C, CheckArgs, Option<Draft>),
 }
 
 /// Run the stages of an accepted request, up to the call. The request is borrowed, so that it
