@@ -42,7 +42,7 @@ const MICROS_PER_SEC: u64 = 1_000_000;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use tower_api_key::rate_limit::redis::RedisSessions;
+/// use tower_api_key::RedisSessions;
 /// use tower_api_key::{OrgId, SessionQuota};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
