@@ -3,7 +3,7 @@
 //! the same work with no tower around it (the floor).
 //!
 //! `cargo bench --bench auth`; quick: `cargo bench --bench auth -- --quick`. The one-run suite
-//! of every DESIGN §6 path is `benches/stack.rs`; both share `benches/support`.
+//! of every measured path is `benches/stack.rs`; both share `benches/support`.
 
 #[path = "support/mod.rs"]
 mod support;

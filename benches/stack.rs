@@ -1,4 +1,4 @@
-//! The DESIGN §6 suite in one run: each layer alone over a no-op inner service, the full stack
+//! The benchmark suite in one run: each layer alone over a no-op inner service, the full stack
 //! (ApiKeyAuth → OrgRateLimit → LastUsedRecorder → ScopeGuard) on a hot key with the coarse
 //! clock, and beside them the baselines: no layer, tower-http's static bearer check, governor's
 //! keyed limiter, and the same work composed by hand with no tower (the floor). Then the store

@@ -1,4 +1,4 @@
-//! The seeds' API on axum, behind tower-api-key.
+//! A browser- and sandbox-sessions API on axum, behind tower-api-key.
 //!
 //! ```text
 //! cargo run --example server                 # 127.0.0.1:3000, in-memory store, /dev/seed on

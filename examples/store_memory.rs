@@ -1,4 +1,4 @@
-//! Memory per key of a `MemoryStore` holding many keys (DESIGN §6: ≤ 300 bytes per key at 1M).
+//! Memory per key of a `MemoryStore` holding many keys (the budget: ≤ 300 bytes per key at 1M).
 //!
 //! ```text
 //! cargo run --release --example store_memory            # 1,000,000 keys

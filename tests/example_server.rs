@@ -1,5 +1,5 @@
 //! The real example binary (`cargo run --example server`), started on a free port and driven over
-//! HTTP the way the seeds' users would.
+//! HTTP the way an API platform's customers would.
 
 mod common;
 #[path = "common/server.rs"]
@@ -120,7 +120,7 @@ async fn seed_create_and_read_a_browser_session() {
 }
 
 #[tokio::test]
-async fn every_invalid_key_is_a_401_with_the_seeds_message() {
+async fn every_invalid_key_is_a_401_with_the_documented_message() {
     let api = Api::start(&[]);
     let seeded = api.seed(json!({"expires_in_secs": 1})).await;
     let revoked = api
@@ -542,9 +542,9 @@ async fn ctrl_c_flushes_last_used_times_before_exit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The seeds' curl call, unchanged but for the host.
+/// The documented curl call, unchanged but for the host.
 #[tokio::test]
-async fn the_seeds_curl_call_works() {
+async fn the_documented_curl_call_works() {
     if std::process::Command::new("curl")
         .arg("--version")
         .output()
@@ -574,9 +574,9 @@ async fn the_seeds_curl_call_works() {
     assert_eq!(v["status"], "running");
 }
 
-/// The seeds' TypeScript `fetch` snippet, run by the machine's node.
+/// The documented TypeScript `fetch` snippet, run by the machine's node.
 #[tokio::test]
-async fn the_seeds_fetch_snippet_works_in_node() {
+async fn the_documented_fetch_snippet_works_in_node() {
     if std::process::Command::new("node")
         .arg("--version")
         .output()
@@ -589,7 +589,7 @@ async fn the_seeds_fetch_snippet_works_in_node() {
     let k = key(&api
         .seed(json!({"scopes": ["browser_sessions:create"]}))
         .await);
-    let snippet = include_str!("seeds/create_browser.mjs")
+    let snippet = include_str!("clients/create_browser.mjs")
         .replace("https://api.boxes.banata.dev", &api.srv.base);
     let dir = std::env::temp_dir().join(format!("tak-fetch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

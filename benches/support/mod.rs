@@ -366,7 +366,7 @@ pub const MALFORMED_BODY: &[u8] = br#"{"type":"about:blank","title":"Invalid or 
 
 /// The least a conforming refusal of a malformed key can do with `http` 1.x: find the bearer
 /// token, check its format, and answer 401 with the two headers the contract asks for
-/// (`WWW-Authenticate`, `content-type`: DESIGN §4) and a static body, written into the
+/// (`WWW-Authenticate`, `content-type`) and a static body, written into the
 /// request's own header map (no allocation). No tower, no response future, no body wrapper, no
 /// gRPC check, no problem+json choice: what any implementation must pay at the least. Returns
 /// the status, 0 if the key was not malformed (the caller counts it as a wrong path).

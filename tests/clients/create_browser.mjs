@@ -1,4 +1,4 @@
-// The seeds' TypeScript snippet ("Using Your API Key" → "In code"), unchanged but for the host,
+// The documented TypeScript snippet ("Using Your API Key" → "In code"), unchanged but for the host,
 // which the test substitutes for https://api.boxes.banata.dev. It is plain JavaScript too, so the
 // machine's node runs it as an ES module (top-level await).
 const response = await fetch("https://api.boxes.banata.dev/v1/browsers", {
