@@ -472,6 +472,28 @@ fn sqlite_unmigrated_and_unreachable_stores() {
 }
 
 #[test]
+fn help_goes_to_stdout_and_hides_the_store_url() {
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--help"])
+        .env("TOWER_API_KEY_STORE", "postgres://app:hunter2@db/prod")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("--expires-in <DURATION>"), "{help}");
+    assert!(
+        !help.contains("hunter2"),
+        "the URL's password stays out of --help"
+    );
+
+    // No command: the help on stderr, exit 1.
+    let run = cli("", &[], "");
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout, "");
+    assert!(run.stderr.contains("Exit codes:"), "{run:?}");
+}
+
+#[test]
 fn hash_reads_one_key_from_stdin() {
     let run = ok("", &["hash"], "br_live_abc\n");
     assert_eq!(

@@ -52,7 +52,14 @@ const INTERNAL: u8 = 6;
 struct Cli {
     /// The key store: sqlite://FILE or postgres://USER@HOST:PORT/DB (a PostgreSQL schema other
     /// than the default: `?options[search_path]=SCHEMA`).
-    #[arg(long, env = "TOWER_API_KEY_STORE", global = true, value_name = "URL")]
+    // The value stays out of `--help`: the URL may hold a password.
+    #[arg(
+        long,
+        env = "TOWER_API_KEY_STORE",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
     store: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -233,6 +240,11 @@ fn clap_failure(e: &clap::Error) -> ExitCode {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = e.print();
             ExitCode::SUCCESS
+        }
+        // No command given: the help, on stderr, is the useful answer.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(USAGE)
         }
         _ => {
             // clap's message without its usage block, on one line.
