@@ -60,6 +60,7 @@
 //! | `sqlite` | `store::SqliteStore`: embedded durable store (sqlx, bundled SQLite) |
 //! | `postgres` | `store::PostgresStore` and `store::PgInvalidations` (`LISTEN/NOTIFY`) |
 //! | `redis` | [`RedisRateLimiter`] and [`RedisSessions`]: one rate limit and one session count shared by replicas |
+//! | `cli` | the `tower-api-key` operator CLI (a binary; the library does not use clap): see the README's "Going to production" |
 //!
 //! [tower]: https://docs.rs/tower
 #![deny(missing_docs)]

@@ -259,6 +259,28 @@ impl PostgresStore {
         tx.commit().await.map_err(map_err)
     }
 
+    /// Whether every migration shipped with this version of the crate has been applied in this
+    /// store's schema, without changing anything: for tools that must refuse to work on a store
+    /// nobody migrated (the `tower-api-key` CLI), where [`migrate`](Self::migrate) would
+    /// silently create the schema.
+    pub async fn is_migrated(&self) -> Result<bool, StoreError> {
+        // `to_regclass` resolves the name through the connection's `search_path`, as every
+        // other query of the store does; NULL when there is no such table.
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('tower_api_key_migrations')::text")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
+        if table.is_none() {
+            return Ok(false);
+        }
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM tower_api_key_migrations")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(MIGRATIONS.iter().all(|m| applied.contains(&m.version)))
+    }
+
     /// The schema this store's tables live in.
     async fn resolved_schema(&self) -> Result<Arc<str>, StoreError> {
         if let Some(s) = &self.schema {

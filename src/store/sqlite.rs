@@ -175,6 +175,27 @@ impl SqliteStore {
         }
         tx.commit().await.map_err(map_err)
     }
+
+    /// Whether every migration shipped with this version of the crate has been applied, without
+    /// changing anything: for tools that must refuse to work on a store nobody migrated (the
+    /// `tower-api-key` CLI), where [`migrate`](Self::migrate) would silently create the schema.
+    pub async fn is_migrated(&self) -> Result<bool, StoreError> {
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master \
+             WHERE type = 'table' AND name = 'tower_api_key_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if tables == 0 {
+            return Ok(false);
+        }
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM tower_api_key_migrations")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(MIGRATIONS.iter().all(|m| applied.contains(&m.version)))
+    }
 }
 
 fn record(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
@@ -367,5 +388,22 @@ impl KeyStore for SqliteStore {
             None => Ok(self.default_plan),
             Some(row) => plan(&row, self.default_plan),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn is_migrated_says_whether_migrate_ran_and_changes_nothing() {
+        let store = SqliteStore::memory().await.unwrap();
+        assert!(!store.is_migrated().await.unwrap());
+        assert!(
+            !store.is_migrated().await.unwrap(),
+            "asking does not migrate"
+        );
+        store.migrate().await.unwrap();
+        assert!(store.is_migrated().await.unwrap());
     }
 }

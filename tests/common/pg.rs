@@ -96,3 +96,29 @@ pub async fn replica(url: &str, guard: &SchemaGuard) -> PostgresStore {
         .await
         .expect("DATABASE_URL is set but PostgreSQL is unreachable")
 }
+
+/// An empty schema, not migrated (dropped with the guard), for tools that migrate themselves.
+pub async fn empty_schema(url: &str) -> SchemaGuard {
+    use sqlx::Connection;
+    let schema = unique_schema();
+    let guard = SchemaGuard {
+        url: url.to_owned(),
+        schema: schema.clone(),
+    };
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .expect("DATABASE_URL is set but PostgreSQL is unreachable");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    conn.close().await.expect("close");
+    guard
+}
+
+/// `url` with its connections' `search_path` set to `schema`, for whatever takes only a URL
+/// (the example server, the CLI).
+pub fn url_in_schema(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options[search_path]={schema}")
+}
