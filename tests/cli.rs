@@ -261,7 +261,9 @@ fn lifecycle(store: &str, restart_to_see_revocation: bool) {
     );
 
     // Rotate with an overlap: both keys work meanwhile.
+    let before = unix_now();
     let rotated = ok(store, &["keys", "rotate", &id, "--overlap", "1h"], "");
+    let after = unix_now();
     let new_key = secret(&rotated);
     assert_ne!(new_key, key);
     assert_eq!(status(&srv, "/v1/api-keys", &new_key), 200, "new key works");
@@ -273,7 +275,15 @@ fn lifecycle(store: &str, restart_to_see_revocation: bool) {
     let old: Value =
         serde_json::from_str(&ok(store, &["keys", "show", &id, "--json"], "").stdout).unwrap();
     assert_eq!(old["status"], "active");
-    assert!(old["revoked_at"].as_u64().is_some(), "revocation scheduled");
+    // The overlap ends one hour after the rotation, by the store's record: the old key is
+    // revoked from then on.
+    let ends = old["revoked_at"].as_u64().expect("revocation scheduled");
+    assert!(
+        (before + 3600..=after + 3600).contains(&ends),
+        "the overlap ends an hour after the rotation: {ends} not in {}..={}",
+        before + 3600,
+        after + 3600
+    );
 
     // Revoke the old key now: the server refuses it; the new one still works.
     let revoked = ok(store, &["keys", "revoke", &id], "");
@@ -546,4 +556,12 @@ fn postgres_lifecycle_against_the_example_server() {
     );
     lifecycle(&store, false);
     bad_input(&store);
+}
+
+/// Unix time in whole seconds, as the store's JSON gives times.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
