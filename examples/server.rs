@@ -5,8 +5,12 @@
 //! cargo run --example server -- --addr 127.0.0.1:8080 --no-dev-seed
 //! cargo run --example server --features sqlite -- --store sqlite://keys.db
 //! cargo run --example server --features postgres -- --store postgres://postgres@127.0.0.1/test
+//! cargo run --example server --features redis -- --redis redis://127.0.0.1:6379 --redis-fail open
 //! RUST_LOG=tower_api_key=debug cargo run --example server
 //! ```
+//!
+//! SIGINT and SIGTERM stop it gracefully: no new connections, in-flight requests finish within
+//! the drain deadline, then the last-used times still in memory are written, then exit 0.
 //!
 //! Routes (all under `/v1` need `Authorization: Bearer br_live_…`):
 //!
@@ -33,11 +37,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+#[cfg(feature = "redis")]
+use tower_api_key::rate_limit::OnBackendError;
+use tower_api_key::rate_limit::RateLimitBackend;
+use tower_api_key::serve::{Server, shutdown_signal};
 use tower_api_key::store::store_from_url;
 use tower_api_key::{
-    ApiKeyAuth, BoxedStore, KeyId, KeyManager, ManageError, NewKey, OrgId, OrgRateLimit, Plan,
-    Principal, Rejection, Rotation, ScopeGuard, ScopeRules, Scopes, SessionError, SessionQuota,
-    Timestamp,
+    ApiKeyAuth, BoxedStore, KeyId, KeyManager, ManageError, MemorySessions, NewKey, OrgId,
+    OrgRateLimit, OrgRateLimitLayer, Plan, Principal, Rejection, Rotation, ScopeGuard, ScopeRules,
+    Scopes, SessionError, SessionLease, SessionQuota, Timestamp,
 };
 use tower_api_key::{LastUsedRecorder, LastUsedRecorderLayer};
 
@@ -182,7 +190,7 @@ struct Session {
 struct AppState {
     manager: KeyManager<BoxedStore>,
     recorder: LastUsedRecorderLayer<BoxedStore>,
-    quota: SessionQuota,
+    quota: SessionQuota<Sessions>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
     requests: Arc<Mutex<HashMap<OrgId, u64>>>,
 }
@@ -201,6 +209,80 @@ fn random_id(prefix: &str) -> String {
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{prefix}{hex}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where the concurrent-session counts live: this process, or Redis shared by every replica.
+
+/// The session backend chosen by `--redis`. With `--redis-fail open`, a Redis failure falls
+/// back to this replica's own count instead of answering 503.
+#[derive(Clone)]
+enum Sessions {
+    Memory(MemorySessions),
+    #[cfg(feature = "redis")]
+    Redis {
+        shared: tower_api_key::RedisSessions,
+        local: MemorySessions,
+        fail_open: bool,
+    },
+}
+
+/// Runs `$call` on the chosen backend; on a Redis failure under `--redis-fail open`, on the
+/// local fallback.
+macro_rules! on_backend {
+    ($self:ident, |$b:ident| $call:expr) => {
+        match $self {
+            Sessions::Memory($b) => $call.await,
+            #[cfg(feature = "redis")]
+            Sessions::Redis { shared, local, fail_open } => {
+                let $b = shared;
+                match $call.await {
+                    Err(SessionError::Unavailable(e)) if *fail_open => {
+                        tracing::warn!(error = %e, "Redis sessions failed; counting locally");
+                        let $b = local;
+                        $call.await
+                    }
+                    other => other,
+                }
+            }
+        }
+    };
+}
+
+impl tower_api_key::sessions::SessionBackend for Sessions {
+    async fn acquire(
+        &self,
+        org: &OrgId,
+        session: &str,
+        limit: u32,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<SessionLease, SessionError> {
+        on_backend!(self, |b| b.acquire(org, session, limit, lease, now))
+    }
+
+    async fn renew(
+        &self,
+        org: &OrgId,
+        session: &str,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<SessionLease, SessionError> {
+        on_backend!(self, |b| b.renew(org, session, lease, now))
+    }
+
+    async fn release(
+        &self,
+        org: &OrgId,
+        session: &str,
+        now: Timestamp,
+    ) -> Result<bool, SessionError> {
+        on_backend!(self, |b| b.release(org, session, now))
+    }
+
+    async fn active(&self, org: &OrgId, now: Timestamp) -> Result<u32, SessionError> {
+        on_backend!(self, |b| b.active(org, now))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -536,14 +618,32 @@ struct Options {
     dev_seed: bool,
     store: String,
     flush_interval: Duration,
+    redis: Option<String>,
+    redis_fail_open: bool,
+    server: Server,
 }
 
-const USAGE: &str = "usage: server [--addr HOST:PORT] [--store URL] [--no-dev-seed] [--flush-interval-ms N]
+const USAGE: &str = "usage: server [--addr HOST:PORT] [--store URL] [--redis URL [--redis-fail open|closed]]
+              [--no-dev-seed] [--flush-interval-ms N] [--drain-deadline-ms N]
+              [--header-read-timeout-ms N] [--idle-timeout-ms N]
 
-  --addr               where to listen (default 127.0.0.1:3000; port 0 picks a free one)
-  --store              memory:// (default), sqlite://FILE (feature sqlite), postgres://… (feature postgres)
-  --no-dev-seed        turn off POST /dev/seed
-  --flush-interval-ms  how often last-used times are written to the store (default 5000)";
+  --addr                    where to listen (default 127.0.0.1:3000; port 0 picks a free one)
+  --store                   memory:// (default), sqlite://FILE (feature sqlite), postgres://… (feature postgres)
+  --redis                   rate limits and session counts in Redis, shared by replicas (feature redis)
+  --redis-fail              when Redis fails: closed (503, default) or open (count on this replica)
+  --no-dev-seed             turn off POST /dev/seed
+  --flush-interval-ms       how often last-used times are written to the store (default 5000)
+  --drain-deadline-ms       how long a shutdown waits for in-flight requests (default 10000)
+  --header-read-timeout-ms  how long a client may take to send a request head (default 10000)
+  --idle-timeout-ms         how long a connection may stay silent (default 60000)";
+
+fn millis(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<Duration, String> {
+    let v = args
+        .next()
+        .ok_or_else(|| format!("{flag} needs a number of milliseconds"))?;
+    let ms: u64 = v.parse().map_err(|e| format!("bad {flag} {v:?}: {e}"))?;
+    Ok(Duration::from_millis(ms.max(1)))
+}
 
 fn options() -> Result<Options, String> {
     let mut opts = Options {
@@ -551,6 +651,9 @@ fn options() -> Result<Options, String> {
         dev_seed: true,
         store: "memory://".to_owned(),
         flush_interval: Duration::from_secs(5),
+        redis: None,
+        redis_fail_open: false,
+        server: Server::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -567,13 +670,25 @@ fn options() -> Result<Options, String> {
                     .next()
                     .ok_or("--store needs a URL: memory://, sqlite://FILE, postgres://…")?;
             }
-            "--flush-interval-ms" => {
-                let v = args.next().ok_or("--flush-interval-ms needs a number")?;
-                let ms: u64 = v
-                    .parse()
-                    .map_err(|e| format!("bad --flush-interval-ms {v:?}: {e}"))?;
-                opts.flush_interval = Duration::from_millis(ms.max(1));
+            "--flush-interval-ms" => opts.flush_interval = millis(&mut args, &arg)?,
+            "--drain-deadline-ms" => {
+                opts.server = opts.server.drain_deadline(millis(&mut args, &arg)?);
             }
+            "--header-read-timeout-ms" => {
+                opts.server = opts.server.header_read_timeout(millis(&mut args, &arg)?);
+            }
+            "--idle-timeout-ms" => opts.server = opts.server.idle_timeout(millis(&mut args, &arg)?),
+            "--redis" => {
+                opts.redis = Some(
+                    args.next()
+                        .ok_or("--redis needs a URL, e.g. redis://127.0.0.1:6379")?,
+                );
+            }
+            "--redis-fail" => match args.next().as_deref() {
+                Some("open") => opts.redis_fail_open = true,
+                Some("closed") => opts.redis_fail_open = false,
+                _ => return Err("--redis-fail needs open or closed".to_owned()),
+            },
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
@@ -581,7 +696,11 @@ fn options() -> Result<Options, String> {
     Ok(opts)
 }
 
-fn app(state: AppState, with_dev_seed: bool) -> Router {
+fn app<B: RateLimitBackend>(
+    state: AppState,
+    with_dev_seed: bool,
+    limit: OrgRateLimitLayer<B>,
+) -> Router {
     let store = state.manager.store().clone();
     // Each route's scope, checked inside the one-service stack below (a per-route
     // `route_layer(ScopeGuard::require(..))` does the same, at the cost of a boxed service and
@@ -616,7 +735,7 @@ fn app(state: AppState, with_dev_seed: bool) -> Router {
     // The whole stack as one service: ApiKeyAuth, the org's rate limit, last-used marks and the
     // scope rules (see `tower_api_key::stack`).
     let stack = ApiKeyAuth::new(store)
-        .rate_limit(OrgRateLimit::new())
+        .rate_limit(limit)
         .record_last_used(state.recorder.clone())
         .scope_guard(ScopeGuard::rules(scopes));
     let api = Router::new()
@@ -646,6 +765,36 @@ fn app(state: AppState, with_dev_seed: bool) -> Router {
     open.merge(api).with_state(state)
 }
 
+/// The rate limiter and session backend: in this process, or in Redis with `--redis`.
+async fn limits(opts: &Options) -> Result<(Option<Limiter>, Sessions), String> {
+    let Some(url) = &opts.redis else {
+        return Ok((None, Sessions::Memory(MemorySessions::new())));
+    };
+    #[cfg(feature = "redis")]
+    {
+        let limiter = tower_api_key::RedisRateLimiter::connect(url)
+            .await
+            .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+        let shared = tower_api_key::RedisSessions::new(limiter.connection().clone());
+        let sessions = Sessions::Redis {
+            shared,
+            local: MemorySessions::new(),
+            fail_open: opts.redis_fail_open,
+        };
+        Ok((Some(limiter), sessions))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = url;
+        Err("--redis needs the example built with --features redis".to_owned())
+    }
+}
+
+#[cfg(feature = "redis")]
+type Limiter = tower_api_key::RedisRateLimiter;
+#[cfg(not(feature = "redis"))]
+type Limiter = std::convert::Infallible;
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -668,12 +817,19 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let (limiter, sessions) = match limits(&opts).await {
+        Ok(l) => l,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(1);
+        }
+    };
     let recorder = LastUsedRecorder::new(store.clone());
     let flusher = recorder.spawn_flusher(opts.flush_interval);
     let state = AppState {
         manager: KeyManager::new(store),
         recorder,
-        quota: SessionQuota::new(),
+        quota: SessionQuota::with_backend(sessions),
         sessions: Arc::default(),
         requests: Arc::default(),
     };
@@ -691,20 +847,32 @@ async fn main() {
             "mint a key:  curl -s -X POST http://{addr}/dev/seed -H 'content-type: application/json' -d '{{\"scopes\":[\"browser_sessions:create\",\"browser_sessions:read\"]}}'"
         );
     }
-    let app = app(state, opts.dev_seed);
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+    let app = match limiter {
+        #[cfg(feature = "redis")]
+        Some(limiter) => {
+            let on_error = if opts.redis_fail_open {
+                OnBackendError::FailOpen
+            } else {
+                OnBackendError::FailClosed
+            };
+            let limit = OrgRateLimit::with_backend(limiter).on_backend_error(on_error);
+            app(state, opts.dev_seed, limit)
+        }
+        // Without `redis`, `Limiter` has no values: this arm is the only one.
+        _ => app(state, opts.dev_seed, OrgRateLimit::new()),
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    // Nothing lost: every key used before the shutdown has its last-used time written.
+    // Until SIGINT or SIGTERM; then in-flight requests get the drain deadline to finish.
+    let served = opts.server.serve(listener, app, shutdown_signal()).await;
+    // Nothing lost: every request answered before the shutdown has its last-used time written.
     if let Err(e) = flusher.shutdown().await {
         eprintln!("could not flush last-used times: {e}");
-    }
-    if let Err(e) = served {
-        eprintln!("server error: {e}");
         std::process::exit(1);
+    }
+    match served {
+        Ok(served) => tracing::info!("{served}"),
+        Err(e) => {
+            eprintln!("server error: {e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -95,6 +95,8 @@ pub mod store;
 pub mod axum;
 #[cfg(feature = "tonic")]
 pub mod grpc;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 // Keys and who holds them.
 pub use clock::{Clock, ManualClock, Timestamp};

@@ -515,8 +515,21 @@ async fn last_used_is_visible_in_the_key_listing() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn ctrl_c_flushes_last_used_times_before_exit() {
-    let dir = std::env::temp_dir().join(format!("tak-example-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    last_used_survives_a_stop(|srv| srv.interrupt(std::time::Duration::from_secs(20))).await;
+}
+
+/// SIGTERM is what systemd and Kubernetes send: it must stop the server as cleanly as Ctrl-C.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sigterm_flushes_last_used_times_before_exit() {
+    last_used_survives_a_stop(|srv| srv.terminate(std::time::Duration::from_secs(20))).await;
+}
+
+/// Use a key on a SQLite-backed server that never flushes on its own, stop it with `stop`,
+/// restart it and read the key's last-used time back.
+#[cfg(feature = "sqlite")]
+async fn last_used_survives_a_stop(stop: impl FnOnce(ExampleServer) -> std::process::ExitStatus) {
+    let dir = tempdir();
     let db = dir.join("keys.db");
     let url = format!("sqlite://{}", db.display());
     // An hour-long flush interval: only the shutdown flush can write the time.
@@ -528,18 +541,73 @@ async fn ctrl_c_flushes_last_used_times_before_exit() {
     assert_eq!(status, StatusCode::OK);
     assert!(listed["data"][0]["last_used_at"].is_null());
     let Api { srv, .. } = api;
-    let exit = srv.interrupt(std::time::Duration::from_secs(20));
-    assert!(exit.success(), "{exit:?}");
+    let exit = stop(srv);
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
 
     let api = Api::start(&["--store", &url]);
     let (status, _, listed) = api.call("GET", "/v1/api-keys", Some(&k), None).await;
     assert_eq!(status, StatusCode::OK, "the key survived the restart");
     assert!(
         listed["data"][0]["last_used_at"].as_u64().is_some(),
-        "the use before Ctrl-C was flushed: {listed}"
+        "the use before the stop was flushed: {listed}"
     );
     drop(api);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under the system's temp dir, unique to this process and call.
+#[cfg(feature = "sqlite")]
+fn tempdir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tak-example-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A client that sends a request's head and half its body, then nothing: the graceful shutdown
+/// waits for it only until the drain deadline, then exits 0 anyway.
+#[tokio::test]
+async fn a_half_sent_request_does_not_hold_shutdown_past_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::start(&["--drain-deadline-ms", "500"]);
+    let k = key(&api
+        .seed(json!({"org_id": "org_stuck", "scopes": ["browser_sessions:create"]}))
+        .await);
+    let addr = api.srv.url("").trim_start_matches("http://").to_owned();
+    let mut stuck = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // One whole request, then the head and half the body of a second, pipelined: once the
+    // first answer arrives, the server has read the second head from the same buffer and its
+    // handler is waiting for the rest of the body.
+    let requests = format!(
+        "GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n\
+         POST /v1/browser/sessions HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {k}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"a\":"
+    );
+    stuck.write_all(requests.as_bytes()).await.unwrap();
+    let mut first = Vec::new();
+    while !String::from_utf8_lossy(&first).contains(r#"{"status":"ok"}"#) {
+        let mut buf = [0u8; 1024];
+        let n = stuck.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before answering /healthz");
+        first.extend_from_slice(&buf[..n]);
+    }
+    let Api { srv, .. } = api;
+    let started = std::time::Instant::now();
+    let exit = srv.terminate(std::time::Duration::from_secs(10));
+    let took = started.elapsed();
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "shutdown took {took:?} with a 500 ms drain deadline"
+    );
+    // The server closed our connection without an answer to the half-sent request.
+    let mut rest = Vec::new();
+    let _ = stuck.read_to_end(&mut rest).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 2"),
+        "the half-sent request was not answered as a success"
+    );
 }
 
 /// The documented curl call, unchanged but for the host.

@@ -27,6 +27,7 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
             ("sqlite", cfg!(feature = "sqlite")),
             ("postgres", cfg!(feature = "postgres")),
             ("redis", cfg!(feature = "redis")),
+            ("serve", cfg!(feature = "serve")),
         ]
         .into_iter()
         .filter_map(|(f, on)| on.then_some(f))
@@ -87,11 +88,26 @@ impl ExampleServer {
 }
 
 impl ExampleServer {
-    /// Send SIGINT (Ctrl-C) and wait, at most `limit`, for a clean exit.
-    pub fn interrupt(mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+    /// Send SIGINT (Ctrl-C) and wait, at most `limit`, for the process to exit.
+    pub fn interrupt(self, limit: std::time::Duration) -> std::process::ExitStatus {
+        self.signal("INT", limit)
+    }
+
+    /// Send SIGTERM (what systemd and Kubernetes send) and wait, at most `limit`, for the
+    /// process to exit.
+    pub fn terminate(self, limit: std::time::Duration) -> std::process::ExitStatus {
+        self.signal("TERM", limit)
+    }
+
+    fn signal(mut self, signal: &str, limit: std::time::Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-INT", &pid]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "could not send SIGINT");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "could not send SIG{signal}"
+        );
         let deadline = std::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for server") {
@@ -99,8 +115,9 @@ impl ExampleServer {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "server did not exit within {limit:?} of SIGINT"
+                "server did not exit within {limit:?} of SIG{signal}"
             );
+            // Polling for the exit of a child process: there is no event to wait on here.
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
