@@ -67,7 +67,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The README's examples compile and run as doctests.
-#[cfg(all(doctest, feature = "axum"))]
+#[cfg(all(doctest, feature = "axum", feature = "serve"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
