@@ -78,6 +78,8 @@ mod ids;
 mod plan;
 mod scopes;
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod auth;
 pub mod clock;
 pub mod key;

@@ -266,6 +266,11 @@ impl<St: KeyStore> KeyManager<St> {
         &self.formats
     }
 
+    /// The time by this manager's clock (which decides whether a key is expired or revoked).
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
     fn format_for(&self, env: Option<&str>) -> Result<&KeyFormat, ManageError> {
         match env {
             None => Ok(self.formats.primary()),

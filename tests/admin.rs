@@ -1,0 +1,595 @@
+//! The admin API over real HTTP, behind `ApiKeyAuth`: every route, one key shape, pagination,
+//! errors, scope escalation, isolation between organizations, and the OpenAPI document.
+#![cfg(feature = "admin")]
+
+use std::collections::BTreeSet;
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use tower_api_key::admin::AdminApi;
+use tower_api_key::{ApiKeyAuth, KeyManager, MemoryStore, NewKey, OrgId, Scopes};
+
+struct Admin {
+    base: String,
+    http: Client,
+    manager: KeyManager<MemoryStore>,
+}
+
+impl Admin {
+    async fn start() -> Self {
+        let store = MemoryStore::new();
+        let manager = KeyManager::new(store.clone());
+        let app = axum::Router::new()
+            .nest("/v1", AdminApi::new(manager.clone()).router())
+            .route("/v1/ping", axum::routing::get(|| async { "pong" }))
+            .layer(ApiKeyAuth::new(store));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            base,
+            http: Client::new(),
+            manager,
+        }
+    }
+
+    /// A key of `org` minted directly (the bootstrap a CLI does), with `scopes` (empty: full).
+    async fn mint(&self, org: &str, scopes: &[&str]) -> String {
+        let scopes = Scopes::parse(scopes).unwrap();
+        let created = self
+            .manager
+            .create(&OrgId::from(org), NewKey::new("bootstrap").scopes(scopes))
+            .await
+            .unwrap();
+        created.key.expose_secret().to_owned()
+    }
+
+    /// Status and JSON body; refusals are checked to be problem+json with a matching status.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let json: Value = res.json().await.unwrap_or(Value::Null);
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+            assert_eq!(json["status"], status.as_u16());
+        }
+        (status, json)
+    }
+}
+
+const KEY_FIELDS: [&str; 12] = [
+    "id",
+    "name",
+    "hint",
+    "scopes",
+    "access",
+    "environment",
+    "created_at",
+    "expires_at",
+    "last_used_at",
+    "revoked_at",
+    "rotated_from",
+    "status",
+];
+
+fn assert_key_shape(key: &Value) {
+    let fields: BTreeSet<&str> = key
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(fields, KEY_FIELDS.into_iter().collect(), "{key}");
+}
+
+#[tokio::test]
+async fn create_shows_the_secret_once_and_every_route_the_same_key_object() {
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    let (status, created) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&root),
+            Some(
+                json!({"name": "ci", "scopes": ["browser_sessions:read", "browser_sessions:create"],
+                        "expires_in_secs": 3600}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let secret = created["key"].as_str().unwrap();
+    assert!(secret.starts_with("br_live_"), "{secret}");
+    let key = &created["api_key"];
+    assert_key_shape(key);
+    assert_eq!(key["name"], "ci");
+    assert_eq!(
+        key["scopes"],
+        json!(["browser_sessions:create", "browser_sessions:read"])
+    );
+    assert_eq!(key["access"], "scoped");
+    assert_eq!(key["status"], "active");
+    assert_eq!(key["last_used_at"], Value::Null);
+    assert_eq!(
+        key["expires_at"].as_u64().unwrap(),
+        key["created_at"].as_u64().unwrap() + 3600
+    );
+    let id = key["id"].as_str().unwrap();
+
+    let (status, shown) = admin
+        .call(
+            Method::GET,
+            &format!("/v1/api-keys/{id}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        &shown, key,
+        "GET shows the object create answered, without the secret"
+    );
+    let (_, listed) = admin
+        .call(Method::GET, "/v1/api-keys", Some(&root), None)
+        .await;
+    let in_list = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == key["id"]);
+    assert_eq!(in_list, Some(key), "listed as the same object");
+    assert!(
+        !listed.to_string().contains(secret),
+        "no secret in a listing"
+    );
+
+    // The new key works, and its use shows up as last used once flushed by the host; here the
+    // key simply authenticates.
+    let res = admin
+        .http
+        .get(format!("{}/v1/ping", admin.base))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn full_access_is_shown_as_such_and_only_granted_explicitly() {
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    let (status, created) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&root),
+            Some(json!({"name": "all", "access": "full"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created["api_key"]["access"], "full");
+    assert_eq!(created["api_key"]["scopes"], json!([]));
+
+    for (body, why) in [
+        (json!({"name": "none"}), "no scopes and no access"),
+        (json!({"name": "none", "scopes": []}), "empty scopes"),
+        (
+            json!({"name": "both", "access": "full", "scopes": ["org:billing"]}),
+            "both",
+        ),
+        (
+            json!({"name": "bad", "scopes": ["Not A Scope"]}),
+            "bad scope",
+        ),
+        (
+            json!({"name": "x", "scopes": ["org:billing"], "colour": 1}),
+            "unknown field",
+        ),
+        (json!({"scopes": ["org:billing"]}), "no name"),
+        (
+            json!({"name": "x", "scopes": ["org:billing"], "expires_in_secs": 0}),
+            "expires now",
+        ),
+    ] {
+        let (status, problem) = admin
+            .call(Method::POST, "/v1/api-keys", Some(&root), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}: {problem}");
+        assert_eq!(problem["code"], "invalid_request", "{why}");
+    }
+    let res = admin
+        .http
+        .post(format!("{}/v1/api-keys", admin.base))
+        .bearer_auth(&root)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "invalid_request");
+}
+
+#[tokio::test]
+async fn a_key_cannot_grant_what_it_does_not_hold() {
+    let admin = Admin::start().await;
+    let manager_key = admin
+        .mint("org_a", &["api_keys:manage", "browser_sessions:read"])
+        .await;
+    for body in [
+        json!({"name": "more", "scopes": ["org:billing"]}),
+        json!({"name": "all", "access": "full"}),
+    ] {
+        let (status, problem) = admin
+            .call(Method::POST, "/v1/api-keys", Some(&manager_key), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(problem["code"], "scope_escalation");
+    }
+    let (status, _) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&manager_key),
+            Some(json!({"name": "less", "scopes": ["browser_sessions:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Rotating a key with more permissions than the caller's is escalation too.
+    let root = admin.mint("org_a", &[]).await;
+    let (_, listed) = admin
+        .call(Method::GET, "/v1/api-keys", Some(&root), None)
+        .await;
+    let full = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["access"] == "full")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, problem) = admin
+        .call(
+            Method::POST,
+            &format!("/v1/api-keys/{full}/rotate"),
+            Some(&manager_key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(problem["code"], "scope_escalation");
+}
+
+#[tokio::test]
+async fn callers_without_the_manage_permission_or_a_principal_are_refused() {
+    let admin = Admin::start().await;
+    let reader = admin.mint("org_a", &["browser_sessions:read"]).await;
+    let (status, problem) = admin
+        .call(Method::GET, "/v1/api-keys", Some(&reader), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(problem["code"], "insufficient_scope");
+    assert_eq!(problem["required_scope"], "api_keys:manage");
+
+    // Without ApiKeyAuth in front, nobody is calling.
+    let bare = axum::Router::new().nest(
+        "/v1",
+        AdminApi::new(KeyManager::new(MemoryStore::new())).router(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, bare).await });
+    let res = reqwest::get(format!("http://{addr}/v1/api-keys"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "unauthenticated");
+}
+
+#[tokio::test]
+async fn list_pages_through_every_key_newest_first() {
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    for i in 0..24 {
+        let (status, _) = admin
+            .call(
+                Method::POST,
+                "/v1/api-keys",
+                Some(&root),
+                Some(json!({"name": format!("k{i}"), "scopes": ["org:billing"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/api-keys?limit=10".to_owned();
+    loop {
+        let (status, page) = admin.call(Method::GET, &path, Some(&root), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= 10);
+        seen.extend(data.iter().map(|k| k["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => {
+                assert_eq!(page["has_more"], true);
+                path = format!("/v1/api-keys?limit=10&cursor={cursor}");
+            }
+            None => {
+                assert_eq!(page["has_more"], false);
+                break;
+            }
+        }
+    }
+    assert_eq!(seen.len(), 25, "24 created and the bootstrap key");
+    assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), 25, "no repeats");
+    let all = admin.manager.list(&OrgId::from("org_a")).await.unwrap();
+    let want: Vec<String> = all.iter().map(|k| k.id.to_string()).collect();
+    assert_eq!(seen, want, "the store's newest-first order");
+
+    for bad in ["limit=0", "limit=101", "limit=x", "cursor=key_nope"] {
+        let (status, problem) = admin
+            .call(
+                Method::GET,
+                &format!("/v1/api-keys?{bad}"),
+                Some(&root),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(problem["code"], "invalid_request", "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn another_organization_s_keys_are_not_found() {
+    let admin = Admin::start().await;
+    let a = admin.mint("org_a", &[]).await;
+    let b = admin.mint("org_b", &[]).await;
+    let (_, created) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&b),
+            Some(json!({"name": "b's", "scopes": ["org:billing"]})),
+        )
+        .await;
+    let id = created["api_key"]["id"].as_str().unwrap();
+    for (method, path) in [
+        (Method::GET, format!("/v1/api-keys/{id}")),
+        (Method::DELETE, format!("/v1/api-keys/{id}")),
+        (Method::POST, format!("/v1/api-keys/{id}/rotate")),
+    ] {
+        let (status, problem) = admin.call(method.clone(), &path, Some(&a), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+        assert_eq!(problem["code"], "key_not_found");
+    }
+    let (_, listed) = admin
+        .call(Method::GET, "/v1/api-keys", Some(&a), None)
+        .await;
+    assert!(
+        !listed.to_string().contains(id),
+        "not listed to another org"
+    );
+    let (status, shown) = admin
+        .call(Method::GET, &format!("/v1/api-keys/{id}"), Some(&b), None)
+        .await;
+    assert_eq!(
+        (status, shown["status"].clone()),
+        (StatusCode::OK, json!("active"))
+    );
+}
+
+#[tokio::test]
+async fn revoke_refuses_the_key_from_the_next_request_on() {
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    let (_, created) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&root),
+            Some(json!({"name": "doomed", "scopes": ["org:billing"]})),
+        )
+        .await;
+    let secret = created["key"].as_str().unwrap();
+    let id = created["api_key"]["id"].as_str().unwrap();
+    let (status, revoked) = admin
+        .call(
+            Method::DELETE,
+            &format!("/v1/api-keys/{id}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_key_shape(&revoked);
+    assert_eq!(revoked["status"], "revoked");
+    assert!(revoked["revoked_at"].is_u64());
+    let res = admin
+        .http
+        .get(format!("{}/v1/ping", admin.base))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let (status, problem) = admin
+        .call(
+            Method::POST,
+            &format!("/v1/api-keys/{id}/rotate"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a revoked key cannot be rotated"
+    );
+    assert_eq!(problem["code"], "key_revoked");
+}
+
+#[tokio::test]
+async fn rotate_with_an_overlap_keeps_the_old_key_for_that_long() {
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    let create = || {
+        admin.call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&root),
+            Some(json!({"name": "web", "scopes": ["org:billing"]})),
+        )
+    };
+    for (overlap, secs) in [
+        (json!("24h"), 86_400),
+        (json!("1h"), 3600),
+        (json!("7d"), 604_800),
+        (json!(90), 90),
+        (json!("now"), 0),
+    ] {
+        let (_, old) = create().await;
+        let old_id = old["api_key"]["id"].as_str().unwrap();
+        let (status, new) = admin
+            .call(
+                Method::POST,
+                &format!("/v1/api-keys/{old_id}/rotate"),
+                Some(&root),
+                Some(json!({ "overlap": overlap })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{overlap}");
+        assert!(new["key"].as_str().unwrap().starts_with("br_live_"));
+        assert_key_shape(&new["api_key"]);
+        assert_eq!(new["api_key"]["rotated_from"], old_id);
+        assert_eq!(new["api_key"]["name"], "web");
+        assert_eq!(new["api_key"]["scopes"], json!(["org:billing"]));
+        let (_, old_now) = admin
+            .call(
+                Method::GET,
+                &format!("/v1/api-keys/{old_id}"),
+                Some(&root),
+                None,
+            )
+            .await;
+        let revoked_at = old_now["revoked_at"].as_u64().unwrap();
+        let rotated_at = new["api_key"]["created_at"].as_u64().unwrap();
+        assert!(
+            (rotated_at + secs..=rotated_at + secs + 1).contains(&revoked_at),
+            "{overlap}: revoked at {revoked_at}, rotated at {rotated_at}"
+        );
+        let want = if secs == 0 { "revoked" } else { "active" };
+        assert_eq!(old_now["status"], want, "{overlap}");
+    }
+    let (_, old) = create().await;
+    let old_id = old["api_key"]["id"].as_str().unwrap();
+    for bad in [
+        json!("3w"),
+        json!("31d"),
+        json!("h"),
+        json!(-1),
+        json!("1.5h"),
+    ] {
+        let (status, problem) = admin
+            .call(
+                Method::POST,
+                &format!("/v1/api-keys/{old_id}/rotate"),
+                Some(&root),
+                Some(json!({ "overlap": bad })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(problem["code"], "invalid_request", "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn org_shows_the_plan_and_its_limits() {
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    let (status, org) = admin.call(Method::GET, "/v1/org", Some(&root), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        org,
+        json!({"org_id": "org_a", "plan": "free", "limits":
+            {"requests_per_window": 100, "window_secs": 60, "concurrent_sessions": 10}})
+    );
+}
+
+/// The document lists exactly the routes the router serves, and each documented operation is
+/// answered (not 404 or 405) at its path.
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    let (status, doc) = admin
+        .call(Method::GET, "/v1/openapi.json", Some(&root), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let mut operations = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            operations.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let want: BTreeSet<String> = [
+        "POST /api-keys",
+        "GET /api-keys",
+        "GET /api-keys/{id}",
+        "DELETE /api-keys/{id}",
+        "POST /api-keys/{id}/rotate",
+        "GET /org",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(operations, want);
+    for op in &operations {
+        let (method, path) = op.split_once(' ').unwrap();
+        let path = format!("/v1{}", path.replace("{id}", "key_unknown"));
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, _) = admin
+            .call(method, &path, Some(&root), Some(json!({})))
+            .await;
+        assert!(
+            status != StatusCode::NOT_FOUND || path.contains("key_unknown"),
+            "{op}: {status}"
+        );
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{op}");
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let key_props: BTreeSet<&str> = schemas["ApiKeyView"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(key_props, KEY_FIELDS.into_iter().collect());
+}
