@@ -37,15 +37,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tower_api_key::admin::{AdminApi, NewSecret};
 #[cfg(feature = "redis")]
 use tower_api_key::rate_limit::OnBackendError;
 use tower_api_key::rate_limit::RateLimitBackend;
 use tower_api_key::serve::{Server, shutdown_signal};
 use tower_api_key::store::store_from_url;
 use tower_api_key::{
-    ApiKeyAuth, BoxedStore, KeyId, KeyManager, ManageError, MemorySessions, NewKey, OrgId,
-    OrgRateLimit, OrgRateLimitLayer, Plan, Principal, Rejection, Rotation, ScopeGuard, ScopeRules,
-    Scopes, SessionError, SessionLease, SessionQuota, Timestamp,
+    ApiKeyAuth, BoxedStore, KeyManager, ManageError, MemorySessions, NewKey, OrgId, OrgRateLimit,
+    OrgRateLimitLayer, Plan, Principal, Rejection, ScopeGuard, ScopeRules, Scopes, SessionError,
+    SessionLease, SessionQuota, Timestamp,
 };
 use tower_api_key::{LastUsedRecorder, LastUsedRecorderLayer};
 
@@ -421,8 +422,10 @@ async fn delete_sandbox(
     delete_session(&state, &principal, "sandbox", &id).await
 }
 
+/// The code to run: `code` (what the SDK sends) or `command`.
 #[derive(Deserialize, Default)]
 struct Exec {
+    code: Option<String>,
     command: Option<String>,
 }
 
@@ -435,8 +438,9 @@ async fn exec_sandbox(
     let exec = body(json)?;
     own_session(&state, &principal, "sandbox", &id)?;
     let command = exec
-        .command
-        .ok_or_else(|| ApiError::bad_request("command is required"))?;
+        .code
+        .or(exec.command)
+        .ok_or_else(|| ApiError::bad_request("code (or command) is required"))?;
     Ok(Json(
         json!({ "sandbox_id": id, "exit_code": 0, "stdout": command }),
     ))
@@ -486,83 +490,10 @@ async fn count_requests(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Key management.
-
-#[derive(Deserialize, Default)]
-struct CreateKey {
-    name: Option<String>,
-    #[serde(default)]
-    scopes: Vec<String>,
-    expires_in_secs: Option<u64>,
-}
+// Key management is tower_api_key::admin, nested at /v1 (see `app`).
 
 fn parse_scopes(scopes: &[String]) -> ApiResult<Scopes> {
     Scopes::parse(scopes).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-async fn create_key(
-    State(state): State<AppState>,
-    principal: Principal,
-    json: Result<Json<CreateKey>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let req = body(json)?;
-    let mut spec = NewKey::new(req.name.unwrap_or_else(|| "api key".to_owned()))
-        .scopes(parse_scopes(&req.scopes)?);
-    if let Some(secs) = req.expires_in_secs {
-        spec = spec.expires_in(Duration::from_secs(secs));
-    }
-    let created = state.manager.create_for(&principal, spec).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "key": created.key.expose_secret(), "api_key": created.record })),
-    ))
-}
-
-async fn list_keys(
-    State(state): State<AppState>,
-    principal: Principal,
-) -> ApiResult<Json<serde_json::Value>> {
-    let keys = state.manager.list(principal.org_id()).await?;
-    Ok(Json(json!({ "data": keys })))
-}
-
-async fn revoke_key(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<tower_api_key::KeyRecord>> {
-    Ok(Json(
-        state
-            .manager
-            .revoke(principal.org_id(), &KeyId::from(id))
-            .await?,
-    ))
-}
-
-#[derive(Deserialize, Default)]
-struct RotateKey {
-    grace_secs: Option<u64>,
-}
-
-async fn rotate_key(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-    json: Result<Json<RotateKey>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let req = body(json)?;
-    let rotation = match req.grace_secs {
-        Some(s) => Rotation::with_grace(Duration::from_secs(s)),
-        None => Rotation::immediate(),
-    };
-    let created = state
-        .manager
-        .rotate_for(&principal, &KeyId::from(id), rotation)
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "key": created.key.expose_secret(), "api_key": created.record })),
-    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -597,17 +528,11 @@ async fn dev_seed(
     }
     let created = state.manager.create(&org, spec).await?;
     let plan = state.manager.plan(&org).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "key": created.key.expose_secret(),
-            "key_id": created.record.id,
-            "org_id": org,
-            "scopes": created.record.scopes,
-            "plan": plan,
-            "expires_at": created.record.expires_at,
-        })),
-    ))
+    // The admin API's envelope for a new secret, plus the organization it was made for.
+    let mut answer = json!(NewSecret::of(&created, state.manager.now()));
+    answer["org_id"] = json!(org);
+    answer["plan"] = json!(plan);
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -729,8 +654,11 @@ fn app<B: RateLimitBackend>(
         .route(Method::GET, "/v1/usage", "org:billing")
         .route(Method::POST, "/v1/api-keys", "api_keys:manage")
         .route(Method::GET, "/v1/api-keys", "api_keys:manage")
+        .route(Method::GET, "/v1/api-keys/{id}", "api_keys:manage")
         .route(Method::DELETE, "/v1/api-keys/{id}", "api_keys:manage")
         .route(Method::POST, "/v1/api-keys/{id}/rotate", "api_keys:manage")
+        .route(Method::GET, "/v1/org", "api_keys:manage")
+        .route(Method::GET, "/v1/openapi.json", "api_keys:manage")
         .allow_unmatched();
     // The whole stack as one service: ApiKeyAuth, the org's rate limit, last-used marks and the
     // scope rules (see `tower_api_key::stack`).
@@ -748,9 +676,8 @@ fn app<B: RateLimitBackend>(
         )
         .route("/v1/sandboxes/{id}/exec", post(exec_sandbox))
         .route("/v1/usage", get(usage))
-        .route("/v1/api-keys", post(create_key).get(list_keys))
-        .route("/v1/api-keys/{id}", axum::routing::delete(revoke_key))
-        .route("/v1/api-keys/{id}/rotate", post(rotate_key))
+        // /v1/api-keys…, /v1/org and /v1/openapi.json: the library's admin API.
+        .nest("/v1", AdminApi::new(state.manager.clone()).router())
         .fallback(|| async { ApiError::not_found("route") })
         // One `.layer` call (axum boxes every `Router::layer` separately), outside in: the
         // stack, then the per-organization request counts of `/v1/usage`.

@@ -54,7 +54,7 @@ impl Cluster {
         let created: Value = res.json().await.unwrap();
         (
             created["key"].as_str().unwrap().to_owned(),
-            created["key_id"].as_str().unwrap().to_owned(),
+            created["api_key"]["id"].as_str().unwrap().to_owned(),
         )
     }
 

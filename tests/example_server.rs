@@ -86,7 +86,19 @@ async fn seed_create_and_read_a_browser_session() {
     assert_eq!(seeded["plan"], "free");
     assert!(key(&seeded).starts_with("br_live_"));
     assert_eq!(key(&seeded).len(), 40);
-    assert!(seeded["key_id"].as_str().unwrap().starts_with("key_"));
+    assert!(
+        seeded["api_key"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("key_")
+    );
+    // The admin API's envelope for a new secret: the same key object as every admin route.
+    assert_eq!(
+        seeded["api_key"]["scopes"],
+        json!(["browser_sessions:create", "browser_sessions:read"])
+    );
+    assert_eq!(seeded["api_key"]["access"], "scoped");
+    assert_eq!(seeded["api_key"]["last_used_at"], Value::Null);
 
     let k = key(&seeded);
     let (status, _, created) = api
@@ -130,7 +142,10 @@ async fn every_invalid_key_is_a_401_with_the_documented_message() {
     let (status, _, _) = api
         .call(
             "DELETE",
-            &format!("/v1/api-keys/{}", revoked["key_id"].as_str().unwrap()),
+            &format!(
+                "/v1/api-keys/{}",
+                revoked["api_key"]["id"].as_str().unwrap()
+            ),
             Some(&key(&revoked)),
             None,
         )
@@ -284,13 +299,28 @@ async fn create_use_rotate_revoke_a_managed_key() {
             "POST",
             &format!("/v1/api-keys/{worker_id}/rotate"),
             Some(&admin),
-            None,
+            Some(json!({"overlap": "1h"})),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let new_worker = rotated["key"].as_str().unwrap().to_owned();
     let new_id = rotated["api_key"]["id"].as_str().unwrap().to_owned();
     assert_eq!(rotated["api_key"]["name"], "worker");
+    assert_eq!(rotated["api_key"]["rotated_from"], worker_id.as_str());
+    // The old key works through the hour's overlap, then is refused; revoke it now.
+    let (status, _, _) = api
+        .call("POST", "/v1/browsers", Some(&worker), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "the overlap keeps the old key");
+    let (status, _, _) = api
+        .call(
+            "DELETE",
+            &format!("/v1/api-keys/{worker_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _, _) = api
         .call("POST", "/v1/browsers", Some(&worker), Some(json!({})))
         .await;
@@ -477,6 +507,17 @@ async fn sandbox_exec_needs_its_own_scope() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["stdout"], "echo hi");
+    // The SDK's body: `code`.
+    let (status, _, body) = api
+        .call(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(&full),
+            Some(json!({"code": "print(1)"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["stdout"], "print(1)");
     let (status, _, body) = api.call("GET", "/v1/usage", Some(&k), None).await;
     assert_eq!(
         status,

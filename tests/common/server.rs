@@ -28,6 +28,7 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
             ("postgres", cfg!(feature = "postgres")),
             ("redis", cfg!(feature = "redis")),
             ("serve", cfg!(feature = "serve")),
+            ("admin", cfg!(feature = "admin")),
         ]
         .into_iter()
         .filter_map(|(f, on)| on.then_some(f))
