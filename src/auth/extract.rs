@@ -147,9 +147,10 @@ pub fn key_in_query(uri: &Uri, formats: &KeyFormats) -> bool {
     let Some(query) = uri.query() else {
         return false;
     };
-    query.split('&').any(|param| {
-        let (name, value) = param.split_once('=').unwrap_or((param, ""));
-        let name = form_decode(name);
+    query.as_bytes().split(|&b| b == b'&').any(|param| {
+        let mut halves = param.splitn(2, |&b| b == b'=');
+        let name = form_decode(halves.next().unwrap_or_default());
+        let value = halves.next().unwrap_or_default();
         is_credential_name(&name)
             || formats.appears_in(&name)
             || formats.appears_in(&form_decode(value))
@@ -165,8 +166,7 @@ fn is_credential_name(name: &[u8]) -> bool {
 
 /// `raw` decoded once as a form field: `+` is a space, `%XX` the byte it escapes, an invalid
 /// escape itself. Borrowed (no allocation) when `raw` has neither `%` nor `+`.
-fn form_decode(raw: &str) -> Cow<'_, [u8]> {
-    let raw = raw.as_bytes();
+fn form_decode(raw: &[u8]) -> Cow<'_, [u8]> {
     if !raw.iter().any(|&b| b == b'%' || b == b'+') {
         return Cow::Borrowed(raw);
     }
@@ -333,13 +333,13 @@ mod tests {
 
     #[test]
     fn decoding_is_once_with_plus_as_space_and_invalid_escapes_literal() {
-        assert_eq!(&*form_decode("a+b%2Bc"), b"a b+c");
-        assert_eq!(&*form_decode("%5f%5F"), b"__");
-        assert_eq!(&*form_decode("%255F"), b"%5F");
-        assert_eq!(&*form_decode("%zz%"), b"%zz%");
-        assert_eq!(&*form_decode("%4"), b"%4");
-        assert_eq!(&*form_decode("%ff"), &[0xff]);
-        assert!(matches!(form_decode("page"), Cow::Borrowed(_)));
+        assert_eq!(&*form_decode(b"a+b%2Bc"), b"a b+c");
+        assert_eq!(&*form_decode(b"%5f%5F"), b"__");
+        assert_eq!(&*form_decode(b"%255F"), b"%5F");
+        assert_eq!(&*form_decode(b"%zz%"), b"%zz%");
+        assert_eq!(&*form_decode(b"%4"), b"%4");
+        assert_eq!(&*form_decode(b"%ff"), &[0xff]);
+        assert!(matches!(form_decode(b"page"), Cow::Borrowed(_)));
         assert!(!in_query("/v1/browsers?q=%zz&r=%"));
         assert!(in_query(&format!("/v1/browsers?q=%zz{KEY}%")));
     }
