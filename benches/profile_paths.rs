@@ -75,7 +75,10 @@ fn main() {
     let (expected, mut step): (u16, Box<dyn FnMut() -> u16>) = match path.as_str() {
         "none" => (200, Box::new(|| run(&mut Hello, request(fx.hot)))),
         "accept" => (200, Box::new(|| run(&mut auth, request(fx.hot)))),
-        "accept-query" => (200, Box::new(|| run(&mut auth, with_query(request(fx.hot))))),
+        "accept-query" => (
+            200,
+            Box::new(|| run(&mut auth, with_query(request(fx.hot)))),
+        ),
         "malformed" => (401, Box::new(|| run(&mut auth, request(fx.malformed)))),
         "layers" => (200, Box::new(|| run(&mut layers, request(fx.hot)))),
         "layers-malformed" => (401, Box::new(|| run(&mut layers, request(fx.malformed)))),

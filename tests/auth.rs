@@ -377,7 +377,11 @@ async fn ordinary_query_strings_pass() {
 async fn invalid_escapes_are_read_literally() {
     let fx = Fixture::new();
     let key = fx.mint("org_a", &[]).await;
-    for uri in ["/v1/browsers?q=%zz", "/v1/browsers?q=abc%", "/v1/browsers?%=%2"] {
+    for uri in [
+        "/v1/browsers?q=%zz",
+        "/v1/browsers?q=abc%",
+        "/v1/browsers?%=%2",
+    ] {
         assert_passes_query_check(&fx, &key, uri).await;
     }
     let secret = key.key.expose_secret();

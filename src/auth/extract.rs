@@ -303,12 +303,24 @@ mod tests {
         assert_eq!(KeyFormats::default().check(KEY).map(|_| ()), Ok(()));
         assert!(in_query(&format!("/v1/browsers?k={KEY}")));
         assert!(in_query(&format!("/v1/browsers?{KEY}")));
-        assert!(in_query(&format!("/v1/browsers?k=br%5Flive%5F{}", &KEY[8..])));
+        assert!(in_query(&format!(
+            "/v1/browsers?k=br%5Flive%5F{}",
+            &KEY[8..]
+        )));
         assert!(in_query(&format!("/v1/browsers?k=a+{KEY}+b")));
         assert!(!in_query("/v1/browsers?k=br_live_abcdef"));
-        assert!(!in_query(&format!("/v1/browsers?k={}", &KEY[..KEY.len() - 1])));
-        assert!(!in_query(&format!("/v1/browsers?k=br_live_{}%21", &KEY[9..])));
-        assert!(!in_query(&format!("/v1/browsers?k=br%255Flive%255F{}", &KEY[8..])));
+        assert!(!in_query(&format!(
+            "/v1/browsers?k={}",
+            &KEY[..KEY.len() - 1]
+        )));
+        assert!(!in_query(&format!(
+            "/v1/browsers?k=br_live_{}%21",
+            &KEY[9..]
+        )));
+        assert!(!in_query(&format!(
+            "/v1/browsers?k=br%255Flive%255F{}",
+            &KEY[8..]
+        )));
         assert!(!in_query("/v1/browsers?page=2"));
         assert!(!in_query("/v1/browsers"));
     }

@@ -27,8 +27,8 @@ use http::{HeaderName, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-pub(crate) use future::Lookup;
 pub use extract::key_in_query;
+pub(crate) use future::Lookup;
 pub use future::ResponseFuture;
 
 use crate::clock::{Clock, Timestamp};
