@@ -27,6 +27,8 @@
 //!
 //! - `none`: the inner service alone (subtract it);
 //! - `accept`, `malformed`: `ApiKeyAuth` alone;
+//! - `accept-query`: `ApiKeyAuth` alone, the URL carrying an ordinary query string
+//!   (`?page=2&per_page=50&sort=created_at`), which the key-in-URL check reads;
 //! - `layers`, `layers-malformed`: the four layers composed with `ServiceBuilder`;
 //! - `fused`, `fused-malformed`: the same stack as one service, `ApiKeyStack`;
 //! - `floor-malformed`: the malformed-key refusal composed by hand, no tower (the suite's
@@ -73,6 +75,10 @@ fn main() {
     let (expected, mut step): (u16, Box<dyn FnMut() -> u16>) = match path.as_str() {
         "none" => (200, Box::new(|| run(&mut Hello, request(fx.hot)))),
         "accept" => (200, Box::new(|| run(&mut auth, request(fx.hot)))),
+        "accept-query" => (
+            200,
+            Box::new(|| run(&mut auth, with_query(request(fx.hot)))),
+        ),
         "malformed" => (401, Box::new(|| run(&mut auth, request(fx.malformed)))),
         "layers" => (200, Box::new(|| run(&mut layers, request(fx.hot)))),
         "layers-malformed" => (401, Box::new(|| run(&mut layers, request(fx.malformed)))),
@@ -95,4 +101,10 @@ fn main() {
         std::process::exit(1);
     }
     println!("{n} requests, {path}: all {expected}");
+}
+
+/// `req` with an ordinary query string: what most list endpoints receive.
+fn with_query<B>(mut req: http::Request<B>) -> http::Request<B> {
+    *req.uri_mut() = http::Uri::from_static("/v1/browsers?page=2&per_page=50&sort=created_at");
+    req
 }

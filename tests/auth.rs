@@ -253,6 +253,147 @@ async fn key_in_query_string_is_refused_even_with_a_valid_header() {
     assert_eq!(res.status(), StatusCode::OK);
 }
 
+/// Percent-encode every byte of `s` (`%XX`, capital hex digits).
+fn encode_all(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// Send `uri` with a valid `Authorization` header; assert the request is refused with
+/// `400 api_key_in_query` before any lookup, whatever the header.
+async fn assert_refused_in_query(fx: &Fixture, key: &tower_api_key::CreatedKey, uri: &str) {
+    let (store, svc) = stack(fx, Mode::Pass);
+    let res = svc.oneshot(get(uri, Some(&bearer(key)))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{uri}");
+    let v = problem_of(res).await;
+    assert_eq!(v["code"], "api_key_in_query", "{uri}");
+    assert_eq!(store.lookups(), 0, "{uri}");
+}
+
+/// Send `uri` with a valid `Authorization` header; assert it passes the URL check and
+/// authenticates.
+async fn assert_passes_query_check(fx: &Fixture, key: &tower_api_key::CreatedKey, uri: &str) {
+    let (store, svc) = stack(fx, Mode::Pass);
+    let res = svc.oneshot(get(uri, Some(&bearer(key)))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{uri}");
+    assert_eq!(store.lookups(), 1, "{uri}");
+}
+
+#[tokio::test]
+async fn percent_encoded_key_in_query_is_refused() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_a", &[]).await;
+    let secret = key.key.expose_secret();
+    let rest = &secret["br_live_".len()..];
+    for uri in [
+        format!("/v1/browsers?k=br%5Flive%5F{rest}"),
+        format!("/v1/browsers?k=br%5flive%5f{rest}"),
+        format!("/v1/browsers?k={}", encode_all(secret)),
+        format!("/v1/browsers?k=%62r_live_{rest}"),
+        format!("/v1/browsers?page=2&k=br%5Flive_{rest}&sort=asc"),
+    ] {
+        assert_refused_in_query(&fx, &key, &uri).await;
+    }
+}
+
+#[tokio::test]
+async fn key_after_a_plus_or_other_parameters_is_refused() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_a", &[]).await;
+    let secret = key.key.expose_secret();
+    for uri in [
+        format!("/v1/browsers?q=my+key+{secret}"),
+        format!("/v1/browsers?q=+{secret}+"),
+        format!("/v1/browsers?a=1&b=2&c=3&note={secret}"),
+        format!("/v1/browsers?note=x{secret}y"),
+    ] {
+        assert_refused_in_query(&fx, &key, &uri).await;
+    }
+}
+
+#[tokio::test]
+async fn key_as_a_query_parameter_name_is_refused() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_a", &[]).await;
+    let secret = key.key.expose_secret();
+    for uri in [
+        format!("/v1/browsers?{secret}"),
+        format!("/v1/browsers?{secret}=1"),
+        format!("/v1/browsers?page=2&{}=", encode_all(secret)),
+    ] {
+        assert_refused_in_query(&fx, &key, &uri).await;
+    }
+}
+
+#[tokio::test]
+async fn credential_parameter_names_are_refused_whatever_their_case_encoding_or_value() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_a", &[]).await;
+    for uri in [
+        "/v1/browsers?api%5Fkey=x",
+        "/v1/browsers?API_KEY=x",
+        "/v1/browsers?ApiKey=",
+        "/v1/browsers?ApiKey",
+        "/v1/browsers?api-key=1",
+        "/v1/browsers?x-api-key=1",
+        "/v1/browsers?X%2DApi%2DKey=1",
+        "/v1/browsers?access_token=abc",
+        "/v1/browsers?page=2&access%5ftoken=abc",
+    ] {
+        assert_refused_in_query(&fx, &key, uri).await;
+    }
+}
+
+/// The check decodes once, as the application's query parser does: `%255F` becomes `%5F`, and
+/// `br%5Flive%5F…` is not a key to a server that decodes once, so it passes.
+#[tokio::test]
+async fn double_encoded_key_passes_as_it_is_no_key_after_one_decode() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_a", &[]).await;
+    let rest = &key.key.expose_secret()["br_live_".len()..];
+    let uri = format!("/v1/browsers?k=br%255Flive%255F{rest}");
+    assert_passes_query_check(&fx, &key, &uri).await;
+}
+
+#[tokio::test]
+async fn ordinary_query_strings_pass() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_a", &[]).await;
+    for uri in [
+        "/v1/browsers",
+        "/v1/browsers?",
+        "/v1/browsers?token=abc",
+        "/v1/browsers?key=value",
+        "/v1/browsers?q=br_live",
+        "/v1/browsers?q=br_live_",
+        "/v1/browsers?q=br%5Flive%5Fshort",
+        "/v1/browsers?api_keys=1&my_api_key=2",
+        "/v1/browsers?page=2&per_page=50",
+    ] {
+        assert_passes_query_check(&fx, &key, uri).await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_escapes_are_read_literally() {
+    let fx = Fixture::new();
+    let key = fx.mint("org_a", &[]).await;
+    for uri in [
+        "/v1/browsers?q=%zz",
+        "/v1/browsers?q=abc%",
+        "/v1/browsers?%=%2",
+    ] {
+        assert_passes_query_check(&fx, &key, uri).await;
+    }
+    let secret = key.key.expose_secret();
+    for uri in [
+        format!("/v1/browsers?q=%zz{secret}%"),
+        format!("/v1/browsers?q=%{secret}"),
+        "/v1/browsers?api_key%=1&api%5Fkey".to_owned(),
+    ] {
+        assert_refused_in_query(&fx, &key, &uri).await;
+    }
+}
+
 #[tokio::test]
 async fn custom_header_is_accepted_only_when_configured() {
     let fx = Fixture::new();

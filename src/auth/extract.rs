@@ -1,7 +1,11 @@
-//! Finding the credential in a request: pure functions, no tower.
+//! Finding the credential in a request, and a key where none belongs (the URL): pure
+//! functions, no tower.
+
+use std::borrow::Cow;
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, Uri};
+use percent_encoding::percent_decode;
 
 use crate::key::KeyFormats;
 
@@ -94,32 +98,92 @@ pub(crate) fn credential<'a>(
     Credential::Missing
 }
 
-/// Query parameter names that carry credentials by convention.
-const CREDENTIAL_PARAMS: &[&str] = &["api_key", "apikey", "api-key", "access_token", "x-api-key"];
+/// Query parameter names that can only mean a credential, compared case-insensitively after
+/// decoding. Generic names (`token`, `key`) are left out: APIs use them for other things.
+const CREDENTIAL_PARAMS: &[&[u8]] = &[
+    b"api_key",
+    b"apikey",
+    b"api-key",
+    b"x-api-key",
+    b"access_token",
+];
 
-/// Whether the URL's query string carries something that looks like a key: a value with one of
-/// our prefixes, or a parameter named like a credential.
-pub(crate) fn key_in_query(uri: &Uri, formats: &KeyFormats) -> bool {
+/// Whether the URL's query string carries an API key, so the request must be refused
+/// (`400 api_key_in_query`) rather than served: a key in a URL ends up in access logs, proxies,
+/// browser history and `Referer` headers.
+///
+/// The query is split into parameters at `&` and each name and value at its first `=`; each is
+/// decoded once as a form field (`%XX` escapes, `+` as a space; an invalid escape such as `%zz`
+/// or a trailing `%` is kept literally). The query carries a key when, after decoding:
+///
+/// - a name or a value contains a well-formed key of one of `formats`, whatever the parameter
+///   (prefix, length, alphabet and checksum, as [`KeyFormats::check`] accepts; a prefix alone
+///   or a truncated key is not one), or
+/// - a name is `api_key`, `apikey`, `api-key`, `x-api-key` or `access_token` in any case,
+///   whatever its value (even none). `token`, `key` and other generic names are allowed.
+///
+/// Decoding happens once, as the application's own query parser does: a double-encoded key
+/// (`br%255Flive%255F…`) is not a key to that parser, and passes.
+///
+/// [`ApiKeyAuth`](crate::ApiKeyAuth) applies this check to every request it sees; call it for
+/// routes served outside the stack (a health check, a development endpoint):
+///
+/// ```
+/// use http::Uri;
+/// use tower_api_key::auth::key_in_query;
+/// use tower_api_key::{KeyFormat, KeyFormats};
+///
+/// let formats = KeyFormats::default();
+/// let key = KeyFormat::live().generate()?;
+/// let rest = &key.expose_secret()["br_live_".len()..];
+/// let uri: Uri = format!("/healthz?k=br%5Flive%5F{rest}").parse()?;
+/// assert!(key_in_query(&uri, &formats));
+/// assert!(key_in_query(&"/healthz?API%5FKEY=".parse()?, &formats));
+/// assert!(!key_in_query(&"/healthz?token=abc&q=br_live_".parse()?, &formats));
+/// assert!(!key_in_query(&"/healthz".parse()?, &formats));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn key_in_query(uri: &Uri, formats: &KeyFormats) -> bool {
     let Some(query) = uri.query() else {
         return false;
     };
-    if query.is_empty() {
-        return false;
-    }
-    if formats.appears_in(query) {
-        return true;
-    }
-    query.split('&').any(|pair| {
-        let name = pair.split('=').next().unwrap_or("");
-        CREDENTIAL_PARAMS
-            .iter()
-            .any(|p| name.eq_ignore_ascii_case(p))
+    query.as_bytes().split(|&b| b == b'&').any(|param| {
+        let mut halves = param.splitn(2, |&b| b == b'=');
+        let name = form_decode(halves.next().unwrap_or_default());
+        let value = halves.next().unwrap_or_default();
+        is_credential_name(&name)
+            || formats.appears_in(&name)
+            || formats.appears_in(&form_decode(value))
     })
+}
+
+/// Whether a decoded parameter name is one of [`CREDENTIAL_PARAMS`], in any case.
+fn is_credential_name(name: &[u8]) -> bool {
+    CREDENTIAL_PARAMS
+        .iter()
+        .any(|p| name.eq_ignore_ascii_case(p))
+}
+
+/// `raw` decoded once as a form field: `+` is a space, `%XX` the byte it escapes, an invalid
+/// escape itself. Borrowed (no allocation) when `raw` has neither `%` nor `+`.
+fn form_decode(raw: &[u8]) -> Cow<'_, [u8]> {
+    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, piece) in raw.split(|&b| b == b'+').enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend(percent_decode(piece));
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::KeyFormat;
     use http::HeaderValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -217,15 +281,91 @@ mod tests {
         );
     }
 
+    fn in_query(uri: &str) -> bool {
+        key_in_query(&uri.parse::<Uri>().unwrap(), &KeyFormats::default())
+    }
+
+    const KEY: &str = "br_live_0123456789abcdefghijABCDEFGHIJxy";
+
     #[test]
-    fn query_detection() {
-        let f = KeyFormats::default();
-        let q = |s: &str| key_in_query(&s.parse::<Uri>().unwrap(), &f);
-        assert!(q("/v1/browsers?api_key=abc"));
-        assert!(q("/v1/browsers?x=1&ACCESS_TOKEN=abc"));
-        assert!(q("/v1/browsers?k=br_live_abcdef"));
-        assert!(!q("/v1/browsers?page=2"));
-        assert!(!q("/v1/browsers"));
+    fn credential_names_are_refused_in_any_case_and_encoding() {
+        assert!(in_query("/v1/browsers?api_key=abc"));
+        assert!(in_query("/v1/browsers?x=1&ACCESS_TOKEN=abc"));
+        assert!(in_query("/v1/browsers?Api-Key"));
+        assert!(in_query("/v1/browsers?apikey="));
+        assert!(in_query("/v1/browsers?x%2dapi%2dkey=1"));
+        assert!(!in_query("/v1/browsers?api+key=1"));
+        assert!(!in_query("/v1/browsers?token=abc&key=v&access=1"));
+    }
+
+    #[test]
+    fn well_formed_keys_are_refused_anywhere_and_prefixes_alone_pass() {
+        assert_eq!(KeyFormats::default().check(KEY).map(|_| ()), Ok(()));
+        assert!(in_query(&format!("/v1/browsers?k={KEY}")));
+        assert!(in_query(&format!("/v1/browsers?{KEY}")));
+        assert!(in_query(&format!(
+            "/v1/browsers?k=br%5Flive%5F{}",
+            &KEY[8..]
+        )));
+        assert!(in_query(&format!("/v1/browsers?k=a+{KEY}+b")));
+        assert!(!in_query("/v1/browsers?k=br_live_abcdef"));
+        assert!(!in_query(&format!(
+            "/v1/browsers?k={}",
+            &KEY[..KEY.len() - 1]
+        )));
+        assert!(!in_query(&format!(
+            "/v1/browsers?k=br_live_{}%21",
+            &KEY[9..]
+        )));
+        assert!(!in_query(&format!(
+            "/v1/browsers?k=br%255Flive%255F{}",
+            &KEY[8..]
+        )));
+        assert!(!in_query("/v1/browsers?page=2"));
+        assert!(!in_query("/v1/browsers"));
+    }
+
+    #[test]
+    fn every_configured_format_is_recognised() {
+        let f = KeyFormats::new([KeyFormat::live(), KeyFormat::test()]);
+        let test_key = KeyFormat::test().generate().unwrap();
+        let uri = format!("/x?k={}", test_key.expose_secret());
+        assert!(key_in_query(&uri.parse().unwrap(), &f));
+        assert!(!key_in_query(&uri.parse().unwrap(), &KeyFormats::default()));
+        let sum = KeyFormat::new("btk_", "live").unwrap().with_checksum(true);
+        let good = sum.generate().unwrap();
+        let good = good.expose_secret();
+        let f = KeyFormats::from(sum);
+        assert!(key_in_query(&format!("/x?k={good}").parse().unwrap(), &f));
+        // The same characters with the checksum broken are not a key.
+        let last = if good.ends_with('0') { '1' } else { '0' };
+        let bad = format!("{}{last}", &good[..good.len() - 1]);
+        assert!(!key_in_query(&format!("/x?k={bad}").parse().unwrap(), &f));
+    }
+
+    #[test]
+    fn decoding_is_once_with_plus_as_space_and_invalid_escapes_literal() {
+        assert_eq!(&*form_decode(b"a+b%2Bc"), b"a b+c");
+        assert_eq!(&*form_decode(b"%5f%5F"), b"__");
+        assert_eq!(&*form_decode(b"%255F"), b"%5F");
+        assert_eq!(&*form_decode(b"%zz%"), b"%zz%");
+        assert_eq!(&*form_decode(b"%4"), b"%4");
+        assert_eq!(&*form_decode(b"%ff"), &[0xff]);
+        assert!(matches!(form_decode(b"page"), Cow::Borrowed(_)));
+        assert!(!in_query("/v1/browsers?q=%zz&r=%"));
+        assert!(in_query(&format!("/v1/browsers?q=%zz{KEY}%")));
+    }
+
+    /// `s` with the bytes picked by `mask` written as `%XX` (`upper` picks the hex case).
+    fn encode_some(s: &str, mask: &[bool], upper: bool) -> String {
+        s.bytes()
+            .zip(mask.iter().chain(std::iter::repeat(&false)))
+            .map(|(b, &enc)| match (enc, upper) {
+                (false, _) => (b as char).to_string(),
+                (true, true) => format!("%{b:02X}"),
+                (true, false) => format!("%{b:02x}"),
+            })
+            .collect()
     }
 
     #[test]
@@ -237,6 +377,37 @@ mod tests {
     }
 
     use proptest::prelude::*;
+
+    proptest! {
+        /// Any valid key of a configured format, with any subset of its bytes percent-encoded,
+        /// as the value or the name of any parameter among others: refused.
+        #[test]
+        fn encoded_key_is_found_under_any_name(
+            prefix in prop_oneof![Just("br_live_"), Just("br_test_")],
+            body in "[0-9A-Za-z]{32}",
+            mask in proptest::collection::vec(any::<bool>(), 40),
+            upper in any::<bool>(),
+            name in "[A-Za-z0-9_.~-]{0,12}",
+            before in "([a-z]{1,5}=[a-z0-9]{0,5}&){0,2}",
+            as_name in any::<bool>(),
+        ) {
+            let formats = KeyFormats::new([KeyFormat::live(), KeyFormat::test()]);
+            let key = format!("{prefix}{body}");
+            prop_assert!(formats.check(&key).is_ok());
+            let enc = encode_some(&key, &mask, upper);
+            let query = if as_name { format!("{before}{enc}={name}") } else { format!("{before}{name}={enc}") };
+            let uri: Uri = format!("/v1/browsers?{query}").parse().unwrap();
+            prop_assert!(key_in_query(&uri, &formats), "{}", query);
+        }
+
+        /// Any query the `http` crate accepts, escapes valid or not: the check answers.
+        #[test]
+        fn query_check_never_panics(query in "[!-~]{0,60}") {
+            if let Ok(uri) = format!("/x?{query}").parse::<Uri>() {
+                let _ = key_in_query(&uri, &KeyFormats::default());
+            }
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]

@@ -2,7 +2,8 @@
 //!
 //! For each request, in order:
 //!
-//! 1. a key-looking value in the URL query string → `400 api_key_in_query` (never authenticates);
+//! 1. a key in the URL query string (see [`key_in_query`]) → `400 api_key_in_query` (never
+//!    authenticates);
 //! 2. `Authorization: Bearer <key>` (scheme case-insensitive), else the optional custom header
 //!    (e.g. `X-API-Key`) → `401 missing_api_key` if neither;
 //! 3. format check (prefix, length, alphabet, checksum) → `401 invalid_api_key`, before hashing;
@@ -26,6 +27,7 @@ use http::{HeaderName, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use extract::key_in_query;
 pub(crate) use future::Lookup;
 pub use future::ResponseFuture;
 
@@ -108,7 +110,7 @@ impl<St: KeyStore> Authenticator<St> {
     /// and [`ApiKeyStack`](crate::ApiKeyStack).
     #[inline]
     pub(crate) fn begin<B>(&self, req: &Request<B>) -> Begin<St::Lookup> {
-        if extract::key_in_query(req.uri(), &self.formats) {
+        if key_in_query(req.uri(), &self.formats) {
             tracing::debug!(reason = "key_in_query", "api key refused");
             return Begin::Refuse(Rejection::KeyInQuery);
         }

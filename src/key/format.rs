@@ -188,7 +188,12 @@ impl KeyFormat {
 
     /// Check that `key` has this format: prefix, length, alphabet and checksum.
     pub fn check(&self, key: &str) -> Result<(), MalformedKey> {
-        let bytes = key.as_bytes();
+        self.check_bytes(key.as_bytes())
+    }
+
+    /// [`check`](Self::check) on bytes that need not be UTF-8 (a percent-decoded query string).
+    #[inline]
+    fn check_bytes(&self, bytes: &[u8]) -> Result<(), MalformedKey> {
         if !crate::bytes_eq::starts_with(bytes, self.prefix.as_bytes()) {
             return Err(MalformedKey::Prefix);
         }
@@ -207,6 +212,17 @@ impl KeyFormat {
             }
         }
         Ok(())
+    }
+
+    /// Whether some `key_len()` bytes of `haystack` pass [`check`](Self::check). Only windows
+    /// starting with the prefix's first byte are checked; a haystack shorter than a key has none.
+    fn appears_in(&self, haystack: &[u8]) -> bool {
+        let first = self.prefix.as_bytes().first();
+        // `key_len()` is at least 17 (a non-empty prefix and 16 random characters), so
+        // `windows` is never asked for windows of size 0 (its one panic).
+        haystack
+            .windows(self.key_len())
+            .any(|w| w.first() == first && self.check_bytes(w).is_ok())
     }
 }
 
@@ -304,8 +320,10 @@ impl KeyFormats {
         Err(err)
     }
 
-    /// Whether `s` contains something that starts like one of our keys.
-    pub(crate) fn appears_in(&self, s: &str) -> bool {
-        self.formats.iter().any(|f| s.contains(&*f.prefix))
+    /// Whether `haystack` contains, anywhere, a well-formed key of one of these formats: a run
+    /// of bytes that [`check`](Self::check) accepts (prefix, length, alphabet, checksum).
+    /// A prefix alone, a truncated key or one with a wrong checksum is not a key.
+    pub(crate) fn appears_in(&self, haystack: &[u8]) -> bool {
+        self.formats.iter().any(|f| f.appears_in(haystack))
     }
 }
