@@ -44,9 +44,9 @@ use tower_api_key::rate_limit::RateLimitBackend;
 use tower_api_key::serve::{Server, shutdown_signal};
 use tower_api_key::store::store_from_url;
 use tower_api_key::{
-    ApiKeyAuth, BoxedStore, KeyManager, ManageError, MemorySessions, NewKey, OrgId, OrgRateLimit,
-    OrgRateLimitLayer, Plan, Principal, Rejection, ScopeGuard, ScopeRules, Scopes, SessionError,
-    SessionLease, SessionQuota, Timestamp,
+    ApiKeyAuth, BoxedStore, KeyFormats, KeyManager, ManageError, MemorySessions, NewKey, OrgId,
+    OrgRateLimit, OrgRateLimitLayer, Plan, Principal, Rejection, ScopeGuard, ScopeRules, Scopes,
+    SessionError, SessionLease, SessionQuota, Timestamp,
 };
 use tower_api_key::{LastUsedRecorder, LastUsedRecorderLayer};
 
@@ -689,7 +689,26 @@ fn app<B: RateLimitBackend>(
     if with_dev_seed {
         open = open.route("/dev/seed", post(dev_seed));
     }
+    // The routes outside the stack refuse a key in the URL as the stack does: a key that went
+    // into a URL is in some log by now, whichever route it was sent to.
+    let open = open.route_layer(axum::middleware::from_fn_with_state(
+        state.manager.key_formats().clone(),
+        refuse_key_in_query,
+    ));
     open.merge(api).with_state(state)
+}
+
+async fn refuse_key_in_query(
+    State(formats): State<KeyFormats>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if tower_api_key::auth::key_in_query(req.uri(), &formats) {
+        return Rejection::KeyInQuery
+            .problem_response("api")
+            .map(axum::body::Body::from);
+    }
+    next.run(req).await
 }
 
 /// The rate limiter and session backend: in this process, or in Redis with `--redis`.

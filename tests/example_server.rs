@@ -218,6 +218,30 @@ async fn key_in_the_url_is_refused() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["code"], "api_key_in_query");
+    // Percent-encoded, under any name, and on the routes outside the key stack too.
+    let encoded = k.replace('_', "%5F");
+    for path in [
+        format!("/v1/browsers/x?k={encoded}"),
+        "/v1/browsers/x?API%5FKEY=anything".to_owned(),
+        format!("/healthz?q={encoded}"),
+        "/healthz?access_token=x".to_owned(),
+        format!("/dev/seed?note={k}"),
+    ] {
+        let method = if path.starts_with("/dev") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let (status, _, body) = api.call(method, &path, None, Some(json!({}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(body["code"], "api_key_in_query", "{path}");
+    }
+    let (status, _, _) = api.call("GET", "/healthz?token=abc", None, None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "generic parameter names stay allowed"
+    );
 }
 
 #[tokio::test]
