@@ -665,3 +665,47 @@ async fn session_errors_are_axum_responses() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(problem_code(res).await, "session_not_found");
 }
+
+// ---- quotas at the extremes of the types ---------------------------------------------------
+
+/// 1.8e10 s (570 years): `now + period` is past the last nanosecond a `u64` holds, so a
+/// theoretical arrival time computed in plain `u64` wraps or saturates.
+const VERY_LONG: Duration = Duration::from_secs(18_000_000_000);
+
+#[tokio::test]
+async fn one_request_per_1_8e10_seconds_admits_only_the_first() {
+    let f = fixture();
+    let org = OrgId::from("org_slow");
+    let quota = Quota {
+        requests: 1,
+        period: VERY_LONG,
+        concurrent_sessions: 1,
+    };
+    f.manager
+        .set_plan(&org, Plan::Enterprise(quota))
+        .await
+        .unwrap();
+    let key = f.key("org_slow").await;
+    let svc = f.stack(OrgRateLimit::new());
+
+    let res = call(&svc, get(&key)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(figures(res.headers()).1, 0);
+
+    let res = call(&svc, get(&key)).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The one cell refills a whole period after it was spent.
+    assert_eq!(
+        h(res.headers(), "retry-after").as_deref(),
+        Some("18000000000")
+    );
+    assert_eq!(problem_code(res).await, "rate_limited");
+
+    // A second, a day, a century later: still a fraction of the period, still refused.
+    for step in [1, 86_400, 100 * 365 * 86_400] {
+        f.advance(Duration::from_secs(step));
+        let res = call(&svc, get(&key)).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "after {step} s");
+        assert_eq!(problem_code(res).await, "rate_limited");
+    }
+}

@@ -965,3 +965,34 @@ async fn the_backends_work_on_a_redis_cluster() {
     let s = a.stats();
     assert_eq!(s.errors + s.timeouts + s.skipped, 0, "{s:?}");
 }
+
+// ---- quotas at the extremes of the types ---------------------------------------------------
+
+/// 1.8e10 s (570 years): `now + period` is past the last nanosecond a `u64` holds.
+const VERY_LONG: Duration = Duration::from_secs(18_000_000_000);
+
+#[tokio::test]
+async fn one_request_per_1_8e10_seconds_admits_only_the_first() {
+    let Some(url) = redis_url("one_request_per_1_8e10_seconds_admits_only_the_first") else {
+        return;
+    };
+    let cleanup = Cleanup::new(&url);
+    let redis = limiter(&url, &cleanup.prefix).await;
+    let org = OrgId::from("org_slow");
+    let gcra = Gcra::new(1, VERY_LONG);
+    let t0 = Timestamp::from_unix_secs(T0);
+    let first = redis.check(&org, &gcra, 1, t0).await.unwrap();
+    assert!(first.allowed);
+    assert_eq!(first.info.remaining, 0);
+    let second = redis.check(&org, &gcra, 1, t0).await.unwrap();
+    assert!(!second.allowed);
+    // The one cell refills a whole period after it was spent.
+    assert_eq!(second.info.retry_after, 18_000_000_000);
+    // A second, a day, a century later: still a fraction of the period, still refused.
+    let mut now = t0;
+    for step in [1, 86_400, 100 * 365 * 86_400] {
+        now = now.saturating_add(Duration::from_secs(step));
+        let d = redis.check(&org, &gcra, 1, now).await.unwrap();
+        assert!(!d.allowed, "after {step} s");
+    }
+}
