@@ -74,7 +74,7 @@
 
 use std::time::Duration;
 
-use crate::clock::{Timestamp, duration_nanos};
+use crate::clock::Timestamp;
 use crate::headers::RateLimitInfo;
 use crate::plan::Quota;
 
@@ -97,8 +97,8 @@ pub struct Gcra {
     interval: u64,
     /// `N·T` in nanoseconds: how far ahead of now the TAT may run.
     capacity: u64,
-    /// The period as configured, in nanoseconds (for `RateLimit-Policy: w=`).
-    period: u64,
+    /// The period as configured (for `RateLimit-Policy: w=`), at least a nanosecond.
+    period: Duration,
 }
 
 /// The outcome of one [`Gcra::decide`].
@@ -114,15 +114,16 @@ pub struct Decision {
 
 impl Gcra {
     /// `requests` per `period`. A zero period is treated as one nanosecond.
+    ///
+    /// Every `period` works, up to `Duration::MAX`: the emission interval is computed from the
+    /// exact period, and held at `u64::MAX` ns (584 years) when longer, which admits nothing
+    /// more, since one cell then outlasts every clock reading.
     pub const fn new(requests: u32, period: Duration) -> Self {
         let limit = requests as u64;
-        let p = period.as_nanos();
-        let period = if p == 0 {
-            1
-        } else if p > u64::MAX as u128 {
-            u64::MAX
+        let period = if period.is_zero() {
+            Duration::from_nanos(1)
         } else {
-            p as u64
+            period
         };
         if limit == 0 {
             return Self {
@@ -132,7 +133,12 @@ impl Gcra {
                 period,
             };
         }
-        let interval = period.div_ceil(limit);
+        let interval = period.as_nanos().div_ceil(limit as u128);
+        let interval = if interval > u64::MAX as u128 {
+            u64::MAX
+        } else {
+            interval as u64
+        };
         Self {
             limit,
             interval,
@@ -151,14 +157,14 @@ impl Gcra {
         self.limit
     }
 
-    /// `T`: one cell refills every this long.
+    /// `T`: one cell refills every this long (at most `u64::MAX` ns).
     pub const fn emission_interval(&self) -> Duration {
         Duration::from_nanos(self.interval)
     }
 
     /// The period the quota was given for.
     pub const fn period(&self) -> Duration {
-        Duration::from_nanos(self.period)
+        self.period
     }
 
     pub(crate) const fn interval_nanos(&self) -> u64 {
@@ -190,7 +196,7 @@ impl Gcra {
         let cost = u64::from(cost);
         if cost > self.limit {
             // Never admissible (this also covers a zero limit with a non-zero cost).
-            return self.refuse(tat, base, debt, self.period);
+            return self.refuse(tat, base, debt, ceil_duration_secs(self.period));
         }
         let need = cost.saturating_mul(self.interval);
         if need <= self.capacity.saturating_sub(debt) {
@@ -213,17 +219,18 @@ impl Gcra {
                 },
             }
         } else if debt == u64::MAX {
-            self.refuse(tat, base, debt, self.period)
+            self.refuse(tat, base, debt, ceil_duration_secs(self.period))
         } else {
             // Admissible once the debt has shrunk by `debt + need - capacity`.
             let wait = u128::from(debt) + u128::from(need) - u128::from(self.capacity);
-            self.refuse(tat, base, debt, u64::try_from(wait).unwrap_or(u64::MAX))
+            let secs = u64::try_from(wait.div_ceil(u128::from(NANOS_PER_SEC)));
+            // At most 2^65 ns: always fits in u64 seconds.
+            self.refuse(tat, base, debt, secs.unwrap_or(u64::MAX))
         }
     }
 
-    /// A refusal: the state unchanged, `retry_after` the wait in nanoseconds (rounded up to
-    /// whole seconds, at least 1).
-    fn refuse(&self, tat: Timestamp, base: u64, debt: u64, wait: u64) -> Decision {
+    /// A refusal: the state unchanged, `retry_after` in whole seconds (at least 1 is sent).
+    fn refuse(&self, tat: Timestamp, base: u64, debt: u64, retry_after: u64) -> Decision {
         Decision {
             allowed: false,
             tat,
@@ -231,7 +238,7 @@ impl Gcra {
                 limit: self.limit,
                 remaining: self.remaining(debt),
                 reset: ceil_secs(base.min(MAX_TAT)),
-                retry_after: ceil_secs(wait).max(1),
+                retry_after: retry_after.max(1),
             },
         }
     }
@@ -296,9 +303,9 @@ fn ceil_secs(nanos: u64) -> u64 {
     nanos.div_ceil(NANOS_PER_SEC)
 }
 
-/// Whole seconds, rounded up, of a duration (used by the session quota too).
+/// Whole seconds, rounded up, of a duration (used by the session quota too), saturating.
 pub(crate) fn ceil_duration_secs(d: Duration) -> u64 {
-    ceil_secs(duration_nanos(d))
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 #[cfg(test)]

@@ -563,10 +563,11 @@ fn quota_id(gcra: &Gcra) -> String {
 
 fn parse_quota_id(q: &str) -> Option<Gcra> {
     let (limit, period) = q.split_once(':')?;
-    Some(Gcra::new(
-        limit.parse().ok()?,
-        Duration::from_nanos(period.parse().ok()?),
-    ))
+    // Nanoseconds as u128: periods up to `Duration::MAX` are written exactly.
+    let nanos: u128 = period.parse().ok()?;
+    let secs = u64::try_from(nanos / u128::from(NANOS_PER_SEC)).ok()?;
+    let period = Duration::new(secs, (nanos % u128::from(NANOS_PER_SEC)) as u32);
+    Some(Gcra::new(limit.parse().ok()?, period))
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
