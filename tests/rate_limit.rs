@@ -706,7 +706,11 @@ async fn one_request_per_1_8e10_seconds_admits_only_the_first() {
     for step in [1, 86_400, 100 * 365 * 86_400] {
         f.advance(Duration::from_secs(step));
         let res = call(&svc, get(&key)).await;
-        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "after {step} s");
+        assert_eq!(
+            res.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "after {step} s"
+        );
         assert_eq!(problem_code(res).await, "rate_limited");
     }
 }

@@ -175,6 +175,12 @@ impl Gcra {
         self.capacity
     }
 
+    /// The `Retry-After` of a request that can never be admitted: one period in whole seconds,
+    /// at most 2^52 (142 million years), which a Lua double and a Redis integer hold exactly.
+    pub(crate) fn never_secs(&self) -> u64 {
+        ceil_duration_secs(self.period).clamp(1, 1 << 52)
+    }
+
     /// Decide a request costing `cost` cells at `now`, given the organization's `tat`.
     ///
     /// Pure: the caller stores [`Decision::tat`] if it wants the decision to count (a backend
@@ -196,7 +202,7 @@ impl Gcra {
         let cost = u64::from(cost);
         if cost > self.limit {
             // Never admissible (this also covers a zero limit with a non-zero cost).
-            return self.refuse(tat, base, debt, ceil_duration_secs(self.period));
+            return self.refuse(tat, base, debt, self.never_secs());
         }
         let need = cost.saturating_mul(self.interval);
         if need <= self.capacity.saturating_sub(debt) {
@@ -219,7 +225,7 @@ impl Gcra {
                 },
             }
         } else if debt == u64::MAX {
-            self.refuse(tat, base, debt, ceil_duration_secs(self.period))
+            self.refuse(tat, base, debt, self.never_secs())
         } else {
             // Admissible once the debt has shrunk by `debt + need - capacity`.
             let wait = u128::from(debt) + u128::from(need) - u128::from(self.capacity);
