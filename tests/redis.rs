@@ -1012,7 +1012,8 @@ async fn memory_and_redis_agree_at_the_extremes() {
     let secs = |s: u64| s * 1_000_000_000;
     let burst = |n: usize| vec![(0, 1); n];
     // (quota, start in ns, events (gap in ns, cost), requests admitted in all)
-    let traces: Vec<(Gcra, u64, Vec<(u64, u32)>, usize)> = vec![
+    type Trace = (Gcra, u64, Vec<(u64, u32)>, usize);
+    let traces: Vec<Trace> = vec![
         // One per 1.8e10 s: the first, then nothing for a century.
         (
             Gcra::new(1, VERY_LONG),
