@@ -48,7 +48,8 @@
 //! stricter. Quotas are never striped (one key is serialized by Redis anyway), so every quota
 //! is exact to the cell, very large ones included. Time ends where it does in the memory
 //! backend (a TAT is held at 2^63 − 1 ns, in 2262; see
-//! [the GCRA at the extremes](super::gcra#at-the-extremes)), so both agree on every quota.
+//! [the GCRA at the extremes](super::gcra#at-the-extremes)), so a quota reaching past it is
+//! held alike in both.
 //!
 //! A refusal writes nothing. An admission writes the new TAT and the quota it was decided
 //! under, and sets the key to expire when the bucket is full again plus a grace period
