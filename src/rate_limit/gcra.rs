@@ -133,11 +133,18 @@ impl Gcra {
                 period,
             };
         }
-        let interval = period.as_nanos().div_ceil(limit as u128);
-        let interval = if interval > u64::MAX as u128 {
-            u64::MAX
+        let nanos = period.as_nanos();
+        let interval = if nanos <= u64::MAX as u128 {
+            // The usual case, in u64: a u128 division is a call to a slow routine, and the
+            // layer builds a `Gcra` on every request.
+            (nanos as u64).div_ceil(limit)
         } else {
-            interval as u64
+            let interval = nanos.div_ceil(limit as u128);
+            if interval > u64::MAX as u128 {
+                u64::MAX
+            } else {
+                interval as u64
+            }
         };
         Self {
             limit,
