@@ -467,6 +467,43 @@ mod tests {
         assert_eq!(paid.convert(at(0), at(5), &free), at(0));
     }
 
+    #[test]
+    fn a_tat_that_would_pass_2262_is_held_and_refuses_until_a_plan_change() {
+        // 1000 per 1.8e10 s: one cell per 1.8e7 s. From 2023, the 418th cell's TAT passes
+        // 2^63 - 1 ns: it is admitted and the TAT held there.
+        let g = Gcra::new(1000, Duration::from_secs(18_000_000_000));
+        let mut tat = Timestamp::EPOCH;
+        let mut admitted = 0;
+        for _ in 0..1000 {
+            let d = g.decide(tat, at(0), 1);
+            if d.allowed {
+                admitted += 1;
+                tat = d.tat;
+            }
+        }
+        assert_eq!(admitted, 418);
+        assert_eq!(tat.as_unix_nanos(), MAX_TAT);
+        let d = g.decide(tat, at(86_400_000), 1);
+        assert!(!d.allowed);
+        assert_eq!(d.info.remaining, 0);
+        assert_eq!(d.info.retry_after, 18_000_000_000);
+        // Free requests still pass and change nothing.
+        let z = g.decide(tat, at(0), 0);
+        assert!(z.allowed);
+        assert_eq!(z.tat, tat);
+        // A plan change counts a held state as fully spent: exhausted, refilling in a period.
+        assert_eq!(free().convert(tat, at(0), &g), at(60_000));
+    }
+
+    #[test]
+    fn clock_readings_past_2262_admit_only_free_requests() {
+        let late = Timestamp::from_unix_nanos(MAX_TAT + 1);
+        let d = free().decide(Timestamp::EPOCH, late, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.info.retry_after, 60);
+        assert!(free().decide(Timestamp::EPOCH, Timestamp::MAX, 0).allowed);
+    }
+
     /// A token bucket with exact integer credit, written independently of the TAT form: credit
     /// in nanoseconds of refill, capped at `N·T`, a cell costs `T`.
     struct Bucket {
