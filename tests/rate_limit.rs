@@ -10,6 +10,7 @@ use bytes::Bytes;
 use common::{limit_reached, problem, problem_code, problem_of};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use proptest::prelude::*;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_api_key::rate_limit::{
     CheckResult, Gcra, OnBackendError, OrgRateLimitLayer, QuotaPolicy, RateLimitBackend,
@@ -664,4 +665,175 @@ async fn session_errors_are_axum_responses() {
     let res = SessionError::NotHeld.into_response();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(problem_code(res).await, "session_not_found");
+}
+
+// ---- quotas at the extremes of the types ---------------------------------------------------
+
+/// 1.8e10 s (570 years): `now + period` is past the last nanosecond a `u64` holds, so a
+/// theoretical arrival time computed in plain `u64` wraps or saturates.
+const VERY_LONG: Duration = Duration::from_secs(18_000_000_000);
+
+#[tokio::test]
+async fn one_request_per_1_8e10_seconds_admits_only_the_first() {
+    let f = fixture();
+    let org = OrgId::from("org_slow");
+    let quota = Quota {
+        requests: 1,
+        period: VERY_LONG,
+        concurrent_sessions: 1,
+    };
+    f.manager
+        .set_plan(&org, Plan::Enterprise(quota))
+        .await
+        .unwrap();
+    let key = f.key("org_slow").await;
+    let svc = f.stack(OrgRateLimit::new());
+
+    let res = call(&svc, get(&key)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(figures(res.headers()).1, 0);
+
+    let res = call(&svc, get(&key)).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The one cell refills a whole period after it was spent.
+    assert_eq!(
+        h(res.headers(), "retry-after").as_deref(),
+        Some("18000000000")
+    );
+    assert_eq!(problem_code(res).await, "rate_limited");
+
+    // A second, a day, a century later: still a fraction of the period, still refused.
+    for step in [1, 86_400, 100 * 365 * 86_400] {
+        f.advance(Duration::from_secs(step));
+        let res = call(&svc, get(&key)).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "after {step} s"
+        );
+        assert_eq!(problem_code(res).await, "rate_limited");
+    }
+}
+
+/// Periods from a nanosecond to `Duration::MAX`, the long ones most.
+fn extreme_period() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        (1u64..=120_000_000_000).prop_map(Duration::from_nanos),
+        (1u64 << 50..=u64::MAX).prop_map(Duration::from_nanos),
+        any::<u64>().prop_map(Duration::from_secs),
+        Just(VERY_LONG),
+        Just(Duration::from_nanos(u64::MAX)),
+        Just(Duration::MAX),
+    ]
+}
+
+/// Clock readings: now, just around 2^63 ns (2262, where TATs are held), and up to the top of
+/// the `u64` range (2554).
+fn extreme_start() -> impl Strategy<Value = u64> {
+    const AROUND: u64 = 1 << 40; // about 18 minutes
+    prop_oneof![
+        Just(T0 * 1_000_000_000),
+        (1u64 << 63) - AROUND..=(1u64 << 63) + AROUND,
+        u64::MAX - AROUND..=u64::MAX - 1,
+        1u64 << 62..=u64::MAX - 1,
+    ]
+}
+
+/// The time between two requests.
+#[derive(Clone, Copy, Debug)]
+enum Gap {
+    Nanos(u64),
+    /// `k/8` of the emission interval.
+    Eighths(u8),
+}
+
+/// The cost of a request.
+#[derive(Clone, Copy, Debug)]
+enum Cells {
+    Some(u32),
+    /// The whole burst, `N`.
+    Burst,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// For any quota the types accept and any clock reading, the cells admitted in every
+    /// window `[a, b]` between admitted instants never exceed `N + ⌊(b − a) / T⌋`, with
+    /// `T = ⌈period / N⌉` computed exactly (the period as given, in u128): by the pure GCRA
+    /// and by the memory backend. And the quota is not refused wholesale: before 2262, a fresh
+    /// organization's first request costing at most `N` is admitted.
+    #[test]
+    fn no_quota_admits_more_than_it_allows_at_the_extremes(
+        n in prop_oneof![1u32..=10, 1u32..=u32::MAX, Just(u32::MAX)],
+        period in extreme_period(),
+        start in extreme_start(),
+        events in prop::collection::vec(
+            (
+                prop_oneof![
+                    3 => Just(Gap::Nanos(0)),
+                    2 => (0u64..1_000).prop_map(Gap::Nanos),
+                    4 => (0u8..=24).prop_map(Gap::Eighths),
+                    1 => any::<u64>().prop_map(Gap::Nanos),
+                ],
+                prop_oneof![
+                    8 => Just(Cells::Some(1)),
+                    2 => (0u32..=4).prop_map(Cells::Some),
+                    1 => Just(Cells::Burst),
+                    1 => any::<u32>().prop_map(Cells::Some),
+                ],
+            ),
+            1..120,
+        ),
+    ) {
+        let gcra = Gcra::new(n, period);
+        let t = period.as_nanos().max(1).div_ceil(u128::from(n));
+        let limiter = MemoryRateLimiter::new();
+        let org = OrgId::from("org_extreme");
+        let mut tat = Timestamp::EPOCH;
+        let mut now = start;
+        let mut pure: Vec<(u64, u64)> = Vec::new();
+        let mut memory: Vec<(u64, u64)> = Vec::new();
+        for (i, (gap, cells)) in events.into_iter().enumerate() {
+            let gap = match gap {
+                Gap::Nanos(ns) => ns,
+                Gap::Eighths(k) => u64::try_from(t * u128::from(k) / 8).unwrap_or(u64::MAX),
+            };
+            now = now.saturating_add(gap).min(u64::MAX - 1);
+            let cost = match cells {
+                Cells::Some(c) => c,
+                Cells::Burst => n,
+            };
+            let at = Timestamp::from_unix_nanos(now);
+            let d = gcra.decide(tat, at, cost);
+            if i == 0 && cost <= n && now < 1 << 63 {
+                prop_assert!(d.allowed, "the first request of a fresh organization");
+            }
+            if d.allowed {
+                pure.push((now, u64::from(cost)));
+                tat = d.tat;
+            } else {
+                prop_assert_eq!(d.tat, tat, "a refusal leaves the state unchanged");
+                prop_assert!(d.info.retry_after >= 1);
+            }
+            if limiter.decide(&org, &gcra, cost, at).allowed {
+                memory.push((now, u64::from(cost)));
+            }
+        }
+        for (name, admitted) in [("pure", &pure), ("memory", &memory)] {
+            for i in 0..admitted.len() {
+                let mut sum = 0u128;
+                for later in &admitted[i..] {
+                    sum += u128::from(later.1);
+                    let w = u128::from(later.0 - admitted[i].0);
+                    let bound = u128::from(n) + w / t;
+                    prop_assert!(
+                        sum <= bound,
+                        "{}: {} cells in {} ns (N={}, T={} ns, start {})",
+                        name, sum, w, n, t, start
+                    );
+                }
+            }
+        }
+    }
 }

@@ -965,3 +965,118 @@ async fn the_backends_work_on_a_redis_cluster() {
     let s = a.stats();
     assert_eq!(s.errors + s.timeouts + s.skipped, 0, "{s:?}");
 }
+
+// ---- quotas at the extremes of the types ---------------------------------------------------
+
+/// 1.8e10 s (570 years): `now + period` is past the last nanosecond a `u64` holds.
+const VERY_LONG: Duration = Duration::from_secs(18_000_000_000);
+
+#[tokio::test]
+async fn one_request_per_1_8e10_seconds_admits_only_the_first() {
+    let Some(url) = redis_url("one_request_per_1_8e10_seconds_admits_only_the_first") else {
+        return;
+    };
+    let cleanup = Cleanup::new(&url);
+    let redis = limiter(&url, &cleanup.prefix).await;
+    let org = OrgId::from("org_slow");
+    let gcra = Gcra::new(1, VERY_LONG);
+    let t0 = Timestamp::from_unix_secs(T0);
+    let first = redis.check(&org, &gcra, 1, t0).await.unwrap();
+    assert!(first.allowed);
+    assert_eq!(first.info.remaining, 0);
+    let second = redis.check(&org, &gcra, 1, t0).await.unwrap();
+    assert!(!second.allowed);
+    // The one cell refills a whole period after it was spent.
+    assert_eq!(second.info.retry_after, 18_000_000_000);
+    // A second, a day, a century later: still a fraction of the period, still refused.
+    let mut now = t0;
+    for step in [1, 86_400, 100 * 365 * 86_400] {
+        now = now.saturating_add(Duration::from_secs(step));
+        let d = redis.check(&org, &gcra, 1, now).await.unwrap();
+        assert!(!d.allowed, "after {step} s");
+    }
+}
+
+/// 2^63 − 1 ns (in 2262): the last TAT a state holds; requests at or past it cost nothing or
+/// are refused.
+const END_OF_TIME: u64 = (1 << 63) - 1;
+
+#[tokio::test]
+async fn memory_and_redis_agree_at_the_extremes() {
+    let Some(url) = redis_url("memory_and_redis_agree_at_the_extremes") else {
+        return;
+    };
+    let cleanup = Cleanup::new(&url);
+    let redis = limiter(&url, &cleanup.prefix).await;
+    let memory = MemoryRateLimiter::new();
+    let secs = |s: u64| s * 1_000_000_000;
+    let burst = |n: usize| vec![(0, 1); n];
+    // (quota, start in ns, events (gap in ns, cost), requests admitted in all)
+    type Trace = (Gcra, u64, Vec<(u64, u32)>, usize);
+    let traces: Vec<Trace> = vec![
+        // One per 1.8e10 s: the first, then nothing for a century.
+        (
+            Gcra::new(1, VERY_LONG),
+            secs(T0),
+            vec![
+                (0, 1),
+                (0, 1),
+                (secs(1), 1),
+                (secs(86_400), 1),
+                (secs(3_153_600_000), 1),
+            ],
+            1,
+        ),
+        // 1000 per 1.8e10 s: one cell per 1.8e7 s, and the 418th cell's TAT passes 2262, so the
+        // burst stops there (held), never more.
+        (Gcra::new(1000, VERY_LONG), secs(T0), burst(1001), 418),
+        // Free, ten seconds before the end of time: 17 cells of 600 ms fit, then the TAT is
+        // held; past the end, nothing.
+        (
+            Gcra::new(100, Duration::from_secs(60)),
+            END_OF_TIME - secs(10),
+            [burst(30), vec![(secs(20), 1), (0, 0), (secs(1_000), 1)]].concat(),
+            18, // 17, then the free request
+        ),
+        // At the top of the u64 range: only free requests.
+        (
+            Gcra::new(100, Duration::from_secs(60)),
+            u64::MAX - 1,
+            vec![(0, 1), (0, 0), (0, 100)],
+            1,
+        ),
+        // The largest burst over the longest period: one cell per 136 years, capacity held at
+        // u64::MAX ns; the second cell's TAT passes 2262.
+        (
+            Gcra::new(u32::MAX, Duration::MAX),
+            secs(T0),
+            vec![(0, 1), (0, 1), (0, 1), (secs(86_400 * 365), 1)],
+            2,
+        ),
+        // A cost of the whole burst over the longest period for one request.
+        (
+            Gcra::new(1, Duration::MAX),
+            secs(T0),
+            vec![(0, 2), (0, 1), (0, 1), (0, 0)],
+            2, // the cost-1 request, and the free one
+        ),
+    ];
+    for (i, (gcra, start, events, admitted)) in traces.into_iter().enumerate() {
+        let org = OrgId::from(format!("org_extreme_{i}"));
+        let mut now = start;
+        let mut count = 0;
+        for (j, (gap, cost)) in events.into_iter().enumerate() {
+            now = now.saturating_add(gap).min(u64::MAX - 1);
+            let t = Timestamp::from_unix_nanos(now);
+            let expected = memory.decide(&org, &gcra, cost, t);
+            let got = redis.check(&org, &gcra, cost, t).await.unwrap();
+            assert_eq!(
+                (got.allowed, got.info.remaining),
+                (expected.allowed, expected.info.remaining),
+                "trace {i}, event {j} (cost {cost}, t {now})"
+            );
+            count += usize::from(got.allowed);
+        }
+        assert_eq!(count, admitted, "trace {i}");
+    }
+}

@@ -26,6 +26,25 @@
 //!   `Retry-After` of one period. A cost of `0` is always admitted and changes nothing.
 //! - A quota of `0` requests refuses everything.
 //!
+//! # At the extremes
+//!
+//! Every quota the types accept works, up to a `u32::MAX` burst and a period of
+//! `Duration::MAX` (computed as `u64::MAX` ns: shortening a period that long can admit
+//! nothing more, see below), at any clock reading. The arithmetic runs on the *debt*
+//! `max(TAT, t) − t`, which is at most `N·T` for an admitted request, so nothing overflows.
+//! Time ends at 2^63 − 1 ns after the epoch (year 2262), the last TAT a state holds:
+//!
+//! - a TAT that would run past it is **held** there, and a TAT held there never clears (its
+//!   true value is unknown): every request costing cells is refused until a plan change, with
+//!   a `Retry-After` of one period. One request per 1.8·10^10 s admits its first request,
+//!   whose cell would refill long after 2262, and nothing after.
+//! - clock readings past it count as that instant, so no later request is admitted.
+//!
+//! Both only ever refuse; they never admit a request the exact arithmetic would refuse, so
+//! the bound below holds for every quota. The price is only paid by quotas whose period
+//! reaches past 2262 from now (over two centuries): they may get fewer cells than the quota
+//! grants, never more.
+//!
 //! # Figures
 //!
 //! Every decision carries the [`RateLimitInfo`] sent to the client:
@@ -55,11 +74,16 @@
 
 use std::time::Duration;
 
-use crate::clock::{Timestamp, duration_nanos};
+use crate::clock::Timestamp;
 use crate::headers::RateLimitInfo;
 use crate::plan::Quota;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// The end of time for a rate limit: the last TAT a state holds, `2^63 − 1` ns after the
+/// epoch (in the year 2262), so that a backend can keep a flag beside a TAT in one 64-bit word.
+/// A TAT that would run past it is held at it, and a TAT held at it never clears.
+pub(crate) const MAX_TAT: u64 = (1 << 63) - 1;
 
 /// The parameters of one quota, ready for [`decide`](Gcra::decide): the limit `N`, the emission
 /// interval `T` and the period.
@@ -73,8 +97,8 @@ pub struct Gcra {
     interval: u64,
     /// `N·T` in nanoseconds: how far ahead of now the TAT may run.
     capacity: u64,
-    /// The period as configured, in nanoseconds (for `RateLimit-Policy: w=`).
-    period: u64,
+    /// The period as configured (for `RateLimit-Policy: w=`), at least a nanosecond.
+    period: Duration,
 }
 
 /// The outcome of one [`Gcra::decide`].
@@ -90,15 +114,16 @@ pub struct Decision {
 
 impl Gcra {
     /// `requests` per `period`. A zero period is treated as one nanosecond.
+    ///
+    /// Every `period` works, up to `Duration::MAX`: the emission interval is computed from the
+    /// exact period, and held at `u64::MAX` ns (584 years) when longer, which admits nothing
+    /// more, since one cell then outlasts every clock reading.
     pub const fn new(requests: u32, period: Duration) -> Self {
         let limit = requests as u64;
-        let p = period.as_nanos();
-        let period = if p == 0 {
-            1
-        } else if p > u64::MAX as u128 {
-            u64::MAX
+        let period = if period.is_zero() {
+            Duration::from_nanos(1)
         } else {
-            p as u64
+            period
         };
         if limit == 0 {
             return Self {
@@ -108,7 +133,19 @@ impl Gcra {
                 period,
             };
         }
-        let interval = period.div_ceil(limit);
+        let nanos = period.as_nanos();
+        let interval = if nanos <= u64::MAX as u128 {
+            // The usual case, in u64: a u128 division is a call to a slow routine, and the
+            // layer builds a `Gcra` on every request.
+            (nanos as u64).div_ceil(limit)
+        } else {
+            let interval = nanos.div_ceil(limit as u128);
+            if interval > u64::MAX as u128 {
+                u64::MAX
+            } else {
+                interval as u64
+            }
+        };
         Self {
             limit,
             interval,
@@ -127,14 +164,14 @@ impl Gcra {
         self.limit
     }
 
-    /// `T`: one cell refills every this long.
+    /// `T`: one cell refills every this long (at most `u64::MAX` ns).
     pub const fn emission_interval(&self) -> Duration {
         Duration::from_nanos(self.interval)
     }
 
     /// The period the quota was given for.
     pub const fn period(&self) -> Duration {
-        Duration::from_nanos(self.period)
+        self.period
     }
 
     pub(crate) const fn interval_nanos(&self) -> u64 {
@@ -145,65 +182,86 @@ impl Gcra {
         self.capacity
     }
 
+    /// The `Retry-After` of a request that can never be admitted: one period in whole seconds,
+    /// at most 2^52 (142 million years), which a Lua double and a Redis integer hold exactly.
+    pub(crate) fn never_secs(&self) -> u64 {
+        ceil_duration_secs(self.period).clamp(1, 1 << 52)
+    }
+
     /// Decide a request costing `cost` cells at `now`, given the organization's `tat`.
     ///
     /// Pure: the caller stores [`Decision::tat`] if it wants the decision to count (a backend
     /// does so atomically, e.g. by compare-and-swap from `tat`).
+    ///
+    /// Saturating rather than refusing quotas at configuration, so every quota the types
+    /// accept works: a TAT that would pass 2^63 − 1 ns (year 2262) is held there, and a TAT
+    /// held there refuses every request costing cells ([module docs](self#at-the-extremes)).
     #[inline]
     pub fn decide(&self, tat: Timestamp, now: Timestamp, cost: u32) -> Decision {
-        let now_ns = now.as_unix_nanos();
-        let tat_ns = tat.as_unix_nanos();
-        let base = tat_ns.max(now_ns);
+        let now_ns = now.as_unix_nanos().min(MAX_TAT);
+        let base = tat.as_unix_nanos().max(now_ns);
+        // How far the TAT runs ahead of now; a TAT held at the end of time never clears.
+        let debt = if base < MAX_TAT {
+            base - now_ns
+        } else {
+            u64::MAX
+        };
         let cost = u64::from(cost);
         if cost > self.limit {
             // Never admissible (this also covers a zero limit with a non-zero cost).
-            return Decision {
-                allowed: false,
-                tat,
-                info: RateLimitInfo {
-                    limit: self.limit,
-                    remaining: self.remaining(base, now_ns),
-                    reset: ceil_secs(base),
-                    retry_after: ceil_secs(self.period).max(1),
-                },
-            };
+            return self.refuse(tat, base, debt, self.never_secs());
         }
-        let new_tat = base.saturating_add(cost.saturating_mul(self.interval));
-        let horizon = now_ns.saturating_add(self.capacity);
-        if new_tat <= horizon {
+        let need = cost.saturating_mul(self.interval);
+        if need <= self.capacity.saturating_sub(debt) {
+            // `debt + need <= capacity`: no overflow.
+            let debt = debt + need;
+            let new_tat = now_ns.saturating_add(debt).min(MAX_TAT);
             Decision {
                 allowed: true,
                 tat: Timestamp::from_unix_nanos(new_tat),
                 info: RateLimitInfo {
                     limit: self.limit,
-                    remaining: self.remaining(new_tat, now_ns),
-                    reset: ceil_secs(new_tat.max(now_ns)),
+                    // Held at the end of time: nothing more until then.
+                    remaining: if new_tat < MAX_TAT {
+                        self.remaining(debt)
+                    } else {
+                        0
+                    },
+                    reset: ceil_secs(new_tat),
                     retry_after: 0,
                 },
             }
+        } else if debt == u64::MAX {
+            self.refuse(tat, base, debt, self.never_secs())
         } else {
-            // Admissible once `new_tat - capacity <= t`.
-            let wait = new_tat - horizon;
-            Decision {
-                allowed: false,
-                tat,
-                info: RateLimitInfo {
-                    limit: self.limit,
-                    remaining: self.remaining(base, now_ns),
-                    reset: ceil_secs(base),
-                    retry_after: ceil_secs(wait).max(1),
-                },
-            }
+            // Admissible once the debt has shrunk by `debt + need - capacity`.
+            let wait = u128::from(debt) + u128::from(need) - u128::from(self.capacity);
+            let secs = u64::try_from(wait.div_ceil(u128::from(NANOS_PER_SEC)));
+            // At most 2^65 ns: always fits in u64 seconds.
+            self.refuse(tat, base, debt, secs.unwrap_or(u64::MAX))
         }
     }
 
-    /// Whole cells available at `now` for a state whose TAT is `tat_ns` (`tat_ns >= now_ns`).
+    /// A refusal: the state unchanged, `retry_after` in whole seconds (at least 1 is sent).
+    fn refuse(&self, tat: Timestamp, base: u64, debt: u64, retry_after: u64) -> Decision {
+        Decision {
+            allowed: false,
+            tat,
+            info: RateLimitInfo {
+                limit: self.limit,
+                remaining: self.remaining(debt),
+                reset: ceil_secs(base.min(MAX_TAT)),
+                retry_after: retry_after.max(1),
+            },
+        }
+    }
+
+    /// Whole cells available with the TAT `debt` nanoseconds ahead of now.
     #[inline]
-    fn remaining(&self, tat_ns: u64, now_ns: u64) -> u64 {
+    fn remaining(&self, debt: u64) -> u64 {
         if self.interval == 0 {
             return 0;
         }
-        let debt = tat_ns.saturating_sub(now_ns);
         self.capacity.saturating_sub(debt) / self.interval
     }
 
@@ -219,20 +277,24 @@ impl Gcra {
     /// admitted. The carried debt is capped at this quota's capacity, so a downgrade leaves
     /// the organization at worst exhausted, refilling within one period. Rounds up (stricter).
     pub fn convert(&self, tat: Timestamp, now: Timestamp, from: &Gcra) -> Timestamp {
-        let now_ns = now.as_unix_nanos();
+        let now_ns = now.as_unix_nanos().min(MAX_TAT);
         let tat_ns = tat.as_unix_nanos();
         if tat_ns <= now_ns {
             return tat;
         }
         let debt = tat_ns - now_ns;
-        let new_debt = if from.interval == 0 || self.interval == 0 {
+        let new_debt = if tat_ns >= MAX_TAT {
+            // Held at the end of time: its true debt is unknown, so every cell counts as used.
+            u64::MAX
+        } else if from.interval == 0 || self.interval == 0 {
             debt
         } else {
             let scaled =
                 (u128::from(debt) * u128::from(self.interval)).div_ceil(u128::from(from.interval));
             u64::try_from(scaled).unwrap_or(u64::MAX)
         };
-        Timestamp::from_unix_nanos(now_ns.saturating_add(new_debt.min(self.capacity)))
+        let carried = now_ns.saturating_add(new_debt.min(self.capacity));
+        Timestamp::from_unix_nanos(carried.min(MAX_TAT))
     }
 }
 
@@ -254,9 +316,9 @@ fn ceil_secs(nanos: u64) -> u64 {
     nanos.div_ceil(NANOS_PER_SEC)
 }
 
-/// Whole seconds, rounded up, of a duration (used by the session quota too).
+/// Whole seconds, rounded up, of a duration (used by the session quota too), saturating.
 pub(crate) fn ceil_duration_secs(d: Duration) -> u64 {
-    ceil_secs(duration_nanos(d))
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 #[cfg(test)]
@@ -403,6 +465,43 @@ mod tests {
         assert_eq!(down, at(60_000));
         // Idle states are unchanged.
         assert_eq!(paid.convert(at(0), at(5), &free), at(0));
+    }
+
+    #[test]
+    fn a_tat_that_would_pass_2262_is_held_and_refuses_until_a_plan_change() {
+        // 1000 per 1.8e10 s: one cell per 1.8e7 s. From 2023, the 418th cell's TAT passes
+        // 2^63 - 1 ns: it is admitted and the TAT held there.
+        let g = Gcra::new(1000, Duration::from_secs(18_000_000_000));
+        let mut tat = Timestamp::EPOCH;
+        let mut admitted = 0;
+        for _ in 0..1000 {
+            let d = g.decide(tat, at(0), 1);
+            if d.allowed {
+                admitted += 1;
+                tat = d.tat;
+            }
+        }
+        assert_eq!(admitted, 418);
+        assert_eq!(tat.as_unix_nanos(), MAX_TAT);
+        let d = g.decide(tat, at(86_400_000), 1);
+        assert!(!d.allowed);
+        assert_eq!(d.info.remaining, 0);
+        assert_eq!(d.info.retry_after, 18_000_000_000);
+        // Free requests still pass and change nothing.
+        let z = g.decide(tat, at(0), 0);
+        assert!(z.allowed);
+        assert_eq!(z.tat, tat);
+        // A plan change counts a held state as fully spent: exhausted, refilling in a period.
+        assert_eq!(free().convert(tat, at(0), &g), at(60_000));
+    }
+
+    #[test]
+    fn clock_readings_past_2262_admit_only_free_requests() {
+        let late = Timestamp::from_unix_nanos(MAX_TAT + 1);
+        let d = free().decide(Timestamp::EPOCH, late, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.info.retry_after, 60);
+        assert!(free().decide(Timestamp::EPOCH, Timestamp::MAX, 0).allowed);
     }
 
     /// A token bucket with exact integer credit, written independently of the TAT form: credit

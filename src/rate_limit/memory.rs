@@ -13,13 +13,12 @@ use crate::headers::RateLimitInfo;
 use crate::ids::OrgId;
 
 use super::backend::{CheckResult, RateLimitBackend};
-use super::gcra::{Decision, Gcra};
+use super::gcra::{Decision, Gcra, MAX_TAT};
 
 /// Set in a TAT word that must not be updated any more: its entry is being replaced (quota
-/// change) or removed (idle eviction). TATs are nanoseconds since the epoch, below 2^63 until
-/// the year 2262; larger values are clamped.
-const SEALED: u64 = 1 << 63;
-const MAX_TAT: u64 = SEALED - 1;
+/// change) or removed (idle eviction). TATs are nanoseconds since the epoch, at most
+/// [`MAX_TAT`] (2^63 − 1, in the year 2262: the GCRA holds them there), so the top bit is free.
+const SEALED: u64 = MAX_TAT + 1;
 
 /// Sweep for idle organizations when the map has grown to this many entries at least.
 const DEFAULT_SWEEP_FLOOR: usize = 1024;
@@ -77,6 +76,10 @@ fn used(tat: u64, now: u64, gcra: &Gcra) -> u128 {
     let interval = gcra.interval_nanos();
     if interval == 0 {
         return 0;
+    }
+    if tat >= MAX_TAT && tat > now {
+        // Held at the end of time: its true debt is unknown, so every cell counts as used.
+        return u128::from(gcra.limit()) << FRAC;
     }
     (u128::from(tat.saturating_sub(now)) << FRAC).div_ceil(u128::from(interval))
 }

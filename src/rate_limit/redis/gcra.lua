@@ -4,6 +4,8 @@
 --          units of the second, and `q`, the quota it was written under ("limit:period_ns").
 -- ARGV     q, units per second U, limit N, interval T, capacity N*T (T and N*T in units),
 --          retry-after of an inadmissible cost (s), cost, now (s), now (units), TTL grace (ms),
+--          room: the units from now to the end of time (2^63 - 1 ns, in 2262; capped at 2^52),
+--          need_max: what cost * T is held at (u64::MAX ns, as the capacity; capped at 2^52),
 --          then, only to carry a state over to a new quota: the expected s, f, q, the new s, f.
 -- Returns  {allowed 0/1, remaining, reset (Unix s), retry-after (s), TAT - now (units)}, or
 --          {2, s, f, q} when the state was written under another quota and is not idle: the
@@ -12,6 +14,9 @@
 --
 -- Lua numbers are doubles: every quantity below is an integer under 2^53 (the caller picks
 -- units so that the capacity stays under 2^52), so all of this arithmetic is exact.
+--
+-- The end of time is the memory backend's: a TAT that would pass it is held there, and a TAT
+-- held there refuses every request costing cells (clock readings past it are sent as it).
 local key = KEYS[1]
 local q = ARGV[1]
 local U = tonumber(ARGV[2])
@@ -23,6 +28,8 @@ local cost = tonumber(ARGV[7])
 local now_s = tonumber(ARGV[8])
 local now_f = tonumber(ARGV[9])
 local grace = tonumber(ARGV[10])
+local room = tonumber(ARGV[11])
+local need_max = tonumber(ARGV[12])
 
 -- floor(a / b), exactly, for integers 0 <= a and 0 < b
 local function fdiv(a, b)
@@ -47,9 +54,9 @@ end
 
 local st = redis.call('HMGET', key, 's', 'f', 'q')
 local carried = false
-if ARGV[11] and st[1] and st[3] ~= q then
-  if st[1] == ARGV[11] and st[2] == ARGV[12] and st[3] == ARGV[13] then
-    st = {ARGV[14], ARGV[15], q}
+if ARGV[13] and st[1] and st[3] ~= q then
+  if st[1] == ARGV[13] and st[2] == ARGV[14] and st[3] == ARGV[15] then
+    st = {ARGV[16], ARGV[17], q}
     redis.call('HSET', key, 's', st[1], 'f', st[2], 'q', q)
     carried = true
   else
@@ -69,9 +76,12 @@ if st[1] then
   debt = (tonumber(st[1]) - now_s) * U + (tonumber(st[2]) - now_f)
   if debt < 0 then debt = 0 end
 end
+-- Held at the end of time: the debt never clears.
+local held = debt >= room
+if held then debt = room end
 
 local function remaining(d)
-  if interval == 0 or d >= cap then return 0 end
+  if interval == 0 or d >= cap or d >= room then return 0 end
   return fdiv(cap - d, interval)
 end
 
@@ -88,15 +98,16 @@ local function refuse(retry)
   return {0, remaining(debt), reset_of(debt), retry, debt}
 end
 
-if cost > limit then
+if cost > limit or (held and cost > 0) then
   return refuse(period_secs)
 end
-local new = debt + cost * interval
+local new = debt + math.min(cost * interval, need_max)
 if new > cap then
   local retry = cdiv(new - cap, U)
   if retry < 1 then retry = 1 end
   return refuse(retry)
 end
+if new > room then new = room end
 if cost > 0 then
   local total = now_f + new
   local s = now_s + fdiv(total, U)

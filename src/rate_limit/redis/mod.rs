@@ -46,7 +46,10 @@
 //! capacity); longer periods are computed in microseconds, milliseconds or seconds, rounding
 //! the emission interval up and the current time down, so the coarser figures are only ever
 //! stricter. Quotas are never striped (one key is serialized by Redis anyway), so every quota
-//! is exact to the cell, very large ones included.
+//! is exact to the cell, very large ones included. Time ends where it does in the memory
+//! backend (a TAT is held at 2^63 − 1 ns, in 2262; see
+//! [the GCRA at the extremes](super::gcra#at-the-extremes)), so a quota reaching past it is
+//! held alike in both.
 //!
 //! A refusal writes nothing. An admission writes the new TAT and the quota it was decided
 //! under, and sets the key to expire when the bucket is full again plus a grace period
@@ -140,7 +143,7 @@ use crate::headers::RateLimitInfo;
 use crate::ids::OrgId;
 
 use super::backend::{CheckResult, RateLimitBackend, RateLimitError};
-use super::gcra::{Decision, Gcra, ceil_duration_secs};
+use super::gcra::{Decision, Gcra, MAX_TAT};
 use super::memory::{MemoryRateLimiter, carry_over};
 
 /// The default key prefix: keys are `{tak:<org_id>}:rl` and `{tak:<org_id>}:sess`.
@@ -520,14 +523,16 @@ impl Units {
             interval: 0,
             capacity: 0,
         };
-        // In seconds every quota fits: the capacity is at most ⌈period / limit⌉ · limit units,
-        // below period + limit ≤ 2^64 ns / 1e9 + 2^32 < 2^36.
+        // In seconds every quota fits: the capacity is held at u64::MAX ns, as the memory
+        // backend's, so it stays below 2^64 ns / 1e9 < 2^35 units.
         for unit_ns in [1, 1_000, 1_000_000, NANOS_PER_SEC] {
             let interval = gcra.interval_nanos().div_ceil(unit_ns);
             units = Self {
                 unit_ns,
                 interval,
-                capacity: interval.saturating_mul(gcra.limit()),
+                capacity: interval
+                    .saturating_mul(gcra.limit())
+                    .min(u64::MAX.div_ceil(unit_ns)),
             };
             if units.capacity < EXACT_BELOW {
                 break;
@@ -538,6 +543,17 @@ impl Units {
 
     fn per_sec(&self) -> u64 {
         NANOS_PER_SEC / self.unit_ns
+    }
+
+    /// The end of time ([`MAX_TAT`]) as (whole seconds, units), rounded down.
+    fn end(&self) -> (u64, u64) {
+        self.split(MAX_TAT, false)
+    }
+
+    /// A time as (whole seconds, units) counted in units: below 2^64 for times up to
+    /// [`MAX_TAT`].
+    fn count(&self, (s, f): (u64, u64)) -> u64 {
+        s * self.per_sec() + f
     }
 
     /// A time as (whole seconds, units of the second); the fraction rounded `up` or down.
@@ -563,10 +579,11 @@ fn quota_id(gcra: &Gcra) -> String {
 
 fn parse_quota_id(q: &str) -> Option<Gcra> {
     let (limit, period) = q.split_once(':')?;
-    Some(Gcra::new(
-        limit.parse().ok()?,
-        Duration::from_nanos(period.parse().ok()?),
-    ))
+    // Nanoseconds as u128: periods up to `Duration::MAX` are written exactly.
+    let nanos: u128 = period.parse().ok()?;
+    let secs = u64::try_from(nanos / u128::from(NANOS_PER_SEC)).ok()?;
+    let period = Duration::new(secs, (nanos % u128::from(NANOS_PER_SEC)) as u32);
+    Some(Gcra::new(limit.parse().ok()?, period))
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -583,6 +600,11 @@ struct Call {
     now: u64,
     now_s: u64,
     now_f: u64,
+    /// Units from now to the end of time ([`MAX_TAT`]), capped at 2^52.
+    room: u64,
+    /// What a cost in units is held at: `u64::MAX` ns, as in the memory backend (capped at
+    /// 2^52, which is above any capacity the script sees).
+    need_max: u64,
     grace_ms: u64,
 }
 
@@ -602,8 +624,12 @@ enum Reply {
 impl Call {
     fn new(key: String, gcra: &Gcra, cost: u32, now: Timestamp, grace_ms: u64) -> Self {
         let units = Units::of(gcra);
-        let now = now.as_unix_nanos();
+        // Readings past the end of time count as it, as in the memory backend.
+        let now = now.as_unix_nanos().min(MAX_TAT);
         let (now_s, now_f) = units.split(now, false);
+        let room = units
+            .count(units.end())
+            .saturating_sub(units.count((now_s, now_f)));
         Self {
             key,
             q: quota_id(gcra),
@@ -613,6 +639,8 @@ impl Call {
             now,
             now_s,
             now_f,
+            room: room.min(EXACT_BELOW),
+            need_max: u64::MAX.div_ceil(units.unit_ns).min(EXACT_BELOW),
             grace_ms,
         }
     }
@@ -628,11 +656,13 @@ impl Call {
                 .arg(self.gcra.limit())
                 .arg(self.units.interval)
                 .arg(self.units.capacity)
-                .arg(ceil_duration_secs(self.gcra.period()).max(1))
+                .arg(self.gcra.never_secs())
                 .arg(self.cost)
                 .arg(self.now_s)
                 .arg(self.now_f)
-                .arg(self.grace_ms);
+                .arg(self.grace_ms)
+                .arg(self.room)
+                .arg(self.need_max);
             if let Some(carry) = &carry {
                 invocation.arg(&carry[..]);
             }
@@ -667,9 +697,14 @@ impl Call {
         let from = parse_quota_id(&q).ok_or(RedisBackendError::BadState)?;
         let secs: u64 = s.parse().map_err(|_| RedisBackendError::BadState)?;
         let frac: u64 = f.parse().map_err(|_| RedisBackendError::BadState)?;
-        let tat = secs
-            .saturating_mul(NANOS_PER_SEC)
-            .saturating_add(frac.saturating_mul(Units::of(&from).unit_ns));
+        let from_units = Units::of(&from);
+        // A TAT held at the end of time reads as held, whatever the unit rounded it to.
+        let tat = if (secs, frac) >= from_units.end() {
+            MAX_TAT
+        } else {
+            secs.saturating_mul(NANOS_PER_SEC)
+                .saturating_add(frac.saturating_mul(from_units.unit_ns))
+        };
         let carried = carry_over(tat, self.now, &from, &self.gcra);
         // Rounded up: the carried state is never looser than the memory backend's.
         let (new_s, new_f) = self.units.split(carried, true);
