@@ -52,13 +52,24 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check(uri: Uri, headers: HeaderMap) {
-    let mut req = Request::builder().uri(uri.clone()).body(()).expect("a valid URI");
+    let mut req = Request::builder()
+        .uri(uri.clone())
+        .body(())
+        .expect("a valid URI");
     *req.headers_mut() = headers.clone();
     let mut svc = common::service();
     let out = common::send(&mut svc, req);
 
-    let auths: Vec<&[u8]> = headers.get_all(AUTHORIZATION).iter().map(|v| v.as_bytes()).collect();
-    let customs: Vec<&[u8]> = headers.get_all(CUSTOM).iter().map(|v| v.as_bytes()).collect();
+    let auths: Vec<&[u8]> = headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let customs: Vec<&[u8]> = headers
+        .get_all(CUSTOM)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     let grpc = headers
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
@@ -92,7 +103,10 @@ fn check(uri: Uri, headers: HeaderMap) {
     assert!(!out.headers.contains_key(CUSTOM));
     assert!(!contains(&out.body, KEY.as_bytes()));
     for (_, v) in &out.headers {
-        assert!(!contains(v.as_bytes(), KEY.as_bytes()), "the key echoed in {v:?}");
+        assert!(
+            !contains(v.as_bytes(), KEY.as_bytes()),
+            "the key echoed in {v:?}"
+        );
     }
 
     if uri.query().is_none_or(str::is_empty) {
@@ -135,7 +149,9 @@ fn key_like_query(query: Option<&str>) -> bool {
     common::formats().iter().any(|f| q.contains(f.prefix()))
         || q.split('&').any(|pair| {
             let name = pair.split('=').next().unwrap_or("");
-            CREDENTIAL_PARAMS.iter().any(|p| name.eq_ignore_ascii_case(p))
+            CREDENTIAL_PARAMS
+                .iter()
+                .any(|p| name.eq_ignore_ascii_case(p))
         })
 }
 

@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(value.as_object().map(|o| o.len()), Some(1), "{json}");
                 assert_eq!(quota["requests"], Value::from(q.requests));
                 assert_eq!(quota["period"], Value::from(q.period.as_secs()));
-                assert_eq!(quota["concurrent_sessions"], Value::from(q.concurrent_sessions));
+                assert_eq!(
+                    quota["concurrent_sessions"],
+                    Value::from(q.concurrent_sessions)
+                );
             }
         }
 

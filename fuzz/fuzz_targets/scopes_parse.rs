@@ -40,21 +40,31 @@ fuzz_target!(|data: &[u8]| {
         Ok(set) => set,
         Err(InvalidScope(s)) => {
             let first_bad = items.iter().find(|i| Scope::new(i).is_err());
-            assert_eq!(first_bad, Some(&s.as_str()), "the error names the first invalid scope");
+            assert_eq!(
+                first_bad,
+                Some(&s.as_str()),
+                "the error names the first invalid scope"
+            );
             return;
         }
     };
     assert!(items.iter().all(|i| Scope::new(i).is_ok()));
 
     let listed: Vec<&Scope> = set.iter().collect();
-    assert!(listed.windows(2).all(|w| w[0] < w[1]), "sorted and deduplicated: {set:?}");
+    assert!(
+        listed.windows(2).all(|w| w[0] < w[1]),
+        "sorted and deduplicated: {set:?}"
+    );
     assert_eq!(listed.len(), set.len());
     assert_eq!(set.is_empty(), set.len() == 0);
     for item in &items {
         assert!(listed.iter().any(|s| s.as_str() == *item), "{item:?} kept");
         assert!(set.allows(&Scope::new(item).unwrap()), "{item:?} allowed");
     }
-    assert!(listed.iter().all(|s| items.contains(&s.as_str())), "nothing added");
+    assert!(
+        listed.iter().all(|s| items.contains(&s.as_str())),
+        "nothing added"
+    );
     assert!(set.covers(&set));
     assert_eq!(
         set.is_full_access(),

@@ -71,7 +71,10 @@ pub fn service() -> Svc {
     let start = Timestamp::from_unix_secs(1_700_000_000);
     let (clock, _manual) = Clock::manual(start);
     let store = MemoryStore::new();
-    assert!(formats().check(KEY).is_ok(), "the known key must be well-formed");
+    assert!(
+        formats().check(KEY).is_ok(),
+        "the known key must be well-formed"
+    );
     let record = KeyRecord::new(
         KeyId::from(KEY_ID),
         OrgId::from("org_fuzz"),
@@ -109,7 +112,11 @@ impl<B> Service<Request<B>> for Inner {
             .extensions()
             .get::<Principal>()
             .expect("a request let through carries a Principal");
-        assert_eq!(principal.key_id().as_str(), KEY_ID, "the principal is the known key's");
+        assert_eq!(
+            principal.key_id().as_str(),
+            KEY_ID,
+            "the principal is the known key's"
+        );
         let mut res = Response::new(Full::new(Bytes::from_static(b"ok")));
         res.headers_mut()
             .insert(REACHED, http::HeaderValue::from_static("1"));
@@ -171,9 +178,16 @@ pub struct Refusal {
 ///   status and whose `code` is one the table pairs with that status and one `ApiKeyAuth` can
 ///   give; 401 and 400 carry a `WWW-Authenticate: Bearer realm=…` challenge.
 pub fn assert_documented_refusal(out: &Outcome, grpc: bool) -> Refusal {
-    assert!(!out.reached(), "a refusal must not come from the inner service");
+    assert!(
+        !out.reached(),
+        "a refusal must not come from the inner service"
+    );
     if grpc {
-        assert_eq!(out.status, StatusCode::OK, "gRPC refusals are trailers-only 200s");
+        assert_eq!(
+            out.status,
+            StatusCode::OK,
+            "gRPC refusals are trailers-only 200s"
+        );
         assert_eq!(
             out.headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
             Some(&b"application/grpc"[..])
@@ -199,7 +213,9 @@ pub fn assert_documented_refusal(out: &Outcome, grpc: bool) -> Refusal {
     );
     let problem: serde_json::Value =
         serde_json::from_slice(&out.body).expect("the problem body is JSON");
-    let code = problem["code"].as_str().expect("the problem has a string code");
+    let code = problem["code"]
+        .as_str()
+        .expect("the problem has a string code");
     let status = out.status.as_u16();
     assert_eq!(problem["status"].as_u64(), Some(u64::from(status)));
     assert!(problem["title"].is_string(), "the problem has a title");
@@ -207,7 +223,10 @@ pub fn assert_documented_refusal(out: &Outcome, grpc: bool) -> Refusal {
         .iter()
         .find(|(s, c)| *s == status && *c == code)
         .unwrap_or_else(|| panic!("undocumented refusal {status} {code}"));
-    assert!(AUTH_CODES.contains(&documented), "{documented} is not ApiKeyAuth's");
+    assert!(
+        AUTH_CODES.contains(&documented),
+        "{documented} is not ApiKeyAuth's"
+    );
     if matches!(status, 400 | 401) {
         let challenge = out
             .headers
