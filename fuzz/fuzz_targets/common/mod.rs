@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -67,7 +67,15 @@ pub type Svc = ApiKeyAuth<Inner, MemoryStore>;
 
 /// `ApiKeyAuth` (`br_live_` and checksummed `br_test_` formats, `Authorization: Bearer` or
 /// `x-api-key`) over a memory store holding [`KEY`], in front of [`Inner`].
+///
+/// Built once per process and cloned for each input: authenticating never changes the store
+/// (no last-used recorder here) and the clock is fixed, so every input sees the same service.
 pub fn service() -> Svc {
+    static SERVICE: OnceLock<Svc> = OnceLock::new();
+    SERVICE.get_or_init(build_service).clone()
+}
+
+fn build_service() -> Svc {
     let start = Timestamp::from_unix_secs(1_700_000_000);
     let (clock, _manual) = Clock::manual(start);
     let store = MemoryStore::new();
