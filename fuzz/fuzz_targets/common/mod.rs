@@ -155,13 +155,10 @@ where
         now(std::future::poll_fn(|cx| svc.poll_ready(cx))),
         Ok(())
     ));
-    let res: Response<ResponseBody<Full<Bytes>>> = match now(svc.call(req)) {
-        Ok(res) => res,
-    };
+    let Ok(res): Result<Response<ResponseBody<Full<Bytes>>>, _> = now(svc.call(req));
     let (parts, body) = res.into_parts();
-    let body = match now(body.collect()) {
-        Ok(collected) => collected.to_bytes(),
-    };
+    let Ok(collected) = now(body.collect());
+    let body = collected.to_bytes();
     Outcome {
         status: parts.status,
         headers: parts.headers,
