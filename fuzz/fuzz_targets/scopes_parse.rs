@@ -8,6 +8,9 @@
 //! - a list parses when every string does, else fails naming the first invalid one;
 //! - a parsed set is normalised (sorted, without duplicates), holds exactly the strings given,
 //!   allows each of them, covers itself, and is full access exactly when empty or holding `*`;
+//! - `grants` is as documented: a scope grants itself, `*` grants every scope, `prefix:*` every
+//!   scope below `prefix:`, and nothing else; a set allows a scope exactly when one of its
+//!   scopes grants it;
 //! - it round-trips: its scopes displayed and parsed again give the same set, and its JSON
 //!   (an array of the scope strings) deserializes to the same set.
 #![no_main]
@@ -74,6 +77,21 @@ fuzz_target!(|data: &[u8]| {
         set.is_empty() || listed.iter().any(|s| s.as_str() == "*")
     );
 
+    let valid: Vec<Scope> = items.iter().map(|i| Scope::new(i).unwrap()).collect();
+    for required in &valid {
+        for held in &valid {
+            assert_eq!(
+                held.grants(required),
+                documented_grant(held.as_str(), required.as_str()),
+                "{held:?} grants {required:?}"
+            );
+        }
+        assert_eq!(
+            set.allows(required),
+            listed.iter().any(|h| h.grants(required))
+        );
+    }
+
     // Displayed and parsed again.
     let shown: Vec<String> = set.iter().map(|s| s.to_string()).collect();
     assert_eq!(Scopes::parse(&shown).as_ref(), Ok(&set));
@@ -99,4 +117,15 @@ fn documented_shape(s: &str) -> bool {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         plain || (i == last && i > 0 && *seg == "*")
     })
+}
+
+/// Whether holding `held` grants `required`, as the `Scope::grants` docs state it.
+fn documented_grant(held: &str, required: &str) -> bool {
+    held == required
+        || held == "*"
+        || held.strip_suffix(":*").is_some_and(|stem| {
+            required.len() > stem.len() + 1
+                && required.starts_with(stem)
+                && required.as_bytes()[stem.len()] == b':'
+        })
 }
