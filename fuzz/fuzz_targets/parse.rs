@@ -53,7 +53,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(format) = formats.check(s) {
             assert!(s.starts_with(format.prefix()));
             assert_eq!(s.len(), format.key_len());
-            assert!(s[format.prefix().len()..].bytes().all(|b| b.is_ascii_alphanumeric()));
+            assert!(
+                s[format.prefix().len()..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric())
+            );
         }
         let _ = s.parse::<tower_api_key::Scope>();
     }
