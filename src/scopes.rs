@@ -171,9 +171,17 @@ impl<'de> Deserialize<'de> for Scope {
 /// assert!(!some.allows(&Scope::from_static("org:billing")));
 /// # Ok::<(), tower_api_key::InvalidScope>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(transparent)]
 pub struct Scopes(Arc<[Scope]>);
+
+/// Read as [`Scopes::parse`] reads: sorted and without duplicates, so equal sets compare equal
+/// however they were written.
+impl<'de> Deserialize<'de> for Scopes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<Scope>::deserialize(d).map(Self::from_iter)
+    }
+}
 
 impl Scopes {
     /// No scopes: full access.
@@ -255,6 +263,12 @@ mod tests {
 
     fn s(x: &str) -> Scope {
         Scope::new(x).unwrap()
+    }
+
+    #[test]
+    fn json_scopes_are_normalised_as_parsed_ones() {
+        let read: Scopes = serde_json::from_str(r#"["org:billing","a:b","a:b"]"#).unwrap();
+        assert_eq!(read, Scopes::parse(["a:b", "org:billing"]).unwrap());
     }
 
     #[test]
