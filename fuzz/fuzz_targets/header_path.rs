@@ -10,7 +10,8 @@
 //! - the request reaches the inner service (200, with the known key's `Principal`) only if it
 //!   carried exactly that key — in the one `Authorization` header as `Bearer <key>` (scheme in
 //!   any case), or, with no `Bearer` attempt in `Authorization`, in the one `x-api-key` header —
-//!   and its query string looks like no key (no key prefix, no credential-named parameter);
+//!   and its query string carries no key (no valid key in plain text, no credential-named
+//!   parameter);
 //! - every other answer is one of `ApiKeyAuth`'s documented refusals (400 or 401 — the memory
 //!   store never fails, so never 503): a problem+json body whose `status` and `code` are a pair
 //!   of the table in `tower_api_key::reject`, or the trailers-only gRPC form for gRPC requests;
@@ -142,11 +143,11 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     Some(value[6..].trim_ascii())
 }
 
-/// Whether a query string, as sent, carries something key-like: one of the accepted prefixes,
-/// or a parameter named like a credential.
+/// Whether a query string, as sent, carries a key: a valid key in plain text, or a parameter
+/// named like a credential.
 fn key_like_query(query: Option<&str>) -> bool {
     let Some(q) = query else { return false };
-    common::formats().iter().any(|f| q.contains(f.prefix()))
+    common::contains_valid_key(q)
         || q.split('&').any(|pair| {
             let name = pair.split('=').next().unwrap_or("");
             CREDENTIAL_PARAMS

@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
         _ => panic!("a keyless request refused with {r:?}"),
     }
 
-    if contains_valid_key(query) {
+    if common::contains_valid_key(query) {
         assert!(
             refused_with_key,
             "a valid key in the query let through: {query:?}"
@@ -83,18 +83,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(!refused_with_key, "an everyday query refused: {query:?}");
     }
 });
-
-/// Whether `query` holds, as plain text, a key that passes an accepted format's check.
-fn contains_valid_key(query: &str) -> bool {
-    let formats = common::formats();
-    formats.iter().any(|f| {
-        query.match_indices(f.prefix()).any(|(at, _)| {
-            query
-                .get(at..at + f.key_len())
-                .is_some_and(|candidate| formats.check(candidate).is_ok())
-        })
-    })
-}
 
 /// Whether `query` is empty or only `name=value` pairs with an everyday name and an
 /// alphanumeric value.

@@ -244,3 +244,15 @@ pub fn assert_documented_refusal(out: &Outcome, grpc: bool) -> Refusal {
         code: Some(documented),
     }
 }
+
+/// Whether `query` holds, as plain text, a key that passes an accepted format's check.
+pub fn contains_valid_key(query: &str) -> bool {
+    let formats = formats();
+    formats.iter().any(|f| {
+        query.match_indices(f.prefix()).any(|(at, _)| {
+            query
+                .get(at..at + f.key_len())
+                .is_some_and(|candidate| formats.check(candidate).is_ok())
+        })
+    })
+}
