@@ -79,6 +79,7 @@ mod plan;
 mod scopes;
 
 pub mod auth;
+pub mod breaker;
 pub mod clock;
 pub mod key;
 pub mod last_used;
@@ -95,6 +96,9 @@ pub mod store;
 pub mod axum;
 #[cfg(feature = "tonic")]
 pub mod grpc;
+
+// Failing fast while a backend is down.
+pub use breaker::{Breaker, BreakerConfig, BreakerState, BreakerStats};
 
 // Keys and who holds them.
 pub use clock::{Clock, ManualClock, Timestamp};
