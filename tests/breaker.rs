@@ -591,3 +591,230 @@ mod postgres {
         drop(guard);
     }
 }
+
+#[cfg(feature = "redis")]
+mod redis_limiter {
+    //! The Redis rate limiter's breaker, over a connection that can be switched down (it then
+    //! fails every command at once, as a refused connection does) and otherwise forwards to the
+    //! Redis at `REDIS_URL`.
+
+    use redis::aio::{ConnectionLike, ConnectionManager};
+    use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+    use tower_api_key::rate_limit::redis::RedisBackendError;
+    use tower_api_key::rate_limit::{Gcra, OnBackendError, RateLimitBackend, RateLimitError};
+    use tower_api_key::{NewKey, OrgRateLimit, RedisRateLimiter};
+
+    use super::*;
+
+    #[derive(Clone)]
+    struct SwitchConn {
+        real: Option<ConnectionManager>,
+        down: Arc<AtomicBool>,
+        commands: Arc<AtomicUsize>,
+    }
+
+    impl SwitchConn {
+        fn new(real: Option<ConnectionManager>) -> Self {
+            Self {
+                real,
+                down: Arc::new(AtomicBool::new(true)),
+                commands: Arc::default(),
+            }
+        }
+
+        fn commands(&self) -> usize {
+            self.commands.load(Ordering::SeqCst)
+        }
+    }
+
+    fn refused() -> RedisError {
+        std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into()
+    }
+
+    impl ConnectionLike for SwitchConn {
+        fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+            self.commands.fetch_add(1, Ordering::SeqCst);
+            match &mut self.real {
+                Some(real) if !self.down.load(Ordering::SeqCst) => real.req_packed_command(cmd),
+                _ => Box::pin(async { Err(refused()) }),
+            }
+        }
+
+        fn req_packed_commands<'a>(
+            &'a mut self,
+            cmd: &'a Pipeline,
+            offset: usize,
+            count: usize,
+        ) -> RedisFuture<'a, Vec<Value>> {
+            self.commands.fetch_add(1, Ordering::SeqCst);
+            match &mut self.real {
+                Some(real) if !self.down.load(Ordering::SeqCst) => {
+                    real.req_packed_commands(cmd, offset, count)
+                }
+                _ => Box::pin(async { Err(refused()) }),
+            }
+        }
+
+        fn get_db(&self) -> i64 {
+            0
+        }
+    }
+
+    const T0: u64 = 1_800_000_000;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_unix_millis(T0 * 1000 + ms)
+    }
+
+    fn is_skipped(result: &Result<impl std::fmt::Debug, RateLimitError>) -> bool {
+        match result {
+            Err(RateLimitError::Unavailable(e)) => matches!(
+                e.downcast_ref::<RedisBackendError>(),
+                Some(RedisBackendError::CoolingDown)
+            ),
+            _ => false,
+        }
+    }
+
+    fn is_refused(result: &Result<impl std::fmt::Debug, RateLimitError>) -> bool {
+        match result {
+            Err(RateLimitError::Unavailable(e)) => matches!(
+                e.downcast_ref::<RedisBackendError>(),
+                Some(RedisBackendError::Redis(_))
+            ),
+            _ => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn checks_skip_redis_after_consecutive_failures_and_probe_one_at_a_time() {
+        let conn = SwitchConn::new(None);
+        let limiter = RedisRateLimiter::new(conn.clone()).breaker(
+            BreakerConfig::default()
+                .failures(3)
+                .cool_down(Duration::from_secs(2)),
+        );
+        let org = OrgId::from("org_r");
+        let gcra = Gcra::new(100, Duration::from_secs(60));
+
+        for i in 0..3 {
+            let r = limiter.check(&org, &gcra, 1, at(i)).await;
+            assert!(is_refused(&r), "check {i} tried Redis: {r:?}");
+        }
+        assert_eq!(conn.commands(), 3);
+        let r = limiter.check(&org, &gcra, 1, at(3)).await;
+        assert!(is_skipped(&r), "{r:?}");
+        assert_eq!(conn.commands(), 3, "Redis was not tried");
+
+        // The cool-down runs on the layer's time from the third failure (at 2 ms).
+        assert!(is_skipped(&limiter.check(&org, &gcra, 1, at(2_001)).await));
+        let probe = limiter.check(&org, &gcra, 1, at(2_002));
+        let other = limiter.check(&org, &gcra, 1, at(2_002)).await;
+        assert!(is_skipped(&other), "one probe at a time: {other:?}");
+        assert!(is_refused(&probe.await));
+        assert_eq!(conn.commands(), 4);
+        // The failed probe opened it again for a whole cool-down.
+        assert!(is_skipped(&limiter.check(&org, &gcra, 1, at(4_001)).await));
+
+        let s = limiter.stats();
+        assert_eq!((s.checks, s.errors, s.skipped), (8, 4, 4), "{s:?}");
+        assert_eq!(
+            (s.breaker.opened, s.breaker.refused, s.breaker.probes),
+            (2, 4, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_layer_policy_decides_while_redis_is_skipped() {
+        let fx = Fixture::new();
+        let key = fx
+            .manager
+            .create(&OrgId::from("org_p"), NewKey::new("k"))
+            .await
+            .unwrap()
+            .key;
+        let conn = SwitchConn::new(None);
+        let limiter = RedisRateLimiter::new(conn.clone());
+        let stack = |policy| {
+            ServiceBuilder::new()
+                .layer(ApiKeyAuth::new(fx.store.clone()).clock(fx.clock.clone()))
+                .layer(
+                    OrgRateLimit::with_backend(limiter.clone())
+                        .on_backend_error(policy)
+                        .clock(fx.clock.clone()),
+                )
+                .service(service_fn(echo_principal))
+        };
+        let closed = stack(OnBackendError::FailClosed);
+        let open = stack(OnBackendError::FailOpen);
+        let call = |svc: &_, key: &ApiKey| {
+            let svc = Clone::clone(svc);
+            let auth = format!("Bearer {}", key.expose_secret());
+            async move {
+                ServiceExt::oneshot(svc, get("/", Some(&auth)))
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // The default: one failure opens the breaker for 1 s.
+        assert_unavailable(call(&closed, &key).await, "1").await;
+        assert_unavailable(call(&closed, &key).await, "1").await;
+        let res = call(&open, &key).await;
+        assert_eq!(res.status(), StatusCode::OK, "decided by the local limiter");
+        assert_eq!(res.headers()["x-ratelimit-remaining"], "99");
+        assert_eq!(conn.commands(), 1, "only the first check tried Redis");
+        let s = limiter.stats();
+        assert_eq!((s.errors, s.skipped, s.fallbacks), (1, 2, 1), "{s:?}");
+        assert_eq!(s.breaker.opened, 1);
+
+        fx.time.advance(Duration::from_secs(1));
+        assert_unavailable(call(&closed, &key).await, "1").await;
+        assert_eq!(
+            conn.commands(),
+            2,
+            "after the cooldown one check probed Redis"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_probe_closes_the_breaker_when_redis_answers() {
+        let Ok(url) = std::env::var("REDIS_URL") else {
+            eprintln!(
+                "skipping the_probe_closes_the_breaker_when_redis_answers: REDIS_URL is not set"
+            );
+            return;
+        };
+        let real = tower_api_key::rate_limit::redis::connect(&url)
+            .await
+            .expect("REDIS_URL is set but Redis is unreachable");
+        let conn = SwitchConn::new(Some(real.clone()));
+        let prefix = format!("tak_breaker_{}", std::process::id());
+        let limiter = RedisRateLimiter::new(conn.clone())
+            .prefix(&prefix)
+            .timeout(Duration::from_secs(2));
+        let org = OrgId::from("org_back");
+        let gcra = Gcra::new(100, Duration::from_secs(60));
+
+        assert!(is_refused(&limiter.check(&org, &gcra, 1, at(0)).await));
+        assert!(is_skipped(&limiter.check(&org, &gcra, 1, at(500)).await));
+        conn.down.store(false, Ordering::SeqCst);
+        let decision = limiter.check(&org, &gcra, 1, at(1_000)).await.unwrap();
+        assert!(decision.allowed);
+        assert_eq!(decision.info.remaining, 99);
+        let decision = limiter.check(&org, &gcra, 1, at(1_001)).await.unwrap();
+        assert_eq!(
+            decision.info.remaining, 98,
+            "closed: the next check reaches Redis"
+        );
+        let s = limiter.stats();
+        assert_eq!((s.breaker.opened, s.breaker.probes), (1, 1), "{s:?}");
+
+        let mut real = real;
+        let _: i64 = redis::cmd("DEL")
+            .arg(limiter.key(&org))
+            .query_async(&mut real)
+            .await
+            .unwrap();
+    }
+}

@@ -277,7 +277,7 @@ struct Inner<C> {
 
 impl<C> Inner<C> {
     fn new(conn: C, config: Config, local: MemoryRateLimiter) -> Self {
-        let breaker = Breaker::new("redis rate limiter", config.breaker, Clock::default());
+        let breaker = Self::breaker(&config);
         Self {
             conn,
             config,
@@ -285,6 +285,10 @@ impl<C> Inner<C> {
             counters: Counters::default(),
             breaker,
         }
+    }
+
+    fn breaker(config: &Config) -> Breaker {
+        Breaker::new("redis rate limiter", config.breaker, Clock::default())
     }
 }
 
@@ -351,7 +355,10 @@ impl<C: RedisConnection> RedisRateLimiter<C> {
 
     fn map(mut self, f: impl FnOnce(&mut Config)) -> Self {
         match Arc::get_mut(&mut self.inner) {
-            Some(inner) => f(&mut inner.config),
+            Some(inner) => {
+                f(&mut inner.config);
+                inner.breaker = Inner::<C>::breaker(&inner.config);
+            }
             None => {
                 let mut config = self.inner.config.clone();
                 f(&mut config);
