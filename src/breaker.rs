@@ -12,7 +12,7 @@
 //! Redis rate limiter puts one in front of Redis (the layer's
 //! [`OnBackendError`](crate::OnBackendError) policy then decides at once).
 //!
-//! The state is three atomics: a closed breaker costs one atomic load per call and no clock read.
+//! The state is a few atomics, shared by the clones of a breaker: no lock on any path.
 //! Transitions are logged with `tracing` (`warn` on open, `info` on close), naming the breaker and
 //! nothing else: no key material ever reaches a breaker.
 
@@ -230,12 +230,7 @@ impl Breaker {
 
     /// May a call go to the backend now? A [`Permit`] to report its outcome on, or the refusal
     /// with what is left of the cool-down.
-    #[inline]
     pub fn try_acquire(&self) -> Result<Permit, Refused> {
-        if self.inner.open_until.load(Ordering::Acquire) == 0 {
-            // Closed: no clock read.
-            return Ok(self.permit(false, None));
-        }
         self.try_acquire_at(self.inner.clock.now())
     }
 
@@ -246,7 +241,7 @@ impl Breaker {
         loop {
             let until = i.open_until.load(Ordering::Acquire);
             if until == 0 {
-                return Ok(self.permit(false, Some(now)));
+                return Ok(self.permit(false, now));
             }
             if now_ns < until {
                 return Err(self.refuse(Duration::from_nanos(until - now_ns)));
@@ -261,7 +256,7 @@ impl Breaker {
             if i.open_until.load(Ordering::Acquire) == until {
                 i.probes.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(breaker = i.name, "cool-down over; one probe goes through");
-                return Ok(self.permit(true, Some(now)));
+                return Ok(self.permit(true, now));
             }
             i.probing.store(false, Ordering::Release);
         }
@@ -271,7 +266,6 @@ impl Breaker {
     /// [`try_acquire`](Self::try_acquire). `Ok` reserves nothing: it is a cheap early answer
     /// (one atomic load while closed) for a caller that takes its permit later, right before
     /// the backend call (e.g. only if no identical call is already under way).
-    #[inline]
     pub fn check(&self) -> Result<(), Refused> {
         let until = self.inner.open_until.load(Ordering::Acquire);
         if until == 0 {
@@ -312,7 +306,7 @@ impl Breaker {
         }
     }
 
-    fn permit(&self, probe: bool, acquired: Option<Timestamp>) -> Permit {
+    fn permit(&self, probe: bool, acquired: Timestamp) -> Permit {
         Permit {
             breaker: self.clone(),
             probe,
@@ -328,10 +322,7 @@ impl Breaker {
 
     fn succeeded(&self, probe: bool) {
         let i = &*self.inner;
-        // Load first: a healthy backend's successes do not write the shared cache line.
-        if i.failures.load(Ordering::Relaxed) != 0 {
-            i.failures.store(0, Ordering::Relaxed);
-        }
+        i.failures.store(0, Ordering::Relaxed);
         if probe {
             i.open_until.store(0, Ordering::Release);
             i.probing.store(false, Ordering::Release);
@@ -386,8 +377,8 @@ impl Breaker {
 pub struct Permit {
     breaker: Breaker,
     probe: bool,
-    /// When it was acquired, if the clock was read then.
-    acquired: Option<Timestamp>,
+    /// When it was acquired.
+    acquired: Timestamp,
     settled: bool,
 }
 
@@ -428,11 +419,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.settled {
-            let at = match self.acquired {
-                Some(t) => t,
-                None => self.breaker.inner.clock.now(),
-            };
-            self.breaker.failed(self.probe, at);
+            self.breaker.failed(self.probe, self.acquired);
         }
     }
 }
