@@ -395,6 +395,29 @@ async fn lookups_abandoned_at_the_store_timeout_open_the_breaker() {
 }
 
 #[tokio::test]
+async fn the_fused_stack_answers_an_open_breaker_the_same_way() {
+    let fx = Fixture::new();
+    let store = Switch::new(fx.store.clone());
+    let cache = CachedStore::with_config(store.clone(), config(&fx.clock));
+    let stack: Svc = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(
+                ApiKeyAuth::new(cache.clone())
+                    .clock(fx.clock.clone())
+                    .rate_limit(tower_api_key::OrgRateLimit::new().clock(fx.clock.clone())),
+            )
+            .service(service_fn(echo_principal)),
+    );
+    store.down(true);
+    trip(&stack, &cache).await;
+    fx.time.advance(Duration::from_millis(1_500));
+    let res = call(&stack, &unknown_key()).await;
+    assert!(res.headers().get("x-ratelimit-limit").is_none());
+    assert_unavailable(res, "6").await;
+    assert_eq!(store.lookups(), 5);
+}
+
+#[tokio::test]
 async fn a_disabled_breaker_asks_the_store_every_time() {
     let fx = Fixture::new();
     let store = Switch::new(fx.store.clone());
