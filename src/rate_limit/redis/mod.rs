@@ -111,7 +111,7 @@
 //!
 //! Either way the layer logs a warning (at most one line per second, with the count held
 //! back) and the backend counts the failure ([`stats`](RedisRateLimiter::stats)). Checks go
-//! through a [`Breaker`](crate::Breaker) ([`breaker`](RedisRateLimiter::breaker)): by default,
+//! through a [`Breaker`] ([`breaker`](RedisRateLimiter::breaker)): by default,
 //! after one failure, checks skip Redis for a [`cooldown`](RedisRateLimiter::cooldown) (1 s on
 //! the layer's clock) and fail at once, so an outage does not add the timeout to every request;
 //! then one check probes Redis (the others still skip it), and the connection, which reconnects
@@ -138,7 +138,7 @@ use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, Script, Value};
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerStats};
-use crate::clock::{Clock, Timestamp};
+use crate::clock::{self, Timestamp};
 use crate::headers::RateLimitInfo;
 use crate::ids::OrgId;
 
@@ -288,7 +288,11 @@ impl<C> Inner<C> {
     }
 
     fn breaker(config: &Config) -> Breaker {
-        Breaker::new("redis rate limiter", config.breaker, Clock::default())
+        Breaker::new(
+            "redis rate limiter",
+            config.breaker,
+            clock::Clock::default(),
+        )
     }
 }
 
