@@ -312,6 +312,7 @@ impl Breaker {
             probe,
             acquired,
             settled: false,
+            neutral_if_dropped: false,
         }
     }
 
@@ -372,7 +373,8 @@ impl Breaker {
 /// [`success`](Self::success) or [`failure`](Self::failure).
 ///
 /// Dropped without either, it counts as a failure at the time it was acquired (the call was
-/// abandoned, e.g. its request timed out while the backend hung).
+/// abandoned, e.g. its request timed out while the backend hung), unless
+/// [`neutral_if_dropped`](Self::neutral_if_dropped) was called.
 #[must_use = "report the call's outcome; a dropped permit counts as a failure"]
 pub struct Permit {
     breaker: Breaker,
@@ -380,6 +382,8 @@ pub struct Permit {
     /// When it was acquired.
     acquired: Timestamp,
     settled: bool,
+    /// Dropped without an outcome: free the probe slot, count nothing.
+    neutral_if_dropped: bool,
 }
 
 impl fmt::Debug for Permit {
@@ -395,6 +399,15 @@ impl Permit {
     /// Whether this call is the probe of a half-open breaker.
     pub fn is_probe(&self) -> bool {
         self.probe
+    }
+
+    /// Dropped without an outcome, count nothing (a probe's slot goes to the next caller). For
+    /// calls bounded by a timeout of their own, reported with [`failure`](Self::failure): a
+    /// drop then means the caller gave up (e.g. its client went away), which says nothing
+    /// about the backend.
+    pub fn neutral_if_dropped(mut self) -> Self {
+        self.neutral_if_dropped = true;
+        self
     }
 
     /// The backend answered: resets the failure count; a probe closes the breaker.
@@ -418,8 +431,13 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.settled {
+        if self.settled {
+            return;
+        }
+        if !self.neutral_if_dropped {
             self.breaker.failed(self.probe, self.acquired);
+        } else if self.probe {
+            self.breaker.inner.probing.store(false, Ordering::Release);
         }
     }
 }
@@ -531,6 +549,22 @@ mod tests {
         drop(b.try_acquire().unwrap());
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.stats().opened, 2);
+    }
+
+    #[test]
+    fn a_neutral_permit_dropped_counts_nothing_and_frees_the_probe() {
+        let (b, manual) = breaker();
+        fail(&b, 4);
+        drop(b.try_acquire().unwrap().neutral_if_dropped());
+        assert_eq!(b.state(), BreakerState::Closed, "not a fifth failure");
+        fail(&b, 1);
+        manual.advance(Duration::from_secs(5));
+        drop(b.try_acquire().unwrap().neutral_if_dropped());
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let probe = b.try_acquire().expect("the next caller probes");
+        assert!(probe.is_probe());
+        probe.success();
+        assert_eq!(b.stats().probes, 2);
     }
 
     #[test]

@@ -748,6 +748,22 @@ mod redis_limiter {
     }
 
     #[tokio::test]
+    async fn a_check_cancelled_by_its_request_is_not_a_failure() {
+        let conn = SwitchConn::new(None);
+        let limiter = RedisRateLimiter::new(conn.clone());
+        let org = OrgId::from("org_c");
+        let gcra = Gcra::new(100, Duration::from_secs(60));
+
+        drop(limiter.check(&org, &gcra, 1, at(0)));
+        let r = limiter.check(&org, &gcra, 1, at(1)).await;
+        assert!(is_refused(&r), "Redis was tried: {r:?}");
+        assert_eq!(conn.commands(), 1);
+        let s = limiter.stats();
+        assert_eq!((s.checks, s.errors, s.skipped), (2, 1, 0), "{s:?}");
+        assert_eq!(s.breaker.opened, 1, "opened by the real failure only");
+    }
+
+    #[tokio::test]
     async fn the_layer_policy_decides_while_redis_is_skipped() {
         let fx = Fixture::new();
         let key = fx

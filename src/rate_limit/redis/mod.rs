@@ -116,9 +116,8 @@
 //! the layer's clock) and fail at once, so an outage does not add the timeout to every request;
 //! then one check probes Redis (the others still skip it), and the connection, which reconnects
 //! by itself, is used again as soon as the probe is answered. A check that timed out may still
-//! have been applied by Redis: the
-//! request then counts against the quota without having been served by it, which errs on the
-//! strict side.
+//! have been applied by Redis: the request then counts against the quota without having been
+//! served by it, which errs on the strict side.
 //!
 //! Sessions have no fallback: [`RedisSessions`](crate::RedisSessions) answers [`SessionError::Unavailable`]
 //! (`503`) when Redis fails, since a per-replica session count would silently multiply the
@@ -460,7 +459,8 @@ impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
         let inner = &*self.inner;
         bump(&inner.counters.checks);
         let permit = match inner.breaker.try_acquire_at(now) {
-            Ok(permit) => permit,
+            // A check has a timeout of its own; dropped, it was cancelled by its request.
+            Ok(permit) => permit.neutral_if_dropped(),
             Err(_) => {
                 bump(&inner.counters.skipped);
                 return RedisCheck::ready(Err(RateLimitError::unavailable(
