@@ -81,6 +81,7 @@ mod scopes;
 #[cfg(feature = "admin")]
 pub mod admin;
 pub mod auth;
+pub mod breaker;
 pub mod clock;
 pub mod key;
 pub mod last_used;
@@ -99,6 +100,9 @@ pub mod axum;
 pub mod grpc;
 #[cfg(feature = "serve")]
 pub mod serve;
+
+// Failing fast while a backend is down.
+pub use breaker::{Breaker, BreakerConfig, BreakerState, BreakerStats};
 
 // Keys and who holds them.
 pub use clock::{Clock, ManualClock, Timestamp};

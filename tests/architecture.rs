@@ -1,6 +1,6 @@
 //! The crate's top-level modules form a DAG: leaves (clock, ids, scopes, plan, key, headers)
-//! first, then store, principal and reject, then the layers, then the stack. This test reads
-//! `src/` and fails on any cycle among top-level modules, naming it.
+//! and breaker (on clock alone) first, then store, principal and reject, then the layers, then
+//! the stack. This test reads `src/` and fails on any cycle among top-level modules, naming it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -194,6 +194,12 @@ fn the_layers_sit_above_the_leaves() {
             graph[leaf]
         );
     }
+    // The breaker sits under both the store and the rate limiters: it may know only the clock.
+    assert!(
+        graph["breaker"].iter().all(|m| m == "clock"),
+        "breaker depends only on clock: {:?}",
+        graph["breaker"]
+    );
     for layer in ["auth", "rate_limit", "last_used", "scope"] {
         assert!(
             !graph[layer].contains("stack"),

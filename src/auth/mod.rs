@@ -8,7 +8,9 @@
 //!    (e.g. `X-API-Key`) → `401 missing_api_key` if neither;
 //! 3. format check (prefix, length, alphabet, checksum) → `401 invalid_api_key`, before hashing;
 //! 4. SHA-256 → [`KeyStore::find_by_hash`] → constant-time compare of the stored hash;
-//!    unknown → 401; store error or timeout → `503 auth_unavailable` (never 401);
+//!    unknown → 401; store error or timeout → `503 auth_unavailable` (never 401), with
+//!    `Retry-After` = [`unavailable_retry_after`](ApiKeyAuthLayer::unavailable_retry_after), or
+//!    what is left of the cool-down when a [`CachedStore`](crate::CachedStore)'s breaker is open;
 //! 5. revoked → 401; expired → 401;
 //! 6. a [`Principal`] is inserted into the request's extensions and the inner service called.
 //!
@@ -36,7 +38,7 @@ use crate::future::{inner_accessors, poll_now, take_ready};
 use crate::key::{KeyFormats, KeyHash};
 use crate::principal::Principal;
 use crate::reject::{InvalidKey, Rejection, Responder, ResponseBody};
-use crate::store::{KeyRecord, KeyStore, LookupResult};
+use crate::store::{KeyRecord, KeyStore, LookupResult, StoreError};
 use extract::Credential;
 
 /// Authenticates requests by API key. See the [module docs](self) for the exact order of checks.
@@ -157,6 +159,13 @@ impl<St> Authenticator<St> {
         let stored = match result {
             Ok(Some(stored)) if stored.record.hash.ct_eq(hash) => stored,
             Ok(_) => return Err(self.invalid(InvalidKey::Unknown, None)),
+            Err(StoreError::CircuitOpen(refused)) => {
+                // The breaker logged when it opened; one line per refused request would flood.
+                tracing::debug!("api key store breaker open; answering 503 at once");
+                return Err(Rejection::StoreUnavailable {
+                    retry_after: refused.retry_after_secs(),
+                });
+            }
             Err(error) => {
                 tracing::warn!(%error, "api key store failed; answering 503");
                 return Err(Rejection::StoreUnavailable {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
+use crate::breaker::{Breaker, BreakerConfig, BreakerStats};
 use crate::clock::{Clock, Timestamp};
 use crate::ids::{KeyId, OrgId};
 use crate::key::{KeyHash, KeyHashBuilder};
@@ -80,10 +81,12 @@ pub struct CacheConfig {
     capacity: usize,
     negative_capacity: usize,
     clock: Clock,
+    breaker: BreakerConfig,
 }
 
 impl Default for CacheConfig {
-    /// TTL 30 s, negative TTL 60 s, 1,000,000 keys, 100,000 unknown hashes, coarse clock.
+    /// TTL 30 s, negative TTL 60 s, 1,000,000 keys, 100,000 unknown hashes, coarse clock, and a
+    /// breaker opening after 5 consecutive backend failures for 5 s.
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(30),
@@ -91,6 +94,7 @@ impl Default for CacheConfig {
             capacity: 1_000_000,
             negative_capacity: 100_000,
             clock: Clock::default(),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -121,9 +125,30 @@ impl CacheConfig {
         self
     }
 
-    /// The clock for TTLs (default: the coarse clock; [`Clock::manual`] in tests).
+    /// The clock for TTLs and the breaker's cool-down (default: the coarse clock;
+    /// [`Clock::manual`] in tests).
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// The [breaker](crate::breaker) in front of the backend (default: open after 5 consecutive
+    /// failures or abandoned lookups, for 5 s). While it is open a miss is answered at once with
+    /// [`StoreError::CircuitOpen`] (`503 auth_unavailable`, `Retry-After` = what is left of the
+    /// cool-down) instead of waiting for a backend that is down; hits keep being served.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_api_key::BreakerConfig;
+    /// use tower_api_key::store::CacheConfig;
+    ///
+    /// let config = CacheConfig::default()
+    ///     .breaker(BreakerConfig::default().failures(3).cool_down(Duration::from_secs(2)));
+    /// let always_ask = CacheConfig::default().breaker(BreakerConfig::disabled());
+    /// # let _ = (config, always_ask);
+    /// ```
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
         self
     }
 }
@@ -146,6 +171,8 @@ pub struct CacheStats {
     pub invalidations: u64,
     /// Times the whole cache was dropped ([`Invalidation::All`]).
     pub resets: u64,
+    /// The backend's breaker: its state, and how often it opened, refused a miss and probed.
+    pub breaker: BreakerStats,
 }
 
 /// A read-through cache in front of any [`KeyStore`], with pushed invalidation.
@@ -161,6 +188,16 @@ pub struct CacheStats {
 ///   is full, expired entries are swept and then arbitrary ones evicted, an eighth at a time).
 /// - Nothing else: errors are never cached, and `get`, `list`, `plan` and `touch_last_used` go
 ///   straight to the backend (management reads are always fresh).
+///
+/// # When the backend is down
+///
+/// Backend lookups go through a [`Breaker`] ([`CacheConfig::breaker`]): after 5 consecutive
+/// failures (errors, timeouts, or lookups abandoned because the request timed out) it opens for
+/// 5 s, and a miss is answered at once with [`StoreError::CircuitOpen`] (`503 auth_unavailable`
+/// with `Retry-After`) instead of waiting for the store's timeout. Hits, positive and negative,
+/// are served as usual. After the cool-down one miss goes to the backend as the probe: its
+/// answer closes the breaker, its failure opens it again. State and counters are in
+/// [`CacheStats::breaker`].
 ///
 /// # Single flight
 ///
@@ -248,6 +285,8 @@ struct Inner<S> {
     backend_lookups: AtomicU64,
     invalidations: AtomicU64,
     resets: AtomicU64,
+    /// Fails misses fast while the backend is down.
+    breaker: Breaker,
     /// Dropped with the cache: tells subscription tasks to stop.
     shutdown: tokio::sync::watch::Sender<()>,
 }
@@ -260,6 +299,7 @@ impl<S: KeyStore> CachedStore<S> {
 
     /// Cache `store` with `config`.
     pub fn with_config(store: S, config: CacheConfig) -> Self {
+        let breaker = Breaker::new("key store", config.breaker, config.clock.clone());
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -274,6 +314,7 @@ impl<S: KeyStore> CachedStore<S> {
                 backend_lookups: AtomicU64::new(0),
                 invalidations: AtomicU64::new(0),
                 resets: AtomicU64::new(0),
+                breaker,
                 shutdown: tokio::sync::watch::Sender::new(()),
             }),
         }
@@ -324,6 +365,9 @@ impl<S: KeyStore> CachedStore<S> {
     #[inline(never)]
     fn miss(&self, hash: &KeyHash) -> CachedLookup {
         self.inner.misses.fetch_add(1, Ordering::Relaxed);
+        if let Err(refused) = self.inner.breaker.check() {
+            return CachedLookup(LookupState::Ready(Err(StoreError::CircuitOpen(refused))));
+        }
         CachedLookup(LookupState::Pending(Box::pin(
             self.inner.clone().load(*hash),
         )))
@@ -342,6 +386,7 @@ impl<S> CachedStore<S> {
             backend_lookups: i.backend_lookups.load(Ordering::Relaxed),
             invalidations: i.invalidations.load(Ordering::Relaxed),
             resets: i.resets.load(Ordering::Relaxed),
+            breaker: i.breaker.stats(),
         }
     }
 }
@@ -486,8 +531,17 @@ impl<S: KeyStore> Inner<S> {
         };
         let shared = flight
             .get_or_init(|| async {
+                // Only the caller running the lookup takes a permit: a flight is one backend call.
+                let permit = match self.breaker.try_acquire() {
+                    Ok(permit) => permit,
+                    Err(refused) => return Err(Arc::new(StoreError::CircuitOpen(refused))),
+                };
                 self.backend_lookups.fetch_add(1, Ordering::Relaxed);
                 let result = self.store.find_by_hash(&hash).await;
+                match &result {
+                    Ok(_) => permit.success(),
+                    Err(_) => permit.failure(),
+                }
                 self.fill(&hash, &result, epoch);
                 result.map_err(Arc::new)
             })
@@ -559,6 +613,7 @@ fn share_error(e: Arc<StoreError>) -> StoreError {
     match &*e {
         StoreError::Timeout => StoreError::Timeout,
         StoreError::Duplicate => StoreError::Duplicate,
+        StoreError::CircuitOpen(refused) => StoreError::CircuitOpen(*refused),
         _ => StoreError::Unavailable(Box::new(SharedError(e))),
     }
 }

@@ -80,6 +80,11 @@ pub enum StoreError {
     /// A record with the same id or hash already exists.
     #[error("a key with this id or hash already exists")]
     Duplicate,
+    /// The store failed repeatedly and was not asked: its [`Breaker`](crate::Breaker) is open
+    /// (see [`CacheConfig::breaker`]). Requests get `503` with `Retry-After` set to what is left
+    /// of the cool-down.
+    #[error("key store not asked: {0}")]
+    CircuitOpen(crate::breaker::Refused),
 }
 
 impl StoreError {

@@ -113,13 +113,14 @@
 //!   headers.
 //!
 //! Either way the layer logs a warning (at most one line per second, with the count held
-//! back) and the backend counts the failure ([`stats`](RedisRateLimiter::stats)). After a
-//! failure, checks skip Redis for a [`cooldown`](RedisRateLimiter::cooldown) (1 s on the
-//! layer's clock, by default) and fail at once, so an outage does not add the timeout to every
-//! request; then Redis is tried again, and the connection, which reconnects by itself, is used
-//! as soon as it is back. A check that timed out may still have been applied by Redis: the
-//! request then counts against the quota without having been served by it, which errs on the
-//! strict side.
+//! back) and the backend counts the failure ([`stats`](RedisRateLimiter::stats)). Checks go
+//! through a [`Breaker`] ([`breaker`](RedisRateLimiter::breaker)): by default,
+//! after one failure, checks skip Redis for a [`cooldown`](RedisRateLimiter::cooldown) (1 s on
+//! the layer's clock) and fail at once, so an outage does not add the timeout to every request;
+//! then one check probes Redis (the others still skip it), and the connection, which reconnects
+//! by itself, is used again as soon as the probe is answered. A check that timed out may still
+//! have been applied by Redis: the request then counts against the quota without having been
+//! served by it, which errs on the strict side.
 //!
 //! Sessions have no fallback: [`RedisSessions`](crate::RedisSessions) answers [`SessionError::Unavailable`]
 //! (`503`) when Redis fails, since a per-replica session count would silently multiply the
@@ -138,7 +139,8 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, Script, Value};
 
-use crate::clock::{Timestamp, duration_nanos};
+use crate::breaker::{Breaker, BreakerConfig, BreakerStats};
+use crate::clock::{self, Timestamp};
 use crate::headers::RateLimitInfo;
 use crate::ids::OrgId;
 
@@ -154,6 +156,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// The default time checks skip Redis after it failed: one second.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// The default number of consecutive failures after which checks skip Redis: one. A check sits
+/// on every request with a 50 ms budget and a local fallback, so one failure is enough to switch.
+pub const DEFAULT_FAILURES: u32 = 1;
 
 /// The default time a key outlives its content: 60 s.
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(60);
@@ -183,7 +189,8 @@ pub enum RedisBackendError {
     /// The state kept changing while being carried over to a new quota.
     #[error("rate-limit state kept changing quota while being carried over")]
     Contended,
-    /// Redis failed less than the [cooldown](RedisRateLimiter::cooldown) ago: not tried.
+    /// The [breaker](RedisRateLimiter::breaker) is open (Redis failed less than the
+    /// [cooldown](RedisRateLimiter::cooldown) ago, or another check is probing it): not tried.
     #[error("Redis failed recently; not tried during the cooldown")]
     CoolingDown,
 }
@@ -223,11 +230,13 @@ pub struct RedisStats {
     pub errors: u64,
     /// Checks that took longer than the [timeout](RedisRateLimiter::timeout).
     pub timeouts: u64,
-    /// Checks that did not try Redis because it failed less than the
-    /// [cooldown](RedisRateLimiter::cooldown) ago.
+    /// Checks that did not try Redis because its breaker was open (it failed less than the
+    /// [cooldown](RedisRateLimiter::cooldown) ago, or another check was probing it).
     pub skipped: u64,
     /// Decisions made by the local limiter instead (the layer failing open).
     pub fallbacks: u64,
+    /// The breaker in front of Redis: its state, and how often it opened, refused and probed.
+    pub breaker: BreakerStats,
 }
 
 #[derive(Default)]
@@ -247,7 +256,7 @@ fn bump(counter: &AtomicU64) {
 struct Config {
     prefix: Arc<str>,
     timeout: Duration,
-    cooldown: u64,
+    breaker: BreakerConfig,
     grace_ms: u64,
 }
 
@@ -263,26 +272,29 @@ struct Inner<C> {
     config: Config,
     local: MemoryRateLimiter,
     counters: Counters,
-    /// Nanoseconds since the epoch (the layer's clock) before which Redis is not tried.
-    down_until: AtomicU64,
+    /// Decides when checks skip Redis. Always given the layer's time (`*_at`); its own clock is
+    /// read only for `stats`.
+    breaker: Breaker,
 }
 
 impl<C> Inner<C> {
     fn new(conn: C, config: Config, local: MemoryRateLimiter) -> Self {
+        let breaker = Self::breaker(&config);
         Self {
             conn,
             config,
             local,
             counters: Counters::default(),
-            down_until: AtomicU64::new(0),
+            breaker,
         }
     }
 
-    fn failed(&self, now: u64) {
-        if self.config.cooldown > 0 {
-            self.down_until
-                .fetch_max(now.saturating_add(self.config.cooldown), Ordering::Relaxed);
-        }
+    fn breaker(config: &Config) -> Breaker {
+        Breaker::new(
+            "redis rate limiter",
+            config.breaker,
+            clock::Clock::default(),
+        )
     }
 }
 
@@ -315,10 +327,7 @@ impl<C: RedisConnection> fmt::Debug for RedisRateLimiter<C> {
         f.debug_struct("RedisRateLimiter")
             .field("prefix", &self.inner.config.prefix)
             .field("timeout", &self.inner.config.timeout)
-            .field(
-                "cooldown",
-                &Duration::from_nanos(self.inner.config.cooldown),
-            )
+            .field("breaker", &self.inner.config.breaker)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -340,7 +349,9 @@ impl<C: RedisConnection> RedisRateLimiter<C> {
         let config = Config {
             prefix: Arc::from(DEFAULT_PREFIX),
             timeout: DEFAULT_TIMEOUT,
-            cooldown: duration_nanos(DEFAULT_COOLDOWN),
+            breaker: BreakerConfig::default()
+                .failures(DEFAULT_FAILURES)
+                .cool_down(DEFAULT_COOLDOWN),
             grace_ms: millis(DEFAULT_IDLE_GRACE),
         };
         Self {
@@ -350,7 +361,10 @@ impl<C: RedisConnection> RedisRateLimiter<C> {
 
     fn map(mut self, f: impl FnOnce(&mut Config)) -> Self {
         match Arc::get_mut(&mut self.inner) {
-            Some(inner) => f(&mut inner.config),
+            Some(inner) => {
+                f(&mut inner.config);
+                inner.breaker = Inner::<C>::breaker(&inner.config);
+            }
             None => {
                 let mut config = self.inner.config.clone();
                 f(&mut config);
@@ -377,10 +391,31 @@ impl<C: RedisConnection> RedisRateLimiter<C> {
         self.map(|c| c.timeout = timeout)
     }
 
-    /// How long, on the layer's clock, checks skip Redis after a failure or timeout (default
-    /// 1 s; zero tries Redis on every check).
+    /// How long, on the layer's clock, checks skip Redis once its [breaker](Self::breaker) has
+    /// opened (default 1 s; zero tries Redis on every check). Sets the breaker's
+    /// [cool-down](BreakerConfig::cool_down).
     pub fn cooldown(self, cooldown: Duration) -> Self {
-        self.map(|c| c.cooldown = duration_nanos(cooldown))
+        self.map(|c| c.breaker = c.breaker.cool_down(cooldown))
+    }
+
+    /// When checks skip Redis: after [`failures`](BreakerConfig::failures) consecutive failed
+    /// or timed-out checks (default 1), for [`cool_down`](BreakerConfig::cool_down) on the
+    /// layer's clock (default 1 s, as [`cooldown`](Self::cooldown)); then one check probes
+    /// Redis while the others keep skipping it.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), redis::RedisError> {
+    /// use std::time::Duration;
+    /// use tower_api_key::{BreakerConfig, RedisRateLimiter};
+    ///
+    /// // Tolerate two blips in a row; then skip Redis for 2 s.
+    /// let limiter = RedisRateLimiter::connect("redis://127.0.0.1:6379")
+    ///     .await?
+    ///     .breaker(BreakerConfig::default().failures(3).cool_down(Duration::from_secs(2)));
+    /// # let _ = limiter; Ok(()) }
+    /// ```
+    pub fn breaker(self, breaker: BreakerConfig) -> Self {
+        self.map(|c| c.breaker = breaker)
     }
 
     /// How long a key outlives its content (default 60 s): an organization's key expires this
@@ -410,6 +445,7 @@ impl<C: RedisConnection> RedisRateLimiter<C> {
             timeouts: get(&c.timeouts),
             skipped: get(&c.skipped),
             fallbacks: get(&c.fallbacks),
+            breaker: self.inner.breaker.stats(),
         }
     }
 
@@ -425,29 +461,38 @@ impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
     fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> RedisCheck {
         let inner = &*self.inner;
         bump(&inner.counters.checks);
-        let now_ns = now.as_unix_nanos();
-        if now_ns < inner.down_until.load(Ordering::Relaxed) {
-            bump(&inner.counters.skipped);
-            return RedisCheck::ready(Err(RateLimitError::unavailable(
-                RedisBackendError::CoolingDown,
-            )));
-        }
+        let permit = match inner.breaker.try_acquire_at(now) {
+            // A check has a timeout of its own; dropped, it was cancelled by its request.
+            Ok(permit) => permit.neutral_if_dropped(),
+            Err(_) => {
+                bump(&inner.counters.skipped);
+                return RedisCheck::ready(Err(RateLimitError::unavailable(
+                    RedisBackendError::CoolingDown,
+                )));
+            }
+        };
         let call = Call::new(self.key(org), gcra, cost, now, inner.config.grace_ms);
         let inner = self.inner.clone();
         RedisCheck::pending(Box::pin(async move {
             let mut conn = inner.conn.clone();
             match tokio::time::timeout(inner.config.timeout, call.run(&mut conn)).await {
-                Ok(Ok(decision)) => Ok(decision),
+                Ok(Ok(decision)) => {
+                    permit.success();
+                    Ok(decision)
+                }
                 Ok(Err(error)) => {
                     if let RedisBackendError::Redis(_) = error {
                         bump(&inner.counters.errors);
-                        inner.failed(now_ns);
+                        permit.failure_at(now);
+                    } else {
+                        // Redis answered (with something unexpected): it is up.
+                        permit.success();
                     }
                     Err(RateLimitError::unavailable(error))
                 }
                 Err(_) => {
                     bump(&inner.counters.timeouts);
-                    inner.failed(now_ns);
+                    permit.failure_at(now);
                     Err(RateLimitError::Timeout)
                 }
             }
