@@ -690,13 +690,7 @@ mod redis_limiter {
     }
 
     fn is_skipped(result: &Result<impl std::fmt::Debug, RateLimitError>) -> bool {
-        match result {
-            Err(RateLimitError::Unavailable(e)) => matches!(
-                e.downcast_ref::<RedisBackendError>(),
-                Some(RedisBackendError::CoolingDown)
-            ),
-            _ => false,
-        }
+        matches!(result, Err(RateLimitError::CircuitOpen(_)))
     }
 
     fn is_refused(result: &Result<impl std::fmt::Debug, RateLimitError>) -> bool {
@@ -814,6 +808,42 @@ mod redis_limiter {
             2,
             "after the cooldown one check probed Redis"
         );
+    }
+
+    /// Fail closed while the breaker is open: `Retry-After` is what is left of its cool-down,
+    /// not the layer's fixed default.
+    #[tokio::test]
+    async fn fail_closed_answers_the_remaining_cool_down() {
+        let fx = Fixture::new();
+        let key = fx
+            .manager
+            .create(&OrgId::from("org_c"), NewKey::new("k"))
+            .await
+            .unwrap()
+            .key;
+        let conn = SwitchConn::new(None);
+        let limiter = RedisRateLimiter::new(conn.clone()).breaker(
+            BreakerConfig::default()
+                .failures(1)
+                .cool_down(Duration::from_secs(30)),
+        );
+        let svc = ServiceBuilder::new()
+            .layer(ApiKeyAuth::new(fx.store.clone()).clock(fx.clock.clone()))
+            .layer(
+                OrgRateLimit::with_backend(limiter)
+                    .on_backend_error(OnBackendError::FailClosed)
+                    .clock(fx.clock.clone()),
+            )
+            .service(service_fn(echo_principal));
+        let auth = format!("Bearer {}", key.expose_secret());
+        let call = || ServiceExt::oneshot(svc.clone(), get("/", Some(&auth)));
+        // The failure that opens it: the layer's default.
+        assert_unavailable(call().await.unwrap(), "1").await;
+        // Skipped while open: the cool-down left.
+        assert_unavailable(call().await.unwrap(), "30").await;
+        fx.time.advance(Duration::from_millis(12_500));
+        assert_unavailable(call().await.unwrap(), "18").await;
+        assert_eq!(conn.commands(), 1, "Redis was tried once");
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 
+use crate::breaker::Refused;
 use crate::clock::Timestamp;
 use crate::ids::OrgId;
 use crate::store::BoxError;
@@ -19,6 +20,10 @@ pub enum RateLimitError {
     /// The backend did not answer in time.
     #[error("rate-limit backend timed out")]
     Timeout,
+    /// The backend's breaker is open after repeated failures: not tried. A fail-closed layer
+    /// answers `Retry-After` with what is left of the cool-down.
+    #[error("rate-limit backend not tried: {0}")]
+    CircuitOpen(#[from] Refused),
 }
 
 impl RateLimitError {

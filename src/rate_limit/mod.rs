@@ -342,10 +342,13 @@ impl<B: RateLimitBackend> Limiter<B> {
                             "rate-limit backend failed; answering 503"
                         );
                     }
+                    // An open breaker knows when it will try again; otherwise the layer's default.
+                    let retry_after = match &error {
+                        RateLimitError::CircuitOpen(refused) => refused.retry_after_secs(),
+                        _ => self.unavailable_retry_after,
+                    };
                     Outcome::Refuse(self.responder.respond(
-                        &Rejection::StoreUnavailable {
-                            retry_after: self.unavailable_retry_after,
-                        },
+                        &Rejection::StoreUnavailable { retry_after },
                         request_headers,
                     ))
                 }

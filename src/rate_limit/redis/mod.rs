@@ -189,10 +189,6 @@ pub enum RedisBackendError {
     /// The state kept changing while being carried over to a new quota.
     #[error("rate-limit state kept changing quota while being carried over")]
     Contended,
-    /// The [breaker](RedisRateLimiter::breaker) is open (Redis failed less than the
-    /// [cooldown](RedisRateLimiter::cooldown) ago, or another check is probing it): not tried.
-    #[error("Redis failed recently; not tried during the cooldown")]
-    CoolingDown,
 }
 
 /// Connect a [`ConnectionManager`] to `url` (`redis://host:port/db`), as the backends'
@@ -464,11 +460,9 @@ impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
         let permit = match inner.breaker.try_acquire_at(now) {
             // A check has a timeout of its own; dropped, it was cancelled by its request.
             Ok(permit) => permit.neutral_if_dropped(),
-            Err(_) => {
+            Err(refused) => {
                 bump(&inner.counters.skipped);
-                return RedisCheck::ready(Err(RateLimitError::unavailable(
-                    RedisBackendError::CoolingDown,
-                )));
+                return RedisCheck::ready(Err(RateLimitError::CircuitOpen(refused)));
             }
         };
         let call = Call::new(self.key(org), gcra, cost, now, inner.config.grace_ms);
