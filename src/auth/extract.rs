@@ -114,11 +114,12 @@ const CREDENTIAL_PARAMS: &[&[u8]] = &[
 ///
 /// The query is split into parameters at `&` and each name and value at its first `=`; each is
 /// decoded once as a form field (`%XX` escapes, `+` as a space; an invalid escape such as `%zz`
-/// or a trailing `%` is kept literally). The query carries a key when, after decoding:
+/// or a trailing `%` is kept literally). The query carries a key when:
 ///
-/// - a name or a value contains a well-formed key of one of `formats`, whatever the parameter
-///   (prefix, length, alphabet and checksum, as [`KeyFormats::check`] accepts; a prefix alone
-///   or a truncated key is not one), or
+/// - the query as sent contains a well-formed key of one of `formats` (prefix, length,
+///   alphabet and checksum, as [`KeyFormats::check`] accepts; a prefix alone or a truncated key
+///   is not one): `%a` before `br_live_…` hides nothing from a log;
+/// - after decoding, a name or a value contains one, whatever the parameter; or
 /// - a name is `api_key`, `apikey`, `api-key`, `x-api-key` or `access_token` in any case,
 ///   whatever its value (even none). `token`, `key` and other generic names are allowed.
 ///
@@ -147,13 +148,21 @@ pub fn key_in_query(uri: &Uri, formats: &KeyFormats) -> bool {
     let Some(query) = uri.query() else {
         return false;
     };
-    query.as_bytes().split(|&b| b == b'&').any(|param| {
+    let raw = query.as_bytes();
+    // As sent: a key in the URL is in every access log whatever an escape next to it means.
+    if formats.appears_in(raw) {
+        return true;
+    }
+    // As the application reads it: only what decoding changed needs another look.
+    let changed_has_key = |decoded: Cow<'_, [u8]>| match decoded {
+        Cow::Owned(bytes) => formats.appears_in(&bytes),
+        Cow::Borrowed(_) => false,
+    };
+    raw.split(|&b| b == b'&').any(|param| {
         let mut halves = param.splitn(2, |&b| b == b'=');
         let name = form_decode(halves.next().unwrap_or_default());
         let value = halves.next().unwrap_or_default();
-        is_credential_name(&name)
-            || formats.appears_in(&name)
-            || formats.appears_in(&form_decode(value))
+        is_credential_name(&name) || changed_has_key(name) || changed_has_key(form_decode(value))
     })
 }
 
@@ -195,6 +204,16 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn a_plain_key_counts_even_when_an_escape_before_it_eats_its_first_letter() {
+        let formats = KeyFormats::default();
+        let key = KeyFormat::live().generate().unwrap();
+        // `%ab` decodes to one byte, taking the key's `b` with it: the decoded value holds no
+        // key, but the URL as sent (and every log of it) does.
+        let uri: Uri = format!("/x?k=%a{}", key.expose_secret()).parse().unwrap();
+        assert!(key_in_query(&uri, &formats));
     }
 
     #[test]
