@@ -655,6 +655,7 @@ fn app<B: RateLimitBackend>(
         .route(Method::POST, "/v1/api-keys", "api_keys:manage")
         .route(Method::GET, "/v1/api-keys", "api_keys:manage")
         .route(Method::GET, "/v1/api-keys/{id}", "api_keys:manage")
+        .route(Method::PATCH, "/v1/api-keys/{id}", "api_keys:manage")
         .route(Method::DELETE, "/v1/api-keys/{id}", "api_keys:manage")
         .route(Method::POST, "/v1/api-keys/{id}/rotate", "api_keys:manage")
         .route(Method::GET, "/v1/org", "api_keys:manage")

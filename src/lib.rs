@@ -114,7 +114,9 @@ pub use scopes::{InvalidScope, Scope, Scopes};
 
 // Stores and key management.
 pub use manage::{CreatedKey, KeyManager, ManageError, NewKey, Rotation};
-pub use store::{BoxedStore, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey};
+pub use store::{
+    BoxedStore, KeyChanges, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey,
+};
 pub use store::{CacheConfig, CachedStore, Invalidation};
 
 // The layers, and the stack of all four as one service.

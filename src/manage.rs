@@ -15,7 +15,7 @@ use crate::key::{ApiKey, KeyFormat, KeyFormats, RngError};
 use crate::plan::Plan;
 use crate::principal::Principal;
 use crate::scopes::Scopes;
-use crate::store::{KeyRecord, KeyStore, StoreError};
+use crate::store::{KeyChanges, KeyRecord, KeyStore, StoreError};
 
 /// A key management operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -306,10 +306,7 @@ impl<St: KeyStore> KeyManager<St> {
         spec: NewKey,
         rotated_from: Option<KeyId>,
     ) -> Result<CreatedKey, ManageError> {
-        let name = spec.name.trim();
-        if name.is_empty() || name.chars().count() > 128 {
-            return Err(ManageError::InvalidName);
-        }
+        let name = valid_name(&spec.name)?;
         let format = self.format_for(spec.environment.as_deref())?;
         let now = self.clock.now();
         let expires_at = match spec.expiry {
@@ -361,6 +358,41 @@ impl<St: KeyStore> KeyManager<St> {
             .await?
             .ok_or(ManageError::NotFound)?;
         tracing::info!(key_id = %id, org_id = %org, "api key revoked");
+        Ok(record)
+    }
+
+    /// Rename a key and/or change its scopes, on behalf of `actor`: only keys of the actor's
+    /// organization whose scopes, old and new, are within the actor's
+    /// ([`ManageError::ScopeEscalation`] otherwise); a revoked key does not change
+    /// ([`ManageError::Revoked`]). Narrower scopes hold from the key's next request on.
+    pub async fn update_for(
+        &self,
+        actor: &Principal,
+        id: &KeyId,
+        mut changes: KeyChanges,
+    ) -> Result<KeyRecord, ManageError> {
+        let current = self.get(actor.org_id(), id).await?;
+        let scopes = actor.scopes();
+        if !scopes.covers(&current.scopes)
+            || changes.scopes.as_ref().is_some_and(|s| !scopes.covers(s))
+        {
+            return Err(ManageError::ScopeEscalation);
+        }
+        if current.revoked_at.is_some() {
+            return Err(ManageError::Revoked);
+        }
+        if let Some(name) = &changes.name {
+            changes.name = Some(valid_name(name)?.to_owned());
+        }
+        let record = self
+            .store
+            .update(id, &changes)
+            .await?
+            .ok_or(ManageError::NotFound)?;
+        tracing::info!(
+            key_id = %id, org_id = %actor.org_id(), renamed = changes.name.is_some(),
+            scopes_changed = changes.scopes.is_some(), "api key updated"
+        );
         Ok(record)
     }
 
@@ -429,6 +461,15 @@ impl<St: KeyStore> KeyManager<St> {
     pub async fn plan(&self, org: &OrgId) -> Result<Plan, ManageError> {
         Ok(self.store.plan(org).await?)
     }
+}
+
+/// A key's name, trimmed: 1 to 128 characters.
+fn valid_name(name: &str) -> Result<&str, ManageError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err(ManageError::InvalidName);
+    }
+    Ok(name)
 }
 
 #[cfg(test)]

@@ -526,6 +526,159 @@ async fn rotate_with_an_overlap_keeps_the_old_key_for_that_long() {
 }
 
 #[tokio::test]
+async fn update_renames_and_narrows_a_key_within_the_caller_s_permissions() {
+    let admin = Admin::start().await;
+    let manager_key = admin
+        .mint("org_a", &["api_keys:manage", "browser_sessions:*"])
+        .await;
+    let (_, created) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&manager_key),
+            Some(json!({"name": "worker", "scopes": ["api_keys:manage", "browser_sessions:read"]})),
+        )
+        .await;
+    let secret = created["key"].as_str().unwrap().to_owned();
+    let (status, _) = admin
+        .call(Method::GET, "/v1/api-keys", Some(&secret), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "the new key may manage keys");
+    let path = format!(
+        "/v1/api-keys/{}",
+        created["api_key"]["id"].as_str().unwrap()
+    );
+
+    let (status, updated) = admin
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&manager_key),
+            Some(json!({"name": "reader", "scopes": ["browser_sessions:read"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_key_shape(&updated);
+    assert_eq!(updated["name"], "reader");
+    assert_eq!(updated["scopes"], json!(["browser_sessions:read"]));
+    assert_eq!(updated["hint"], created["api_key"]["hint"], "the same key");
+    let (_, shown) = admin
+        .call(Method::GET, &path, Some(&manager_key), None)
+        .await;
+    assert_eq!(shown, updated);
+
+    let (status, _) = admin
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&manager_key),
+            Some(json!({"name": "  spaced  "})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, shown) = admin
+        .call(Method::GET, &path, Some(&manager_key), None)
+        .await;
+    assert_eq!(shown["name"], "spaced", "names are trimmed");
+    assert_eq!(
+        shown["scopes"],
+        json!(["browser_sessions:read"]),
+        "a rename keeps scopes"
+    );
+
+    for (body, status, code) in [
+        (
+            json!({"scopes": ["org:billing"]}),
+            StatusCode::FORBIDDEN,
+            "scope_escalation",
+        ),
+        (
+            json!({"access": "full"}),
+            StatusCode::FORBIDDEN,
+            "scope_escalation",
+        ),
+        (json!({}), StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            json!({"scopes": []}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            json!({"name": ""}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_name",
+        ),
+        (
+            json!({"colour": "red"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        let (got, problem) = admin
+            .call(Method::PATCH, &path, Some(&manager_key), Some(body.clone()))
+            .await;
+        assert_eq!(
+            (got, problem["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+
+    // A key the caller does not cover cannot be changed (here: a full-access key).
+    let root = admin.mint("org_a", &[]).await;
+    let (_, listed) = admin
+        .call(Method::GET, "/v1/api-keys", Some(&root), None)
+        .await;
+    let full = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["access"] == "full")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, problem) = admin
+        .call(
+            Method::PATCH,
+            &format!("/v1/api-keys/{full}"),
+            Some(&manager_key),
+            Some(json!({"name": "mine now"})),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("scope_escalation"))
+    );
+
+    // Narrowed scopes hold from the next request on: the key lost `api_keys:manage`.
+    let (status, problem) = admin
+        .call(Method::GET, "/v1/api-keys", Some(&secret), None)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("insufficient_scope"))
+    );
+
+    // Revoked keys do not change.
+    admin
+        .call(Method::DELETE, &path, Some(&manager_key), None)
+        .await;
+    let (status, problem) = admin
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&manager_key),
+            Some(json!({"name": "late"})),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::CONFLICT, Some("key_revoked"))
+    );
+}
+
+#[tokio::test]
 async fn org_shows_the_plan_and_its_limits() {
     let admin = Admin::start().await;
     let root = admin.mint("org_a", &[]).await;
@@ -563,6 +716,7 @@ async fn the_openapi_document_describes_every_route() {
         "POST /api-keys",
         "GET /api-keys",
         "GET /api-keys/{id}",
+        "PATCH /api-keys/{id}",
         "DELETE /api-keys/{id}",
         "POST /api-keys/{id}/rotate",
         "GET /org",

@@ -106,6 +106,13 @@ impl<S: KeyStore> KeyStore for Switch<S> {
     async fn revoke(&self, id: &KeyId, t: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.revoke(id, t).await
     }
+    async fn update(
+        &self,
+        id: &KeyId,
+        c: &tower_api_key::KeyChanges,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.update(id, c).await
+    }
     async fn touch_last_used(&self, b: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.touch_last_used(b).await
     }

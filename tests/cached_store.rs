@@ -92,6 +92,13 @@ impl KeyStore for Probe {
     async fn revoke(&self, id: &KeyId, t: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.revoke(id, t).await
     }
+    async fn update(
+        &self,
+        id: &KeyId,
+        c: &tower_api_key::KeyChanges,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.update(id, c).await
+    }
     async fn touch_last_used(&self, b: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.touch_last_used(b).await
     }

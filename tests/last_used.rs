@@ -86,6 +86,14 @@ impl KeyStore for CountingStore {
         self.other();
         self.inner.revoke(id, at).await
     }
+    async fn update(
+        &self,
+        id: &KeyId,
+        c: &tower_api_key::KeyChanges,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.other();
+        self.inner.update(id, c).await
+    }
     async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.counts.touch.fetch_add(1, Ordering::SeqCst);
         let mut sorted = batch.to_vec();
@@ -473,6 +481,13 @@ async fn a_store_that_never_answers_is_bounded_by_the_flush_timeout() {
         }
         async fn revoke(&self, id: &KeyId, at: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
             self.0.revoke(id, at).await
+        }
+        async fn update(
+            &self,
+            id: &KeyId,
+            c: &tower_api_key::KeyChanges,
+        ) -> Result<Option<KeyRecord>, StoreError> {
+            self.0.update(id, c).await
         }
         async fn touch_last_used(&self, _: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
             std::future::pending().await

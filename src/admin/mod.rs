@@ -20,6 +20,7 @@
 //! | `POST /api-keys` `{"name", "scopes": [..] or "access": "full", "expires_in_secs"?}` | `201 {"key": SECRET, "api_key": KEY}` |
 //! | `GET /api-keys?limit=20&cursor=ID` | `200 {"data": [KEY..], "has_more", "next_cursor"}`, newest first |
 //! | `GET /api-keys/{id}` | `200 KEY` |
+//! | `PATCH /api-keys/{id}` `{"name"?, "scopes"? or "access": "full"}` | `200 KEY`, new scopes from the next request on |
 //! | `DELETE /api-keys/{id}` | `200 KEY`, revoked from the next request on |
 //! | `POST /api-keys/{id}/rotate` `{"overlap": "now" \| "1h" \| "24h" \| "7d" \| SECONDS}` | `201 {"key": SECRET, "api_key": KEY}` |
 //! | `GET /org` | `200 {"org_id", "plan", "limits"}` |
@@ -60,7 +61,7 @@ use crate::ids::KeyId;
 use crate::manage::{KeyManager, NewKey, Rotation};
 use crate::principal::Principal;
 use crate::scopes::{Scope, Scopes};
-use crate::store::KeyStore;
+use crate::store::{KeyChanges, KeyStore};
 
 /// The permission every admin route requires of its caller.
 pub const MANAGE_SCOPE: &str = "api_keys:manage";
@@ -126,7 +127,12 @@ impl<St: KeyStore, C: Caller> AdminApi<St, C> {
     pub fn router<S>(self) -> Router<S> {
         Router::new()
             .route("/api-keys", post(create::<St, C>).get(list::<St, C>))
-            .route("/api-keys/{id}", get(show::<St, C>).delete(revoke::<St, C>))
+            .route(
+                "/api-keys/{id}",
+                get(show::<St, C>)
+                    .patch(update::<St, C>)
+                    .delete(revoke::<St, C>),
+            )
             .route("/api-keys/{id}/rotate", post(rotate::<St, C>))
             .route("/org", get(org::<St, C>))
             .route("/openapi.json", get(|| async { Json(openapi()) }))
@@ -187,22 +193,11 @@ async fn create<St: KeyStore, C: Caller>(
     json: Result<Json<CreateKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<NewSecret>), AdminError> {
     let req = body(json)?;
-    let scopes = match (req.access, req.scopes.is_empty()) {
-        (Some(Access::Full), true) => Scopes::full_access(),
-        (Some(Access::Full), false) => {
-            return Err(AdminError::BadRequest(
-                "give either \"access\": \"full\" or a list of scopes, not both".into(),
-            ));
-        }
-        (_, true) => {
-            return Err(AdminError::BadRequest(
-                "\"scopes\" must name at least one permission (or set \"access\": \"full\")".into(),
-            ));
-        }
-        (_, false) => {
-            Scopes::parse(&req.scopes).map_err(|e| AdminError::BadRequest(e.to_string()))?
-        }
-    };
+    let scopes = requested_scopes(Some(&req.scopes), req.access)?.ok_or_else(|| {
+        AdminError::BadRequest(
+            "\"scopes\" must name at least one permission (or set \"access\": \"full\")".into(),
+        )
+    })?;
     let mut spec = NewKey::new(req.name).scopes(scopes);
     if let Some(secs) = req.expires_in_secs {
         if secs == 0 {
@@ -273,6 +268,61 @@ async fn show<St: KeyStore, C: Caller>(
     Path(id): Path<String>,
 ) -> Result<Json<ApiKeyView>, AdminError> {
     let record = api.manager.get(caller.org_id(), &KeyId::from(id)).await?;
+    Ok(Json(ApiKeyView::of(&record, api.manager.now())))
+}
+
+/// The body of `PATCH /api-keys/{id}`: what changes. At least one member.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    /// The new name, 1 to 128 characters.
+    pub name: Option<String>,
+    /// The new permissions, each one the caller holds (replaces the old list).
+    pub scopes: Option<Vec<String>>,
+    /// `full` for every permission (only a caller with full access may grant it).
+    pub access: Option<Access>,
+}
+
+/// The scopes a create or update body asks for: a non-empty list, or `"access": "full"`.
+fn requested_scopes(
+    scopes: Option<&[String]>,
+    access: Option<Access>,
+) -> Result<Option<Scopes>, AdminError> {
+    let listed = scopes.is_some_and(|s| !s.is_empty());
+    match (access, scopes) {
+        (Some(Access::Full), _) if listed => Err(AdminError::BadRequest(
+            "give either \"access\": \"full\" or a list of scopes, not both".into(),
+        )),
+        (Some(Access::Full), _) => Ok(Some(Scopes::full_access())),
+        (_, Some(list)) if !list.is_empty() => Scopes::parse(list)
+            .map(Some)
+            .map_err(|e| AdminError::BadRequest(e.to_string())),
+        (_, Some(_)) => Err(AdminError::BadRequest(
+            "\"scopes\" must name at least one permission (or set \"access\": \"full\")".into(),
+        )),
+        (_, None) => Ok(None),
+    }
+}
+
+async fn update<St: KeyStore, C: Caller>(
+    State(api): Shared<St, C>,
+    Acting(caller): Acting,
+    Path(id): Path<String>,
+    json: Result<Json<UpdateKey>, JsonRejection>,
+) -> Result<Json<ApiKeyView>, AdminError> {
+    let req = body(json)?;
+    let mut changes = KeyChanges::new();
+    changes.scopes = requested_scopes(req.scopes.as_deref(), req.access)?;
+    changes.name = req.name;
+    if changes.is_empty() {
+        return Err(AdminError::BadRequest(
+            "nothing to change: give \"name\", \"scopes\" or \"access\"".into(),
+        ));
+    }
+    let record = api
+        .manager
+        .update_for(&caller, &KeyId::from(id), changes)
+        .await?;
     Ok(Json(ApiKeyView::of(&record, api.manager.now())))
 }
 

@@ -5,7 +5,7 @@
 use utoipa::OpenApi;
 
 use super::view::{Access, ApiKeyView, KeyPage, Limits, NewSecret, OrgView, Status};
-use super::{CreateKey, ListQuery, RotateKey};
+use super::{CreateKey, ListQuery, RotateKey, UpdateKey};
 
 /// A problem+json body, as every refusal has.
 #[derive(utoipa::ToSchema)]
@@ -39,6 +39,17 @@ fn list() {}
     ))]
 fn show() {}
 
+#[utoipa::path(patch, path = "/api-keys/{id}", request_body = UpdateKey,
+    params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The key, renamed or with its new permissions", body = ApiKeyView),
+        (status = 400, description = "Invalid body", body = Problem),
+        (status = 403, description = "A permission the caller does not hold", body = Problem),
+        (status = 404, description = "No such key in the caller's organization", body = Problem),
+        (status = 409, description = "The key is revoked", body = Problem),
+    ))]
+fn update() {}
+
 #[utoipa::path(delete, path = "/api-keys/{id}", params(("id" = String, Path, description = "Key id")),
     responses(
         (status = 200, description = "The key, revoked from the next request on", body = ApiKeyView),
@@ -65,7 +76,7 @@ fn org() {}
         title = "API key management",
         description = "Create, list, revoke and rotate API keys."
     ),
-    paths(create, list, show, revoke, rotate, org),
+    paths(create, list, show, update, revoke, rotate, org),
     components(schemas(
         ApiKeyView, Access, Status, NewSecret, KeyPage, OrgView, Limits, CreateKey, RotateKey,
         Problem

@@ -17,7 +17,7 @@ use crate::ids::{KeyId, OrgId};
 use crate::key::{KeyHash, KeyHashBuilder};
 use crate::plan::Plan;
 
-use super::{BoxFuture, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
+use super::{BoxFuture, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
 
 /// What changed, as far as a cache is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -698,6 +698,18 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
             self.inner.invalidate(&Invalidation::Key(record.hash));
         }
         Ok(revoked)
+    }
+
+    async fn update(
+        &self,
+        id: &KeyId,
+        changes: &KeyChanges,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let updated = self.inner.store.update(id, changes).await?;
+        if let Some(record) = &updated {
+            self.inner.invalidate(&Invalidation::Key(record.hash));
+        }
+        Ok(updated)
     }
 
     async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

@@ -12,7 +12,7 @@ use crate::ids::{KeyId, OrgId};
 use crate::key::{KeyHash, KeyHashBuilder};
 use crate::plan::Plan;
 
-use super::{KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
+use super::{KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
 
 /// The embedded default [`KeyStore`]: lock-free reads, serialized writes, nothing on disk.
 ///
@@ -293,6 +293,27 @@ impl MemoryStore {
         Some(record)
     }
 
+    /// Apply `changes` to a key by replacing its record with an updated copy, as a revocation does.
+    fn update_sync(&self, id: &KeyId, changes: &KeyChanges) -> Option<KeyRecord> {
+        let mut admin = self.admin();
+        let current = admin.by_id.get(id.as_str())?.0.clone();
+        let record = changes.apply(&current);
+        let updated = Arc::new(record.clone());
+        {
+            let by_hash = self.inner.by_hash.pin();
+            let plan = by_hash
+                .get(&record.hash)
+                .cloned()
+                .unwrap_or_else(|| self.plan_of(&admin, &record.org_id));
+            by_hash.insert(ByHash(updated.clone()), plan);
+        }
+        admin.replace_in_org(&current, &updated);
+        admin.by_id.replace(ById(updated));
+        self.reclaim();
+        drop(admin);
+        Some(record)
+    }
+
     /// Raise the last-used times of a batch, forward only, by replacing each record that moves
     /// with an updated copy, as a revocation does.
     ///
@@ -378,6 +399,14 @@ impl KeyStore for MemoryStore {
 
     async fn revoke(&self, id: &KeyId, at: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
         Ok(self.revoke_sync(id, at))
+    }
+
+    async fn update(
+        &self,
+        id: &KeyId,
+        changes: &KeyChanges,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.update_sync(id, changes))
     }
 
     async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {

@@ -262,6 +262,60 @@ impl KeyRecord {
     }
 }
 
+/// What [`KeyStore::update`] changes in a key: its name, its scopes, or both.
+///
+/// ```
+/// use tower_api_key::{KeyChanges, Scopes};
+/// let changes = KeyChanges::new()
+///     .name("ci (read only)")
+///     .scopes(Scopes::parse(["browser_sessions:read"])?);
+/// # Ok::<(), tower_api_key::InvalidScope>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyChanges {
+    /// The new name, if it changes.
+    pub name: Option<String>,
+    /// The new scopes (empty: full access), if they change.
+    pub scopes: Option<Scopes>,
+}
+
+impl KeyChanges {
+    /// No change.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rename the key.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Replace the key's scopes.
+    pub fn scopes(mut self, scopes: Scopes) -> Self {
+        self.scopes = Some(scopes);
+        self
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.scopes.is_none()
+    }
+
+    /// `record` with these changes applied.
+    pub fn apply(&self, record: &KeyRecord) -> KeyRecord {
+        let mut changed = record.clone();
+        if let Some(name) = &self.name {
+            changed.name = CompactString::from(name.as_str());
+        }
+        if let Some(scopes) = &self.scopes {
+            changed.scopes = scopes.clone();
+        }
+        changed
+    }
+}
+
 /// What a successful [`KeyStore::find_by_hash`] yields: the record and its organization's plan.
 #[derive(Clone, Debug)]
 pub struct StoredKey {
@@ -306,6 +360,15 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
         at: Timestamp,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
+    /// Change a key's name and/or scopes (what [`KeyChanges`] sets). Returns the updated record,
+    /// `None` if no such key. A cache in front must drop the key's entry, as for a revocation:
+    /// narrower scopes hold from the next request on.
+    fn update(
+        &self,
+        id: &KeyId,
+        changes: &KeyChanges,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
     /// Record last-used times in one batch. Forward-only: a time earlier than the stored one is
     /// ignored. Unknown ids are ignored.
     ///
@@ -344,6 +407,11 @@ pub trait DynKeyStore: Send + Sync + 'static {
         id: &'a KeyId,
         at: Timestamp,
     ) -> BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>;
+    fn update<'a>(
+        &'a self,
+        id: &'a KeyId,
+        changes: &'a KeyChanges,
+    ) -> BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>;
     fn touch_last_used<'a>(
         &'a self,
         batch: &'a [(KeyId, Timestamp)],
@@ -371,6 +439,13 @@ impl<T: KeyStore> DynKeyStore for T {
         at: Timestamp,
     ) -> BoxFuture<'a, Result<Option<KeyRecord>, StoreError>> {
         Box::pin(KeyStore::revoke(self, id, at))
+    }
+    fn update<'a>(
+        &'a self,
+        id: &'a KeyId,
+        changes: &'a KeyChanges,
+    ) -> BoxFuture<'a, Result<Option<KeyRecord>, StoreError>> {
+        Box::pin(KeyStore::update(self, id, changes))
     }
     fn touch_last_used<'a>(
         &'a self,
@@ -431,6 +506,13 @@ impl KeyStore for BoxedStore {
     }
     async fn revoke(&self, id: &KeyId, at: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
         self.0.revoke(id, at).await
+    }
+    async fn update(
+        &self,
+        id: &KeyId,
+        changes: &KeyChanges,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.0.update(id, changes).await
     }
     async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.0.touch_last_used(batch).await

@@ -37,7 +37,7 @@ use super::sql::{
     KeyRow, Migration, key_columns, map_err, opt_ts_to_db, plan_from_db, plan_to_db,
     scopes_from_db, ts_to_db,
 };
-use super::{BoxFuture, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
+use super::{BoxFuture, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -322,6 +322,29 @@ impl KeyStore for SqliteStore {
         ))
         .bind(id.as_str())
         .bind(ts_to_db(at))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn update(
+        &self,
+        id: &KeyId,
+        changes: &KeyChanges,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let scopes = changes
+            .scopes
+            .as_ref()
+            .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "));
+        let row = sqlx::query(concat!(
+            "UPDATE api_keys SET name = COALESCE(?2, name), scopes = COALESCE(?3, scopes) \
+             WHERE id = ?1 RETURNING ",
+            key_columns!()
+        ))
+        .bind(id.as_str())
+        .bind(changes.name.as_deref())
+        .bind(scopes)
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;

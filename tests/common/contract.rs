@@ -72,6 +72,7 @@ pub async fn run_all<S: KeyStore>(store: &S) {
     duplicates_are_refused(store).await;
     list_is_per_org_newest_first(store).await;
     revoke_is_forward_only_and_permanent(store).await;
+    update_changes_only_name_and_scopes(store).await;
     touch_last_used_is_batched_forward_only(store).await;
     touch_last_used_of_many_keys_of_one_org(store).await;
     touch_revoke_touch_keeps_both(store).await;
@@ -112,6 +113,56 @@ pub async fn insert_then_find_with_plan<S: KeyStore>(store: &S) {
 
     assert!(store.find_by_hash(&unknown_hash()).await.unwrap().is_none());
     assert!(store.get(&KeyId::from("key_nope")).await.unwrap().is_none());
+}
+
+pub async fn update_changes_only_name_and_scopes<S: KeyStore>(store: &S) {
+    use tower_api_key::KeyChanges;
+    let t = tag();
+    let o = org("update", &t, 1);
+    let mut rec = record(&o, "ci", at(0));
+    rec.scopes = Scopes::parse(["browser_sessions:create", "browser_sessions:read"]).unwrap();
+    rec.expires_at = Some(at(3600));
+    store.insert(rec.clone()).await.unwrap();
+
+    let narrower = Scopes::parse(["browser_sessions:read"]).unwrap();
+    let got = store
+        .update(&rec.id, &KeyChanges::new().scopes(narrower.clone()))
+        .await
+        .unwrap()
+        .expect("the key exists");
+    let mut want = rec.clone();
+    want.scopes = narrower.clone();
+    assert_same("scopes changed", &got, &want);
+    let found = store.find_by_hash(&rec.hash).await.unwrap().unwrap();
+    assert_same("lookup sees the new scopes", &found.record, &want);
+
+    let got = store
+        .update(&rec.id, &KeyChanges::new().name("ci (read only)"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.name(), "ci (read only)");
+    assert_eq!(got.scopes, narrower, "a rename keeps the scopes");
+    let got = store
+        .update(&rec.id, &KeyChanges::new().scopes(Scopes::full_access()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.scopes.is_full_access());
+    assert_eq!(
+        got.name(),
+        "ci (read only)",
+        "a scope change keeps the name"
+    );
+    assert_eq!(got.expires_at, rec.expires_at);
+    assert_eq!(got.hash, rec.hash);
+    assert!(
+        store
+            .update(&KeyId::from("key_nope"), &KeyChanges::new().name("x"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 pub async fn duplicates_are_refused<S: KeyStore>(store: &S) {

@@ -238,6 +238,13 @@ pub mod stores {
         async fn revoke(&self, id: &KeyId, at: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
             self.inner.revoke(id, at).await
         }
+        async fn update(
+            &self,
+            id: &KeyId,
+            c: &tower_api_key::KeyChanges,
+        ) -> Result<Option<KeyRecord>, StoreError> {
+            self.inner.update(id, c).await
+        }
         async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
             self.inner.touch_last_used(batch).await
         }
