@@ -218,6 +218,34 @@ async fn rotation_and_plan_changes_reach_the_other_replica() {
     println!("plan change on A -> seen on B after {took:?}");
 }
 
+#[tokio::test]
+async fn narrowed_scopes_reach_the_other_replica() {
+    let Some(url) = pg::database_url("replicas") else {
+        return;
+    };
+    let (a, b, _guard) = two_replicas(&url).await;
+    let org = OrgId::from("org_narrow");
+    let scopes = Scopes::parse(["browser_sessions:create", "browser_sessions:read"]).unwrap();
+    let key = manager(&a)
+        .create(&org, NewKey::new("web").scopes(scopes))
+        .await
+        .unwrap();
+    b.warm(&key.key).await;
+    let narrow = Scopes::parse(["browser_sessions:read"]).unwrap();
+    let changes = tower_api_key::KeyChanges::new().scopes(narrow);
+    a.cache
+        .update(&key.record.id, &changes)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = b
+        .until(&key.key, |s, body| {
+            s == StatusCode::OK && body == "free browser_sessions:read"
+        })
+        .await;
+    println!("scopes narrowed on A -> seen on B after {took:?}");
+}
+
 /// The next invalidation of `source`, failing past `BOUND`.
 async fn next(source: &mut PgInvalidations) -> Invalidation {
     tokio::time::timeout(BOUND, source.next())
