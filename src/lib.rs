@@ -82,6 +82,8 @@ mod scopes;
 pub mod admin;
 pub mod auth;
 pub mod clock;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub mod key;
 pub mod last_used;
 pub mod manage;
