@@ -16,8 +16,8 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
-# The same feature set as the README's `cargo run --example server`, plus the dashboard.
-cargo build --example server --features dashboard
+# All features: the set `cargo test --all-features` has already built, so nothing recompiles.
+cargo build --example server --all-features
 server=target/debug/examples/server
 
 log=$(mktemp)

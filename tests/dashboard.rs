@@ -172,7 +172,7 @@ impl App {
         let client = self.browser();
         let page = self.sign_in(&client, &key).await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
-        assert_eq!(page.location(), "/dashboard/");
+        assert_eq!(page.location(), "/dashboard");
         (client, id)
     }
 
@@ -209,8 +209,11 @@ fn new_secret(page: &Page) -> String {
 #[tokio::test]
 async fn a_management_key_signs_in_and_sees_the_api_keys_page() {
     let app = App::start().await;
-    let (client, _) = app.signed_in("org_a", &[MANAGE]).await;
-    let page = app.get(&client, "/dashboard").await;
+    let (key, _) = app.mint("org_a", &[MANAGE]).await;
+    let client = app.browser();
+    let signed_in = app.sign_in(&client, &key).await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    let page = app.get(&client, signed_in.location()).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.html.contains("<h1>API Keys</h1>"), "{}", page.html);
     assert!(page.html.contains("Create new key"));
@@ -618,7 +621,7 @@ async fn revoking_asks_first_then_the_key_is_refused() {
         )
         .await;
     assert_eq!(done.status, StatusCode::SEE_OTHER);
-    assert_eq!(done.location(), "/dashboard/");
+    assert_eq!(done.location(), "/dashboard");
     assert_eq!(ping(victim_key).await, StatusCode::UNAUTHORIZED);
     let list = app.get(&client, "/dashboard").await;
     assert_eq!(list.cell(&victim, "status"), "Revoked");

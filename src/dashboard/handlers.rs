@@ -113,7 +113,7 @@ async fn sign_in<St: KeyStore>(
     };
     session::save(&session, &signed_in).await?;
     tracing::info!(key_id = %found.record.id, org_id = %found.record.org_id, "dashboard sign-in");
-    Ok(Redirect::to(&format!("{base}/")).into_response())
+    Ok(Redirect::to(&super::home(&base)).into_response())
 }
 
 async fn sign_out(Extension(Base(base)): Extension<Base>, session: Session, body: Bytes) -> Page {
@@ -278,7 +278,7 @@ async fn revoke<St: KeyStore>(
         record.hint()
     ))
     .await?;
-    Ok(Redirect::to(&format!("{base}/")).into_response())
+    Ok(Redirect::to(&super::home(&base)).into_response())
 }
 
 async fn rotate_form<St: KeyStore>(

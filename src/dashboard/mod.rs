@@ -293,6 +293,16 @@ fn mount_prefix(req: &Request) -> String {
     prefix.trim_end_matches('/').to_owned()
 }
 
+/// The API Keys page: the mount point itself (`/dashboard`; axum does not route `/dashboard/`
+/// to a nested router's `/`).
+fn home(base: &str) -> String {
+    if base.is_empty() {
+        "/".to_owned()
+    } else {
+        base.to_owned()
+    }
+}
+
 /// A static asset with its content type, cacheable for an hour (no secret in it).
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (

@@ -6,7 +6,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::catalogue::ScopeCatalogue;
 use super::error::Problem;
-use super::{CurrentUsage, EXPIRATIONS, OVERLAPS};
+use super::{CurrentUsage, EXPIRATIONS, OVERLAPS, home};
 use crate::admin::{Access, ApiKeyView, OrgView, Status};
 use crate::scopes::Scopes;
 
@@ -35,7 +35,7 @@ fn layout(frame: &Frame<'_>, title: &str, body: Markup) -> Markup {
                     span.brand { "API dashboard" }
                     @if let Some((org, csrf)) = frame.signed_in {
                         nav {
-                            a href={ (base) "/" } { "API Keys" }
+                            a href=(home(base)) { "API Keys" }
                             a href={ (base) "/usage" } { "Usage" }
                         }
                         span.org { (org) }
@@ -224,7 +224,7 @@ pub(super) fn new_key(
                 }
                 div.actions {
                     button.primary type="submit" { "Create key" }
-                    a href={ (base) "/" } { "Cancel" }
+                    a href=(home(base)) { "Cancel" }
                 }
             }
         },
@@ -255,7 +255,7 @@ pub(super) fn secret(frame: &Frame<'_>, heading: &str, secret: &str, key: &ApiKe
                 dt { "Permissions" } dd { (permissions(key)) }
                 dt { "Expires" } dd { @match key.expires_at { Some(t) => (format_time(t)), None => "Never" } }
             }
-            p { a href={ (base) "/" } { "Back to API Keys" } }
+            p { a href=(home(base)) { "Back to API Keys" } }
         },
     )
 }
@@ -275,7 +275,7 @@ pub(super) fn revoke(frame: &Frame<'_>, csrf: &str, key: &ApiKeyView) -> Markup 
                     input type="hidden" name="csrf" value=(csrf);
                     div.actions {
                         button.danger type="submit" { "Revoke key" }
-                        a href={ (base) "/" } { "Cancel" }
+                        a href=(home(base)) { "Cancel" }
                     }
                 }
             }
@@ -308,7 +308,7 @@ pub(super) fn rotate(frame: &Frame<'_>, csrf: &str, form_token: &str, key: &ApiK
                     }
                     div.actions {
                         button.primary type="submit" { "Rotate key" }
-                        a href={ (base) "/" } { "Cancel" }
+                        a href=(home(base)) { "Cancel" }
                     }
                 }
             }
@@ -367,7 +367,7 @@ pub(super) fn problem(frame: &Frame<'_>, problem: &Problem) -> Markup {
         html! {
             h1 { (problem.title) }
             p.error role="alert" { (problem.message) }
-            p { a href={ (base) "/" } { "Back to API Keys" } }
+            p { a href=(home(base)) { "Back to API Keys" } }
         },
     )
 }

@@ -108,7 +108,7 @@ try {
 
   await check("sign in with a management key opens API Keys", async () => {
     await signIn(page, manager.key);
-    equal(new URL(page.url()).pathname, "/dashboard/", "after sign-in");
+    equal(new URL(page.url()).pathname, "/dashboard", "after sign-in");
     equal(await page.locator("h1").innerText(), "API Keys", "heading");
   });
 
@@ -156,7 +156,7 @@ try {
     await row(page, "ci-pipeline").locator("text=Revoke").click();
     assert((await page.content()).includes("Revocation is permanent"), "confirmation says permanent");
     await page.click('button:has-text("Revoke key")');
-    equal(new URL(page.url()).pathname, "/dashboard/", "back on the list");
+    equal(new URL(page.url()).pathname, "/dashboard", "back on the list");
     equal(await cell(page, "ci-pipeline", "status"), "Revoked", "status");
     equal(await apiStatus(secret), 401, "API status with the revoked key");
   });
