@@ -891,3 +891,52 @@ async fn the_usage_page_shows_the_plan_its_limits_and_the_hosts_current_use() {
     assert_eq!(dd("current-requests"), "42");
     assert_eq!(dd("current-sessions"), "3 of 100");
 }
+
+#[tokio::test]
+async fn links_follow_whatever_prefix_the_host_nests_at() {
+    let manager = KeyManager::new(MemoryStore::new());
+    let app = axum::Router::new()
+        .nest(
+            "/admin/ui",
+            Dashboard::new(manager.clone())
+                .secure_cookies(false)
+                .router(),
+        )
+        .nest_service(
+            "/bare",
+            Dashboard::new(manager).secure_cookies(false).router::<()>(),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = Client::builder().redirect(Policy::none()).build().unwrap();
+    for prefix in ["/admin/ui", "/bare"] {
+        let res = client.get(format!("{base}{prefix}")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            res.headers()[LOCATION],
+            format!("{prefix}/sign-in").as_str()
+        );
+        let page = Page::of(
+            client
+                .get(format!("{base}{prefix}/sign-in"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            page.html
+                .contains(&format!("href=\"{prefix}/assets/dashboard.css\"")),
+            "{}",
+            page.html
+        );
+        assert!(page.html.contains(&format!("action=\"{prefix}/sign-in\"")));
+        let css = client
+            .get(format!("{base}{prefix}/assets/dashboard.css"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(css.status(), StatusCode::OK, "{prefix}");
+    }
+}
