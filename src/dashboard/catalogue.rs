@@ -2,7 +2,8 @@
 
 use crate::scopes::{InvalidScope, Scope};
 
-/// One permission of the catalogue: its scope and what it lets a key do.
+/// One permission of the catalogue, as [`ScopeCatalogue::iter`] yields it: its scope and what it
+/// lets a key do, so a person choosing permissions need not guess from the scope's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScopeInfo {
     /// The scope, e.g. `browser_sessions:create`.

@@ -76,7 +76,8 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self';
      script-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
      frame-ancestors 'none'; base-uri 'none'";
 
-/// The session cookie's name.
+/// The session cookie's name: distinct, so the dashboard's session never collides with a host
+/// cookie called `id` (tower-sessions' default).
 pub const COOKIE_NAME: &str = "api_dashboard_session";
 
 /// The expiration choices of the create form: value, label, lifetime (`None`: never expires).
@@ -95,8 +96,9 @@ const OVERLAPS: [(&str, &str, Duration); 4] = [
     ("7d", "In 7 days", Duration::from_secs(7 * 86_400)),
 ];
 
-/// An organization's current use, as the host counts it, for the Usage page. Either part may
-/// be unknown.
+/// An organization's current use, as the host counts it, for the Usage page (see
+/// [`Dashboard::usage`]): the limits alone do not tell a person how close they are. Either part
+/// may be unknown.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CurrentUsage {
     /// Requests counted in the current window.
@@ -112,7 +114,24 @@ type UsageFn = Arc<dyn Fn(OrgId) -> BoxFuture<CurrentUsage> + Send + Sync>;
 ///
 /// `Ss` is where sessions live: a tower-sessions [`MemoryStore`](tower_sessions::MemoryStore)
 /// by default (one process; a restart signs everyone out), or the host's own
-/// [`SessionStore`] through [`session_store`](Self::session_store).
+/// [`SessionStore`] through [`session_store`](Self::session_store), so that replicas share
+/// sign-ins.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::dashboard::{Dashboard, ScopeCatalogue};
+/// use tower_api_key::{KeyManager, MemoryStore};
+///
+/// let catalogue = ScopeCatalogue::empty()
+///     .scope("reports:read", "Read reports")?
+///     .scope("api_keys:manage", "Create, rotate and revoke API keys")?;
+/// let router: axum::Router = Dashboard::new(KeyManager::new(MemoryStore::new()))
+///     .scopes(catalogue)
+///     .session_store(tower_sessions::MemoryStore::default())
+///     .session_ttl(Duration::from_secs(3600))
+///     .router();
+/// # Ok::<(), tower_api_key::InvalidScope>(())
+/// ```
 pub struct Dashboard<St, Ss = tower_sessions::MemoryStore> {
     manager: KeyManager<St>,
     sessions: Ss,
