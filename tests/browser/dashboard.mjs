@@ -122,7 +122,10 @@ try {
   });
 
   await check("reloading the answer does not show the secret again", async () => {
-    await page.reload();
+    // Chromium resubmits the form on reload; the spent one-time form token makes it a no-op.
+    const reloaded = await page.reload();
+    equal(reloaded?.status(), 409, "status of the reloaded answer");
+    equal(await page.locator("h1").innerText(), "Already submitted", "heading after reload");
     assert(!(await page.content()).includes(secret), "secret gone after reload");
     await page.goBack().catch(() => {});
     assert(!(await page.content()).includes(secret), "secret gone after going back");
