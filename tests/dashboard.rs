@@ -886,7 +886,7 @@ async fn the_usage_page_shows_the_plan_its_limits_and_the_hosts_current_use() {
         page.html[at..].split("</dd>").next().unwrap().to_owned()
     };
     assert_eq!(dd("plan"), "paid");
-    assert_eq!(dd("requests"), "1000 per 1 minute");
+    assert_eq!(dd("requests"), "1000 per minute");
     assert_eq!(dd("sessions"), "100");
     assert_eq!(dd("current-requests"), "42");
     assert_eq!(dd("current-sessions"), "3 of 100");

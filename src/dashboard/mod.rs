@@ -23,7 +23,7 @@
 //! | `GET`, `POST /keys/{id}/rotate` | choose the old key's overlap; the answer shows the new secret once |
 //! | `GET`, `POST /keys/{id}/revoke` | a confirmation that says revocation is permanent |
 //! | `GET /usage` | the plan, its limits, and current use if the host reports it ([`Dashboard::usage`]) |
-//! | `GET /assets/dashboard.css`, `/assets/dashboard.js` | the only assets; nothing is loaded from elsewhere |
+//! | `GET /assets/dashboard.css`, `/assets/dashboard.js`, `/assets/favicon.svg` | the only assets; nothing is loaded from elsewhere |
 //!
 //! What it guarantees:
 //!
@@ -342,6 +342,10 @@ fn css() -> Response {
     )
 }
 
+fn favicon() -> Response {
+    asset("image/svg+xml", include_str!("assets/favicon.svg"))
+}
+
 fn js() -> Response {
     asset(
         "text/javascript; charset=utf-8",
@@ -354,4 +358,5 @@ fn asset_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/assets/dashboard.css", get(|| async { css() }))
         .route("/assets/dashboard.js", get(|| async { js() }))
+        .route("/assets/favicon.svg", get(|| async { favicon() }))
 }

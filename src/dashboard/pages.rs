@@ -27,6 +27,7 @@ fn layout(frame: &Frame<'_>, title: &str, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="referrer" content="no-referrer";
                 title { (title) " · API keys" }
+                link rel="icon" href={ (base) "/assets/favicon.svg" } type="image/svg+xml";
                 link rel="stylesheet" href={ (base) "/assets/dashboard.css" };
                 script src={ (base) "/assets/dashboard.js" } defer {}
             }
@@ -316,11 +317,12 @@ pub(super) fn rotate(frame: &Frame<'_>, csrf: &str, form_token: &str, key: &ApiK
     )
 }
 
+/// The window as the end of "100 per …".
 fn window(secs: u64) -> String {
     match secs {
-        60 => "1 minute".into(),
-        3600 => "1 hour".into(),
-        1 => "1 second".into(),
+        1 => "second".into(),
+        60 => "minute".into(),
+        3600 => "hour".into(),
         s if s % 3600 == 0 => format!("{} hours", s / 3600),
         s if s % 60 == 0 => format!("{} minutes", s / 60),
         s => format!("{s} seconds"),
@@ -387,7 +389,7 @@ mod tests {
 
     #[test]
     fn windows_read_as_words() {
-        assert_eq!(window(60), "1 minute");
+        assert_eq!(window(60), "minute");
         assert_eq!(window(7200), "2 hours");
         assert_eq!(window(90), "90 seconds");
     }
