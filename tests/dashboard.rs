@@ -782,6 +782,7 @@ async fn every_answer_has_a_csp_without_unsafe_inline_and_pages_are_not_cached()
         (&client, "/dashboard/keys/new"),
         (&client, "/dashboard/usage"),
         (&client, "/dashboard/keys/key_nope/revoke"),
+        (&client, "/dashboard/no-such-page"),
         (&client, "/dashboard/assets/dashboard.css"),
     ] {
         let page = app.get(client, path).await;
@@ -794,6 +795,18 @@ async fn every_answer_has_a_csp_without_unsafe_inline_and_pages_are_not_cached()
             assert_eq!(page.headers[CACHE_CONTROL], "no-store", "{path}");
         }
     }
+}
+
+#[tokio::test]
+async fn an_unknown_dashboard_path_is_a_readable_404() {
+    let app = App::start().await;
+    let page = app.get(&app.browser(), "/dashboard/no-such-page").await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert!(
+        page.html.contains("<h1>Page not found</h1>"),
+        "{}",
+        page.html
+    );
 }
 
 #[tokio::test]

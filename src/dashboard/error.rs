@@ -21,6 +21,9 @@ pub enum DashboardError {
     /// A create or rotate form was submitted a second time (reload, back button). `409`.
     #[error("this form was already submitted")]
     AlreadySubmitted,
+    /// No dashboard page at this path. `404`.
+    #[error("there is no such page in the dashboard")]
+    PageNotFound,
     /// The form is malformed; the message says what is wrong. `400`.
     #[error("{0}")]
     BadRequest(String),
@@ -64,6 +67,7 @@ impl DashboardError {
             DashboardError::SignInRequired => StatusCode::SEE_OTHER,
             DashboardError::Csrf => StatusCode::FORBIDDEN,
             DashboardError::AlreadySubmitted => StatusCode::CONFLICT,
+            DashboardError::PageNotFound => StatusCode::NOT_FOUND,
             DashboardError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DashboardError::Manage(e) => e.status(),
             DashboardError::Session(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -90,6 +94,9 @@ impl DashboardError {
                  only shown once, right after it is created, and cannot be shown again."
                     .into(),
             ),
+            DashboardError::PageNotFound => {
+                ("Page not found", "There is no such page here.".into())
+            }
             DashboardError::BadRequest(m) => ("Invalid request", m.clone()),
             DashboardError::Manage(e) => manage_problem(e),
             DashboardError::Session(e) => {

@@ -38,6 +38,7 @@ pub(super) fn routes<St: KeyStore>() -> Router<Shared<St>> {
             get(rotate_form::<St>).post(rotate::<St>),
         )
         .route("/usage", get(usage::<St>))
+        .fallback(|| async { DashboardError::PageNotFound })
 }
 
 impl SignedIn {
