@@ -10,6 +10,7 @@ use reqwest::{Client, StatusCode};
 use tower_api_key::dashboard::{COOKIE_NAME, CurrentUsage, Dashboard};
 use tower_api_key::{
     ApiKeyAuth, KeyHash, KeyId, KeyManager, KeyStore, MemoryStore, NewKey, OrgId, Plan, Scopes,
+    StoreError,
 };
 use tower_sessions::SessionStore;
 use tower_sessions::session::Id;
@@ -952,4 +953,119 @@ async fn links_follow_whatever_prefix_the_host_nests_at() {
             .unwrap();
         assert_eq!(css.status(), StatusCode::OK, "{prefix}");
     }
+}
+
+/// A `MemoryStore` whose `list` fails while `down` is set, as a database that stops answering.
+#[derive(Clone)]
+struct FlakyStore {
+    inner: MemoryStore,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl KeyStore for FlakyStore {
+    type Lookup = <MemoryStore as KeyStore>::Lookup;
+
+    fn find_by_hash(&self, hash: &KeyHash) -> Self::Lookup {
+        self.inner.find_by_hash(hash)
+    }
+    async fn insert(&self, record: tower_api_key::KeyRecord) -> Result<(), StoreError> {
+        self.inner.insert(record).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<tower_api_key::KeyRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, org: &OrgId) -> Result<Vec<tower_api_key::KeyRecord>, StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::unavailable(
+                "connection refused to 10.1.2.3:5432",
+            ));
+        }
+        self.inner.list(org).await
+    }
+    async fn revoke(
+        &self,
+        id: &KeyId,
+        at: tower_api_key::Timestamp,
+    ) -> Result<Option<tower_api_key::KeyRecord>, StoreError> {
+        self.inner.revoke(id, at).await
+    }
+    async fn touch_last_used(
+        &self,
+        batch: &[(KeyId, tower_api_key::Timestamp)],
+    ) -> Result<(), StoreError> {
+        self.inner.touch_last_used(batch).await
+    }
+    async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
+        self.inner.set_plan(org, plan).await
+    }
+    async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
+        self.inner.plan(org).await
+    }
+}
+
+#[tokio::test]
+async fn a_store_failure_is_a_readable_503_page_without_its_detail() {
+    let store = FlakyStore {
+        inner: MemoryStore::new(),
+        down: Default::default(),
+    };
+    let manager = KeyManager::new(store.clone());
+    let created = manager
+        .create(
+            &OrgId::from("org_a"),
+            NewKey::new("admin").scopes(Scopes::parse([MANAGE]).unwrap()),
+        )
+        .await
+        .unwrap();
+    let app = axum::Router::new().nest(
+        "/dashboard",
+        Dashboard::new(manager).secure_cookies(false).router(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = Client::builder()
+        .cookie_store(true)
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let form = Page::of(
+        client
+            .get(format!("{base}/dashboard/sign-in"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let signed_in = client
+        .post(format!("{base}/dashboard/sign-in"))
+        .form(&[
+            ("csrf", form.field("csrf").as_str()),
+            ("key", created.key.expose_secret()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let page = Page::of(
+        client
+            .get(format!("{base}/dashboard"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        page.html
+            .contains("The key store is temporarily unavailable; retry in a moment."),
+        "{}",
+        page.html
+    );
+    assert!(
+        !page.html.contains("10.1.2.3"),
+        "no driver detail on the page"
+    );
 }
