@@ -83,6 +83,8 @@ pub mod admin;
 pub mod auth;
 pub mod breaker;
 pub mod clock;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub mod key;
 pub mod last_used;
 pub mod manage;

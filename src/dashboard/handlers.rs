@@ -1,0 +1,364 @@
+//! The routes of the dashboard: each handler checks who is signed in (through [`SignedIn`]),
+//! checks the form's CSRF token before anything changes, and renders a page.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use tower_sessions::Session;
+
+use super::error::{DashboardError, manage_problem};
+use super::pages::{self, Frame, NewKeyForm};
+use super::session::{self, Form, SessionData, SignedIn, tokens_match};
+use super::{Base, EXPIRATIONS, OVERLAPS, Shared};
+use crate::admin::{ApiKeyView, Limits, MANAGE_SCOPE, OrgView};
+use crate::ids::KeyId;
+use crate::key::KeyHash;
+use crate::manage::{ManageError, NewKey, Rotation};
+use crate::scopes::{Scope, Scopes};
+use crate::store::{KeyStatus, KeyStore};
+
+type Page = Result<Response, DashboardError>;
+
+pub(super) fn routes<St: KeyStore>() -> Router<Shared<St>> {
+    Router::new()
+        .route("/", get(list::<St>))
+        .route("/sign-in", get(sign_in_form).post(sign_in::<St>))
+        .route("/sign-out", post(sign_out))
+        .route("/keys/new", get(new_key_form::<St>))
+        .route("/keys", post(create::<St>))
+        .route(
+            "/keys/{id}/revoke",
+            get(revoke_form::<St>).post(revoke::<St>),
+        )
+        .route(
+            "/keys/{id}/rotate",
+            get(rotate_form::<St>).post(rotate::<St>),
+        )
+        .route("/usage", get(usage::<St>))
+        .fallback(|| async { DashboardError::PageNotFound })
+}
+
+impl SignedIn {
+    fn frame<'a>(&'a self, base: &'a str) -> Frame<'a> {
+        Frame {
+            base,
+            signed_in: Some((self.principal.org_id().as_str(), &self.data.csrf)),
+        }
+    }
+}
+
+async fn sign_in_form(Extension(Base(base)): Extension<Base>, session: Session) -> Page {
+    let data = session::with_csrf(&session).await?;
+    let frame = Frame {
+        base: &base,
+        signed_in: None,
+    };
+    Ok(pages::sign_in(&frame, &data.csrf, None).into_response())
+}
+
+/// Check the pasted key once; on success the session keeps its id and organization only.
+async fn sign_in<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    session: Session,
+    body: Bytes,
+) -> Page {
+    let form = Form::parse(&body);
+    let data = session::load(&session).await?;
+    if !tokens_match(form.get("csrf"), &data.csrf) {
+        return Err(DashboardError::Csrf);
+    }
+    let refuse = |status: StatusCode, message: &str| {
+        let frame = Frame {
+            base: &base,
+            signed_in: None,
+        };
+        (status, pages::sign_in(&frame, &data.csrf, Some(message))).into_response()
+    };
+    let key = form.get("key").unwrap_or("").trim();
+    let manager = &dashboard.manager;
+    if manager.key_formats().check(key).is_err() {
+        return Ok(refuse(
+            StatusCode::BAD_REQUEST,
+            "That is not an API key of this service: check that you pasted the whole key.",
+        ));
+    }
+    let found = manager.store().find_by_hash(&KeyHash::of(key)).await?;
+    let Some(found) = found.filter(|f| f.record.status(manager.now()) == KeyStatus::Active) else {
+        return Ok(refuse(
+            StatusCode::UNAUTHORIZED,
+            "This API key is unknown, revoked or expired.",
+        ));
+    };
+    if !found
+        .record
+        .scopes
+        .allows(&Scope::from_static(MANAGE_SCOPE))
+    {
+        return Ok(refuse(
+            StatusCode::FORBIDDEN,
+            "This API key cannot manage API keys: it lacks the api_keys:manage permission. \
+             Sign in with a key that holds it.",
+        ));
+    }
+    // A new session id at sign-in, so an id planted before it is worth nothing after.
+    session.cycle_id().await?;
+    let signed_in = SessionData {
+        key_id: Some(found.record.id.to_string()),
+        org_id: Some(found.record.org_id.to_string()),
+        csrf: session::random_token()?,
+        ..SessionData::default()
+    };
+    session::save(&session, &signed_in).await?;
+    tracing::info!(key_id = %found.record.id, org_id = %found.record.org_id, "dashboard sign-in");
+    Ok(Redirect::to(&super::home(&base)).into_response())
+}
+
+async fn sign_out(Extension(Base(base)): Extension<Base>, session: Session, body: Bytes) -> Page {
+    let data = session::load(&session).await?;
+    if !tokens_match(Form::parse(&body).get("csrf"), &data.csrf) {
+        return Err(DashboardError::Csrf);
+    }
+    session.flush().await?;
+    Ok(Redirect::to(&format!("{base}/sign-in")).into_response())
+}
+
+async fn list<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    mut user: SignedIn,
+) -> Page {
+    let notice = user.take_notice().await?;
+    let records = dashboard.manager.list(user.principal.org_id()).await?;
+    let now = dashboard.manager.now();
+    let views: Vec<ApiKeyView> = records.iter().map(|r| ApiKeyView::of(r, now)).collect();
+    Ok(pages::keys(&user.frame(&base), &views, notice.as_deref()).into_response())
+}
+
+async fn new_key_form<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    mut user: SignedIn,
+) -> Page {
+    new_key_page(
+        &dashboard,
+        &base,
+        &mut user,
+        StatusCode::OK,
+        &NewKeyForm::default(),
+    )
+    .await
+}
+
+/// The create form, with a fresh one-time token; filled as submitted when `form` has an error.
+async fn new_key_page<St: KeyStore>(
+    dashboard: &Shared<St>,
+    base: &str,
+    user: &mut SignedIn,
+    status: StatusCode,
+    form: &NewKeyForm<'_>,
+) -> Page {
+    let token = user.new_form_token().await?;
+    let page = pages::new_key(
+        &user.frame(base),
+        &dashboard.catalogue,
+        user.principal.scopes(),
+        &user.data.csrf,
+        &token,
+        form,
+    );
+    Ok((status, page).into_response())
+}
+
+/// Create a key; the answer is the only place its secret ever appears.
+async fn create<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    mut user: SignedIn,
+    body: Bytes,
+) -> Page {
+    let form = Form::parse(&body);
+    user.check_csrf(&form)?;
+    if !user.take_form_token(form.get("form")).await? {
+        return Err(DashboardError::AlreadySubmitted);
+    }
+    let mut filled = NewKeyForm {
+        name: form.get("name").unwrap_or(""),
+        scopes: form.all("scope").collect(),
+        expiration: form.get("expiration").unwrap_or("never"),
+        error: None,
+    };
+    let spec = match key_spec(&dashboard, &filled) {
+        Ok(spec) => spec,
+        Err(message) => {
+            filled.error = Some(message);
+            return new_key_page(
+                &dashboard,
+                &base,
+                &mut user,
+                StatusCode::BAD_REQUEST,
+                &filled,
+            )
+            .await;
+        }
+    };
+    match dashboard.manager.create_for(&user.principal, spec).await {
+        Ok(created) => {
+            let view = ApiKeyView::of(&created.record, dashboard.manager.now());
+            let page = pages::secret(
+                &user.frame(&base),
+                "Your new API key",
+                created.key.expose_secret(),
+                &view,
+            );
+            Ok((StatusCode::CREATED, page).into_response())
+        }
+        Err(e @ (ManageError::ScopeEscalation | ManageError::InvalidName)) => {
+            filled.error = Some(manage_problem(&e).1);
+            new_key_page(&dashboard, &base, &mut user, e.status(), &filled).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The key the create form asks for, or what is wrong with the form.
+fn key_spec<St>(dashboard: &Shared<St>, form: &NewKeyForm<'_>) -> Result<NewKey, String> {
+    if form.scopes.is_empty() {
+        return Err("Choose at least one permission.".into());
+    }
+    if let Some(unknown) = form
+        .scopes
+        .iter()
+        .find(|s| dashboard.catalogue.get(s).is_none())
+    {
+        return Err(format!("Unknown permission {unknown:?}."));
+    }
+    let scopes = Scopes::parse(&form.scopes).map_err(|e| e.to_string())?;
+    let Some((_, _, lifetime)) = EXPIRATIONS.iter().find(|(v, _, _)| *v == form.expiration) else {
+        return Err("Choose an expiration from the list.".into());
+    };
+    let mut spec = NewKey::new(form.name).scopes(scopes);
+    if let Some(lifetime) = lifetime {
+        spec = spec.expires_in(*lifetime);
+    }
+    Ok(spec)
+}
+
+async fn revoke_form<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    user: SignedIn,
+    Path(id): Path<String>,
+) -> Page {
+    let manager = &dashboard.manager;
+    let record = manager
+        .get(user.principal.org_id(), &KeyId::from(id))
+        .await?;
+    let view = ApiKeyView::of(&record, manager.now());
+    Ok(pages::revoke(&user.frame(&base), &user.data.csrf, &view).into_response())
+}
+
+async fn revoke<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    mut user: SignedIn,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Page {
+    user.check_csrf(&Form::parse(&body))?;
+    let record = dashboard
+        .manager
+        .revoke(user.principal.org_id(), &KeyId::from(id))
+        .await?;
+    user.set_notice(format!(
+        "Revoked “{}” ({}): it is refused from its next request on.",
+        record.name(),
+        record.hint()
+    ))
+    .await?;
+    Ok(Redirect::to(&super::home(&base)).into_response())
+}
+
+async fn rotate_form<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    mut user: SignedIn,
+    Path(id): Path<String>,
+) -> Page {
+    let manager = &dashboard.manager;
+    let record = manager
+        .get(user.principal.org_id(), &KeyId::from(id))
+        .await?;
+    if record.revoked_at.is_some() {
+        return Err(ManageError::Revoked.into());
+    }
+    let view = ApiKeyView::of(&record, manager.now());
+    let token = user.new_form_token().await?;
+    Ok(pages::rotate(&user.frame(&base), &user.data.csrf, &token, &view).into_response())
+}
+
+/// Rotate a key; the answer is the only place the new secret ever appears.
+async fn rotate<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    mut user: SignedIn,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Page {
+    let form = Form::parse(&body);
+    user.check_csrf(&form)?;
+    let overlap = form.get("overlap").unwrap_or("now");
+    let Some((_, _, grace)) = OVERLAPS.iter().find(|(v, _, _)| *v == overlap) else {
+        return Err(DashboardError::BadRequest(
+            "Choose when the old key stops working: now, in 1 hour, in 24 hours or in 7 days."
+                .into(),
+        ));
+    };
+    if !user.take_form_token(form.get("form")).await? {
+        return Err(DashboardError::AlreadySubmitted);
+    }
+    let rotation = if grace.is_zero() {
+        Rotation::immediate()
+    } else {
+        Rotation::with_grace(*grace)
+    };
+    let manager = &dashboard.manager;
+    let created = manager
+        .rotate_for(&user.principal, &KeyId::from(id), rotation)
+        .await?;
+    let view = ApiKeyView::of(&created.record, manager.now());
+    let page = pages::secret(
+        &user.frame(&base),
+        "Your rotated API key",
+        created.key.expose_secret(),
+        &view,
+    );
+    Ok((StatusCode::CREATED, page).into_response())
+}
+
+async fn usage<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    user: SignedIn,
+) -> Page {
+    let org = user.principal.org_id();
+    let plan = dashboard.manager.plan(org).await?;
+    let quota = plan.quota();
+    let view = OrgView {
+        org_id: org.to_string(),
+        plan: plan.name().to_owned(),
+        limits: Limits {
+            requests_per_window: quota.requests,
+            window_secs: quota.period.as_secs(),
+            concurrent_sessions: quota.concurrent_sessions,
+        },
+    };
+    let current = match &dashboard.usage {
+        Some(usage) => Some(usage(org.clone()).await),
+        None => None,
+    };
+    Ok(pages::usage(&user.frame(&base), &view, current.as_ref()).into_response())
+}

@@ -1,0 +1,396 @@
+//! The pages, as maud templates: every value is escaped by maud, every URL starts with the
+//! prefix the dashboard is mounted at, and no page has inline script or style (the CSP forbids
+//! them).
+
+use maud::{DOCTYPE, Markup, html};
+
+use super::catalogue::ScopeCatalogue;
+use super::error::Problem;
+use super::{CurrentUsage, EXPIRATIONS, OVERLAPS, home};
+use crate::admin::{Access, ApiKeyView, OrgView, Status};
+use crate::scopes::Scopes;
+
+/// What every page's frame needs: the mount prefix and, when signed in, the organization and
+/// the CSRF token of the sign-out form.
+pub(super) struct Frame<'a> {
+    pub base: &'a str,
+    pub signed_in: Option<(&'a str, &'a str)>,
+}
+
+fn layout(frame: &Frame<'_>, title: &str, body: Markup) -> Markup {
+    let base = frame.base;
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="referrer" content="no-referrer";
+                title { (title) " · API keys" }
+                link rel="icon" href={ (base) "/assets/favicon.svg" } type="image/svg+xml";
+                link rel="stylesheet" href={ (base) "/assets/dashboard.css" };
+                script src={ (base) "/assets/dashboard.js" } defer {}
+            }
+            body {
+                header.top {
+                    span.brand { "API dashboard" }
+                    @if let Some((org, csrf)) = frame.signed_in {
+                        nav {
+                            a href=(home(base)) { "API Keys" }
+                            a href={ (base) "/usage" } { "Usage" }
+                        }
+                        span.org { (org) }
+                        form.signout method="post" action={ (base) "/sign-out" } {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button.link type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// `2026-12-05 07:27 UTC` for Unix seconds.
+pub(super) fn format_time(secs: u64) -> String {
+    // Civil date from days since the epoch (Howard Hinnant's algorithm), in u64/i64 arithmetic
+    // that cannot overflow for any u64 seconds.
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+fn permissions(key: &ApiKeyView) -> Markup {
+    html! {
+        @if key.access == Access::Full {
+            span.full { "Full access" }
+        } @else {
+            ul.scopes {
+                @for scope in &key.scopes { li { code { (scope) } } }
+            }
+        }
+    }
+}
+
+fn status(key: &ApiKeyView) -> Markup {
+    html! {
+        @match (key.status, key.revoked_at) {
+            (Status::Active, Some(until)) => {
+                span.status.active { "Active" }
+                " " span.until { "until " (format_time(until)) }
+            }
+            (Status::Active, None) => span.status.active { "Active" },
+            (Status::Expired, _) => span.status.expired { "Expired" },
+            (Status::Revoked, _) => span.status.revoked { "Revoked" },
+        }
+    }
+}
+
+pub(super) fn sign_in(frame: &Frame<'_>, csrf: &str, error: Option<&str>) -> Markup {
+    let base = frame.base;
+    layout(
+        frame,
+        "Sign in",
+        html! {
+            h1 { "Sign in" }
+            p { "Paste an API key that holds the " code { "api_keys:manage" } " permission. "
+                "The key is checked once; the session keeps only its id, never the key." }
+            @if let Some(error) = error { p.error role="alert" { (error) } }
+            form.card method="post" action={ (base) "/sign-in" } autocomplete="off" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="key" { "API key" }
+                input #key type="password" name="key" required placeholder="br_live_…"
+                    autocomplete="off" spellcheck="false";
+                button.primary type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+pub(super) fn keys(frame: &Frame<'_>, keys: &[ApiKeyView], notice: Option<&str>) -> Markup {
+    let base = frame.base;
+    layout(
+        frame,
+        "API Keys",
+        html! {
+            div.heading {
+                h1 { "API Keys" }
+                a.button.primary href={ (base) "/keys/new" } { "Create new key" }
+            }
+            @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+            @if keys.is_empty() {
+                p.empty { "No API keys yet." }
+            } @else {
+                table.keys {
+                    thead { tr {
+                        th { "Name" } th { "Key" } th { "Permissions" } th { "Created" }
+                        th { "Expires" } th { "Last used" } th { "Status" } th { span.sr { "Actions" } }
+                    } }
+                    tbody {
+                        @for key in keys {
+                            tr data-key-id=(key.id) {
+                                td data-col="name" { (key.name) }
+                                td data-col="hint" { code { (key.hint) } }
+                                td data-col="permissions" { (permissions(key)) }
+                                td data-col="created" { (format_time(key.created_at)) }
+                                td data-col="expires" {
+                                    @match key.expires_at { Some(t) => (format_time(t)), None => "Never" }
+                                }
+                                td data-col="last-used" {
+                                    @match key.last_used_at { Some(t) => (format_time(t)), None => "Never" }
+                                }
+                                td data-col="status" { (status(key)) }
+                                td.actions {
+                                    @if key.status == Status::Active && key.revoked_at.is_none() {
+                                        a href={ (base) "/keys/" (key.id) "/rotate" } { "Rotate" }
+                                        a.danger href={ (base) "/keys/" (key.id) "/revoke" } { "Revoke" }
+                                    } @else if key.status == Status::Active {
+                                        a.danger href={ (base) "/keys/" (key.id) "/revoke" } { "Revoke" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// What the create form was filled with, to show it again with an error.
+#[derive(Default)]
+pub(super) struct NewKeyForm<'a> {
+    pub name: &'a str,
+    pub scopes: Vec<&'a str>,
+    pub expiration: &'a str,
+    pub error: Option<String>,
+}
+
+pub(super) fn new_key(
+    frame: &Frame<'_>,
+    catalogue: &ScopeCatalogue,
+    held: &Scopes,
+    csrf: &str,
+    form_token: &str,
+    form: &NewKeyForm<'_>,
+) -> Markup {
+    let base = frame.base;
+    layout(
+        frame,
+        "Create new key",
+        html! {
+            h1 { "Create new key" }
+            @if let Some(error) = &form.error { p.error role="alert" { (error) } }
+            form.card method="post" action={ (base) "/keys" } {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="form" value=(form_token);
+                label for="name" { "Name" }
+                input #name type="text" name="name" required maxlength="128" value=(form.name)
+                    placeholder="ci-pipeline";
+                fieldset {
+                    legend { "Permissions" }
+                    @for entry in catalogue.iter() {
+                        @let scope = entry.scope.as_str();
+                        @let allowed = held.allows(&entry.scope);
+                        div.scope.disabled[!allowed] {
+                            input type="checkbox" name="scope" value=(scope) id={ "scope-" (scope) }
+                                checked[form.scopes.contains(&scope)] disabled[!allowed];
+                            label for={ "scope-" (scope) } {
+                                code { (scope) }
+                                span.description { (entry.description) }
+                                @if !allowed { span.note { " (your key does not hold it)" } }
+                            }
+                        }
+                    }
+                }
+                label for="expiration" { "Expiration" }
+                select #expiration name="expiration" {
+                    @for (value, label, _) in EXPIRATIONS {
+                        option value=(value) selected[form.expiration == value] { (label) }
+                    }
+                }
+                div.actions {
+                    button.primary type="submit" { "Create key" }
+                    a href=(home(base)) { "Cancel" }
+                }
+            }
+        },
+    )
+}
+
+/// The page that shows a new secret, once.
+pub(super) fn secret(frame: &Frame<'_>, heading: &str, secret: &str, key: &ApiKeyView) -> Markup {
+    let base = frame.base;
+    layout(
+        frame,
+        heading,
+        html! {
+            h1 { (heading) }
+            div.secret.card {
+                p { strong { "Copy this key now: it is only shown once." }
+                    " Only its SHA-256 hash is stored, so it cannot be shown again." }
+                div.copyrow {
+                    input #new-secret type="text" readonly value=(secret) spellcheck="false"
+                        autocomplete="off" aria-label="New API key";
+                    button.primary type="button" data-copy="new-secret" { "Copy" }
+                }
+                p.copied role="status" {}
+            }
+            dl.summary {
+                dt { "Name" } dd { (key.name) }
+                dt { "Key" } dd { code { (key.hint) } }
+                dt { "Permissions" } dd { (permissions(key)) }
+                dt { "Expires" } dd { @match key.expires_at { Some(t) => (format_time(t)), None => "Never" } }
+            }
+            p { a href=(home(base)) { "Back to API Keys" } }
+        },
+    )
+}
+
+pub(super) fn revoke(frame: &Frame<'_>, csrf: &str, key: &ApiKeyView) -> Markup {
+    let base = frame.base;
+    layout(
+        frame,
+        "Revoke key",
+        html! {
+            h1 { "Revoke “" (key.name) "”?" }
+            div.card {
+                p { "Key " code { (key.hint) } " stops working on its next request. "
+                    strong { "Revocation is permanent:" } " a revoked key cannot be reinstated; "
+                    "clients using it need a new key." }
+                form method="post" action={ (base) "/keys/" (key.id) "/revoke" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    div.actions {
+                        button.danger type="submit" { "Revoke key" }
+                        a href=(home(base)) { "Cancel" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub(super) fn rotate(frame: &Frame<'_>, csrf: &str, form_token: &str, key: &ApiKeyView) -> Markup {
+    let base = frame.base;
+    layout(
+        frame,
+        "Rotate key",
+        html! {
+            h1 { "Rotate “" (key.name) "”" }
+            div.card {
+                p { "A new key with the same name and permissions replaces " code { (key.hint) } ". "
+                    "Choose how long the old key keeps working, so clients can switch over." }
+                form method="post" action={ (base) "/keys/" (key.id) "/rotate" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="form" value=(form_token);
+                    fieldset {
+                        legend { "The old key stops working" }
+                        @for (i, (value, label, _)) in OVERLAPS.iter().enumerate() {
+                            div.option {
+                                input type="radio" name="overlap" value=(value) id={ "overlap-" (value) }
+                                    checked[i == 0];
+                                label for={ "overlap-" (value) } { (label) }
+                            }
+                        }
+                    }
+                    div.actions {
+                        button.primary type="submit" { "Rotate key" }
+                        a href=(home(base)) { "Cancel" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The window as the end of "100 per …".
+fn window(secs: u64) -> String {
+    match secs {
+        1 => "second".into(),
+        60 => "minute".into(),
+        3600 => "hour".into(),
+        s if s % 3600 == 0 => format!("{} hours", s / 3600),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
+pub(super) fn usage(frame: &Frame<'_>, org: &OrgView, current: Option<&CurrentUsage>) -> Markup {
+    let limits = &org.limits;
+    layout(
+        frame,
+        "Usage",
+        html! {
+            h1 { "Usage" }
+            dl.summary.card {
+                dt { "Organization" } dd { (org.org_id) }
+                dt { "Plan" } dd data-field="plan" { (org.plan) }
+                dt { "Requests" } dd data-field="requests" {
+                    (limits.requests_per_window) " per " (window(limits.window_secs))
+                }
+                dt { "Concurrent sessions" } dd data-field="sessions" { (limits.concurrent_sessions) }
+            }
+            @if let Some(current) = current {
+                h2 { "Current use" }
+                dl.summary.card {
+                    @if let Some(n) = current.requests {
+                        dt { "Requests" } dd data-field="current-requests" { (n) }
+                    }
+                    @if let Some(n) = current.open_sessions {
+                        dt { "Open sessions" } dd data-field="current-sessions" {
+                            (n) " of " (limits.concurrent_sessions)
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub(super) fn problem(frame: &Frame<'_>, problem: &Problem) -> Markup {
+    let base = frame.base;
+    layout(
+        frame,
+        problem.title,
+        html! {
+            h1 { (problem.title) }
+            p.error role="alert" { (problem.message) }
+            p { a href=(home(base)) { "Back to API Keys" } }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_calendar_dates() {
+        assert_eq!(format_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(format_time(1_796_455_651), "2026-12-05 07:27 UTC");
+        // The largest input formats without overflow.
+        assert!(format_time(u64::MAX).ends_with(" UTC"));
+    }
+
+    #[test]
+    fn windows_read_as_words() {
+        assert_eq!(window(60), "minute");
+        assert_eq!(window(7200), "2 hours");
+        assert_eq!(window(90), "90 seconds");
+    }
+}
