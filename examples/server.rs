@@ -38,6 +38,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower_api_key::admin::{AdminApi, NewSecret};
+use tower_api_key::dashboard::{CurrentUsage, Dashboard};
 #[cfg(feature = "redis")]
 use tower_api_key::rate_limit::OnBackendError;
 use tower_api_key::rate_limit::RateLimitBackend;
@@ -690,6 +691,22 @@ fn app<B: RateLimitBackend>(
     if with_dev_seed {
         open = open.route("/dev/seed", post(dev_seed));
     }
+    // People manage keys in the dashboard: sign in with a key holding `api_keys:manage`. Plain
+    // HTTP on localhost here; behind TLS, keep `secure_cookies` on (the default).
+    let quota = state.quota.clone();
+    let dashboard = Dashboard::new(state.manager.clone())
+        .secure_cookies(false)
+        // The Usage page's current use: the organization's open sessions (shared with Redis).
+        .usage(move |org| {
+            let quota = quota.clone();
+            async move {
+                CurrentUsage {
+                    requests: None,
+                    open_sessions: quota.active(&org).await.ok(),
+                }
+            }
+        });
+    let open = open.nest("/dashboard", dashboard.router());
     // The routes outside the stack refuse a key in the URL as the stack does: a key that went
     // into a URL is in some log by now, whichever route it was sent to.
     let open = open.route_layer(axum::middleware::from_fn_with_state(
@@ -789,6 +806,7 @@ async fn main() {
     };
     let addr = listener.local_addr().unwrap_or(opts.addr);
     println!("listening on http://{addr}");
+    println!("dashboard:   http://{addr}/dashboard (sign in with a key holding api_keys:manage)");
     if opts.dev_seed {
         println!(
             "mint a key:  curl -s -X POST http://{addr}/dev/seed -H 'content-type: application/json' -d '{{\"scopes\":[\"browser_sessions:create\",\"browser_sessions:read\"]}}'"

@@ -989,6 +989,13 @@ impl KeyStore for FlakyStore {
     ) -> Result<Option<tower_api_key::KeyRecord>, StoreError> {
         self.inner.revoke(id, at).await
     }
+    async fn update(
+        &self,
+        id: &KeyId,
+        changes: &tower_api_key::KeyChanges,
+    ) -> Result<Option<tower_api_key::KeyRecord>, StoreError> {
+        self.inner.update(id, changes).await
+    }
     async fn touch_last_used(
         &self,
         batch: &[(KeyId, tower_api_key::Timestamp)],

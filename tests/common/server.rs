@@ -29,6 +29,7 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
             ("redis", cfg!(feature = "redis")),
             ("serve", cfg!(feature = "serve")),
             ("admin", cfg!(feature = "admin")),
+            ("dashboard", cfg!(feature = "dashboard")),
         ]
         .into_iter()
         .filter_map(|(f, on)| on.then_some(f))
