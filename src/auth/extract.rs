@@ -175,7 +175,7 @@ fn is_credential_name(name: &[u8]) -> bool {
 
 /// `raw` decoded once as a form field: `+` is a space, `%XX` the byte it escapes, an invalid
 /// escape itself. Borrowed (no allocation) when `raw` has neither `%` nor `+`.
-fn form_decode(raw: &[u8]) -> Cow<'_, [u8]> {
+pub(crate) fn form_decode(raw: &[u8]) -> Cow<'_, [u8]> {
     if !raw.iter().any(|&b| b == b'%' || b == b'+') {
         return Cow::Borrowed(raw);
     }

@@ -17,7 +17,7 @@
 //! A store whose lookup is ready at once (the in-memory store, a cache hit) is decided inside
 //! `call`; only a lookup that really waits takes a waiting state, bounded by the store timeout.
 
-mod extract;
+pub(crate) mod extract;
 mod future;
 
 use std::fmt;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tower_sessions::Session;
@@ -13,6 +12,7 @@ use tower_sessions::Session;
 use super::Shared;
 use super::error::DashboardError;
 use crate::admin::MANAGE_SCOPE;
+use crate::auth::extract::form_decode;
 use crate::ids::{KeyId, OrgId};
 use crate::principal::Principal;
 use crate::scopes::Scope;
@@ -210,18 +210,18 @@ pub(super) struct Form {
 }
 
 impl Form {
-    /// Parse a body. Malformed percent-escapes decode lossily; a field without `=` is empty.
+    /// Parse a body. An invalid escape stays as written, bytes that are not UTF-8 decode lossily,
+    /// and a field without `=` is empty.
     pub fn parse(body: &[u8]) -> Self {
-        let text = String::from_utf8_lossy(body);
-        let decode = |s: &str| {
-            let plus = s.replace('+', " ");
-            percent_decode_str(&plus).decode_utf8_lossy().into_owned()
-        };
-        let fields = text
-            .split('&')
+        // Decoded as the query check decodes: `+` a space, `%XX` its byte, once.
+        let decode = |raw: &[u8]| String::from_utf8_lossy(&form_decode(raw)).into_owned();
+        let fields = body
+            .split(|&b| b == b'&')
             .filter(|pair| !pair.is_empty())
             .map(|pair| {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let mut halves = pair.splitn(2, |&b| b == b'=');
+                let name = halves.next().unwrap_or_default();
+                let value = halves.next().unwrap_or_default();
                 (decode(name), zeroize::Zeroizing::new(decode(value)))
             })
             .collect();
