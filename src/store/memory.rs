@@ -275,18 +275,7 @@ impl MemoryStore {
             Some(t) if t <= at => {}
             _ => {
                 record.revoked_at = Some(at);
-                let updated = Arc::new(record.clone());
-                {
-                    let by_hash = self.inner.by_hash.pin();
-                    let plan = by_hash
-                        .get(&record.hash)
-                        .cloned()
-                        .unwrap_or_else(|| self.plan_of(&admin, &record.org_id));
-                    by_hash.insert(ByHash(updated.clone()), plan);
-                }
-                admin.replace_in_org(&current, &updated);
-                admin.by_id.replace(ById(updated));
-                self.reclaim();
+                self.replace(&mut admin, &current, Arc::new(record.clone()));
             }
         }
         drop(admin);
@@ -298,20 +287,25 @@ impl MemoryStore {
         let mut admin = self.admin();
         let current = admin.by_id.get(id.as_str())?.0.clone();
         let record = changes.apply(&current);
-        let updated = Arc::new(record.clone());
+        self.replace(&mut admin, &current, Arc::new(record.clone()));
+        drop(admin);
+        Some(record)
+    }
+
+    /// Put `updated` in place of `current` in every index (the lookup map keeps the plan it
+    /// had), under the write mutex `admin` guards; then reclaim the old snapshot.
+    fn replace(&self, admin: &mut Admin, current: &Arc<KeyRecord>, updated: Arc<KeyRecord>) {
         {
             let by_hash = self.inner.by_hash.pin();
             let plan = by_hash
-                .get(&record.hash)
+                .get(&updated.hash)
                 .cloned()
-                .unwrap_or_else(|| self.plan_of(&admin, &record.org_id));
+                .unwrap_or_else(|| self.plan_of(admin, &updated.org_id));
             by_hash.insert(ByHash(updated.clone()), plan);
         }
-        admin.replace_in_org(&current, &updated);
+        admin.replace_in_org(current, &updated);
         admin.by_id.replace(ById(updated));
         self.reclaim();
-        drop(admin);
-        Some(record)
     }
 
     /// Raise the last-used times of a batch, forward only, by replacing each record that moves
