@@ -60,6 +60,7 @@
 //! | `sqlite` | `store::SqliteStore`: embedded durable store (sqlx, bundled SQLite) |
 //! | `postgres` | `store::PostgresStore` and `store::PgInvalidations` (`LISTEN/NOTIFY`) |
 //! | `redis` | [`RedisRateLimiter`] and [`RedisSessions`]: one rate limit and one session count shared by replicas |
+//! | `leaks` | [`leaks`]: the key pattern for secret scanners, GitHub's secret-scanning receiver and a public revoke endpoint |
 //! | `cli` | the `tower-api-key` operator CLI (a binary; the library does not use clap): see the README's "Going to production" |
 //!
 //! [tower]: https://docs.rs/tower
@@ -88,6 +89,8 @@ pub mod clock;
 pub mod dashboard;
 pub mod key;
 pub mod last_used;
+#[cfg(feature = "leaks")]
+pub mod leaks;
 pub mod manage;
 pub mod principal;
 pub mod rate_limit;

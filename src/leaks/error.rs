@@ -1,7 +1,5 @@
 //! [`LeakError`]: every refusal of the leaked-key routes, as `application/problem+json`.
 
-use std::time::Duration;
-
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -38,8 +36,8 @@ pub enum LeakError {
     /// This client address sent too many requests; retry after the given time.
     #[error("too many requests from this address; retry later")]
     RateLimited {
-        /// How long until the next request is admitted.
-        retry_after: Duration,
+        /// Whole seconds until the next request is admitted (`Retry-After`).
+        retry_after: u64,
     },
     /// The route could not tell the client's address, so it cannot rate-limit it (fail closed).
     /// Serve the router with [`serve::Server`](crate::serve), which records the peer address,
@@ -104,14 +102,12 @@ impl IntoResponse for LeakError {
             HeaderValue::from_static("application/problem+json"),
         );
         let retry_after = match &self {
-            // Rounded up, never 0 (as every Retry-After of the crate).
-            LeakError::RateLimited { retry_after } => {
-                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
-            }
+            LeakError::RateLimited { retry_after } => Some(*retry_after),
             LeakError::Store(_) => Some(5),
             _ => None,
         };
         if let Some(secs) = retry_after {
+            // Never 0, as every Retry-After of the crate.
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if let LeakError::Signature(_) = self {
@@ -129,12 +125,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_is_rounded_up_and_never_zero() {
-        for (wait, secs) in [
-            (Duration::from_millis(1), "1"),
-            (Duration::from_millis(1500), "2"),
-            (Duration::ZERO, "1"),
-        ] {
+    fn retry_after_is_never_zero() {
+        for (wait, secs) in [(0, "1"), (1, "1"), (60, "60")] {
             let res = LeakError::RateLimited { retry_after: wait }.into_response();
             assert_eq!(res.status(), 429);
             assert_eq!(res.headers()[header::RETRY_AFTER], secs, "{wait:?}");
