@@ -295,7 +295,10 @@ mod tests {
 
     #[test]
     fn loggable_replaces_control_characters_and_bounds_the_length() {
-        assert_eq!(loggable("a\nb\r\u{1b}[31mc", 100), "a\u{FFFD}b\u{FFFD}\u{FFFD}[31mc");
+        assert_eq!(
+            loggable("a\nb\r\u{1b}[31mc", 100),
+            "a\u{FFFD}b\u{FFFD}\u{FFFD}[31mc"
+        );
         assert_eq!(loggable("héllo", 2), "h");
         assert_eq!(loggable("héllo", 3), "hé");
         assert_eq!(loggable(&"x".repeat(5000), MAX_URL_LEN).len(), MAX_URL_LEN);

@@ -121,10 +121,12 @@ impl<St: KeyStore> PublicRevoke<St> {
                 retry_after: decision.info.retry_after,
             });
         }
-        let body = Bytes::from_request(req, &()).await.map_err(|e| match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => LeakError::BodyTooLarge,
-            _ => LeakError::InvalidBody(e.body_text()),
-        })?;
+        let body = Bytes::from_request(req, &())
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => LeakError::BodyTooLarge,
+                _ => LeakError::InvalidBody(e.body_text()),
+            })?;
         let Credentials { credentials } = serde_json::from_slice(&body).map_err(|e| {
             LeakError::InvalidBody(format!(
                 "expected {{\"credentials\": [\"…\", …]}} with at most {MAX_CREDENTIALS} strings: {e}"

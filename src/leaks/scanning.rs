@@ -34,7 +34,9 @@ pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 #[non_exhaustive]
 pub enum SignatureError {
     /// `Github-Public-Key-Identifier` or `Github-Public-Key-Signature` is missing.
-    #[error("the report is not signed: send Github-Public-Key-Identifier and Github-Public-Key-Signature")]
+    #[error(
+        "the report is not signed: send Github-Public-Key-Identifier and Github-Public-Key-Signature"
+    )]
     Missing,
     /// The named key is not in the configured set (unknown, or the set needs a refresh).
     #[error("the report is signed by an unknown key")]
@@ -167,9 +169,14 @@ impl ScanningKeys {
             .ok_or(SignatureError::UnknownKey)?;
         let der = signature
             .ok()
-            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s.trim()).ok())
+            .and_then(|s| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.trim())
+                    .ok()
+            })
             .ok_or(SignatureError::Invalid)?;
-        let signature = DerSignature::try_from(der.as_slice()).map_err(|_| SignatureError::Invalid)?;
+        let signature =
+            DerSignature::try_from(der.as_slice()).map_err(|_| SignatureError::Invalid)?;
         key.verify(body, &signature)
             .map_err(|_| SignatureError::Invalid)
     }
