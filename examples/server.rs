@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --example server                 # 127.0.0.1:3000, in-memory store, /dev/seed on
 //! cargo run --example server -- --addr 127.0.0.1:8080 --no-dev-seed
+//! cargo run --example server -- --scanning-keys github-keys.json   # GitHub's secret-scanning keys
 //! cargo run --example server --features sqlite -- --store sqlite://keys.db
 //! cargo run --example server --features postgres -- --store postgres://postgres@127.0.0.1/test
 //! cargo run --example server --features redis -- --redis redis://127.0.0.1:6379 --redis-fail open
@@ -22,6 +23,7 @@
 //! | `GET /v1/usage` | `org:billing` |
 //! | `POST` / `GET /v1/api-keys`, `DELETE /v1/api-keys/{id}`, `POST /v1/api-keys/{id}/rotate` | `api_keys:manage` |
 //! | `GET /healthz`, `POST /dev/seed` | none (no key) |
+//! | `POST /security/secret-scanning` (GitHub's signed reports), `POST /credentials/revoke` | none: see `tower_api_key::leaks` |
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower_api_key::admin::{AdminApi, NewSecret};
 use tower_api_key::dashboard::{CurrentUsage, Dashboard};
+use tower_api_key::leaks::{Leaks, ScanningKeys};
 #[cfg(feature = "redis")]
 use tower_api_key::rate_limit::OnBackendError;
 use tower_api_key::rate_limit::RateLimitBackend;
@@ -546,11 +549,12 @@ struct Options {
     flush_interval: Duration,
     redis: Option<String>,
     redis_fail_open: bool,
+    scanning_keys: Option<String>,
     server: Server,
 }
 
 const USAGE: &str = "usage: server [--addr HOST:PORT] [--store URL] [--redis URL [--redis-fail open|closed]]
-              [--no-dev-seed] [--flush-interval-ms N] [--drain-deadline-ms N]
+              [--no-dev-seed] [--scanning-keys FILE] [--flush-interval-ms N] [--drain-deadline-ms N]
               [--header-read-timeout-ms N] [--idle-timeout-ms N]
 
   --addr                    where to listen (default 127.0.0.1:3000; port 0 picks a free one)
@@ -558,6 +562,9 @@ const USAGE: &str = "usage: server [--addr HOST:PORT] [--store URL] [--redis URL
   --redis                   rate limits and session counts in Redis, shared by replicas (feature redis)
   --redis-fail              when Redis fails: closed (503, default) or open (count on this replica)
   --no-dev-seed             turn off POST /dev/seed
+  --scanning-keys           GitHub's secret-scanning public keys, the JSON of its
+                            meta/public_keys/secret_scanning API, saved to FILE (without it,
+                            POST /security/secret-scanning refuses every report: no key to check it)
   --flush-interval-ms       how often last-used times are written to the store (default 5000)
   --drain-deadline-ms       how long a shutdown waits for in-flight requests (default 10000)
   --header-read-timeout-ms  how long a client may take to send a request head (default 10000)
@@ -579,6 +586,7 @@ fn options() -> Result<Options, String> {
         flush_interval: Duration::from_secs(5),
         redis: None,
         redis_fail_open: false,
+        scanning_keys: None,
         server: Server::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -591,6 +599,11 @@ fn options() -> Result<Options, String> {
                 opts.addr = v.parse().map_err(|e| format!("bad --addr {v:?}: {e}"))?;
             }
             "--no-dev-seed" => opts.dev_seed = false,
+            "--scanning-keys" => {
+                opts.scanning_keys = Some(args.next().ok_or(
+                    "--scanning-keys needs a file holding GitHub's secret-scanning public keys",
+                )?);
+            }
             "--store" => {
                 opts.store = args
                     .next()
@@ -626,6 +639,7 @@ fn app<B: RateLimitBackend>(
     state: AppState,
     with_dev_seed: bool,
     limit: OrgRateLimitLayer<B>,
+    scanning_keys: ScanningKeys,
 ) -> Router {
     let store = state.manager.store().clone();
     // Each route's scope, checked inside the one-service stack below (a per-route
@@ -691,6 +705,21 @@ fn app<B: RateLimitBackend>(
     if with_dev_seed {
         open = open.route("/dev/seed", post(dev_seed));
     }
+    // Leaked keys: GitHub's secret scanning reports keys found in public code (signed with the
+    // keys of `--scanning-keys`), and anyone who finds one can revoke it. Either way the key is
+    // revoked at once on every replica, and reported (the `key_leaked` event, and this hook).
+    let leaks = Leaks::new(state.manager.clone()).on_leak(|leak| {
+        tracing::info!(
+            key_id = %leak.key_id, org_id = %leak.org_id,
+            "a leaked key was revoked: tell the organization's owners where it was found"
+        );
+    });
+    let open = open
+        .route(
+            "/security/secret-scanning",
+            leaks.secret_scanning(scanning_keys).route(),
+        )
+        .route("/credentials/revoke", leaks.public_revoke().route());
     // People manage keys in the dashboard: sign in with a key holding `api_keys:manage`. Plain
     // HTTP on localhost here; behind TLS, keep `secure_cookies` on (the default).
     let quota = state.quota.clone();
@@ -788,6 +817,19 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let scanning_keys = match &opts.scanning_keys {
+        None => ScanningKeys::default(),
+        Some(path) => match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|json| ScanningKeys::from_github_json(&json).map_err(|e| e.to_string()))
+        {
+            Ok(keys) => keys,
+            Err(e) => {
+                eprintln!("cannot read --scanning-keys {path:?}: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
     let recorder = LastUsedRecorder::new(store.clone());
     let flusher = recorder.spawn_flusher(opts.flush_interval);
     let state = AppState {
@@ -821,10 +863,10 @@ async fn main() {
                 OnBackendError::FailClosed
             };
             let limit = OrgRateLimit::with_backend(limiter).on_backend_error(on_error);
-            app(state, opts.dev_seed, limit)
+            app(state, opts.dev_seed, limit, scanning_keys)
         }
         // Without `redis`, `Limiter` has no values: this arm is the only one.
-        _ => app(state, opts.dev_seed, OrgRateLimit::new()),
+        _ => app(state, opts.dev_seed, OrgRateLimit::new(), scanning_keys),
     };
     // Until SIGINT or SIGTERM; then in-flight requests get the drain deadline to finish.
     let served = opts.server.serve(listener, app, shutdown_signal()).await;

@@ -3,6 +3,9 @@
 //! `DATABASE_URL`, a leak revoked on one replica is refused by another.
 
 mod common;
+#[cfg(all(feature = "serve", feature = "dashboard"))]
+#[path = "common/server.rs"]
+mod server;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -595,6 +598,69 @@ async fn the_public_endpoint_refuses_bad_bodies_and_requests_without_an_address(
     let res = t.send(req).await;
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(problem_of(res).await["code"], "client_address_unknown");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The example server: both routes mounted, GitHub's keys from `--scanning-keys`.
+
+#[cfg(all(feature = "serve", feature = "dashboard"))]
+#[tokio::test]
+async fn the_example_server_revokes_keys_reported_by_github_and_by_anyone() {
+    let github = Signer::new("gh-1");
+    let file = std::env::temp_dir().join(format!("tak-scanning-keys-{}.json", std::process::id()));
+    std::fs::write(&file, Signer::github_json(&[&github])).unwrap();
+    let srv = server::ExampleServer::start(&["--scanning-keys", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    let http = reqwest::Client::new();
+    let seed = || async {
+        let v: Value = http
+            .post(srv.url("/dev/seed"))
+            .json(&json!({"org_id": "org_leaky"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["key"].as_str().unwrap().to_owned()
+    };
+    let usage = |key: String| {
+        let req = http.get(srv.url("/v1/usage")).bearer_auth(key);
+        async move { req.send().await.unwrap().status() }
+    };
+    let (scanned, posted) = (seed().await, seed().await);
+    assert_eq!(usage(scanned.clone()).await, StatusCode::OK);
+    assert_eq!(usage(posted.clone()).await, StatusCode::OK);
+
+    let report = serde_json::to_vec(&json!([match_of(&scanned)])).unwrap();
+    let unsigned = http
+        .post(srv.url("/security/secret-scanning"))
+        .body(report.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
+    let res = http
+        .post(srv.url("/security/secret-scanning"))
+        .header("Github-Public-Key-Identifier", "gh-1")
+        .header("Github-Public-Key-Signature", github.sign(&report))
+        .body(report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let feedback: Value = res.json().await.unwrap();
+    assert_eq!(feedback[0]["label"], "true_positive");
+    assert_eq!(usage(scanned).await, StatusCode::UNAUTHORIZED);
+
+    let res = http
+        .post(srv.url("/credentials/revoke"))
+        .json(&json!({ "credentials": [posted] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(usage(posted).await, StatusCode::UNAUTHORIZED);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
             ("serve", cfg!(feature = "serve")),
             ("admin", cfg!(feature = "admin")),
             ("dashboard", cfg!(feature = "dashboard")),
+            ("leaks", cfg!(feature = "leaks")),
         ]
         .into_iter()
         .filter_map(|(f, on)| on.then_some(f))
