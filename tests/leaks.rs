@@ -601,6 +601,85 @@ async fn the_public_endpoint_refuses_bad_bodies_and_requests_without_an_address(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Replicas: a leak revoked through one replica is refused by the other, through the same
+// LISTEN/NOTIFY invalidation as any revocation (tests/replicas.rs measures the bound).
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_revoked_on_one_replica_is_refused_by_the_other() {
+    use std::time::Instant;
+    use tower_api_key::store::{CacheConfig, CachedStore};
+    use tower_api_key::{Clock, KeyManager, NewKey};
+
+    let Some(url) = common::pg::database_url("leaks replicas") else {
+        return;
+    };
+    let (store_a, guard) = common::pg::store(&url).await;
+    let store_b = common::pg::replica(&url, &guard).await;
+    // Caches that would serve a stale entry for an hour: only the pushed invalidation can
+    // explain a refusal on B.
+    let config = CacheConfig::default()
+        .ttl(Duration::from_secs(3600))
+        .negative_ttl(Duration::from_secs(3600));
+    let a = CachedStore::with_config(store_a.clone(), config.clone());
+    a.subscribe(store_a.invalidations().await.unwrap());
+    let b = CachedStore::with_config(store_b.clone(), config);
+    b.subscribe(store_b.invalidations().await.unwrap());
+
+    let manager = KeyManager::new(a).clock(Clock::coarse());
+    let created = manager
+        .create(&OrgId::from("org_leak_replicas"), NewKey::new("ci"))
+        .await
+        .unwrap();
+    let app: Router = Router::new().route(REVOKE, Leaks::new(manager).public_revoke().route());
+    let api_b = ApiKeyAuth::new(b.clone()).layer(tower::service_fn(echo_principal));
+    let call_b = || {
+        api_b
+            .clone()
+            .oneshot(get("/v1/browsers", Some(&bearer(&created))))
+    };
+    // Until B serves the key from its cache (its own creation notice may evict it once).
+    let start = Instant::now();
+    loop {
+        let misses = b.stats().misses;
+        assert_eq!(call_b().await.unwrap().status(), StatusCode::OK);
+        if b.stats().misses == misses {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "B never caches the key"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    let mut req = Request::post(REVOKE)
+        .header("content-type", "application/json")
+        .body(Body::from(credentials(&[created.key.expose_secret()])))
+        .unwrap();
+    req.extensions_mut()
+        .insert(PeerAddr("203.0.113.7:4711".parse().unwrap()));
+    assert_eq!(
+        app.oneshot(req).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+
+    let revoked = Instant::now();
+    while call_b().await.unwrap().status() != StatusCode::UNAUTHORIZED {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(2),
+            "replica B still accepts the leaked key"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    println!(
+        "leak revoked on A -> refused on B in {:?}",
+        revoked.elapsed()
+    );
+    drop(guard);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The example server: both routes mounted, GitHub's keys from `--scanning-keys`.
 
 #[cfg(all(feature = "serve", feature = "dashboard"))]
