@@ -200,6 +200,13 @@ fn the_layers_sit_above_the_leaves() {
         "breaker depends only on clock: {:?}",
         graph["breaker"]
     );
+    // Features on top are never imported by anything else.
+    for (module, uses) in &graph {
+        assert!(
+            !uses.contains("leaks"),
+            "{module} imports leaks, a feature on top: {uses:?}"
+        );
+    }
     for layer in ["auth", "rate_limit", "last_used", "scope"] {
         assert!(
             !graph[layer].contains("stack"),
