@@ -191,6 +191,8 @@ impl Leak {
     }
 }
 
+type BadReport<'a> = (&'a str, &'a [u8], Option<&'a str>, Option<String>, &'a str);
+
 fn token_hash(token: &str) -> String {
     KeyHash::of(token).to_hex()
 }
@@ -331,7 +333,8 @@ async fn badly_signed_reports_are_refused_with_401_and_revoke_nothing() {
     let at = tampered.windows(7).position(|w| w == b"octocat").unwrap();
     tampered[at] = b'O';
 
-    let cases: [(&str, &[u8], Option<&str>, Option<String>, &str); 7] = [
+    // (case, body, key id header, signature header, expected code)
+    let cases: [BadReport; 7] = [
         (
             "unknown key id",
             &body,

@@ -54,8 +54,11 @@ use std::sync::Arc;
 
 pub use error::LeakError;
 pub use pattern::{is_well_formed, scanner_pattern};
-pub use revoke::{MAX_CREDENTIALS, PublicRevoke};
-pub use scanning::{ScanningKeys, ScanningKeysError, SecretScanning, SignatureError};
+pub use revoke::{MAX_CREDENTIALS, PublicRevoke, REVOKE_MAX_BODY, REVOKE_RATE};
+pub use scanning::{
+    KEY_IDENTIFIER_HEADER, SCANNING_MAX_BODY, SIGNATURE_HEADER, ScanningKeys, ScanningKeysError,
+    SecretScanning, SignatureError,
+};
 
 use crate::ids::{KeyId, OrgId};
 use crate::key::KeyHash;

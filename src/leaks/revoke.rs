@@ -21,10 +21,10 @@ pub const MAX_CREDENTIALS: usize = 1_000;
 
 /// The default largest body: room for [`MAX_CREDENTIALS`] keys of the longest format
 /// (32 + 64 + 6 characters, quoted, with a comma), and no more.
-pub const DEFAULT_MAX_BODY: usize = 128 * 1024;
+pub const REVOKE_MAX_BODY: usize = 128 * 1024;
 
 /// The default limit per client address: 10 requests a minute (each up to 1,000 keys).
-pub const DEFAULT_RATE: (u32, Duration) = (10, Duration::from_secs(60));
+pub const REVOKE_RATE: (u32, Duration) = (10, Duration::from_secs(60));
 
 /// The body of every accepted request, whatever it carried.
 const ACCEPTED: &str =
@@ -73,14 +73,14 @@ struct Credentials {
 }
 
 impl<St: KeyStore> PublicRevoke<St> {
-    /// The endpoint with [`DEFAULT_RATE`] per client address, the client being the TCP peer;
+    /// The endpoint with [`REVOKE_RATE`] per client address, the client being the TCP peer;
     /// [`Leaks::public_revoke`] builds it.
     pub fn new(leaks: Leaks<St>) -> Self {
         Self {
             leaks,
-            limit: AddrRateLimit::new(DEFAULT_RATE.0, DEFAULT_RATE.1),
+            limit: AddrRateLimit::new(REVOKE_RATE.0, REVOKE_RATE.1),
             client: ClientAddr::peer(),
-            max_body: DEFAULT_MAX_BODY,
+            max_body: REVOKE_MAX_BODY,
         }
     }
 
@@ -96,7 +96,7 @@ impl<St: KeyStore> PublicRevoke<St> {
         self
     }
 
-    /// The largest body accepted, in bytes (default [`DEFAULT_MAX_BODY`]).
+    /// The largest body accepted, in bytes (default [`REVOKE_MAX_BODY`]).
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self

@@ -27,7 +27,7 @@ pub const KEY_IDENTIFIER_HEADER: &str = "github-public-key-identifier";
 pub const SIGNATURE_HEADER: &str = "github-public-key-signature";
 
 /// The default largest report body: 1 MiB.
-pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+pub const SCANNING_MAX_BODY: usize = 1 << 20;
 
 /// Why a report's signature was refused (`401`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -242,7 +242,7 @@ impl<St: KeyStore> SecretScanning<St> {
         Self {
             leaks,
             keys,
-            max_body: DEFAULT_MAX_BODY,
+            max_body: SCANNING_MAX_BODY,
         }
     }
 
