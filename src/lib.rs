@@ -50,6 +50,8 @@
 //!   [`SessionQuota`] for concurrent-session leases ([`rate_limit`]); over Redis (feature
 //!   `redis`), one limit and one session count shared by every replica.
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
+//! - `leaks` (feature `leaks`): the pattern secret scanners look for, GitHub's secret-scanning
+//!   receiver and a public endpoint that revoke leaked keys.
 //!
 //! ## Features
 //!
@@ -68,7 +70,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The README's examples compile and run as doctests.
-#[cfg(all(doctest, feature = "axum", feature = "serve"))]
+// (Its "Leaked keys" section uses the `leaks` feature.)
+#[cfg(all(doctest, feature = "axum", feature = "serve", feature = "leaks"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
