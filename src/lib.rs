@@ -60,6 +60,8 @@
 //! | `sqlite` | `store::SqliteStore`: embedded durable store (sqlx, bundled SQLite) |
 //! | `postgres` | `store::PostgresStore` and `store::PgInvalidations` (`LISTEN/NOTIFY`) |
 //! | `redis` | [`RedisRateLimiter`] and [`RedisSessions`]: one rate limit and one session count shared by replicas |
+//! | `events` | [`events`]: an event sink trait, non-blocking queues, delivery with retries |
+//! | `webhook` | `events::webhook::WebhookSink`: Standard Webhooks signed delivery |
 //! | `cli` | the `tower-api-key` operator CLI (a binary; the library does not use clap): see the README's "Going to production" |
 //!
 //! [tower]: https://docs.rs/tower
@@ -86,6 +88,8 @@ pub mod client_addr;
 pub mod clock;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
+#[cfg(feature = "events")]
+pub mod events;
 pub mod key;
 pub mod last_used;
 pub mod manage;
