@@ -62,6 +62,7 @@
 //! | `redis` | [`RedisRateLimiter`] and [`RedisSessions`]: one rate limit and one session count shared by replicas |
 //! | `events` | [`events`]: an event sink trait, non-blocking queues, delivery with retries |
 //! | `webhook` | `events::webhook::WebhookSink`: Standard Webhooks signed delivery |
+//! | `metrics` | [`telemetry::Telemetry`]: counters published through the `metrics` facade |
 //! | `cli` | the `tower-api-key` operator CLI (a binary; the library does not use clap): see the README's "Going to production" |
 //!
 //! [tower]: https://docs.rs/tower
@@ -107,6 +108,8 @@ pub mod axum;
 pub mod grpc;
 #[cfg(feature = "serve")]
 pub mod serve;
+#[cfg(feature = "metrics")]
+pub mod telemetry;
 
 // Failing fast while a backend is down.
 pub use breaker::{Breaker, BreakerConfig, BreakerState, BreakerStats};
