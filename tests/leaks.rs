@@ -463,6 +463,40 @@ async fn the_leak_report_carries_no_control_characters() {
     assert_eq!(leak.source.as_deref(), Some("content\u{FFFD}\u{FFFD}[2J"));
 }
 
+#[cfg(feature = "events")]
+#[tokio::test]
+async fn leaks_reach_the_event_sink_with_one_line() {
+    use tower_api_key::events::{EventKind, Events, RecentEvents};
+    let recent = RecentEvents::new(10);
+    let (events, delivery) = Events::builder().sink(recent.clone()).start();
+    let fx = Fixture::new();
+    let leaks = Leaks::new(fx.manager.clone()).events(events);
+    let app: Router = Router::new().route(REVOKE, leaks.public_revoke().route());
+    let key = fx.mint("org_events", &[]).await;
+    let mut req = Request::post(REVOKE)
+        .header("content-type", "application/json")
+        .body(Body::from(credentials(&[key.key.expose_secret()])))
+        .unwrap();
+    req.extensions_mut()
+        .insert(PeerAddr("203.0.113.7:4711".parse().unwrap()));
+    assert_eq!(
+        app.oneshot(req).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    // Deliver what is queued, then read it.
+    delivery.shutdown(Duration::from_secs(5)).await;
+    let got = recent.list(&OrgId::from("org_events"));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].kind,
+        EventKind::KeyLeaked {
+            key_id: key.record.id.clone(),
+            url: None,
+            source: "public_revoke".to_owned(),
+        }
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The public endpoint.
 

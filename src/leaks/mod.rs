@@ -122,6 +122,23 @@ pub struct LeakedKey {
     pub via: Via,
 }
 
+impl LeakedKey {
+    /// This leak as an event (feature `events`): the key, where it was found, and who reported
+    /// it as `source`: `github` (secret scanning) or `public_revoke`.
+    #[cfg(feature = "events")]
+    pub fn event_kind(&self) -> crate::events::EventKind {
+        crate::events::EventKind::KeyLeaked {
+            key_id: self.key_id.clone(),
+            url: self.url.clone(),
+            source: match self.via {
+                Via::SecretScanning => "github",
+                Via::PublicRevoke => "public_revoke",
+            }
+            .to_owned(),
+        }
+    }
+}
+
 /// What a reported token turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -188,6 +205,26 @@ impl<St: KeyStore> Leaks<St> {
         hooks.push(Arc::new(hook));
         self.hooks = hooks.into();
         self
+    }
+
+    /// Also emit every leak as an [`EventKind::KeyLeaked`](crate::events::EventKind::KeyLeaked)
+    /// to `events` (feature `events`): the organization's webhook and recent events hear of it.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::events::{Events, RecentEvents};
+    /// use tower_api_key::leaks::Leaks;
+    /// # use tower_api_key::{KeyManager, MemoryStore};
+    /// let recent = RecentEvents::new(100);
+    /// let (events, _delivery) = Events::builder().sink(recent.clone()).start();
+    /// let leaks = Leaks::new(KeyManager::new(MemoryStore::new())).events(events);
+    /// # let _ = leaks; });
+    /// ```
+    #[cfg(feature = "events")]
+    pub fn events(self, events: crate::events::Events) -> Self {
+        self.on_leak(move |leak| {
+            events.emit(&leak.org_id, leak.event_kind());
+        })
     }
 
     /// The key manager revocations go through.
