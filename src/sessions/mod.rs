@@ -50,7 +50,7 @@ use crate::principal::Principal;
 use crate::rate_limit::QuotaPolicy;
 use crate::rate_limit::gcra::ceil_duration_secs;
 use crate::reject::Rejection;
-use crate::store::BoxError;
+use crate::store::{BoxError, UsageOutcome};
 
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -296,8 +296,14 @@ impl<B: SessionBackend> SessionQuota<B> {
         lease: Duration,
     ) -> Result<SessionLease, SessionError> {
         let limit = self.policy.quota(principal).concurrent_sessions;
-        self.acquire_for(principal.org_id(), limit, session_id, lease)
-            .await
+        let result = self
+            .acquire_for(principal.org_id(), limit, session_id, lease)
+            .await;
+        if let Err(SessionError::LimitReached { .. }) = &result {
+            // Metered usage: this request counts as refused by the session quota.
+            principal.refused_after_accept(UsageOutcome::SessionQuota);
+        }
+        result
     }
 
     /// [`acquire`](Self::acquire) with an explicit organization and limit.
