@@ -38,6 +38,7 @@ mod tests {
     use crate::key::KeyHash;
     use crate::scopes::Scopes;
     use crate::store::UsageSlot;
+    use crate::clock::Timestamp;
     use crate::store::{UsageCounts, UsageMeter, UsageOutcome};
 
     fn record(id: &str) -> Arc<KeyRecord> {
@@ -166,5 +167,87 @@ mod tests {
         let got = drained(&list);
         assert_eq!(got.len(), 5);
         assert!(got.iter().all(|(_, t)| *t == 1_000 * SEC), "{got:?}");
+    }
+
+    #[test]
+    fn counts_taken_while_requests_count_add_up_exactly() {
+        // Four threads count (and move) on shared and own records while a fifth drains
+        // repeatedly: every count is taken by exactly one drain, none lost or doubled.
+        let list = Arc::new(MarkList::new());
+        let meter = UsageMeter::new(Some(list.clone()));
+        let shared = record("shared");
+        let own: Vec<_> = (0..4).map(|i| record(&format!("own{i}"))).collect();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let mut taken: std::collections::HashMap<String, UsageCounts> = Default::default();
+        std::thread::scope(|s| {
+            let workers: Vec<_> = own
+                .iter()
+                .map(|mine| {
+                    let (meter, shared) = (&meter, &shared);
+                    s.spawn(move || {
+                        for i in 0..20_000u32 {
+                            meter.count(shared, UsageOutcome::Accepted);
+                            meter.count(mine, UsageOutcome::Accepted);
+                            if i % 4 == 0 {
+                                crate::store::move_accepted(mine, UsageOutcome::Scope);
+                            }
+                            if i % 8 == 0 {
+                                meter.count(shared, UsageOutcome::RateLimited);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let drainer = s.spawn(|| {
+                let mut got: std::collections::HashMap<String, UsageCounts> = Default::default();
+                let drain = |got: &mut std::collections::HashMap<String, UsageCounts>| {
+                    list.drain(|r, _, c| *got.entry(r.id.to_string()).or_default() += c)
+                };
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    drain(&mut got);
+                }
+                drain(&mut got);
+                got
+            });
+            for w in workers {
+                w.join().unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            taken = drainer.join().unwrap();
+        });
+        list.drain(|r, _, c| *taken.entry(r.id.to_string()).or_default() += c);
+        assert_eq!(
+            taken["shared"],
+            UsageCounts {
+                accepted: 80_000,
+                rate_limited: 4 * 2_500,
+                ..Default::default()
+            }
+        );
+        for i in 0..4 {
+            assert_eq!(
+                taken[&format!("own{i}")],
+                UsageCounts {
+                    accepted: 15_000,
+                    scope: 5_000,
+                    ..Default::default()
+                },
+                "own{i}"
+            );
+        }
+        assert!(list.is_empty());
+        assert!(own.iter().all(|r| !r.usage.queued()));
+    }
+
+    #[test]
+    fn an_unmetered_snapshot_moves_nothing() {
+        let a = record("a");
+        crate::store::move_accepted(&a, UsageOutcome::Scope);
+        assert!(!a.usage.queued());
+        let list = MarkList::new();
+        mark(&list, &a, SEC, SEC);
+        let mut got = Vec::new();
+        list.drain(|_, _, c| got.push(c));
+        assert_eq!(got, vec![UsageCounts::default()]);
     }
 }
