@@ -89,13 +89,13 @@ const KEYS_PER_ORG: usize = 5;
 const QUOTA: u32 = 300;
 const SESSIONS: u32 = 3;
 
-struct Fixture {
-    manager: KeyManager<Flaky>,
+struct Fixture<St = Flaky> {
+    manager: KeyManager<St>,
     /// (org, key id, secret); odd keys may call `/admin`.
     keys: Vec<(OrgId, KeyId, String)>,
 }
 
-async fn fixture(store: Flaky) -> Fixture {
+async fn fixture<St: KeyStore>(store: St) -> Fixture<St> {
     let manager = KeyManager::new(store);
     let mut keys = Vec::new();
     for o in 0..ORGS {
@@ -225,8 +225,8 @@ async fn send_all(
 }
 
 /// What the store holds per key, summed over `granularity`'s buckets around now.
-async fn stored(
-    f: &Fixture,
+async fn stored<St: KeyStore>(
+    f: &Fixture<St>,
     granularity: Granularity,
 ) -> (HashMap<KeyId, UsageCounts>, UsageCounts) {
     let now = Timestamp::now().as_unix_secs();
@@ -424,4 +424,60 @@ async fn usage_queries_refuse_empty_and_oversized_ranges() {
     let report = manager.usage(&org, t..eight_days, Granularity::Hour).await.unwrap();
     assert!(report.keys.is_empty() && report.buckets.is_empty() && report.total.is_zero());
     assert_eq!(report.from, Granularity::Hour.bucket(t));
+}
+
+/// Two replicas over one PostgreSQL schema, each with its own cache, stack and flusher, take
+/// requests at once: the database holds the sum of both, exactly.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_writing_to_one_postgres_add_up() {
+    use common::pg;
+    use tower_api_key::CachedStore;
+    let Some(url) = pg::database_url("two_replicas_writing_to_one_postgres_add_up") else {
+        return;
+    };
+    let (first, guard) = pg::store(&url).await;
+    let second = pg::replica(&url, &guard).await;
+    let f = fixture(first.clone()).await;
+    let mut flushers = Vec::new();
+    let mut sends = Vec::new();
+    for store in [first.clone(), second.clone()] {
+        let cache = CachedStore::new(store);
+        let recorder = LastUsedRecorder::new(cache.clone()).meter_usage(true);
+        flushers.push(recorder.spawn_flusher(Duration::from_millis(3)));
+        let stack = ApiKeyAuth::new(cache)
+            .rate_limit(OrgRateLimit::new())
+            .record_last_used(recorder)
+            .scope_guard(ScopeGuard::rules(rules()));
+        let app = routes(SessionQuota::new()).layer(stack);
+        let keys = f.keys.clone();
+        sends.push(tokio::spawn(async move { send_all(app, &keys, 8, 150).await }));
+    }
+    let mut want: HashMap<KeyId, UsageCounts> = HashMap::new();
+    for s in sends {
+        for (k, c) in s.await.unwrap() {
+            *want.entry(k).or_default() += c;
+        }
+    }
+    for flusher in flushers {
+        flusher.shutdown().await.unwrap();
+    }
+    let all = sum(&want);
+    assert_eq!(all.requests(), 2 * 8 * 150);
+    assert!(all.accepted > 0 && all.scope > 0 && all.session_quota > 0, "{all:?}");
+    // Read through a third connection, as another process would.
+    let reader = fixture_reader(pg::replica(&url, &guard).await, &f);
+    for g in Granularity::ALL {
+        let (got, total) = stored(&reader, g).await;
+        assert_exact(&format!("two replicas, {g:?}"), &got, &want);
+        assert_eq!(total, all, "{g:?}");
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn fixture_reader<St: KeyStore, St2>(store: St, f: &Fixture<St2>) -> Fixture<St> {
+    Fixture {
+        manager: KeyManager::new(store),
+        keys: f.keys.clone(),
+    }
 }
