@@ -129,10 +129,10 @@ pub use manage::{
 pub use store::{
     BoxedStore, KeyChanges, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey,
 };
+pub use store::{CacheConfig, CachedStore, Invalidation};
 pub use store::{
     Granularity, UsageCounts, UsageDelta, UsageMeter, UsageOutcome, UsageRetention, UsageRow,
 };
-pub use store::{CacheConfig, CachedStore, Invalidation};
 
 // The layers, and the stack of all four as one service.
 pub use auth::{ApiKeyAuth, ApiKeyAuthLayer};

@@ -511,7 +511,10 @@ async fn a_store_that_never_answers_is_bounded_by_the_flush_timeout() {
         async fn touch_last_used(&self, _: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
             std::future::pending().await
         }
-        async fn record_usage(&self, batch: &[tower_api_key::UsageDelta]) -> Result<(), StoreError> {
+        async fn record_usage(
+            &self,
+            batch: &[tower_api_key::UsageDelta],
+        ) -> Result<(), StoreError> {
             self.0.record_usage(batch).await
         }
         async fn usage(

@@ -249,7 +249,10 @@ async fn stored<St: KeyStore>(
         for b in &report.buckets {
             org_total += b.counts;
         }
-        assert_eq!(org_total, report.total, "the org's buckets add up to its total");
+        assert_eq!(
+            org_total, report.total,
+            "the org's buckets add up to its total"
+        );
         for k in report.keys {
             let mut sum = UsageCounts::default();
             for b in &k.buckets {
@@ -270,7 +273,10 @@ fn assert_exact(
 ) {
     let got: HashMap<_, _> = got.iter().filter(|(_, c)| !c.is_zero()).collect();
     let want: HashMap<_, _> = want.iter().filter(|(_, c)| !c.is_zero()).collect();
-    assert_eq!(got, want, "{label}: stored counts per key equal the responses");
+    assert_eq!(
+        got, want,
+        "{label}: stored counts per key equal the responses"
+    );
 }
 
 fn sum(m: &HashMap<KeyId, UsageCounts>) -> UsageCounts {
@@ -299,7 +305,10 @@ async fn fused_stack_counts_are_exact_under_concurrency() {
     let all = sum(&want);
     assert_eq!(all.requests(), 16 * 400);
     // Every outcome happened, so each is checked.
-    assert!(all.accepted > 0 && all.rate_limited > 0 && all.scope > 0, "{all:?}");
+    assert!(
+        all.accepted > 0 && all.rate_limited > 0 && all.scope > 0,
+        "{all:?}"
+    );
     assert!(all.session_quota > 0, "{all:?}");
     for g in Granularity::ALL {
         let (got, total) = stored(&f, g).await;
@@ -348,7 +357,10 @@ async fn graceful_shutdown_writes_every_count() {
     let app = routes(SessionQuota::new()).layer(stack);
     let want = send_all(app, &f.keys, 4, 250).await;
     let (before, _) = stored(&f, Granularity::Minute).await;
-    assert!(before.is_empty(), "nothing written before shutdown: {before:?}");
+    assert!(
+        before.is_empty(),
+        "nothing written before shutdown: {before:?}"
+    );
     flusher.shutdown().await.unwrap();
     let (got, total) = stored(&f, Granularity::Hour).await;
     assert_exact("shutdown", &got, &want);
@@ -370,7 +382,11 @@ async fn a_failed_usage_write_keeps_the_counts_for_the_next_flush() {
     let err = recorder.flush().await.unwrap_err();
     assert!(matches!(err.source, StoreError::Unavailable(_)), "{err:?}");
     assert_eq!(err.pending, 0, "the marks were written");
-    assert_eq!(err.pending_usage, first.len(), "one bucket per key used, kept");
+    assert_eq!(
+        err.pending_usage,
+        first.len(),
+        "one bucket per key used, kept"
+    );
     assert!(!recorder.is_flushed().await);
     // More requests while the store is down, then it comes back.
     let second = send_all(app, &f.keys, 2, 50).await;
@@ -410,7 +426,10 @@ async fn usage_queries_refuse_empty_and_oversized_ranges() {
     let manager = KeyManager::new(MemoryStore::new());
     let org = OrgId::from("org_1");
     let t = Timestamp::from_unix_secs(1_700_000_000);
-    let err = manager.usage(&org, t..t, Granularity::Minute).await.unwrap_err();
+    let err = manager
+        .usage(&org, t..t, Granularity::Minute)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ManageError::InvalidUsageRange), "{err:?}");
     assert_eq!(err.code(), "invalid_usage_range");
     assert_eq!(err.status(), StatusCode::BAD_REQUEST);
@@ -421,7 +440,10 @@ async fn usage_queries_refuse_empty_and_oversized_ranges() {
         .unwrap_err();
     assert!(matches!(err, ManageError::InvalidUsageRange), "{err:?}");
     // The same range in hours is fine, and empty.
-    let report = manager.usage(&org, t..eight_days, Granularity::Hour).await.unwrap();
+    let report = manager
+        .usage(&org, t..eight_days, Granularity::Hour)
+        .await
+        .unwrap();
     assert!(report.keys.is_empty() && report.buckets.is_empty() && report.total.is_zero());
     assert_eq!(report.from, Granularity::Hour.bucket(t));
 }
@@ -451,7 +473,9 @@ async fn two_replicas_writing_to_one_postgres_add_up() {
             .scope_guard(ScopeGuard::rules(rules()));
         let app = routes(SessionQuota::new()).layer(stack);
         let keys = f.keys.clone();
-        sends.push(tokio::spawn(async move { send_all(app, &keys, 8, 150).await }));
+        sends.push(tokio::spawn(
+            async move { send_all(app, &keys, 8, 150).await },
+        ));
     }
     let mut want: HashMap<KeyId, UsageCounts> = HashMap::new();
     for s in sends {
@@ -464,7 +488,10 @@ async fn two_replicas_writing_to_one_postgres_add_up() {
     }
     let all = sum(&want);
     assert_eq!(all.requests(), 2 * 8 * 150);
-    assert!(all.accepted > 0 && all.scope > 0 && all.session_quota > 0, "{all:?}");
+    assert!(
+        all.accepted > 0 && all.scope > 0 && all.session_quota > 0,
+        "{all:?}"
+    );
     // Read through a third connection, as another process would.
     let reader = fixture_reader(pg::replica(&url, &guard).await, &f);
     for g in Granularity::ALL {

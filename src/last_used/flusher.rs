@@ -17,7 +17,9 @@ use crate::store::{Granularity, KeyStore, MarkList, StoreError, UsageCounts, Usa
 /// A flush of last-used marks or usage counts failed. They are kept and written by the next
 /// flush.
 #[derive(Debug, thiserror::Error)]
-#[error("last-used flush failed; {pending} key marks and {pending_usage} usage buckets kept for the next flush")]
+#[error(
+    "last-used flush failed; {pending} key marks and {pending_usage} usage buckets kept for the next flush"
+)]
 pub struct FlushError {
     /// Why the store refused the batch.
     #[source]

@@ -34,11 +34,11 @@ fn mark_slow(list: &MarkList, record: &Arc<KeyRecord>, t: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Timestamp;
     use crate::ids::{KeyId, OrgId};
     use crate::key::KeyHash;
     use crate::scopes::Scopes;
     use crate::store::UsageSlot;
-    use crate::clock::Timestamp;
     use crate::store::{UsageCounts, UsageMeter, UsageOutcome};
 
     fn record(id: &str) -> Arc<KeyRecord> {

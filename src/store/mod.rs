@@ -62,10 +62,10 @@ pub use memory::MemoryStore;
 pub use postgres::{PgInvalidations, PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
-pub(crate) use usage::{MarkList, UsageSlot, move_accepted};
 pub use usage::{
     Granularity, UsageCounts, UsageDelta, UsageMeter, UsageOutcome, UsageRetention, UsageRow,
 };
+pub(crate) use usage::{MarkList, UsageSlot, move_accepted};
 
 /// A boxed error from a store's driver.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -598,7 +598,11 @@ impl KeyStore for BoxedStore {
     ) -> Result<Vec<UsageRow>, StoreError> {
         self.0.usage(org, from, to, granularity).await
     }
-    async fn prune_usage(&self, granularity: Granularity, before: Timestamp) -> Result<u64, StoreError> {
+    async fn prune_usage(
+        &self,
+        granularity: Granularity,
+        before: Timestamp,
+    ) -> Result<u64, StoreError> {
         self.0.prune_usage(granularity, before).await
     }
     async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {

@@ -497,7 +497,6 @@ impl KeyStore for SqliteStore {
     }
 }
 
-
 /// A usage batch as the JSON array `record_usage` reads:
 /// `[org, key, minute, accepted, rate_limited, scope, session_quota]` per delta.
 fn usage_json(batch: &[UsageDelta]) -> Vec<(&str, &str, i64, i64, i64, i64, i64)> {

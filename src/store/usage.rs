@@ -258,6 +258,9 @@ struct Counters {
 /// Bit 0 of [`UsageSlot::state`]: the record is in a queue.
 const QUEUED: usize = 1;
 
+// The queued flag lives in the counters pointer's low bit, which their alignment leaves free.
+const _: () = assert!(std::mem::align_of::<Counters>() > QUEUED);
+
 /// The usage bookkeeping of one record snapshot: the latest time a request used it (at the
 /// recorder's granularity), whether it waits in a queue to be flushed, and its counts by
 /// outcome since the last flush. Bookkeeping, not data: it compares equal to every other slot,

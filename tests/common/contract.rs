@@ -570,7 +570,14 @@ pub async fn usage_adds_up_in_three_granularities<S: KeyStore>(store: &S) {
         .unwrap();
     store.record_usage(&[]).await.unwrap();
 
-    let rows = |g| store.usage(&a, d0, Timestamp::from_unix_secs(d0.as_unix_secs() + 2 * 86_400), g);
+    let rows = |g| {
+        store.usage(
+            &a,
+            d0,
+            Timestamp::from_unix_secs(d0.as_unix_secs() + 2 * 86_400),
+            g,
+        )
+    };
     let got: Vec<_> = rows(Granularity::Minute)
         .await
         .unwrap()
@@ -627,7 +634,13 @@ pub async fn usage_adds_up_in_three_granularities<S: KeyStore>(store: &S) {
     let got = store.usage(&a, m1, m2, Granularity::Minute).await.unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!((got[0].bucket, got[0].counts), (m1, counts(2, 0, 1, 0)));
-    assert!(store.usage(&a, m1, m1, Granularity::Minute).await.unwrap().is_empty());
+    assert!(
+        store
+            .usage(&a, m1, m1, Granularity::Minute)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // The other organization sees only its own.
     let got = store.usage(&b, d0, d3, Granularity::Day).await.unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
@@ -655,9 +668,15 @@ pub async fn usage_prunes_one_granularity<S: KeyStore>(store: &S) {
     let end = Timestamp::from_unix_secs(1_000_000_000 + 86_400 * 10);
     // From the start of the old day, so that the old hour and day buckets are in range.
     let old = Granularity::Day.bucket(old);
-    let minutes = store.usage(&a, old, end, Granularity::Minute).await.unwrap();
+    let minutes = store
+        .usage(&a, old, end, Granularity::Minute)
+        .await
+        .unwrap();
     assert_eq!(
-        minutes.iter().map(|r| r.counts.accepted).collect::<Vec<_>>(),
+        minutes
+            .iter()
+            .map(|r| r.counts.accepted)
+            .collect::<Vec<_>>(),
         vec![2],
         "only the newer minute is left"
     );
@@ -670,6 +689,19 @@ pub async fn usage_prunes_one_granularity<S: KeyStore>(store: &S) {
         );
     }
     store.prune_usage(Granularity::Day, end).await.unwrap();
-    assert!(store.usage(&a, old, end, Granularity::Day).await.unwrap().is_empty());
-    assert_eq!(store.usage(&a, old, end, Granularity::Hour).await.unwrap().len(), 2);
+    assert!(
+        store
+            .usage(&a, old, end, Granularity::Day)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .usage(&a, old, end, Granularity::Hour)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }

@@ -248,7 +248,10 @@ pub mod stores {
         async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
             self.inner.touch_last_used(batch).await
         }
-        async fn record_usage(&self, batch: &[tower_api_key::UsageDelta]) -> Result<(), StoreError> {
+        async fn record_usage(
+            &self,
+            batch: &[tower_api_key::UsageDelta],
+        ) -> Result<(), StoreError> {
             self.inner.record_usage(batch).await
         }
         async fn usage(
