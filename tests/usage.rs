@@ -199,7 +199,7 @@ async fn send_all(
             for i in 0..per_task {
                 let (_, id, secret) = &keys[(t * 7 + i * 3) % keys.len()];
                 let (method, path) = match i % 5 {
-                    0 | 1 | 2 => (Method::GET, "/ok"),
+                    0..=2 => (Method::GET, "/ok"),
                     3 => (Method::GET, "/admin"),
                     _ => (Method::POST, "/sessions"),
                 };
