@@ -517,8 +517,8 @@ impl KeyManager<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[cfg_attr(feature = "admin", derive(utoipa::ToSchema))]
 pub struct UsageBucket {
-    /// The bucket's start.
-    #[cfg_attr(feature = "admin", schema(value_type = String, format = DateTime))]
+    /// The bucket's start (Unix seconds in JSON).
+    #[cfg_attr(feature = "admin", schema(value_type = u64))]
     pub start: Timestamp,
     /// The requests counted in it.
     pub counts: UsageCounts,
@@ -544,11 +544,12 @@ pub struct KeyUsage {
 pub struct UsageReport {
     /// The buckets' size.
     pub granularity: Granularity,
-    /// The first bucket's start (the range's start, rounded down to a bucket).
-    #[cfg_attr(feature = "admin", schema(value_type = String, format = DateTime))]
+    /// The first bucket's start (the range's start, rounded down to a bucket; Unix seconds in
+    /// JSON).
+    #[cfg_attr(feature = "admin", schema(value_type = u64))]
     pub from: Timestamp,
-    /// The end of the range (excluded).
-    #[cfg_attr(feature = "admin", schema(value_type = String, format = DateTime))]
+    /// The end of the range (excluded; Unix seconds in JSON).
+    #[cfg_attr(feature = "admin", schema(value_type = u64))]
     pub to: Timestamp,
     /// The organization's requests over the whole range.
     pub total: UsageCounts,
