@@ -720,7 +720,7 @@ async fn the_openapi_document_describes_every_route() {
         "DELETE /api-keys/{id}",
         "POST /api-keys/{id}/rotate",
         "GET /org",
-        "GET /usage",
+        "GET /org/usage",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -749,7 +749,7 @@ async fn the_openapi_document_describes_every_route() {
     assert_eq!(key_props, KEY_FIELDS.into_iter().collect());
 }
 
-/// `GET /usage`: the caller's organization's metered requests, per key and in total, in the
+/// `GET /org/usage`: the caller's organization's metered requests, per key and in total, in the
 /// asked buckets; bad queries are problems with their own codes.
 #[tokio::test]
 async fn usage_reports_the_callers_organization_only() {
@@ -780,7 +780,7 @@ async fn usage_reports_the_callers_organization_only() {
         ])
         .await
         .unwrap();
-    let path = format!("/v1/usage?from={t}&to={}&granularity=minute", t + 3_600);
+    let path = format!("/v1/org/usage?from={t}&to={}&granularity=minute", t + 3_600);
     let (status, body) = admin.call(Method::GET, &path, Some(&root), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["granularity"], "minute");
@@ -813,31 +813,36 @@ async fn usage_reports_the_callers_organization_only() {
         .collect();
     assert_eq!(keys, vec![("key_1", 7), ("key_2", 3)]);
     // The same hour as one bucket.
-    let path = format!("/v1/usage?from={t}&to={}&granularity=hour", t + 3_600);
+    let path = format!("/v1/org/usage?from={t}&to={}&granularity=hour", t + 3_600);
     let (_, body) = admin.call(Method::GET, &path, Some(&root), None).await;
     assert_eq!(body["buckets"].as_array().unwrap().len(), 1);
     assert_eq!(body["buckets"][0]["counts"]["accepted"], 10);
     // Another organization sees its own.
-    let path = format!("/v1/usage?from={t}&to={}&granularity=day", t + 3_600);
+    let path = format!("/v1/org/usage?from={t}&to={}&granularity=day", t + 3_600);
     let (_, body) = admin.call(Method::GET, &path, Some(&other), None).await;
     assert_eq!(body["total"]["accepted"], 100);
     assert_eq!(body["keys"][0]["key_id"], "key_3");
     // Refusals.
     let (status, body) = admin
-        .call(Method::GET, "/v1/usage?granularity=week", Some(&root), None)
+        .call(
+            Method::GET,
+            "/v1/org/usage?granularity=week",
+            Some(&root),
+            None,
+        )
         .await;
     assert_eq!(
         (status, &body["code"]),
         (StatusCode::BAD_REQUEST, &json!("invalid_request"))
     );
-    let path = format!("/v1/usage?from={t}&to={t}");
+    let path = format!("/v1/org/usage?from={t}&to={t}");
     let (status, body) = admin.call(Method::GET, &path, Some(&root), None).await;
     assert_eq!(
         (status, &body["code"]),
         (StatusCode::BAD_REQUEST, &json!("invalid_usage_range"))
     );
     let path = format!(
-        "/v1/usage?from={t}&to={}&granularity=minute",
+        "/v1/org/usage?from={t}&to={}&granularity=minute",
         t + 8 * 86_400
     );
     let (status, body) = admin.call(Method::GET, &path, Some(&root), None).await;
@@ -846,7 +851,7 @@ async fn usage_reports_the_callers_organization_only() {
         (StatusCode::BAD_REQUEST, &json!("invalid_usage_range"))
     );
     let (status, body) = admin
-        .call(Method::GET, "/v1/usage", Some(&reader), None)
+        .call(Method::GET, "/v1/org/usage", Some(&reader), None)
         .await;
     assert_eq!(
         (status, &body["code"]),
@@ -854,7 +859,7 @@ async fn usage_reports_the_callers_organization_only() {
     );
     // Defaults: the last day by hour, empty here.
     let (status, body) = admin
-        .call(Method::GET, "/v1/usage", Some(&root), None)
+        .call(Method::GET, "/v1/org/usage", Some(&root), None)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["granularity"], "hour");

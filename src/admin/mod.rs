@@ -24,7 +24,7 @@
 //! | `DELETE /api-keys/{id}` | `200 KEY`, revoked from the next request on |
 //! | `POST /api-keys/{id}/rotate` `{"overlap": "now" \| "1h" \| "24h" \| "7d" \| SECONDS}` | `201 {"key": SECRET, "api_key": KEY}` |
 //! | `GET /org` | `200 {"org_id", "plan", "limits"}` |
-//! | `GET /usage?from=SECS&to=SECS&granularity=minute\|hour\|day` | `200` [`UsageReport`](crate::UsageReport): requests by outcome per key and in total (default: the last 24 hours by hour) |
+//! | `GET /org/usage?from=SECS&to=SECS&granularity=minute\|hour\|day` | `200` [`UsageReport`](crate::UsageReport): requests by outcome per key and in total (default: the last 24 hours by hour) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes |
 //!
 //! `KEY` is always the same object, [`ApiKeyView`]; a key with every permission shows
@@ -137,7 +137,7 @@ impl<St: KeyStore, C: Caller> AdminApi<St, C> {
             )
             .route("/api-keys/{id}/rotate", post(rotate::<St, C>))
             .route("/org", get(org::<St, C>))
-            .route("/usage", get(usage::<St, C>))
+            .route("/org/usage", get(usage::<St, C>))
             .route("/openapi.json", get(|| async { Json(openapi()) }))
             .with_state(Arc::new(self))
     }
@@ -440,7 +440,7 @@ async fn org<St: KeyStore, C: Caller>(
     }))
 }
 
-/// The query of `GET /usage`: Unix seconds and a granularity, each optional.
+/// The query of `GET /org/usage`: Unix seconds and a granularity, each optional.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct UsageQuery {
     /// Start of the range, Unix seconds, included (default: `to` minus one hour of minutes,

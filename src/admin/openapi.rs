@@ -72,7 +72,7 @@ fn rotate() {}
     responses((status = 200, description = "The organization's plan and limits", body = OrgView)))]
 fn org() {}
 
-#[utoipa::path(get, path = "/usage", params(UsageQuery),
+#[utoipa::path(get, path = "/org/usage", params(UsageQuery),
     responses(
         (status = 200, description = "Requests by outcome per key and in total, in buckets with requests", body = UsageReport),
         (status = 400, description = "An empty range, or more than 10,080 buckets", body = Problem),

@@ -36,7 +36,7 @@ pub(super) struct UsageArgs {
     /// Bucket size.
     #[arg(long, value_enum, default_value = "hour")]
     granularity: GranularityArg,
-    /// JSON for scripts (the admin API's `GET /usage` body) instead of tables.
+    /// JSON for scripts (the admin API's `GET /org/usage` body) instead of tables.
     #[arg(long)]
     json: bool,
 }
