@@ -758,7 +758,7 @@ async fn usage_reports_the_callers_organization_only() {
     let root = admin.mint("org_a", &["api_keys:manage"]).await;
     let reader = admin.mint("org_a", &["things:read"]).await;
     let other = admin.mint("org_b", &["api_keys:manage"]).await;
-    let t = 1_800_000_000u64 - 1_800_000_000 % 3_600; // an hour's start
+    let t = 1_800_000_000u64; // an hour's start (2027-01-15 08:00 UTC)
     let delta = |org: &str, key: &str, secs: u64, accepted: i64, scope: i64| UsageDelta {
         org_id: OrgId::from(org),
         key_id: KeyId::from(key),

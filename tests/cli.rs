@@ -575,7 +575,7 @@ fn usage_reads_the_metered_buckets() {
     let db = TempDb::new();
     let url = db.url();
     ok(&url, &["migrate"], "");
-    let t = 1_800_000_000u64 - 1_800_000_000 % 3_600;
+    let t = 1_800_000_000u64; // an hour's start (2027-01-15 08:00 UTC)
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let store = SqliteStore::connect(&url).await.unwrap();
         let delta =
