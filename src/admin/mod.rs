@@ -24,7 +24,7 @@
 //! | `DELETE /api-keys/{id}` | `200 KEY`, revoked from the next request on |
 //! | `POST /api-keys/{id}/rotate` `{"overlap": "now" \| "1h" \| "24h" \| "7d" \| SECONDS}` | `201 {"key": SECRET, "api_key": KEY}` |
 //! | `GET /org` | `200 {"org_id", "plan", "limits"}` |
-//! | `GET /org/usage?from=SECS&to=SECS&granularity=minute\|hour\|day` | `200` [`UsageReport`](crate::UsageReport): requests by outcome per key and in total (default: the last 24 hours by hour) |
+//! | `GET /org/usage?from=SECS&to=SECS&granularity=minute\|hour\|day` | `200` [`UsageReport`]: requests by outcome per key and in total (default: the last 24 hours by hour) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes |
 //!
 //! `KEY` is always the same object, [`ApiKeyView`]; a key with every permission shows

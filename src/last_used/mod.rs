@@ -18,6 +18,12 @@
 //! - **Shutdown**: [`FlusherHandle::shutdown`] writes everything still pending before it returns.
 //!   Call it after the server has stopped taking requests (axum: after `with_graceful_shutdown`
 //!   resolves), as in the example below.
+//! - **Usage** (opt-in, [`LastUsedRecorderLayer::meter_usage`]): the same marks count each
+//!   request by outcome (accepted; refused by the rate limit, a scope check, the session
+//!   quota) in a counter block of the key's snapshot, one atomic add per request, and the same
+//!   flusher adds the counts to the store's minute, hour and day buckets in one
+//!   [`KeyStore::record_usage`] call per interval; shutdown writes them too. Read them with
+//!   [`KeyManager::usage`](crate::KeyManager::usage).
 //! - **Memory** is bounded by the keys used since the last successful flush: each record is in the
 //!   list at most once, however many requests used it. (A record is the store's snapshot of a
 //!   key, shared by `Arc`; [`MemoryStore`](crate::MemoryStore) and caching stores hand out the
