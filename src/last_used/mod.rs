@@ -267,6 +267,8 @@ impl<St: KeyStore> LastUsedRecorderLayer<St> {
     /// (minute, hour, day) in one [`KeyStore::record_usage`] call per interval, with the marks.
     /// Off by default. The counting costs one atomic add per request and allocates once per
     /// key snapshot; read the figures with [`KeyManager::usage`](crate::KeyManager::usage).
+    /// Counts land in the minute of the flush that writes them (at most one interval after
+    /// the request), and [`FlusherHandle::shutdown`] writes what is left.
     ///
     /// This layer (or the [`ApiKeyStack`](crate::ApiKeyStack) it joins) counts `accepted`; scope
     /// and session-quota refusals after it move that count to their reason. Rate-limit
