@@ -508,3 +508,57 @@ fn fixture_reader<St: KeyStore, St2>(store: St, f: &Fixture<St2>) -> Fixture<St>
         keys: f.keys.clone(),
     }
 }
+
+#[tokio::test]
+async fn the_flusher_prunes_buckets_past_their_retention() {
+    use tower_api_key::{Clock, UsageRetention};
+    let store = MemoryStore::new();
+    let now = Timestamp::from_unix_secs(1_800_000_000);
+    let (clock, _manual) = Clock::manual(now);
+    let org = OrgId::from("org_p");
+    let key = KeyId::from("key_p");
+    let at = |hours_ago: u64| UsageDelta {
+        org_id: org.clone(),
+        key_id: key.clone(),
+        minute: Timestamp::from_unix_secs(now.as_unix_secs() - hours_ago * 3_600),
+        counts: UsageCounts {
+            accepted: 1,
+            ..Default::default()
+        },
+    };
+    // Minutes kept 2 hours, hours 10 hours, days for ever (the default two years).
+    store.record_usage(&[at(1), at(5), at(30)]).await.unwrap();
+    let recorder = LastUsedRecorder::new(store.clone())
+        .clock(clock)
+        .meter_usage(true)
+        .usage_retention(
+            UsageRetention::default()
+                .minutes(Duration::from_secs(2 * 3_600))
+                .hours(Duration::from_secs(10 * 3_600)),
+        );
+    assert_eq!(
+        recorder.flush().await.unwrap(),
+        0,
+        "nothing to write, but pruned"
+    );
+    let all = Timestamp::from_unix_secs(now.as_unix_secs() - 40 * 3_600)
+        ..Timestamp::from_unix_secs(now.as_unix_secs() + 60);
+    let rows = |g| store.usage(&org, all.start, all.end, g);
+    assert_eq!(
+        rows(Granularity::Minute).await.unwrap().len(),
+        1,
+        "minutes within 2 h"
+    );
+    assert_eq!(
+        rows(Granularity::Hour).await.unwrap().len(),
+        2,
+        "hours within 10 h"
+    );
+    let days: i64 = rows(Granularity::Day)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.counts.accepted)
+        .sum();
+    assert_eq!(days, 3, "days are all kept");
+}
