@@ -618,7 +618,7 @@ async fn last_used_survives_a_stop(stop: impl FnOnce(ExampleServer) -> std::proc
     // An hour-long flush interval: only the shutdown flush can write the time.
     let api = Api::start(&["--store", &url, "--flush-interval-ms", "3600000"]);
     let k = key(&api
-        .seed(json!({"org_id": "org_shutdown", "scopes": ["api_keys:manage"]}))
+        .seed(json!({"org_id": "org_shutdown", "scopes": ["api_keys:manage", "org:billing"]}))
         .await);
     let (status, _, listed) = api.call("GET", "/v1/api-keys", Some(&k), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -634,6 +634,10 @@ async fn last_used_survives_a_stop(stop: impl FnOnce(ExampleServer) -> std::proc
         listed["data"][0]["last_used_at"].as_u64().is_some(),
         "the use before the stop was flushed: {listed}"
     );
+    // So was the usage: the listing before the stop, counted accepted.
+    let (status, _, usage) = api.call("GET", "/v1/usage", Some(&k), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(usage["today"]["total"]["accepted"], 1, "{usage}");
     drop(api);
     let _ = std::fs::remove_dir_all(&dir);
 }
