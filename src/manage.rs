@@ -497,9 +497,8 @@ impl<St: KeyStore> KeyManager<St> {
     ) -> Result<UsageReport, ManageError> {
         let (from, to) = (granularity.bucket(range.start), range.end);
         let span = to.as_unix_secs().saturating_sub(from.as_unix_secs());
-        if range.start >= range.end
-            || span / granularity.duration().as_secs() >= KeyManager::<()>::MAX_USAGE_BUCKETS
-        {
+        let buckets = span.div_ceil(granularity.duration().as_secs());
+        if range.start >= range.end || buckets > KeyManager::<()>::MAX_USAGE_BUCKETS {
             return Err(ManageError::InvalidUsageRange);
         }
         let rows = self.store.usage(org, from, to, granularity).await?;

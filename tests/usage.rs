@@ -439,6 +439,19 @@ async fn usage_queries_refuse_empty_and_oversized_ranges() {
         .await
         .unwrap_err();
     assert!(matches!(err, ManageError::InvalidUsageRange), "{err:?}");
+    // Exactly a week of minutes is the most one query spans.
+    let week = Timestamp::from_unix_secs(1_700_000_000 - 1_700_000_000 % 60);
+    let week_later = Timestamp::from_unix_secs(week.as_unix_secs() + 7 * 86_400);
+    let report = manager
+        .usage(&org, week..week_later, Granularity::Minute)
+        .await;
+    assert!(report.is_ok(), "{report:?}");
+    let one_more = Timestamp::from_unix_secs(week_later.as_unix_secs() + 1);
+    let err = manager
+        .usage(&org, week..one_more, Granularity::Minute)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManageError::InvalidUsageRange), "{err:?}");
     // The same range in hours is fine, and empty.
     let report = manager
         .usage(&org, t..eight_days, Granularity::Hour)
