@@ -430,7 +430,7 @@ impl UsageSlot {
 }
 
 /// Count one request of `outcome` on `record`'s snapshot, allocating its counters (tied to
-/// `queue`) the first time, and queue the record unless it is queued already. A relaxed-cost
+/// `queue`) the first time, and queue the record unless it is queued already. One
 /// `fetch_add` and two loads per request; the queue's lock once per record per flush.
 #[inline]
 pub(crate) fn count(record: &Arc<KeyRecord>, queue: &Arc<MarkList>, outcome: UsageOutcome) {
