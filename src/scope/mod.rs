@@ -10,6 +10,9 @@
 //! problem+json body, or gRPC status 7 `PERMISSION_DENIED`. A [`ScopeRules`] table that has no
 //! rule for the request's route refuses it with `403 no_route_rule` (fail closed), unless the
 //! table lets unmatched routes through.
+//!
+//! With usage metering on, a refusal moves the request's count from `accepted` (made when
+//! [`LastUsedRecorder`](crate::LastUsedRecorder) marked it) to `scope`.
 
 mod rules;
 

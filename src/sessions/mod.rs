@@ -289,6 +289,10 @@ impl<B: SessionBackend> SessionQuota<B> {
     /// Take a slot for `session_id` in the caller's organization, for `lease`, within its
     /// plan's concurrent-session limit. Acquiring an id that already holds a live lease extends
     /// it and takes no second slot.
+    ///
+    /// With usage metering on ([`LastUsedRecorderLayer::meter_usage`](crate::LastUsedRecorderLayer::meter_usage)),
+    /// a refusal moves the request's count from `accepted` to `session_quota`
+    /// ([`acquire_for`](Self::acquire_for), which has no principal, counts nothing).
     pub async fn acquire(
         &self,
         principal: &Principal,
