@@ -31,6 +31,8 @@
 //!   (`?page=2&per_page=50&sort=created_at`), which the key-in-URL check reads;
 //! - `layers`, `layers-malformed`: the four layers composed with `ServiceBuilder`;
 //! - `fused`, `fused-malformed`: the same stack as one service, `ApiKeyStack`;
+//! - `fused-metered`: `fused` with usage metering on (`meter_usage(true)`): the cost of
+//!   counting each request by outcome (no flusher runs, so every request is counted in place);
 //! - `floor-malformed`: the malformed-key refusal composed by hand, no tower (the suite's
 //!   `hand_composed/malformed_refused`);
 //! - `floor-accept`, `floor-full`: `ApiKeyAuth`'s and the full stack's work on an accepted
@@ -70,6 +72,7 @@ fn main() {
     let mut auth = auth_layer(&fx.store).layer(Hello);
     let mut layers = full_stack(&fx.store, Hello);
     let mut fused = fused_stack_layer(&fx.store).layer(Hello);
+    let mut metered = fused_stack_layer_metered(&fx.store).layer(Hello);
     let formats = KeyFormats::default();
     let floor = Floor::new(&fx.store);
     let (expected, mut step): (u16, Box<dyn FnMut() -> u16>) = match path.as_str() {
@@ -83,6 +86,7 @@ fn main() {
         "layers" => (200, Box::new(|| run(&mut layers, request(fx.hot)))),
         "layers-malformed" => (401, Box::new(|| run(&mut layers, request(fx.malformed)))),
         "fused" => (200, Box::new(|| run(&mut fused, request(fx.hot)))),
+        "fused-metered" => (200, Box::new(|| run(&mut metered, request(fx.hot)))),
         "fused-malformed" => (401, Box::new(|| run(&mut fused, request(fx.malformed)))),
         "floor-malformed" => (
             401,

@@ -25,8 +25,9 @@
 //! - `suite.stack`: the full stack's absolute figures (harness included);
 //! - `suite.store_scale`: random keys among 10k and 1M in the store (ApiKeyAuth, the four
 //!   layers, the one-service stack);
-//! - `suite.threads`: one and two threads, on one hot key and on random keys; and the store's
-//!   look-up alone on one hot key.
+//! - `suite.threads`: one and two threads, on one hot key and on random keys (the one-service
+//!   stack also with usage metering on, `stack_fused_metered_*`); and the store's look-up alone
+//!   on one hot key.
 //!
 //! Every timed iteration builds a fresh request (as a server does for each one it reads), runs
 //! it through the service and drops the response. (Building the requests ahead, untimed,
@@ -452,6 +453,7 @@ fn threads(c: &mut Criterion) {
         // One stack per scenario, shared by its 1- and 2-thread runs.
         let layers = full_stack_layers(store);
         let fused = support::fused_stack_layer(store);
+        let metered = support::fused_stack_layer_metered(store);
         for threads in [1usize, 2] {
             g.throughput(Throughput::Elements(threads as u64));
             thread_bench(
@@ -466,6 +468,15 @@ fn threads(c: &mut Criterion) {
                 &mut g,
                 &format!("stack_fused_{label}/{threads}_threads"),
                 &fused,
+                threads,
+                fx.hot,
+                headers,
+            );
+            // Usage metering on: one more atomic add per request, on the key's counter block.
+            thread_bench(
+                &mut g,
+                &format!("stack_fused_metered_{label}/{threads}_threads"),
+                &metered,
                 threads,
                 fx.hot,
                 headers,

@@ -20,7 +20,8 @@
 //! | `POST /v1/browsers`, `GET` / `DELETE /v1/browsers/{id}` | `browser_sessions:create` / `:read` / `:delete` |
 //! | `POST /v1/sandboxes`, `GET` / `DELETE /v1/sandboxes/{id}` | `sandbox_sessions:create` / `:read` / `:delete` |
 //! | `POST /v1/sandboxes/{id}/exec` | `sandbox_sessions:exec` |
-//! | `GET /v1/usage` | `org:billing` |
+//! | `GET /v1/usage` (plan, limits, open sessions, today's metered requests) | `org:billing` |
+//! | `GET /v1/org/usage?from=&to=&granularity=` (metered requests per key) | `api_keys:manage` |
 //! | `POST` / `GET /v1/api-keys`, `DELETE /v1/api-keys/{id}`, `POST /v1/api-keys/{id}/rotate` | `api_keys:manage` |
 //! | `GET /healthz`, `POST /dev/seed` | none (no key) |
 //! | `POST /security/secret-scanning` (GitHub's signed reports), `POST /credentials/revoke` | none: see `tower_api_key::leaks` |
@@ -48,9 +49,9 @@ use tower_api_key::rate_limit::RateLimitBackend;
 use tower_api_key::serve::{Server, shutdown_signal};
 use tower_api_key::store::store_from_url;
 use tower_api_key::{
-    ApiKeyAuth, BoxedStore, KeyFormats, KeyManager, ManageError, MemorySessions, NewKey, OrgId,
-    OrgRateLimit, OrgRateLimitLayer, Plan, Principal, Rejection, ScopeGuard, ScopeRules, Scopes,
-    SessionError, SessionLease, SessionQuota, Timestamp,
+    ApiKeyAuth, BoxedStore, Granularity, KeyFormats, KeyManager, ManageError, MemorySessions,
+    NewKey, OrgId, OrgRateLimit, OrgRateLimitLayer, Plan, Principal, Rejection, ScopeGuard,
+    ScopeRules, Scopes, SessionError, SessionLease, SessionQuota, Timestamp,
 };
 use tower_api_key::{LastUsedRecorder, LastUsedRecorderLayer};
 
@@ -197,7 +198,6 @@ struct AppState {
     recorder: LastUsedRecorderLayer<BoxedStore>,
     quota: SessionQuota<Sessions>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
-    requests: Arc<Mutex<HashMap<OrgId, u64>>>,
 }
 
 impl AppState {
@@ -453,44 +453,32 @@ async fn exec_sandbox(
 // ---------------------------------------------------------------------------------------------
 // Usage.
 
-async fn usage(State(state): State<AppState>, principal: Principal) -> Json<serde_json::Value> {
-    let requests = state
-        .requests
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(principal.org_id())
-        .copied()
-        .unwrap_or(0);
+/// The plan, its limits, open sessions and today's metered requests (by hour and by key, as
+/// the recorder's flusher wrote them: up to one flush interval behind).
+async fn usage(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<serde_json::Value>> {
+    let now = state.manager.now();
+    let today = Granularity::Day.bucket(now)..now.saturating_add(Duration::from_secs(1));
+    let report = state
+        .manager
+        .usage(principal.org_id(), today, Granularity::Hour)
+        .await?;
     let open = state.quota.active(principal.org_id()).await.unwrap_or(0);
     let quota = principal.plan().quota();
-    Json(json!({
+    Ok(Json(json!({
         "org_id": principal.org_id(),
         "plan": principal.plan().name(),
-        "requests": requests,
+        "requests": report.total.requests(),
         "limits": {
             "requests_per_window": quota.requests,
             "window_secs": quota.period.as_secs(),
             "concurrent_sessions": quota.concurrent_sessions,
         },
         "open_sessions": open,
-    }))
-}
-
-/// Counts authenticated requests per organization for `/v1/usage`.
-async fn count_requests(
-    State(state): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(p) = req.extensions().get::<Principal>() {
-        *state
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(p.org_id().clone())
-            .or_default() += 1;
-    }
-    next.run(req).await
+        "today": report,
+    })))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -674,6 +662,7 @@ fn app<B: RateLimitBackend>(
         .route(Method::DELETE, "/v1/api-keys/{id}", "api_keys:manage")
         .route(Method::POST, "/v1/api-keys/{id}/rotate", "api_keys:manage")
         .route(Method::GET, "/v1/org", "api_keys:manage")
+        .route(Method::GET, "/v1/org/usage", "api_keys:manage")
         .route(Method::GET, "/v1/openapi.json", "api_keys:manage")
         .allow_unmatched();
     // The whole stack as one service: ApiKeyAuth, the org's rate limit, last-used marks and the
@@ -695,11 +684,8 @@ fn app<B: RateLimitBackend>(
         // /v1/api-keys…, /v1/org and /v1/openapi.json: the library's admin API.
         .nest("/v1", AdminApi::new(state.manager.clone()).router())
         .fallback(|| async { ApiError::not_found("route") })
-        // One `.layer` call (axum boxes every `Router::layer` separately), outside in: the
-        // stack, then the per-organization request counts of `/v1/usage`.
-        .layer(tower::ServiceBuilder::new().layer(stack).layer(
-            axum::middleware::from_fn_with_state(state.clone(), count_requests),
-        ));
+        // One `.layer` call: axum boxes every `Router::layer` separately.
+        .layer(stack);
 
     let mut open = Router::new().route("/healthz", get(|| async { Json(json!({"status": "ok"})) }));
     if with_dev_seed {
@@ -830,14 +816,15 @@ async fn main() {
             }
         },
     };
-    let recorder = LastUsedRecorder::new(store.clone());
+    // Last-used times and usage per key (accepted, rate limited, scope, session quota), written
+    // by one flusher; `/v1/usage` and the dashboard read them back.
+    let recorder = LastUsedRecorder::new(store.clone()).meter_usage(true);
     let flusher = recorder.spawn_flusher(opts.flush_interval);
     let state = AppState {
         manager: KeyManager::new(store),
         recorder,
         quota: SessionQuota::with_backend(sessions),
         sessions: Arc::default(),
-        requests: Arc::default(),
     };
     let listener = match tokio::net::TcpListener::bind(opts.addr).await {
         Ok(l) => l,

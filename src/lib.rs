@@ -129,11 +129,16 @@ pub use principal::Principal;
 pub use scopes::{InvalidScope, Scope, Scopes};
 
 // Stores and key management.
-pub use manage::{CreatedKey, KeyManager, ManageError, NewKey, Rotation};
+pub use manage::{
+    CreatedKey, KeyManager, KeyUsage, ManageError, NewKey, Rotation, UsageBucket, UsageReport,
+};
 pub use store::{
     BoxedStore, KeyChanges, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey,
 };
 pub use store::{CacheConfig, CachedStore, Invalidation};
+pub use store::{
+    Granularity, UsageCounts, UsageDelta, UsageMeter, UsageOutcome, UsageRetention, UsageRow,
+};
 
 // The layers, and the stack of all four as one service.
 pub use auth::{ApiKeyAuth, ApiKeyAuthLayer};

@@ -15,7 +15,9 @@ use crate::key::{ApiKey, KeyFormat, KeyFormats, RngError};
 use crate::plan::Plan;
 use crate::principal::Principal;
 use crate::scopes::Scopes;
-use crate::store::{KeyChanges, KeyRecord, KeyStore, StoreError};
+use crate::store::{
+    Granularity, KeyChanges, KeyRecord, KeyStore, StoreError, UsageCounts, UsageRow,
+};
 
 /// A key management operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,10 @@ pub enum ManageError {
     /// The expiry is not in the future.
     #[error("expiry must be in the future")]
     ExpiryInPast,
+    /// A usage query's range is empty, or holds more than
+    /// [`KeyManager::MAX_USAGE_BUCKETS`] buckets of its granularity.
+    #[error("usage range must be non-empty and span at most {max} buckets", max = KeyManager::<()>::MAX_USAGE_BUCKETS)]
+    InvalidUsageRange,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -57,6 +63,7 @@ impl ManageError {
             ManageError::InvalidName
             | ManageError::UnknownEnvironment(_)
             | ManageError::ExpiryInPast => StatusCode::UNPROCESSABLE_ENTITY,
+            ManageError::InvalidUsageRange => StatusCode::BAD_REQUEST,
             ManageError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ManageError::Rng(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +78,7 @@ impl ManageError {
             ManageError::InvalidName => "invalid_name",
             ManageError::UnknownEnvironment(_) => "unknown_environment",
             ManageError::ExpiryInPast => "expiry_in_past",
+            ManageError::InvalidUsageRange => "invalid_usage_range",
             ManageError::Store(_) => "store_unavailable",
             ManageError::Rng(_) => "internal_error",
         }
@@ -460,6 +468,135 @@ impl<St: KeyStore> KeyManager<St> {
     /// An organization's plan.
     pub async fn plan(&self, org: &OrgId) -> Result<Plan, ManageError> {
         Ok(self.store.plan(org).await?)
+    }
+
+    /// The organization's metered usage (see
+    /// [`LastUsedRecorderLayer::meter_usage`](crate::LastUsedRecorderLayer::meter_usage)):
+    /// requests by outcome, per key and in total, in the buckets of `granularity` starting in
+    /// `range` (`from` included, `to` excluded). Only buckets with requests are listed; a
+    /// chart fills the gaps with zeros.
+    ///
+    /// ```
+    /// use tower_api_key::{Granularity, KeyManager, MemoryStore, OrgId, Timestamp};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let manager = KeyManager::new(MemoryStore::new());
+    /// let to = manager.now();
+    /// let from = Timestamp::from_unix_secs(to.as_unix_secs() - 24 * 3600);
+    /// let report = manager.usage(&OrgId::from("org_1"), from..to, Granularity::Hour).await?;
+    /// assert_eq!(report.total.requests(), 0);
+    /// # Ok::<(), tower_api_key::ManageError>(()) }).unwrap();
+    /// ```
+    ///
+    /// Fails with [`ManageError::InvalidUsageRange`] for an empty range or one of more than
+    /// [`MAX_USAGE_BUCKETS`](KeyManager::MAX_USAGE_BUCKETS) buckets.
+    pub async fn usage(
+        &self,
+        org: &OrgId,
+        range: std::ops::Range<Timestamp>,
+        granularity: Granularity,
+    ) -> Result<UsageReport, ManageError> {
+        let (from, to) = (granularity.bucket(range.start), range.end);
+        let span = to.as_unix_secs().saturating_sub(from.as_unix_secs());
+        let buckets = span.div_ceil(granularity.duration().as_secs());
+        if range.start >= range.end || buckets > KeyManager::<()>::MAX_USAGE_BUCKETS {
+            return Err(ManageError::InvalidUsageRange);
+        }
+        let rows = self.store.usage(org, from, to, granularity).await?;
+        Ok(UsageReport::from_rows(granularity, from, to, rows))
+    }
+}
+
+impl KeyManager<()> {
+    /// The most buckets one [`KeyManager::usage`] query spans (a year of hours, seven days of
+    /// minutes): bounds what one request can make the store read.
+    pub const MAX_USAGE_BUCKETS: u64 = 10_080;
+}
+
+/// One bucket of a usage series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "admin", derive(utoipa::ToSchema))]
+pub struct UsageBucket {
+    /// The bucket's start (Unix seconds in JSON).
+    #[cfg_attr(feature = "admin", schema(value_type = u64))]
+    pub start: Timestamp,
+    /// The requests counted in it.
+    pub counts: UsageCounts,
+}
+
+/// One key's usage series in a [`UsageReport`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "admin", derive(utoipa::ToSchema))]
+pub struct KeyUsage {
+    /// The key.
+    #[cfg_attr(feature = "admin", schema(value_type = String))]
+    pub key_id: KeyId,
+    /// Its requests over the whole range.
+    pub total: UsageCounts,
+    /// Its buckets with requests, oldest first.
+    pub buckets: Vec<UsageBucket>,
+}
+
+/// What [`KeyManager::usage`] returns: each key's series, the organization's series and the
+/// totals, over buckets of one granularity.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "admin", derive(utoipa::ToSchema))]
+pub struct UsageReport {
+    /// The buckets' size.
+    pub granularity: Granularity,
+    /// The first bucket's start (the range's start, rounded down to a bucket; Unix seconds in
+    /// JSON).
+    #[cfg_attr(feature = "admin", schema(value_type = u64))]
+    pub from: Timestamp,
+    /// The end of the range (excluded; Unix seconds in JSON).
+    #[cfg_attr(feature = "admin", schema(value_type = u64))]
+    pub to: Timestamp,
+    /// The organization's requests over the whole range.
+    pub total: UsageCounts,
+    /// The organization's buckets with requests (all keys added), oldest first.
+    pub buckets: Vec<UsageBucket>,
+    /// Each key with requests in the range, by key id.
+    pub keys: Vec<KeyUsage>,
+}
+
+impl UsageReport {
+    fn from_rows(
+        granularity: Granularity,
+        from: Timestamp,
+        to: Timestamp,
+        rows: Vec<UsageRow>,
+    ) -> Self {
+        let mut total = UsageCounts::default();
+        let mut org: std::collections::BTreeMap<Timestamp, UsageCounts> = Default::default();
+        let mut keys: std::collections::BTreeMap<KeyId, KeyUsage> = Default::default();
+        for row in rows {
+            total += row.counts;
+            *org.entry(row.bucket).or_default() += row.counts;
+            let key = keys.entry(row.key_id.clone()).or_insert_with(|| KeyUsage {
+                key_id: row.key_id.clone(),
+                total: UsageCounts::default(),
+                buckets: Vec::new(),
+            });
+            key.total += row.counts;
+            key.buckets.push(UsageBucket {
+                start: row.bucket,
+                counts: row.counts,
+            });
+        }
+        let mut keys: Vec<KeyUsage> = keys.into_values().collect();
+        for k in &mut keys {
+            k.buckets.sort_by_key(|b| b.start);
+        }
+        Self {
+            granularity,
+            from,
+            to,
+            total,
+            buckets: org
+                .into_iter()
+                .map(|(start, counts)| UsageBucket { start, counts })
+                .collect(),
+            keys,
+        }
     }
 }
 

@@ -2,22 +2,35 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::clock::Timestamp;
 use crate::ids::{KeyId, OrgId};
 use crate::plan::Plan;
 use crate::scopes::{Scope, Scopes};
-use crate::store::KeyRecord;
+use crate::store::{KeyRecord, UsageOutcome, move_accepted};
 
 /// The authenticated caller, placed in the request's extensions by
 /// [`ApiKeyAuth`](crate::ApiKeyAuth).
 ///
 /// Cheap to clone (one `Arc`). Read it in axum with the `Principal` extractor (feature `axum`),
 /// in tonic with `request.extensions().get::<Principal>()`, and in plain `http` the same way.
-#[derive(Clone)]
 pub struct Principal {
     record: Arc<KeyRecord>,
     plan: Plan,
+    /// Whether a usage meter counted this request `accepted` (when its key was marked), so
+    /// that a refusal after that moves the count rather than adding a second one.
+    counted: AtomicBool,
+}
+
+impl Clone for Principal {
+    fn clone(&self) -> Self {
+        Self {
+            record: self.record.clone(),
+            plan: self.plan,
+            counted: AtomicBool::new(self.counted.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl fmt::Debug for Principal {
@@ -35,7 +48,26 @@ impl fmt::Debug for Principal {
 impl Principal {
     /// A principal for a key record and its organization's plan.
     pub fn new(record: Arc<KeyRecord>, plan: Plan) -> Self {
-        Self { record, plan }
+        Self {
+            record,
+            plan,
+            counted: AtomicBool::new(false),
+        }
+    }
+
+    /// Note that a usage meter counted this request `accepted`.
+    #[inline]
+    pub(crate) fn set_counted(&self) {
+        self.counted.store(true, Ordering::Relaxed);
+    }
+
+    /// This request, counted `accepted`, was refused after all (scope, session quota): move its
+    /// count to `outcome`. Once per request; nothing if it was not counted.
+    #[cold]
+    pub(crate) fn refused_after_accept(&self, outcome: UsageOutcome) {
+        if self.counted.swap(false, Ordering::Relaxed) {
+            move_accepted(&self.record, outcome);
+        }
     }
 
     /// The key's public id.

@@ -720,6 +720,7 @@ async fn the_openapi_document_describes_every_route() {
         "DELETE /api-keys/{id}",
         "POST /api-keys/{id}/rotate",
         "GET /org",
+        "GET /org/usage",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -746,4 +747,121 @@ async fn the_openapi_document_describes_every_route() {
         .map(String::as_str)
         .collect();
     assert_eq!(key_props, KEY_FIELDS.into_iter().collect());
+}
+
+/// `GET /org/usage`: the caller's organization's metered requests, per key and in total, in the
+/// asked buckets; bad queries are problems with their own codes.
+#[tokio::test]
+async fn usage_reports_the_callers_organization_only() {
+    use tower_api_key::{KeyId, KeyStore, Timestamp, UsageCounts, UsageDelta};
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &["api_keys:manage"]).await;
+    let reader = admin.mint("org_a", &["things:read"]).await;
+    let other = admin.mint("org_b", &["api_keys:manage"]).await;
+    let t = 1_800_000_000u64; // an hour's start (2027-01-15 08:00 UTC)
+    let delta = |org: &str, key: &str, secs: u64, accepted: i64, scope: i64| UsageDelta {
+        org_id: OrgId::from(org),
+        key_id: KeyId::from(key),
+        minute: Timestamp::from_unix_secs(secs),
+        counts: UsageCounts {
+            accepted,
+            scope,
+            ..Default::default()
+        },
+    };
+    admin
+        .manager
+        .store()
+        .record_usage(&[
+            delta("org_a", "key_1", t, 5, 1),
+            delta("org_a", "key_1", t + 120, 2, 0),
+            delta("org_a", "key_2", t + 60, 3, 0),
+            delta("org_b", "key_3", t, 100, 0),
+        ])
+        .await
+        .unwrap();
+    let path = format!("/v1/org/usage?from={t}&to={}&granularity=minute", t + 3_600);
+    let (status, body) = admin.call(Method::GET, &path, Some(&root), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["granularity"], "minute");
+    assert_eq!(body["from"], t);
+    assert_eq!(body["total"]["accepted"], 10);
+    assert_eq!(body["total"]["scope"], 1);
+    assert_eq!(body["total"]["rate_limited"], 0);
+    let buckets: Vec<(u64, i64)> = body["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["start"].as_u64().unwrap(),
+                b["counts"]["accepted"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(buckets, vec![(t, 5), (t + 60, 3), (t + 120, 2)]);
+    let keys: Vec<(&str, i64)> = body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["key_id"].as_str().unwrap(),
+                k["total"]["accepted"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(keys, vec![("key_1", 7), ("key_2", 3)]);
+    // The same hour as one bucket.
+    let path = format!("/v1/org/usage?from={t}&to={}&granularity=hour", t + 3_600);
+    let (_, body) = admin.call(Method::GET, &path, Some(&root), None).await;
+    assert_eq!(body["buckets"].as_array().unwrap().len(), 1);
+    assert_eq!(body["buckets"][0]["counts"]["accepted"], 10);
+    // Another organization sees its own.
+    let path = format!("/v1/org/usage?from={t}&to={}&granularity=day", t + 3_600);
+    let (_, body) = admin.call(Method::GET, &path, Some(&other), None).await;
+    assert_eq!(body["total"]["accepted"], 100);
+    assert_eq!(body["keys"][0]["key_id"], "key_3");
+    // Refusals.
+    let (status, body) = admin
+        .call(
+            Method::GET,
+            "/v1/org/usage?granularity=week",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (StatusCode::BAD_REQUEST, &json!("invalid_request"))
+    );
+    let path = format!("/v1/org/usage?from={t}&to={t}");
+    let (status, body) = admin.call(Method::GET, &path, Some(&root), None).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (StatusCode::BAD_REQUEST, &json!("invalid_usage_range"))
+    );
+    let path = format!(
+        "/v1/org/usage?from={t}&to={}&granularity=minute",
+        t + 8 * 86_400
+    );
+    let (status, body) = admin.call(Method::GET, &path, Some(&root), None).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (StatusCode::BAD_REQUEST, &json!("invalid_usage_range"))
+    );
+    let (status, body) = admin
+        .call(Method::GET, "/v1/org/usage", Some(&reader), None)
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (StatusCode::FORBIDDEN, &json!("insufficient_scope"))
+    );
+    // Defaults: the last day by hour, empty here.
+    let (status, body) = admin
+        .call(Method::GET, "/v1/org/usage", Some(&root), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["granularity"], "hour");
+    assert_eq!(body["total"]["accepted"], 0);
 }

@@ -565,3 +565,101 @@ fn unix_now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// `usage`: what the flusher wrote, per bucket and per key, as JSON and as tables; bad times and
+/// ranges are usage errors.
+#[test]
+fn usage_reads_the_metered_buckets() {
+    use tower_api_key::store::SqliteStore;
+    use tower_api_key::{KeyId, KeyStore, OrgId, Timestamp, UsageCounts, UsageDelta};
+    let db = TempDb::new();
+    let url = db.url();
+    ok(&url, &["migrate"], "");
+    let t = 1_800_000_000u64; // an hour's start (2027-01-15 08:00 UTC)
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let delta =
+            |org: &str, key: &str, secs: u64, accepted: i64, rate_limited: i64| UsageDelta {
+                org_id: OrgId::from(org),
+                key_id: KeyId::from(key),
+                minute: Timestamp::from_unix_secs(secs),
+                counts: UsageCounts {
+                    accepted,
+                    rate_limited,
+                    ..Default::default()
+                },
+            };
+        store
+            .record_usage(&[
+                delta("org_u", "key_1", t, 4, 1),
+                delta("org_u", "key_2", t + 60, 6, 0),
+                delta("org_other", "key_3", t, 50, 0),
+            ])
+            .await
+            .unwrap();
+    });
+    let (from, to) = (t.to_string(), (t + 3_600).to_string());
+    let args = [
+        "usage",
+        "--org",
+        "org_u",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--granularity",
+        "minute",
+    ];
+    let json: Value =
+        serde_json::from_str(&ok(&url, &[&args[..], &["--json"]].concat(), "").stdout).unwrap();
+    assert_eq!(json["granularity"], "minute");
+    assert_eq!(json["total"]["accepted"], 10);
+    assert_eq!(json["total"]["rate_limited"], 1);
+    assert_eq!(json["buckets"].as_array().unwrap().len(), 2);
+    assert_eq!(json["keys"][0]["key_id"], "key_1");
+    assert_eq!(json["keys"][1]["total"]["accepted"], 6);
+    let table = ok(&url, &args, "").stdout;
+    let total = table.lines().find(|l| l.starts_with("TOTAL")).unwrap();
+    assert_eq!(
+        total.split_whitespace().collect::<Vec<_>>(),
+        ["TOTAL", "10", "1", "0", "0"]
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("key_2") && l.contains(" 6 ")),
+        "{table}"
+    );
+    assert!(
+        !table.contains("key_3"),
+        "another organization's key: {table}"
+    );
+    // The same hour as RFC 3339 and by the hour: one bucket.
+    let hour = ok(
+        &url,
+        &[
+            "usage",
+            "--org",
+            "org_u",
+            "--from",
+            "2027-01-15T08:00:00Z",
+            "--to",
+            &to,
+            "--json",
+        ],
+        "",
+    );
+    let hour: Value = serde_json::from_str(&hour.stdout).unwrap();
+    assert_eq!(hour["granularity"], "hour");
+    assert_eq!(hour["from"], t);
+    assert_eq!(hour["buckets"].as_array().unwrap().len(), 1);
+    assert_eq!(hour["buckets"][0]["counts"]["accepted"], 10);
+    let err = fails(&url, &["usage", "--org", "org_u", "--from", "yesterday"], 1);
+    assert!(err.contains("--from"), "{err}");
+    let err = fails(
+        &url,
+        &["usage", "--org", "org_u", "--from", &to, "--to", &from],
+        1,
+    );
+    assert!(err.contains("usage range"), "{err}");
+}

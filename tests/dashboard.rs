@@ -1002,6 +1002,25 @@ impl KeyStore for FlakyStore {
     ) -> Result<(), StoreError> {
         self.inner.touch_last_used(batch).await
     }
+    async fn record_usage(&self, batch: &[tower_api_key::UsageDelta]) -> Result<(), StoreError> {
+        self.inner.record_usage(batch).await
+    }
+    async fn usage(
+        &self,
+        org: &OrgId,
+        from: tower_api_key::Timestamp,
+        to: tower_api_key::Timestamp,
+        granularity: tower_api_key::Granularity,
+    ) -> Result<Vec<tower_api_key::UsageRow>, StoreError> {
+        self.inner.usage(org, from, to, granularity).await
+    }
+    async fn prune_usage(
+        &self,
+        granularity: tower_api_key::Granularity,
+        before: tower_api_key::Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.inner.prune_usage(granularity, before).await
+    }
     async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
         self.inner.set_plan(org, plan).await
     }
@@ -1075,4 +1094,51 @@ async fn a_store_failure_is_a_readable_503_page_without_its_detail() {
         !page.html.contains("10.1.2.3"),
         "no driver detail on the page"
     );
+}
+
+#[tokio::test]
+async fn the_usage_page_charts_the_last_day_of_metered_requests() {
+    use tower_api_key::{Timestamp, UsageCounts, UsageDelta};
+    let app = App::start().await;
+    let (client, _) = app.signed_in("org_a", &[MANAGE]).await;
+    let now = Timestamp::now().as_unix_secs();
+    let delta = |org: &str, key: &str, secs: u64, accepted: i64, scope: i64| UsageDelta {
+        org_id: OrgId::from(org),
+        key_id: KeyId::from(key),
+        minute: Timestamp::from_unix_secs(secs - secs % 60),
+        counts: UsageCounts {
+            accepted,
+            scope,
+            ..Default::default()
+        },
+    };
+    app.manager
+        .store()
+        .record_usage(&[
+            delta("org_a", "key_chart_1", now, 30, 2),
+            delta("org_a", "key_chart_2", now - 3 * 3_600, 10, 0),
+            // Older than the chart's 24 hours, and another organization's: not shown.
+            delta("org_a", "key_chart_old", now - 30 * 3_600, 99, 0),
+            delta("org_b", "key_chart_b", now, 500, 0),
+        ])
+        .await
+        .unwrap();
+    let page = app.get(&client, "/dashboard/usage").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let field = |name: &str| {
+        let marker = format!("data-field=\"{name}\">");
+        let at = page.html.find(&marker).unwrap() + marker.len();
+        page.html[at..].split('<').next().unwrap().to_owned()
+    };
+    assert_eq!(field("usage-accepted"), "40");
+    assert_eq!(field("usage-refused"), "2");
+    // Two hours with requests: two accepted bars, one refused bar, 24 buckets in all.
+    assert_eq!(page.html.matches("<rect class=\"accepted\"").count(), 2);
+    assert_eq!(page.html.matches("<rect class=\"refused\"").count(), 1);
+    assert_eq!(page.html.matches("<g data-bucket=").count(), 24);
+    assert!(page.html.contains("data-key=\"key_chart_1\""));
+    assert!(page.html.contains("data-key=\"key_chart_2\""));
+    assert!(!page.html.contains("key_chart_old"));
+    assert!(!page.html.contains("key_chart_b"));
+    assert!(!page.html.contains("<script>"), "no inline script");
 }

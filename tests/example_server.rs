@@ -450,7 +450,7 @@ async fn a_free_org_s_101st_request_in_a_minute_is_refused_with_rate_limit_heade
 
 #[tokio::test]
 async fn the_11th_concurrent_session_of_a_free_org_is_refused_until_one_ends() {
-    let api = Api::start(&[]);
+    let api = Api::start(&["--flush-interval-ms", "50"]);
     let k = key(&api.seed(json!({"org_id": "org_sess"})).await);
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -487,12 +487,30 @@ async fn the_11th_concurrent_session_of_a_free_org_is_refused_until_one_ends() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "the freed slot is reusable");
 
-    let (status, _, usage) = api.call("GET", "/v1/usage", Some(&k), None).await;
-    assert_eq!(status, StatusCode::OK);
+    // Today's metered requests reach `/v1/usage` once the flusher (every 50 ms) wrote them: 12
+    // accepted, and the 11th session refused by the quota.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let usage = loop {
+        let (status, _, usage) = api.call("GET", "/v1/usage", Some(&k), None).await;
+        assert_eq!(status, StatusCode::OK);
+        if usage["requests"].as_i64().unwrap() >= 13 {
+            break usage;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "usage never reached 13 requests: {usage}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(usage["open_sessions"], 10);
     assert_eq!(usage["limits"]["concurrent_sessions"], 10);
     assert_eq!(usage["limits"]["requests_per_window"], 100);
-    assert!(usage["requests"].as_u64().unwrap() >= 13);
+    assert_eq!(usage["today"]["total"]["session_quota"], 1, "{usage}");
+    assert!(
+        usage["today"]["total"]["accepted"].as_i64().unwrap() >= 12,
+        "{usage}"
+    );
+    assert_eq!(usage["today"]["keys"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -600,7 +618,7 @@ async fn last_used_survives_a_stop(stop: impl FnOnce(ExampleServer) -> std::proc
     // An hour-long flush interval: only the shutdown flush can write the time.
     let api = Api::start(&["--store", &url, "--flush-interval-ms", "3600000"]);
     let k = key(&api
-        .seed(json!({"org_id": "org_shutdown", "scopes": ["api_keys:manage"]}))
+        .seed(json!({"org_id": "org_shutdown", "scopes": ["api_keys:manage", "org:billing"]}))
         .await);
     let (status, _, listed) = api.call("GET", "/v1/api-keys", Some(&k), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -616,6 +634,10 @@ async fn last_used_survives_a_stop(stop: impl FnOnce(ExampleServer) -> std::proc
         listed["data"][0]["last_used_at"].as_u64().is_some(),
         "the use before the stop was flushed: {listed}"
     );
+    // So was the usage: the listing before the stop, counted accepted.
+    let (status, _, usage) = api.call("GET", "/v1/usage", Some(&k), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(usage["today"]["total"]["accepted"], 1, "{usage}");
     drop(api);
     let _ = std::fs::remove_dir_all(&dir);
 }

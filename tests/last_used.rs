@@ -107,6 +107,25 @@ impl KeyStore for CountingStore {
         }
         self.inner.touch_last_used(batch).await
     }
+    async fn record_usage(&self, batch: &[tower_api_key::UsageDelta]) -> Result<(), StoreError> {
+        self.inner.record_usage(batch).await
+    }
+    async fn usage(
+        &self,
+        org: &OrgId,
+        from: tower_api_key::Timestamp,
+        to: tower_api_key::Timestamp,
+        granularity: tower_api_key::Granularity,
+    ) -> Result<Vec<tower_api_key::UsageRow>, StoreError> {
+        self.inner.usage(org, from, to, granularity).await
+    }
+    async fn prune_usage(
+        &self,
+        granularity: tower_api_key::Granularity,
+        before: tower_api_key::Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.inner.prune_usage(granularity, before).await
+    }
     async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
         self.other();
         self.inner.set_plan(org, plan).await
@@ -491,6 +510,28 @@ async fn a_store_that_never_answers_is_bounded_by_the_flush_timeout() {
         }
         async fn touch_last_used(&self, _: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
             std::future::pending().await
+        }
+        async fn record_usage(
+            &self,
+            batch: &[tower_api_key::UsageDelta],
+        ) -> Result<(), StoreError> {
+            self.0.record_usage(batch).await
+        }
+        async fn usage(
+            &self,
+            org: &OrgId,
+            from: tower_api_key::Timestamp,
+            to: tower_api_key::Timestamp,
+            granularity: tower_api_key::Granularity,
+        ) -> Result<Vec<tower_api_key::UsageRow>, StoreError> {
+            self.0.usage(org, from, to, granularity).await
+        }
+        async fn prune_usage(
+            &self,
+            granularity: tower_api_key::Granularity,
+            before: tower_api_key::Timestamp,
+        ) -> Result<u64, StoreError> {
+            self.0.prune_usage(granularity, before).await
         }
         async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
             self.0.set_plan(org, plan).await

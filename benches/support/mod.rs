@@ -345,6 +345,16 @@ pub fn fused_stack_layer(store: &MemoryStore) -> tower_api_key::ApiKeyStackLayer
         .scope_guard(ScopeGuard::require(REQUIRED))
 }
 
+/// [`fused_stack_layer`] with usage metering on: every request also counted by outcome.
+pub fn fused_stack_layer_metered(
+    store: &MemoryStore,
+) -> tower_api_key::ApiKeyStackLayer<MemoryStore> {
+    auth_layer(store)
+        .rate_limit(OrgRateLimit::new())
+        .record_last_used(LastUsedRecorder::new(store.clone()).meter_usage(true))
+        .scope_guard(ScopeGuard::require(REQUIRED))
+}
+
 /// The token of an `Authorization: Bearer <token>` value, parsed as a user would by hand: the
 /// scheme matched case-insensitively, the rest trimmed, only visible ASCII accepted. The floors
 /// use it rather than the crate's own parser, which is private.

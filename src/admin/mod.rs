@@ -24,6 +24,7 @@
 //! | `DELETE /api-keys/{id}` | `200 KEY`, revoked from the next request on |
 //! | `POST /api-keys/{id}/rotate` `{"overlap": "now" \| "1h" \| "24h" \| "7d" \| SECONDS}` | `201 {"key": SECRET, "api_key": KEY}` |
 //! | `GET /org` | `200 {"org_id", "plan", "limits"}` |
+//! | `GET /org/usage?from=SECS&to=SECS&granularity=minute\|hour\|day` | `200` [`UsageReport`]: requests by outcome per key and in total (default: the last 24 hours by hour) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes |
 //!
 //! `KEY` is always the same object, [`ApiKeyView`]; a key with every permission shows
@@ -57,11 +58,12 @@ pub use error::AdminError;
 pub use openapi::openapi;
 pub use view::{Access, ApiKeyView, KeyPage, Limits, NewSecret, OrgView, Status};
 
+use crate::clock::Timestamp;
 use crate::ids::KeyId;
-use crate::manage::{KeyManager, NewKey, Rotation};
+use crate::manage::{KeyManager, NewKey, Rotation, UsageReport};
 use crate::principal::Principal;
 use crate::scopes::{Scope, Scopes};
-use crate::store::{KeyChanges, KeyStore};
+use crate::store::{Granularity, KeyChanges, KeyStore};
 
 /// The permission every admin route requires of its caller.
 pub const MANAGE_SCOPE: &str = "api_keys:manage";
@@ -135,6 +137,7 @@ impl<St: KeyStore, C: Caller> AdminApi<St, C> {
             )
             .route("/api-keys/{id}/rotate", post(rotate::<St, C>))
             .route("/org", get(org::<St, C>))
+            .route("/org/usage", get(usage::<St, C>))
             .route("/openapi.json", get(|| async { Json(openapi()) }))
             .with_state(Arc::new(self))
     }
@@ -435,4 +438,44 @@ async fn org<St: KeyStore, C: Caller>(
             concurrent_sessions: quota.concurrent_sessions,
         },
     }))
+}
+
+/// The query of `GET /org/usage`: Unix seconds and a granularity, each optional.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct UsageQuery {
+    /// Start of the range, Unix seconds, included (default: `to` minus one hour of minutes,
+    /// one day of hours, or thirty days of days).
+    pub from: Option<u64>,
+    /// End of the range, Unix seconds, excluded (default: now).
+    pub to: Option<u64>,
+    /// `minute`, `hour` (default) or `day`.
+    #[param(value_type = Option<String>)]
+    pub granularity: Option<Granularity>,
+}
+
+async fn usage<St: KeyStore, C: Caller>(
+    State(api): Shared<St, C>,
+    Acting(caller): Acting,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<UsageReport>, AdminError> {
+    let Query(query) = query.map_err(|e| AdminError::BadRequest(e.body_text()))?;
+    let granularity = query.granularity.unwrap_or(Granularity::Hour);
+    let to = query
+        .to
+        .map_or_else(|| api.manager.now(), Timestamp::from_unix_secs);
+    let span = match granularity {
+        Granularity::Minute => 3_600,
+        Granularity::Hour => 86_400,
+        Granularity::Day => 30 * 86_400,
+    };
+    let from = Timestamp::from_unix_secs(
+        query
+            .from
+            .unwrap_or_else(|| to.as_unix_secs().saturating_sub(span)),
+    );
+    let report = api
+        .manager
+        .usage(caller.org_id(), from..to, granularity)
+        .await?;
+    Ok(Json(report))
 }

@@ -5,7 +5,9 @@
 use utoipa::OpenApi;
 
 use super::view::{Access, ApiKeyView, KeyPage, Limits, NewSecret, OrgView, Status};
-use super::{CreateKey, ListQuery, RotateKey, UpdateKey};
+use super::{CreateKey, ListQuery, RotateKey, UpdateKey, UsageQuery};
+use crate::manage::{KeyUsage, UsageBucket, UsageReport};
+use crate::store::{Granularity, UsageCounts};
 
 /// A problem+json body, as every refusal has.
 #[derive(utoipa::ToSchema)]
@@ -70,16 +72,36 @@ fn rotate() {}
     responses((status = 200, description = "The organization's plan and limits", body = OrgView)))]
 fn org() {}
 
+#[utoipa::path(get, path = "/org/usage", params(UsageQuery),
+    responses(
+        (status = 200, description = "Requests by outcome per key and in total, in buckets with requests", body = UsageReport),
+        (status = 400, description = "An empty range, or more than 10,080 buckets", body = Problem),
+    ))]
+fn usage() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "API key management",
         description = "Create, list, revoke and rotate API keys."
     ),
-    paths(create, list, show, update, revoke, rotate, org),
+    paths(create, list, show, update, revoke, rotate, org, usage),
     components(schemas(
-        ApiKeyView, Access, Status, NewSecret, KeyPage, OrgView, Limits, CreateKey, RotateKey,
-        Problem
+        ApiKeyView,
+        Access,
+        Status,
+        NewSecret,
+        KeyPage,
+        OrgView,
+        Limits,
+        CreateKey,
+        RotateKey,
+        Problem,
+        UsageReport,
+        KeyUsage,
+        UsageBucket,
+        UsageCounts,
+        Granularity
     ))
 )]
 struct Doc;

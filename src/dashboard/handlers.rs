@@ -14,11 +14,12 @@ use super::pages::{self, Frame, NewKeyForm};
 use super::session::{self, Form, SessionData, SignedIn, tokens_match};
 use super::{Base, EXPIRATIONS, OVERLAPS, Shared};
 use crate::admin::{ApiKeyView, Limits, MANAGE_SCOPE, OrgView};
+use crate::clock::Timestamp;
 use crate::ids::KeyId;
 use crate::key::KeyHash;
 use crate::manage::{ManageError, NewKey, Rotation};
 use crate::scopes::{Scope, Scopes};
-use crate::store::{KeyStatus, KeyStore};
+use crate::store::{Granularity, KeyStatus, KeyStore};
 
 type Page = Result<Response, DashboardError>;
 
@@ -360,5 +361,16 @@ async fn usage<St: KeyStore>(
         Some(usage) => Some(usage(org.clone()).await),
         None => None,
     };
-    Ok(pages::usage(&user.frame(&base), &view, current.as_ref()).into_response())
+    // The metered requests of the last 24 hours, by hour (empty unless the host meters usage).
+    let now = dashboard.manager.now();
+    let day_ago = Timestamp::from_unix_secs(now.as_unix_secs().saturating_sub(23 * 3_600));
+    let report = dashboard
+        .manager
+        .usage(
+            org,
+            day_ago..now.saturating_add(std::time::Duration::from_secs(1)),
+            Granularity::Hour,
+        )
+        .await?;
+    Ok(pages::usage(&user.frame(&base), &view, current.as_ref(), &report).into_response())
 }

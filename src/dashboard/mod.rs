@@ -22,7 +22,7 @@
 //! | `GET /keys/new`, `POST /keys` | the create form; the answer shows the secret once |
 //! | `GET`, `POST /keys/{id}/rotate` | choose the old key's overlap; the answer shows the new secret once |
 //! | `GET`, `POST /keys/{id}/revoke` | a confirmation that says revocation is permanent |
-//! | `GET /usage` | the plan, its limits, and current use if the host reports it ([`Dashboard::usage`]) |
+//! | `GET /usage` | the plan, its limits, current use if the host reports it ([`Dashboard::usage`]), and a chart of the last 24 hours of metered requests ([`KeyManager::usage`](crate::KeyManager::usage)) |
 //! | `GET /assets/dashboard.css`, `/assets/dashboard.js`, `/assets/favicon.svg` | the only assets; nothing is loaded from elsewhere |
 //!
 //! What it guarantees:

@@ -8,6 +8,7 @@ use super::catalogue::ScopeCatalogue;
 use super::error::Problem;
 use super::{CurrentUsage, EXPIRATIONS, OVERLAPS, home};
 use crate::admin::{Access, ApiKeyView, OrgView, Status};
+use crate::manage::UsageReport;
 use crate::scopes::Scopes;
 
 /// What every page's frame needs: the mount prefix and, when signed in, the organization and
@@ -329,7 +330,12 @@ fn window(secs: u64) -> String {
     }
 }
 
-pub(super) fn usage(frame: &Frame<'_>, org: &OrgView, current: Option<&CurrentUsage>) -> Markup {
+pub(super) fn usage(
+    frame: &Frame<'_>,
+    org: &OrgView,
+    current: Option<&CurrentUsage>,
+    report: &UsageReport,
+) -> Markup {
     let limits = &org.limits;
     layout(
         frame,
@@ -357,8 +363,80 @@ pub(super) fn usage(frame: &Frame<'_>, org: &OrgView, current: Option<&CurrentUs
                     }
                 }
             }
+            h2 { "Requests, last 24 hours" }
+            (usage_chart(report))
+            @if !report.keys.is_empty() {
+                table.keys data-table="usage-by-key" {
+                    thead { tr {
+                        th { "Key" } th { "Accepted" } th { "Rate limited" }
+                        th { "Missing scope" } th { "Session quota" }
+                    } }
+                    tbody {
+                        @for k in &report.keys {
+                            tr data-key=(k.key_id) {
+                                td { code { (k.key_id) } }
+                                td { (k.total.accepted) } td { (k.total.rate_limited) }
+                                td { (k.total.scope) } td { (k.total.session_quota) }
+                            }
+                        }
+                    }
+                }
+            }
         },
     )
+}
+
+/// The organization's requests per bucket as an inline SVG bar chart: accepted below, refused
+/// (any reason) stacked above, empty buckets drawn as gaps. No script: it renders under the
+/// dashboard's `script-src 'self'` policy and in any browser.
+pub(super) fn usage_chart(report: &UsageReport) -> Markup {
+    const W: u64 = 720;
+    const H: u64 = 160;
+    let step = report.granularity.duration().as_secs();
+    let (from, to) = (report.from.as_unix_secs(), report.to.as_unix_secs());
+    let n = to.saturating_sub(from).div_ceil(step).clamp(1, 500);
+    let mut bars = vec![(0u64, 0u64); n as usize];
+    for b in &report.buckets {
+        let i = (b.start.as_unix_secs().saturating_sub(from) / step) as usize;
+        if let Some(bar) = bars.get_mut(i) {
+            let c = &b.counts;
+            let refused = c.rate_limited + c.scope + c.session_quota;
+            *bar = (c.accepted.max(0) as u64, refused.max(0) as u64);
+        }
+    }
+    let max = bars.iter().map(|(a, r)| a + r).max().unwrap_or(0).max(1);
+    let width = W / n;
+    let total = &report.total;
+    html! {
+        figure.card.chart {
+            svg role="img" viewBox={ "0 0 " (W) " " (H) } width="100%" height=(H)
+                aria-label={ (total.requests()) " requests in the last 24 hours" } {
+                @for (i, (accepted, refused)) in bars.iter().enumerate() {
+                    @let x = i as u64 * width;
+                    @let ha = accepted * H / max;
+                    @let hr = refused * H / max;
+                    @let start = from + i as u64 * step;
+                    g data-bucket=(start) {
+                        title { (format_time(start)) ": " (accepted) " accepted, " (refused) " refused" }
+                        @if ha > 0 {
+                            rect.accepted x=(x) y=(H - ha) width=(width.saturating_sub(2).max(1)) height=(ha) fill="#2f7d5b" {}
+                        }
+                        @if hr > 0 {
+                            rect.refused x=(x) y=(H - ha - hr) width=(width.saturating_sub(2).max(1)) height=(hr) fill="#c2483b" {}
+                        }
+                    }
+                }
+            }
+            figcaption {
+                span data-field="usage-accepted" { (total.accepted) } " accepted · "
+                span data-field="usage-refused" {
+                    (total.rate_limited + total.scope + total.session_quota)
+                } " refused ("
+                (total.rate_limited) " rate limited, " (total.scope) " missing scope, "
+                (total.session_quota) " over the session quota), by hour, UTC"
+            }
+        }
+    }
 }
 
 pub(super) fn problem(frame: &Frame<'_>, problem: &Problem) -> Markup {

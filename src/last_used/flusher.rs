@@ -9,29 +9,49 @@ use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::marks::MarkList;
+use super::Recorder;
 use crate::clock::Timestamp;
-use crate::ids::KeyId;
-use crate::store::{KeyStore, StoreError};
+use crate::ids::{KeyId, OrgId};
+use crate::store::{Granularity, KeyStore, MarkList, StoreError, UsageCounts, UsageDelta};
 
-/// A flush of last-used marks failed. The marks are kept and written by the next flush.
+/// A flush of last-used marks or usage counts failed. They are kept and written by the next
+/// flush.
 #[derive(Debug, thiserror::Error)]
-#[error("last-used flush failed; {pending} key marks kept for the next flush")]
+#[error(
+    "last-used flush failed; {pending} key marks and {pending_usage} usage buckets kept for the next flush"
+)]
 pub struct FlushError {
     /// Why the store refused the batch.
     #[source]
     pub source: StoreError,
     /// How many keys still have a mark waiting to be written.
     pub pending: usize,
+    /// How many usage buckets (key and minute) still wait to be written.
+    pub pending_usage: usize,
 }
 
-/// Marks drained from the list but not yet written, and the store to write them to.
+/// How often the flusher deletes usage buckets past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
+
+/// What was drained but not yet written.
+#[derive(Default)]
+struct Pending {
+    /// Keys whose latest mark is not yet in the store: the last failed batch merged with newer
+    /// marks.
+    marks: HashMap<KeyId, Timestamp>,
+    /// Counts not yet in the store, by key and the minute they were drained in (a retried
+    /// batch keeps its minute).
+    usage: HashMap<(KeyId, Timestamp), (OrgId, UsageCounts)>,
+    /// When the flusher last pruned usage past its retention.
+    pruned_at: Option<Timestamp>,
+}
+
+/// Marks and counts drained from the list but not yet written, and the store to write them to.
 pub(super) struct Flush<St> {
     pub(super) store: St,
     pub(super) list: Arc<MarkList>,
-    /// Keys whose latest mark is not yet in the store: the last failed batch merged with newer
-    /// marks. Also serializes flushes, so batches reach the store one at a time.
-    pending: Mutex<HashMap<KeyId, Timestamp>>,
+    /// Also serializes flushes, so batches reach the store one at a time.
+    pending: Mutex<Pending>,
 }
 
 impl<St> fmt::Debug for Flush<St> {
@@ -47,48 +67,106 @@ impl<St: KeyStore> Flush<St> {
         Self {
             store,
             list,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
         }
     }
 
-    /// Drain the list and write every pending mark in one [`KeyStore::touch_last_used`] call.
+    /// Drain the list and write every pending mark in one [`KeyStore::touch_last_used`] call
+    /// and every pending count in one [`KeyStore::record_usage`] call. Counts are attributed to
+    /// the minute of the flush that drained them.
     ///
-    /// Cancel-safe: marks leave `pending` only once the store has accepted them.
-    pub(super) async fn flush(&self, timeout: Duration) -> Result<usize, FlushError> {
-        let mut pending = self.pending.lock().await;
-        self.list.drain(|record, t| {
-            pending
-                .entry(record.id.clone())
-                .and_modify(|old| *old = (*old).max(t))
-                .or_insert(t);
-        });
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let batch: Vec<(KeyId, Timestamp)> = pending.iter().map(|(k, t)| (k.clone(), *t)).collect();
-        let written = match tokio::time::timeout(timeout, self.store.touch_last_used(&batch)).await
-        {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout),
-        };
-        match written {
-            Ok(()) => {
-                pending.clear();
-                // Memory follows the keys used per interval: give back a burst's capacity.
-                if pending.capacity() > 1024 {
-                    pending.shrink_to(batch.len() / 2);
-                }
-                tracing::debug!(keys = batch.len(), "last-used marks flushed");
-                Ok(batch.len())
+    /// Cancel-safe: marks and counts leave `pending` only once the store has accepted them.
+    pub(super) async fn flush(&self, config: &Recorder) -> Result<usize, FlushError> {
+        let timeout = config.flush_timeout;
+        let now = config.clock.now();
+        let minute = Granularity::Minute.bucket(now);
+        let mut guard = self.pending.lock().await;
+        let pending = &mut *guard;
+        self.list.drain(|record, t, counts| {
+            if let Some(t) = t {
+                pending
+                    .marks
+                    .entry(record.id.clone())
+                    .and_modify(|old| *old = (*old).max(t))
+                    .or_insert(t);
             }
-            Err(source) => {
+            if !counts.is_zero() {
+                pending
+                    .usage
+                    .entry((record.id.clone(), minute))
+                    .or_insert_with(|| (record.org_id.clone(), UsageCounts::default()))
+                    .1 += counts;
+            }
+        });
+        let mut failure = None;
+        let mut written = 0;
+        if !pending.marks.is_empty() {
+            let batch: Vec<(KeyId, Timestamp)> =
+                pending.marks.iter().map(|(k, t)| (k.clone(), *t)).collect();
+            match bounded(timeout, self.store.touch_last_used(&batch)).await {
+                Ok(()) => {
+                    pending.marks.clear();
+                    // Memory follows the keys used per interval: give back a burst's capacity.
+                    if pending.marks.capacity() > 1024 {
+                        pending.marks.shrink_to(batch.len() / 2);
+                    }
+                    tracing::debug!(keys = batch.len(), "last-used marks flushed");
+                    written = batch.len();
+                }
+                Err(source) => failure = Some(source),
+            }
+        }
+        pending.usage.retain(|_, (_, c)| !c.is_zero());
+        if !pending.usage.is_empty() {
+            let batch: Vec<UsageDelta> = pending
+                .usage
+                .iter()
+                .map(|((key_id, minute), (org_id, counts))| UsageDelta {
+                    org_id: org_id.clone(),
+                    key_id: key_id.clone(),
+                    minute: *minute,
+                    counts: *counts,
+                })
+                .collect();
+            match bounded(timeout, self.store.record_usage(&batch)).await {
+                Ok(()) => {
+                    pending.usage.clear();
+                    if pending.usage.capacity() > 1024 {
+                        pending.usage.shrink_to(batch.len() / 2);
+                    }
+                    tracing::debug!(buckets = batch.len(), "usage counts flushed");
+                }
+                Err(source) => {
+                    failure.get_or_insert(source);
+                }
+            }
+        }
+        if config.meter.is_on()
+            && pending
+                .pruned_at
+                .is_none_or(|at| now >= at.saturating_add(PRUNE_EVERY))
+        {
+            pending.pruned_at = Some(now);
+            for g in Granularity::ALL {
+                let before = config.retention.cutoff(g, now);
+                if let Err(error) = bounded(timeout, self.store.prune_usage(g, before)).await {
+                    // Pruning again at the next turn is enough: nothing is lost by waiting.
+                    tracing::warn!(%error, granularity = g.as_str(), "usage pruning failed");
+                }
+            }
+        }
+        match failure {
+            None => Ok(written),
+            Some(source) => {
                 tracing::warn!(
-                    error = %source, pending = pending.len(),
-                    "last-used flush failed; marks kept for the next flush"
+                    error = %source, pending = pending.marks.len(),
+                    pending_usage = pending.usage.len(),
+                    "last-used flush failed; marks and counts kept for the next flush"
                 );
                 Err(FlushError {
                     source,
-                    pending: pending.len(),
+                    pending: pending.marks.len(),
+                    pending_usage: pending.usage.len(),
                 })
             }
         }
@@ -97,7 +175,18 @@ impl<St: KeyStore> Flush<St> {
     /// Whether nothing waits to be written.
     pub(super) async fn is_idle(&self) -> bool {
         let pending = self.pending.lock().await;
-        pending.is_empty() && self.list.is_empty()
+        pending.marks.is_empty() && pending.usage.is_empty() && self.list.is_empty()
+    }
+}
+
+/// `write`, failed with [`StoreError::Timeout`] if it takes longer than `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    write: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, write).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Timeout),
     }
 }
 
@@ -129,12 +218,12 @@ trait FinalFlush: Send + Sync + 'static {
 
 struct FinalFlushOf<St> {
     flush: Arc<Flush<St>>,
-    timeout: Duration,
+    config: Arc<Recorder>,
 }
 
 impl<St: KeyStore> FinalFlush for FinalFlushOf<St> {
     fn run(&self) -> crate::store::BoxFuture<'_, Result<usize, FlushError>> {
-        Box::pin(self.flush.flush(self.timeout))
+        Box::pin(self.flush.flush(&self.config))
     }
 }
 
@@ -142,14 +231,14 @@ impl FlusherHandle {
     pub(super) fn spawn<St: KeyStore>(
         flush: Arc<Flush<St>>,
         interval: Duration,
-        timeout: Duration,
+        config: Arc<Recorder>,
     ) -> Self {
         let stop = Arc::new(Notify::new());
-        let task = tokio::spawn(run(flush.clone(), interval, timeout, stop.clone()));
+        let task = tokio::spawn(run(flush.clone(), interval, config.clone(), stop.clone()));
         Self {
             stop,
             task,
-            final_flush: Box::new(FinalFlushOf { flush, timeout }),
+            final_flush: Box::new(FinalFlushOf { flush, config }),
         }
     }
 
@@ -179,7 +268,7 @@ impl FlusherHandle {
 async fn run<St: KeyStore>(
     flush: Arc<Flush<St>>,
     interval: Duration,
-    timeout: Duration,
+    config: Arc<Recorder>,
     stop: Arc<Notify>,
 ) -> Result<(), FlushError> {
     let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -192,9 +281,9 @@ async fn run<St: KeyStore>(
             () = &mut stopped => break,
             _ = ticker.tick() => {
                 // A failure is logged and its marks kept; the next tick retries them.
-                let _ = flush.flush(timeout).await;
+                let _ = flush.flush(&config).await;
             }
         }
     }
-    flush.flush(timeout).await.map(|_| ())
+    flush.flush(&config).await.map(|_| ())
 }

@@ -1,15 +1,13 @@
-//! The queue of marked records: which records the flusher writes next.
+//! Marking a record as used: which records the flusher writes next.
 //!
 //! A request marks its record with one relaxed load when the time has not moved into a new
 //! granule. Otherwise it raises the record's time and, if the record is not queued yet, pushes
-//! it onto the [`MarkList`] under a lock: once per record per flush interval, not per request.
-//! The list holds a strong reference per queued record, so a record stays alive until flushed.
+//! it onto the [`MarkList`] (in `store::usage`, beside the counts it also carries) under a
+//! lock: once per record per flush interval, not per request.
 
-use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use crate::clock::Timestamp;
-use crate::store::KeyRecord;
+use crate::store::{KeyRecord, MarkList};
 
 /// Mark `record` as used at `now_nanos`, truncated to `granularity_nanos` (≥ 1).
 #[inline]
@@ -33,65 +31,15 @@ fn mark_slow(list: &MarkList, record: &Arc<KeyRecord>, t: u64) {
     }
 }
 
-/// The records marked since the last drain, each at most once.
-pub(crate) struct MarkList {
-    records: Mutex<Vec<Arc<KeyRecord>>>,
-}
-
-impl fmt::Debug for MarkList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MarkList")
-            .field("empty", &self.is_empty())
-            .finish()
-    }
-}
-
-impl MarkList {
-    pub(crate) const fn new() -> Self {
-        Self {
-            records: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<KeyRecord>>> {
-        // A panic while pushing leaves a valid vector: the poison carries no broken invariant.
-        self.records.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn push(&self, record: Arc<KeyRecord>) {
-        self.lock().push(record);
-    }
-
-    /// Take every queued record; for each, call `f` with the record and its latest mark.
-    pub(crate) fn drain(&self, mut f: impl FnMut(&KeyRecord, Timestamp)) {
-        let records = std::mem::take(&mut *self.lock());
-        for record in records {
-            if let Some(t) = record.usage.take() {
-                f(&record, t);
-            }
-        }
-    }
-
-    /// Whether no record is queued.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-}
-
-impl Drop for MarkList {
-    fn drop(&mut self) {
-        // Clear the queued flags, so that another recorder can queue the records.
-        self.drain(|_, _| {});
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Timestamp;
     use crate::ids::{KeyId, OrgId};
     use crate::key::KeyHash;
     use crate::scopes::Scopes;
     use crate::store::UsageSlot;
+    use crate::store::{UsageCounts, UsageMeter, UsageOutcome};
 
     fn record(id: &str) -> Arc<KeyRecord> {
         Arc::new(KeyRecord::new(
@@ -108,7 +56,11 @@ mod tests {
 
     fn drained(list: &MarkList) -> Vec<(String, u64)> {
         let mut v = Vec::new();
-        list.drain(|r, t| v.push((r.id.to_string(), t.as_unix_nanos())));
+        list.drain(|r, t, _| {
+            if let Some(t) = t {
+                v.push((r.id.to_string(), t.as_unix_nanos()))
+            }
+        });
         v.sort();
         v
     }
@@ -191,7 +143,7 @@ mod tests {
         assert_eq!(copy.usage.last(), Some(Timestamp::from_unix_secs(7)));
         assert!(!copy.usage.queued());
         assert_eq!(copy, *a);
-        list.drain(|_, _| {});
+        list.drain(|_, _, _| {});
     }
 
     #[test]
@@ -215,5 +167,87 @@ mod tests {
         let got = drained(&list);
         assert_eq!(got.len(), 5);
         assert!(got.iter().all(|(_, t)| *t == 1_000 * SEC), "{got:?}");
+    }
+
+    #[test]
+    fn counts_taken_while_requests_count_add_up_exactly() {
+        // Four threads count (and move) on shared and own records while a fifth drains
+        // repeatedly: every count is taken by exactly one drain, none lost or doubled.
+        let list = Arc::new(MarkList::new());
+        let meter = UsageMeter::new(Some(list.clone()));
+        let shared = record("shared");
+        let own: Vec<_> = (0..4).map(|i| record(&format!("own{i}"))).collect();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let mut taken: std::collections::HashMap<String, UsageCounts> = Default::default();
+        std::thread::scope(|s| {
+            let workers: Vec<_> = own
+                .iter()
+                .map(|mine| {
+                    let (meter, shared) = (&meter, &shared);
+                    s.spawn(move || {
+                        for i in 0..20_000u32 {
+                            meter.count(shared, UsageOutcome::Accepted);
+                            meter.count(mine, UsageOutcome::Accepted);
+                            if i % 4 == 0 {
+                                crate::store::move_accepted(mine, UsageOutcome::Scope);
+                            }
+                            if i % 8 == 0 {
+                                meter.count(shared, UsageOutcome::RateLimited);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let drainer = s.spawn(|| {
+                let mut got: std::collections::HashMap<String, UsageCounts> = Default::default();
+                let drain = |got: &mut std::collections::HashMap<String, UsageCounts>| {
+                    list.drain(|r, _, c| *got.entry(r.id.to_string()).or_default() += c)
+                };
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    drain(&mut got);
+                }
+                drain(&mut got);
+                got
+            });
+            for w in workers {
+                w.join().unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            taken = drainer.join().unwrap();
+        });
+        list.drain(|r, _, c| *taken.entry(r.id.to_string()).or_default() += c);
+        assert_eq!(
+            taken["shared"],
+            UsageCounts {
+                accepted: 80_000,
+                rate_limited: 4 * 2_500,
+                ..Default::default()
+            }
+        );
+        for i in 0..4 {
+            assert_eq!(
+                taken[&format!("own{i}")],
+                UsageCounts {
+                    accepted: 15_000,
+                    scope: 5_000,
+                    ..Default::default()
+                },
+                "own{i}"
+            );
+        }
+        assert!(list.is_empty());
+        assert!(own.iter().all(|r| !r.usage.queued()));
+    }
+
+    #[test]
+    fn an_unmetered_snapshot_moves_nothing() {
+        let a = record("a");
+        crate::store::move_accepted(&a, UsageOutcome::Scope);
+        assert!(!a.usage.queued());
+        let list = MarkList::new();
+        mark(&list, &a, SEC, SEC);
+        let mut got = Vec::new();
+        list.drain(|_, _, c| got.push(c));
+        assert_eq!(got, vec![UsageCounts::default()]);
     }
 }

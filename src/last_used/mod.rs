@@ -18,6 +18,12 @@
 //! - **Shutdown**: [`FlusherHandle::shutdown`] writes everything still pending before it returns.
 //!   Call it after the server has stopped taking requests (axum: after `with_graceful_shutdown`
 //!   resolves), as in the example below.
+//! - **Usage** (opt-in, [`LastUsedRecorderLayer::meter_usage`]): the same marks count each
+//!   request by outcome (accepted; refused by the rate limit, a scope check, the session
+//!   quota) in a counter block of the key's snapshot, one atomic add per request, and the same
+//!   flusher adds the counts to the store's minute, hour and day buckets in one
+//!   [`KeyStore::record_usage`] call per interval; shutdown writes them too. Read them with
+//!   [`KeyManager::usage`](crate::KeyManager::usage).
 //! - **Memory** is bounded by the keys used since the last successful flush: each record is in the
 //!   list at most once, however many requests used it. (A record is the store's snapshot of a
 //!   key, shared by `Arc`; [`MemoryStore`](crate::MemoryStore) and caching stores hand out the
@@ -80,9 +86,8 @@ use crate::clock::{Clock, Timestamp, duration_nanos};
 use crate::future::inner_accessors;
 use crate::principal::Principal;
 use crate::reject::{Responder, ResponseBody};
-use crate::store::KeyStore;
+use crate::store::{KeyStore, MarkList, UsageMeter, UsageOutcome, UsageRetention};
 use flusher::Flush;
-use marks::MarkList;
 
 /// The response future of [`LastUsedRecorder`].
 pub type ResponseFuture<F> = crate::future::ResponseFuture<F>;
@@ -103,6 +108,9 @@ pub(crate) struct Recorder {
     responder: Responder,
     list: Arc<MarkList>,
     flush_timeout: Duration,
+    /// Counts requests by outcome when usage metering is on (into `list`).
+    meter: UsageMeter,
+    retention: UsageRetention,
 }
 
 impl Recorder {
@@ -120,6 +128,15 @@ impl Recorder {
             now.as_unix_nanos(),
             self.granularity,
         );
+        if self.meter.is_on() {
+            self.meter.count(principal.record(), UsageOutcome::Accepted);
+            principal.set_counted();
+        }
+    }
+
+    /// The meter counting into this recorder's queue (off unless metering is on).
+    pub(crate) fn meter(&self) -> &UsageMeter {
+        &self.meter
     }
 
     /// The clock marks are read from.
@@ -204,6 +221,8 @@ impl<St: KeyStore> LastUsedRecorderLayer<St> {
                 responder: Responder::default(),
                 list: list.clone(),
                 flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+                meter: UsageMeter::new(None),
+                retention: UsageRetention::default(),
             }),
             flush: Arc::new(Flush::new(store, list)),
         }
@@ -243,6 +262,42 @@ impl<St: KeyStore> LastUsedRecorderLayer<St> {
         self.map(|c| c.flush_timeout = timeout)
     }
 
+    /// Count requests per key by outcome (accepted; refused by the rate limit, a scope check,
+    /// the session quota), and have the flusher add the counts to the store's usage buckets
+    /// (minute, hour, day) in one [`KeyStore::record_usage`] call per interval, with the marks.
+    /// Off by default. The counting costs one atomic add per request and allocates once per
+    /// key snapshot; read the figures with [`KeyManager::usage`](crate::KeyManager::usage).
+    /// Counts land in the minute of the flush that writes them (at most one interval after
+    /// the request), and [`FlusherHandle::shutdown`] writes what is left.
+    ///
+    /// This layer (or the [`ApiKeyStack`](crate::ApiKeyStack) it joins) counts `accepted`; scope
+    /// and session-quota refusals after it move that count to their reason. Rate-limit
+    /// refusals happen before it: the stack counts them by itself, a separate
+    /// [`OrgRateLimit`](crate::OrgRateLimit) layer once given [`usage_meter`](Self::usage_meter).
+    ///
+    /// ```
+    /// use tower_api_key::{LastUsedRecorder, MemoryStore};
+    /// let recorder = LastUsedRecorder::new(MemoryStore::new()).meter_usage(true);
+    /// assert!(recorder.usage_meter().is_on());
+    /// ```
+    pub fn meter_usage(self, on: bool) -> Self {
+        let list = self.core.list.clone();
+        self.map(|c| c.meter = UsageMeter::new(on.then_some(list)))
+    }
+
+    /// How long usage buckets are kept (default: [`UsageRetention::default`]); the flusher
+    /// deletes older ones every five minutes while metering is on.
+    pub fn usage_retention(self, retention: UsageRetention) -> Self {
+        self.map(|c| c.retention = retention)
+    }
+
+    /// The meter to give the layers that refuse requests before this one runs (a separate
+    /// [`OrgRateLimitLayer::meter`](crate::rate_limit::OrgRateLimitLayer::meter)). Counts
+    /// nothing unless [`meter_usage`](Self::meter_usage) is on.
+    pub fn usage_meter(&self) -> UsageMeter {
+        self.core.meter.clone()
+    }
+
     /// Start the flusher: a task that writes the marks every `interval` (at least 1 ms) in one
     /// batched store call. Keep the handle and call [`FlusherHandle::shutdown`] when the server
     /// has stopped.
@@ -252,14 +307,14 @@ impl<St: KeyStore> LastUsedRecorderLayer<St> {
     /// Outside a Tokio runtime, like [`tokio::spawn`].
     pub fn spawn_flusher(&self, interval: Duration) -> FlusherHandle {
         let interval = interval.max(Duration::from_millis(1));
-        FlusherHandle::spawn(self.flush.clone(), interval, self.core.flush_timeout)
+        FlusherHandle::spawn(self.flush.clone(), interval, self.core.clone())
     }
 
     /// Write every pending mark now, in one batched store call; returns how many keys were
     /// written. On failure the marks are kept for the next flush. Flushes never overlap: this
     /// waits for one in progress.
     pub async fn flush(&self) -> Result<usize, FlushError> {
-        self.flush.flush(self.core.flush_timeout).await
+        self.flush.flush(&self.core).await
     }
 
     /// Whether no mark is waiting to be written.

@@ -116,6 +116,7 @@ use crate::headers::{Draft, LimitHeaders};
 use crate::plan::{Plan, Quota};
 use crate::principal::Principal;
 use crate::reject::{Rejection, Responder, ResponseBody, missing_principal};
+use crate::store::{UsageMeter, UsageOutcome};
 
 const FREE: Gcra = Gcra::from_quota(&Plan::Free.quota());
 const PAID: Gcra = Gcra::from_quota(&Plan::Paid.quota());
@@ -209,6 +210,8 @@ pub(crate) struct Limiter<B> {
     unavailable_retry_after: u64,
     /// Backend failures are logged at most once a second.
     error_log: throttle::LogThrottle,
+    /// Counts refusals by key when usage metering is on.
+    meter: UsageMeter,
 }
 
 /// What a backend check was asked, kept for the fallback when it fails.
@@ -231,6 +234,13 @@ impl<B> Limiter<B> {
     /// The clock the limiter reads.
     pub(crate) fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// Count refusals with `meter` (the stack gives its recorder's, unless one is set).
+    pub(crate) fn set_meter_if_off(&mut self, meter: &UsageMeter) {
+        if !self.meter.is_on() {
+            self.meter = meter.clone();
+        }
     }
 }
 
@@ -302,6 +312,9 @@ impl<B: RateLimitBackend> Limiter<B> {
                     retry_after = d.info.retry_after,
                     "rate limit exceeded"
                 );
+                if let Some(p) = principal {
+                    self.meter.count(p.record(), UsageOutcome::RateLimited);
+                }
                 let mut res = self
                     .responder
                     .respond(&Rejection::RateLimited(d.info), request_headers);
@@ -425,6 +438,7 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
                 on_error: OnBackendError::default(),
                 unavailable_retry_after: 1,
                 error_log: throttle::LogThrottle::default(),
+                meter: UsageMeter::new(None),
             }),
         }
     }
@@ -473,6 +487,20 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
     /// The `Retry-After` of the `503` sent when the backend fails closed (default 1 s).
     pub fn unavailable_retry_after(self, secs: u64) -> Self {
         self.map(|s| s.unavailable_retry_after = secs.max(1))
+    }
+
+    /// Count the requests it refuses per key, as usage (`rate_limited`), with the meter of a
+    /// [`LastUsedRecorder`](crate::LastUsedRecorder) whose usage metering is on. Not needed
+    /// inside an [`ApiKeyStack`](crate::ApiKeyStack), which uses its recorder's.
+    ///
+    /// ```
+    /// use tower_api_key::{LastUsedRecorder, MemoryStore, OrgRateLimit};
+    /// let recorder = LastUsedRecorder::new(MemoryStore::new()).meter_usage(true);
+    /// let limit = OrgRateLimit::new().meter(recorder.usage_meter());
+    /// # let _ = limit;
+    /// ```
+    pub fn meter(self, meter: UsageMeter) -> Self {
+        self.map(|s| s.meter = meter)
     }
 
     /// The backend (e.g. to [`peek`](MemoryRateLimiter::peek) or sweep it).

@@ -10,6 +10,9 @@
 //! problem+json body, or gRPC status 7 `PERMISSION_DENIED`. A [`ScopeRules`] table that has no
 //! rule for the request's route refuses it with `403 no_route_rule` (fail closed), unless the
 //! table lets unmatched routes through.
+//!
+//! With usage metering on, a refusal moves the request's count from `accepted` (made when
+//! [`LastUsedRecorder`](crate::LastUsedRecorder) marked it) to `scope`.
 
 mod rules;
 
@@ -27,6 +30,7 @@ pub use rules::{Requirement, RuleMatch, ScopeRules};
 use crate::future::inner_accessors;
 use crate::principal::Principal;
 use crate::reject::{Rejection, Responder, ResponseBody, missing_principal};
+use crate::store::UsageOutcome;
 
 /// The response future of [`ScopeGuard`].
 pub type ResponseFuture<F> = crate::future::ResponseFuture<F>;
@@ -221,6 +225,7 @@ impl Guard {
 
 #[cold]
 fn no_route_rule(principal: &Principal, method: &Method, uri: &Uri) -> Rejection {
+    principal.refused_after_accept(UsageOutcome::Scope);
     tracing::debug!(
         key_id = %principal.key_id(), org_id = %principal.org_id(),
         method = %method, path = uri.path(),
@@ -231,6 +236,7 @@ fn no_route_rule(principal: &Principal, method: &Method, uri: &Uri) -> Rejection
 
 #[cold]
 fn lacks(principal: &Principal, requirement: &Requirement) -> Rejection {
+    principal.refused_after_accept(UsageOutcome::Scope);
     tracing::debug!(
         key_id = %principal.key_id(), org_id = %principal.org_id(),
         required = requirement.describe(), "api key lacks scope"

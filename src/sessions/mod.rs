@@ -50,7 +50,7 @@ use crate::principal::Principal;
 use crate::rate_limit::QuotaPolicy;
 use crate::rate_limit::gcra::ceil_duration_secs;
 use crate::reject::Rejection;
-use crate::store::BoxError;
+use crate::store::{BoxError, UsageOutcome};
 
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -289,6 +289,10 @@ impl<B: SessionBackend> SessionQuota<B> {
     /// Take a slot for `session_id` in the caller's organization, for `lease`, within its
     /// plan's concurrent-session limit. Acquiring an id that already holds a live lease extends
     /// it and takes no second slot.
+    ///
+    /// With usage metering on ([`LastUsedRecorderLayer::meter_usage`](crate::LastUsedRecorderLayer::meter_usage)),
+    /// a refusal moves the request's count from `accepted` to `session_quota`
+    /// ([`acquire_for`](Self::acquire_for), which has no principal, counts nothing).
     pub async fn acquire(
         &self,
         principal: &Principal,
@@ -296,8 +300,14 @@ impl<B: SessionBackend> SessionQuota<B> {
         lease: Duration,
     ) -> Result<SessionLease, SessionError> {
         let limit = self.policy.quota(principal).concurrent_sessions;
-        self.acquire_for(principal.org_id(), limit, session_id, lease)
-            .await
+        let result = self
+            .acquire_for(principal.org_id(), limit, session_id, lease)
+            .await;
+        if let Err(SessionError::LimitReached { .. }) = &result {
+            // Metered usage: this request counts as refused by the session quota.
+            principal.refused_after_accept(UsageOutcome::SessionQuota);
+        }
+        result
     }
 
     /// [`acquire`](Self::acquire) with an explicit organization and limit.

@@ -117,6 +117,14 @@ impl<St, B> Stages<St, B> {
         }
     }
 
+    /// The rate limit counts its refusals with the recorder's usage meter (unless it was given
+    /// one of its own): in one service, metering needs no wiring.
+    fn wire_meter(&mut self) {
+        if let (Some(limit), Some(recorder)) = (&mut self.limit, &self.recorder) {
+            limit.set_meter_if_off(recorder.meter());
+        }
+    }
+
     fn stages(&self) -> Vec<&'static str> {
         let mut v = vec!["api_key_auth"];
         if self.limit.is_some() {
@@ -210,6 +218,7 @@ impl<St: KeyStore, B: RateLimitBackend> ApiKeyStackLayer<St, B> {
     fn map(self, f: impl FnOnce(&mut Stages<St, B>)) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.shared);
         f(&mut shared);
+        shared.wire_meter();
         Self {
             shared: Arc::new(shared),
         }
@@ -222,13 +231,15 @@ impl<St: KeyStore, B: RateLimitBackend> ApiKeyStackLayer<St, B> {
         layer: OrgRateLimitLayer<B2>,
     ) -> ApiKeyStackLayer<St, B2> {
         let s = Arc::unwrap_or_clone(self.shared);
+        let mut stages = Stages {
+            auth: s.auth,
+            limit: Some(layer.limiter().clone()),
+            recorder: s.recorder,
+            guard: s.guard,
+        };
+        stages.wire_meter();
         ApiKeyStackLayer {
-            shared: Arc::new(Stages {
-                auth: s.auth,
-                limit: Some(layer.limiter().clone()),
-                recorder: s.recorder,
-                guard: s.guard,
-            }),
+            shared: Arc::new(stages),
         }
     }
 

@@ -17,7 +17,10 @@ use crate::ids::{KeyId, OrgId};
 use crate::key::{KeyHash, KeyHashBuilder};
 use crate::plan::Plan;
 
-use super::{BoxFuture, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
+use super::{
+    BoxFuture, Granularity, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey,
+    UsageDelta, UsageRow,
+};
 
 /// What changed, as far as a cache is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -714,6 +717,28 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
 
     async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.inner.store.touch_last_used(batch).await
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        self.inner.store.record_usage(batch).await
+    }
+
+    async fn usage(
+        &self,
+        org: &OrgId,
+        from: Timestamp,
+        to: Timestamp,
+        granularity: Granularity,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.inner.store.usage(org, from, to, granularity).await
+    }
+
+    async fn prune_usage(
+        &self,
+        granularity: Granularity,
+        before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.inner.store.prune_usage(granularity, before).await
     }
 
     async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {

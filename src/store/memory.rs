@@ -1,7 +1,7 @@
 //! The embedded in-memory store.
 
 use std::borrow::Borrow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::{Ready, ready};
 use std::hash::{Hash, Hasher};
@@ -12,7 +12,10 @@ use crate::ids::{KeyId, OrgId};
 use crate::key::{KeyHash, KeyHashBuilder};
 use crate::plan::Plan;
 
-use super::{KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
+use super::{
+    Granularity, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey, UsageCounts,
+    UsageDelta, UsageRow,
+};
 
 /// The embedded default [`KeyStore`]: lock-free reads, serialized writes, nothing on disk.
 ///
@@ -100,7 +103,13 @@ struct Inner {
     /// Everything else, for management: behind one mutex that also serializes writes.
     admin: Mutex<Admin>,
     default_plan: Arc<Plan>,
+    /// Usage buckets, by organization, granularity, start and key: written once per flush,
+    /// behind a mutex of its own so that neither the request path nor management waits on it.
+    usage: Mutex<UsageBuckets>,
 }
+
+/// Usage buckets of a [`MemoryStore`], ordered so that one organization's range is one scan.
+type UsageBuckets = BTreeMap<(OrgId, Granularity, Timestamp, KeyId), UsageCounts>;
 
 /// Written under the mutex: `by_id`, `by_org` and `by_hash` always hold the same record `Arc`
 /// per key.
@@ -184,6 +193,7 @@ impl MemoryStore {
                     .build(),
                 admin: Mutex::new(Admin::default()),
                 default_plan: Arc::new(plan),
+                usage: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -280,6 +290,14 @@ impl MemoryStore {
         }
         drop(admin);
         Some(record)
+    }
+
+    fn usage_buckets(&self) -> MutexGuard<'_, UsageBuckets> {
+        // Each write is one map operation: a panic cannot leave the buckets half-updated.
+        self.inner
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Apply `changes` to a key by replacing its record with an updated copy, as a revocation does.
@@ -406,6 +424,57 @@ impl KeyStore for MemoryStore {
     async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.touch_sync(batch);
         Ok(())
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        let mut usage = self.usage_buckets();
+        for delta in batch {
+            for g in Granularity::ALL {
+                let key = (
+                    delta.org_id.clone(),
+                    g,
+                    g.bucket(delta.minute),
+                    delta.key_id.clone(),
+                );
+                *usage.entry(key).or_default() += delta.counts;
+            }
+        }
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        org: &OrgId,
+        from: Timestamp,
+        to: Timestamp,
+        granularity: Granularity,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let usage = self.usage_buckets();
+        let lo = (org.clone(), granularity, from, KeyId::from(""));
+        let rows = usage
+            .range(lo..)
+            .take_while(|((o, g, t, _), _)| o == org && *g == granularity && *t < to)
+            .map(|((_, _, t, k), c)| UsageRow {
+                key_id: k.clone(),
+                bucket: *t,
+                counts: *c,
+            })
+            .collect();
+        Ok(rows)
+    }
+
+    async fn prune_usage(
+        &self,
+        granularity: Granularity,
+        before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut usage = self.usage_buckets();
+        let n = usage.len();
+        usage.retain(|(_, g, t, _), _| *g != granularity || *t >= before);
+        Ok((n - usage.len()) as u64)
     }
 
     async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {

@@ -62,7 +62,10 @@ pub use memory::MemoryStore;
 pub use postgres::{PgInvalidations, PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
-pub(crate) use usage::UsageSlot;
+pub use usage::{
+    Granularity, UsageCounts, UsageDelta, UsageMeter, UsageOutcome, UsageRetention, UsageRow,
+};
+pub(crate) use usage::{MarkList, UsageSlot, move_accepted};
 
 /// A boxed error from a store's driver.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -381,6 +384,36 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
         batch: &[(KeyId, Timestamp)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Add usage counts in one batch: each [`UsageDelta`] is added to its key's minute bucket
+    /// and to the hour and day buckets holding that minute (three granularities, one write).
+    ///
+    /// Called by the [`LastUsedRecorder`](crate::LastUsedRecorder) flusher once per interval
+    /// when usage metering is on: write the batch in one round trip (e.g. one
+    /// `INSERT … SELECT … FROM unnest(…) ON CONFLICT DO UPDATE SET n = t.n + excluded.n`), so
+    /// that replicas writing to one database add up. An error keeps the batch for the next flush.
+    fn record_usage(
+        &self,
+        batch: &[UsageDelta],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The usage buckets of `org`'s keys at `granularity` whose start lies in `[from, to)`,
+    /// ordered by bucket then key id. Only buckets with counts are stored (no zero rows).
+    fn usage(
+        &self,
+        org: &OrgId,
+        from: Timestamp,
+        to: Timestamp,
+        granularity: Granularity,
+    ) -> impl Future<Output = Result<Vec<UsageRow>, StoreError>> + Send;
+
+    /// Delete the usage buckets of `granularity` that start before `before`; returns how many
+    /// were deleted. Run by the flusher every few minutes with [`UsageRetention`]'s cut-offs.
+    fn prune_usage(
+        &self,
+        granularity: Granularity,
+        before: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Set an organization's plan; takes effect on its next request.
     fn set_plan(
         &self,
@@ -416,6 +449,20 @@ pub trait DynKeyStore: Send + Sync + 'static {
         &'a self,
         batch: &'a [(KeyId, Timestamp)],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn record_usage<'a>(&'a self, batch: &'a [UsageDelta])
+    -> BoxFuture<'a, Result<(), StoreError>>;
+    fn usage<'a>(
+        &'a self,
+        org: &'a OrgId,
+        from: Timestamp,
+        to: Timestamp,
+        granularity: Granularity,
+    ) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>>;
+    fn prune_usage(
+        &self,
+        granularity: Granularity,
+        before: Timestamp,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
     fn set_plan<'a>(&'a self, org: &'a OrgId, plan: Plan) -> BoxFuture<'a, Result<(), StoreError>>;
     fn plan<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, Result<Plan, StoreError>>;
 }
@@ -452,6 +499,28 @@ impl<T: KeyStore> DynKeyStore for T {
         batch: &'a [(KeyId, Timestamp)],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(KeyStore::touch_last_used(self, batch))
+    }
+    fn record_usage<'a>(
+        &'a self,
+        batch: &'a [UsageDelta],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(KeyStore::record_usage(self, batch))
+    }
+    fn usage<'a>(
+        &'a self,
+        org: &'a OrgId,
+        from: Timestamp,
+        to: Timestamp,
+        granularity: Granularity,
+    ) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
+        Box::pin(KeyStore::usage(self, org, from, to, granularity))
+    }
+    fn prune_usage(
+        &self,
+        granularity: Granularity,
+        before: Timestamp,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(KeyStore::prune_usage(self, granularity, before))
     }
     fn set_plan<'a>(&'a self, org: &'a OrgId, plan: Plan) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(KeyStore::set_plan(self, org, plan))
@@ -516,6 +585,25 @@ impl KeyStore for BoxedStore {
     }
     async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
         self.0.touch_last_used(batch).await
+    }
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        self.0.record_usage(batch).await
+    }
+    async fn usage(
+        &self,
+        org: &OrgId,
+        from: Timestamp,
+        to: Timestamp,
+        granularity: Granularity,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.0.usage(org, from, to, granularity).await
+    }
+    async fn prune_usage(
+        &self,
+        granularity: Granularity,
+        before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.0.prune_usage(granularity, before).await
     }
     async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
         self.0.set_plan(org, plan).await

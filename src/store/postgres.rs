@@ -60,18 +60,28 @@ use crate::plan::Plan;
 use super::cached::{Invalidation, InvalidationSource};
 use super::sql::{
     KeyRow, Migration, key_columns, map_err, opt_ts_to_db, plan_from_db, plan_to_db,
-    scopes_from_db, ts_to_db,
+    scopes_from_db, ts_from_db, ts_to_db,
 };
-use super::{BoxFuture, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
+use super::{
+    BoxFuture, Granularity, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey,
+    UsageCounts, UsageDelta, UsageRow,
+};
 
 /// The channel the triggers notify on.
 pub const NOTIFY_CHANNEL: &str = "tower_api_key";
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys_and_plans",
-    sql: include_str!("../../migrations/postgres/0001_keys_and_plans.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "keys_and_plans",
+        sql: include_str!("../../migrations/postgres/0001_keys_and_plans.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "usage",
+        sql: include_str!("../../migrations/postgres/0004_usage.sql"),
+    },
+];
 
 /// Serializes migrations across processes (`pg_advisory_xact_lock`); an arbitrary constant.
 const MIGRATION_LOCK: i64 = 0x7461_6b5f_6d69_6772;
@@ -496,6 +506,98 @@ impl KeyStore for PostgresStore {
         .await
         .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let col = |f: fn(&UsageDelta) -> i64| batch.iter().map(f).collect::<Vec<i64>>();
+        let orgs: Vec<&str> = batch.iter().map(|d| d.org_id.as_str()).collect();
+        let keys: Vec<&str> = batch.iter().map(|d| d.key_id.as_str()).collect();
+        // One statement per flush: each delta added to its minute, hour and day buckets.
+        // Grouped (a batch may hold two minutes of one hour) and sorted, so that replicas
+        // flushing at once lock shared buckets in the same order.
+        sqlx::query(
+            "INSERT INTO api_key_usage AS u (org_id, key_id, granularity, bucket, accepted, \
+                 rate_limited, scope, session_quota) \
+             SELECT d.org_id, d.key_id, g.name, d.minute - d.minute % g.len, SUM(d.a), \
+                 SUM(d.r), SUM(d.s), SUM(d.q) \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                         $6::bigint[], $7::bigint[]) AS d(org_id, key_id, minute, a, r, s, q) \
+             CROSS JOIN (VALUES ('minute', 60000000000::bigint), ('hour', 3600000000000::bigint), \
+                                ('day', 86400000000000::bigint)) AS g(name, len) \
+             GROUP BY 1, 2, 3, 4 \
+             ORDER BY 1, 3, 4, 2 \
+             ON CONFLICT (org_id, granularity, bucket, key_id) DO UPDATE SET \
+                 accepted = u.accepted + EXCLUDED.accepted, \
+                 rate_limited = u.rate_limited + EXCLUDED.rate_limited, \
+                 scope = u.scope + EXCLUDED.scope, \
+                 session_quota = u.session_quota + EXCLUDED.session_quota",
+        )
+        .bind(&orgs[..])
+        .bind(&keys[..])
+        .bind(col(|d| ts_to_db(d.minute)))
+        .bind(col(|d| d.counts.accepted))
+        .bind(col(|d| d.counts.rate_limited))
+        .bind(col(|d| d.counts.scope))
+        .bind(col(|d| d.counts.session_quota))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        org: &OrgId,
+        from: Timestamp,
+        to: Timestamp,
+        granularity: Granularity,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, bucket, accepted, rate_limited, scope, session_quota \
+             FROM api_key_usage \
+             WHERE org_id = $1 AND granularity = $2 AND bucket >= $3 AND bucket < $4 \
+             ORDER BY bucket, key_id",
+        )
+        .bind(org.as_str())
+        .bind(granularity.as_str())
+        .bind(ts_to_db(from))
+        .bind(ts_to_db(to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let get = |c: &str| row.try_get::<i64, _>(c).map_err(map_err);
+                let key_id: String = row.try_get("key_id").map_err(map_err)?;
+                Ok(UsageRow {
+                    key_id: KeyId::from(key_id),
+                    bucket: ts_from_db(get("bucket")?),
+                    counts: UsageCounts {
+                        accepted: get("accepted")?,
+                        rate_limited: get("rate_limited")?,
+                        scope: get("scope")?,
+                        session_quota: get("session_quota")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_usage(
+        &self,
+        granularity: Granularity,
+        before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM api_key_usage WHERE granularity = $1 AND bucket < $2")
+            .bind(granularity.as_str())
+            .bind(ts_to_db(before))
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
     }
 
     async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {

@@ -35,15 +35,25 @@ use crate::plan::Plan;
 
 use super::sql::{
     KeyRow, Migration, key_columns, map_err, opt_ts_to_db, plan_from_db, plan_to_db,
-    scopes_from_db, ts_to_db,
+    scopes_from_db, ts_from_db, ts_to_db,
 };
-use super::{BoxFuture, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
+use super::{
+    BoxFuture, Granularity, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey,
+    UsageCounts, UsageDelta, UsageRow,
+};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys_and_plans",
-    sql: include_str!("../../migrations/sqlite/0001_keys_and_plans.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "keys_and_plans",
+        sql: include_str!("../../migrations/sqlite/0001_keys_and_plans.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "usage",
+        sql: include_str!("../../migrations/sqlite/0004_usage.sql"),
+    },
+];
 
 /// The SQLite URL could not be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -375,6 +385,79 @@ impl KeyStore for SqliteStore {
         Ok(())
     }
 
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // One statement per flush: the batch travels as one JSON array, each delta added to
+        // its minute, hour and day buckets.
+        let json = serde_json::to_string(&usage_json(batch)).map_err(StoreError::unavailable)?;
+        sqlx::query(
+            "INSERT INTO api_key_usage (org_id, key_id, granularity, bucket, accepted, \
+                 rate_limited, scope, session_quota) \
+             SELECT d.org_id, d.key_id, g.name, d.minute - d.minute % g.len, SUM(d.a), \
+                 SUM(d.r), SUM(d.s), SUM(d.q) \
+             FROM (SELECT json_extract(value, '$[0]') AS org_id, \
+                          json_extract(value, '$[1]') AS key_id, \
+                          json_extract(value, '$[2]') AS minute, \
+                          json_extract(value, '$[3]') AS a, json_extract(value, '$[4]') AS r, \
+                          json_extract(value, '$[5]') AS s, json_extract(value, '$[6]') AS q \
+                   FROM json_each(?1)) AS d \
+             CROSS JOIN (SELECT 'minute' AS name, 60000000000 AS len \
+                         UNION ALL SELECT 'hour', 3600000000000 \
+                         UNION ALL SELECT 'day', 86400000000000) AS g \
+             WHERE true \
+             GROUP BY 1, 2, 3, 4 \
+             ON CONFLICT (org_id, granularity, bucket, key_id) DO UPDATE SET \
+                 accepted = accepted + excluded.accepted, \
+                 rate_limited = rate_limited + excluded.rate_limited, \
+                 scope = scope + excluded.scope, \
+                 session_quota = session_quota + excluded.session_quota",
+        )
+        .bind(json)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        org: &OrgId,
+        from: Timestamp,
+        to: Timestamp,
+        granularity: Granularity,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, bucket, accepted, rate_limited, scope, session_quota \
+             FROM api_key_usage \
+             WHERE org_id = ?1 AND granularity = ?2 AND bucket >= ?3 AND bucket < ?4 \
+             ORDER BY bucket, key_id",
+        )
+        .bind(org.as_str())
+        .bind(granularity.as_str())
+        .bind(ts_to_db(from))
+        .bind(ts_to_db(to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(usage_row).collect()
+    }
+
+    async fn prune_usage(
+        &self,
+        granularity: Granularity,
+        before: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM api_key_usage WHERE granularity = ?1 AND bucket < ?2")
+            .bind(granularity.as_str())
+            .bind(ts_to_db(before))
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
     async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
         let row = plan_to_db(plan);
         sqlx::query(
@@ -412,6 +495,42 @@ impl KeyStore for SqliteStore {
             Some(row) => plan(&row, self.default_plan),
         }
     }
+}
+
+/// A usage batch as the JSON array `record_usage` reads:
+/// `[org, key, minute, accepted, rate_limited, scope, session_quota]` per delta.
+fn usage_json(batch: &[UsageDelta]) -> Vec<(&str, &str, i64, i64, i64, i64, i64)> {
+    batch
+        .iter()
+        .map(|d| {
+            let c = &d.counts;
+            (
+                d.org_id.as_str(),
+                d.key_id.as_str(),
+                ts_to_db(d.minute),
+                c.accepted,
+                c.rate_limited,
+                c.scope,
+                c.session_quota,
+            )
+        })
+        .collect()
+}
+
+fn usage_row(row: &SqliteRow) -> Result<UsageRow, StoreError> {
+    let key_id: String = row.try_get("key_id").map_err(map_err)?;
+    let bucket: i64 = row.try_get("bucket").map_err(map_err)?;
+    let get = |c: &str| row.try_get::<i64, _>(c).map_err(map_err);
+    Ok(UsageRow {
+        key_id: KeyId::from(key_id),
+        bucket: ts_from_db(bucket),
+        counts: UsageCounts {
+            accepted: get("accepted")?,
+            rate_limited: get("rate_limited")?,
+            scope: get("scope")?,
+            session_quota: get("session_quota")?,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tower_api_key::store::KeyStore;
 use tower_api_key::{
-    KeyFormat, KeyHash, KeyId, KeyRecord, OrgId, Plan, Quota, Scopes, StoreError, Timestamp,
+    Granularity, KeyFormat, KeyHash, KeyId, KeyRecord, OrgId, Plan, Quota, Scopes, StoreError,
+    Timestamp, UsageCounts, UsageDelta,
 };
 
 /// An arbitrary instant with a sub-second part, so nanosecond precision is exercised.
@@ -77,6 +78,8 @@ pub async fn run_all<S: KeyStore>(store: &S) {
     touch_last_used_of_many_keys_of_one_org(store).await;
     touch_revoke_touch_keeps_both(store).await;
     plans_default_and_change(store).await;
+    usage_adds_up_in_three_granularities(store).await;
+    usage_prunes_one_granularity(store).await;
 }
 
 pub async fn insert_then_find_with_plan<S: KeyStore>(store: &S) {
@@ -510,5 +513,195 @@ pub async fn plans_default_and_change<S: KeyStore>(store: &S) {
         store.plan(&o).await.unwrap(),
         Plan::Free,
         "plans can go down too"
+    );
+}
+
+fn counts(accepted: i64, rate_limited: i64, scope: i64, session_quota: i64) -> UsageCounts {
+    UsageCounts {
+        accepted,
+        rate_limited,
+        scope,
+        session_quota,
+    }
+}
+
+fn delta(org: &OrgId, key: &KeyId, minute: Timestamp, c: UsageCounts) -> UsageDelta {
+    UsageDelta {
+        org_id: org.clone(),
+        key_id: key.clone(),
+        minute: Granularity::Minute.bucket(minute),
+        counts: c,
+    }
+}
+
+/// Deltas add to the minute, hour and day buckets; batches add to what is stored (a move out
+/// of `accepted` is a negative delta); organizations and ranges are kept apart.
+pub async fn usage_adds_up_in_three_granularities<S: KeyStore>(store: &S) {
+    let tag = tag();
+    let (a, b) = (org("usage", &tag, 1), org("usage", &tag, 2));
+    // Key ids sort k1 < k2 by construction.
+    let k1 = KeyId::from(format!("key_{tag}_1"));
+    let k2 = KeyId::from(format!("key_{tag}_2"));
+    let k3 = KeyId::from(format!("key_{tag}_3"));
+    // A day boundary, so the day buckets differ: minute m0 of day d0, m1 = m0 + 1 min,
+    // m2 = m0 + 2 h (next hour, same day), m3 = next day.
+    let d0 = Granularity::Day.bucket(at(0));
+    let m0 = Timestamp::from_unix_secs(d0.as_unix_secs() + 10 * 3600 + 5 * 60);
+    let m1 = Timestamp::from_unix_secs(m0.as_unix_secs() + 60);
+    let m2 = Timestamp::from_unix_secs(m0.as_unix_secs() + 2 * 3600);
+    let m3 = Timestamp::from_unix_secs(m0.as_unix_secs() + 86_400);
+    store
+        .record_usage(&[
+            delta(&a, &k1, m0, counts(3, 1, 0, 0)),
+            delta(&a, &k1, m1, counts(2, 0, 1, 0)),
+            delta(&a, &k2, m0, counts(1, 0, 0, 1)),
+            delta(&b, &k3, m0, counts(50, 0, 0, 0)),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_usage(&[
+            delta(&a, &k1, m0, counts(1, 0, 0, 0)),
+            delta(&a, &k2, m0, counts(-1, 0, 1, 0)),
+            delta(&a, &k1, m2, counts(4, 0, 0, 0)),
+            delta(&a, &k1, m3, counts(7, 0, 0, 0)),
+        ])
+        .await
+        .unwrap();
+    store.record_usage(&[]).await.unwrap();
+
+    let rows = |g| {
+        store.usage(
+            &a,
+            d0,
+            Timestamp::from_unix_secs(d0.as_unix_secs() + 2 * 86_400),
+            g,
+        )
+    };
+    let got: Vec<_> = rows(Granularity::Minute)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key_id, r.bucket, r.counts))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (k1.clone(), m0, counts(4, 1, 0, 0)),
+            (k2.clone(), m0, counts(0, 0, 1, 1)),
+            (k1.clone(), m1, counts(2, 0, 1, 0)),
+            (k1.clone(), m2, counts(4, 0, 0, 0)),
+            (k1.clone(), m3, counts(7, 0, 0, 0)),
+        ],
+        "minute buckets, by bucket then key"
+    );
+    let h0 = Granularity::Hour.bucket(m0);
+    let h2 = Granularity::Hour.bucket(m2);
+    let h3 = Granularity::Hour.bucket(m3);
+    let got: Vec<_> = rows(Granularity::Hour)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key_id, r.bucket, r.counts))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (k1.clone(), h0, counts(6, 1, 1, 0)),
+            (k2.clone(), h0, counts(0, 0, 1, 1)),
+            (k1.clone(), h2, counts(4, 0, 0, 0)),
+            (k1.clone(), h3, counts(7, 0, 0, 0)),
+        ],
+        "hour buckets"
+    );
+    let d3 = Granularity::Day.bucket(m3);
+    let got: Vec<_> = rows(Granularity::Day)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key_id, r.bucket, r.counts))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (k1.clone(), d0, counts(10, 1, 1, 0)),
+            (k2.clone(), d0, counts(0, 0, 1, 1)),
+            (k1.clone(), d3, counts(7, 0, 0, 0)),
+        ],
+        "day buckets"
+    );
+    // [from, to): the end is excluded, the start included.
+    let got = store.usage(&a, m1, m2, Granularity::Minute).await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].bucket, got[0].counts), (m1, counts(2, 0, 1, 0)));
+    assert!(
+        store
+            .usage(&a, m1, m1, Granularity::Minute)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The other organization sees only its own.
+    let got = store.usage(&b, d0, d3, Granularity::Day).await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((&got[0].key_id, got[0].counts), (&k3, counts(50, 0, 0, 0)));
+}
+
+/// Pruning removes one granularity's buckets older than the cut-off, and only those.
+pub async fn usage_prunes_one_granularity<S: KeyStore>(store: &S) {
+    let tag = tag();
+    let a = org("prune", &tag, 1);
+    let k = KeyId::from(format!("key_{tag}_p"));
+    // Far in the past (2001), so no other check's rows are older than the cut-off.
+    let old = Timestamp::from_unix_secs(1_000_000_000);
+    let cut = Timestamp::from_unix_secs(1_000_000_000 + 86_400 * 3);
+    let newer = Timestamp::from_unix_secs(1_000_000_000 + 86_400 * 5);
+    store
+        .record_usage(&[
+            delta(&a, &k, old, counts(1, 0, 0, 0)),
+            delta(&a, &k, newer, counts(2, 0, 0, 0)),
+        ])
+        .await
+        .unwrap();
+    let pruned = store.prune_usage(Granularity::Minute, cut).await.unwrap();
+    assert!(pruned >= 1, "the old minute bucket is deleted: {pruned}");
+    let end = Timestamp::from_unix_secs(1_000_000_000 + 86_400 * 10);
+    // From the start of the old day, so that the old hour and day buckets are in range.
+    let old = Granularity::Day.bucket(old);
+    let minutes = store
+        .usage(&a, old, end, Granularity::Minute)
+        .await
+        .unwrap();
+    assert_eq!(
+        minutes
+            .iter()
+            .map(|r| r.counts.accepted)
+            .collect::<Vec<_>>(),
+        vec![2],
+        "only the newer minute is left"
+    );
+    for g in [Granularity::Hour, Granularity::Day] {
+        let rows = store.usage(&a, old, end, g).await.unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.counts.accepted).collect::<Vec<_>>(),
+            vec![1, 2],
+            "{g:?} buckets are untouched"
+        );
+    }
+    store.prune_usage(Granularity::Day, end).await.unwrap();
+    assert!(
+        store
+            .usage(&a, old, end, Granularity::Day)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .usage(&a, old, end, Granularity::Hour)
+            .await
+            .unwrap()
+            .len(),
+        2
     );
 }

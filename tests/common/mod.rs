@@ -248,6 +248,28 @@ pub mod stores {
         async fn touch_last_used(&self, batch: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
             self.inner.touch_last_used(batch).await
         }
+        async fn record_usage(
+            &self,
+            batch: &[tower_api_key::UsageDelta],
+        ) -> Result<(), StoreError> {
+            self.inner.record_usage(batch).await
+        }
+        async fn usage(
+            &self,
+            org: &OrgId,
+            from: tower_api_key::Timestamp,
+            to: tower_api_key::Timestamp,
+            granularity: tower_api_key::Granularity,
+        ) -> Result<Vec<tower_api_key::UsageRow>, StoreError> {
+            self.inner.usage(org, from, to, granularity).await
+        }
+        async fn prune_usage(
+            &self,
+            granularity: tower_api_key::Granularity,
+            before: tower_api_key::Timestamp,
+        ) -> Result<u64, StoreError> {
+            self.inner.prune_usage(granularity, before).await
+        }
         async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
             self.inner.set_plan(org, plan).await
         }

@@ -46,7 +46,7 @@ const CONFLICT: u8 = 5;
 const INTERNAL: u8 = 6;
 
 /// Operate a tower-api-key store: migrate it, create, list, rotate and revoke keys, set plans,
-/// hash and import keys. Secrets are read on stdin only and printed on stdout only.
+/// read usage, hash and import keys. Secrets are read on stdin only and printed on stdout only.
 #[derive(Parser)]
 #[command(name = "tower-api-key", version, after_help = EXIT_CODES)]
 struct Cli {
@@ -78,6 +78,9 @@ enum Command {
     Plans(PlansCommand),
     /// Read one key on stdin and print the form it is stored under (hex SHA-256), for `import`.
     Hash,
+    /// An organization's metered requests (accepted, rate limited, scope, session quota), per
+    /// minute, hour or day and per key, as the flusher wrote them.
+    Usage(UsageArgs),
     /// Import existing keys by their hashes, without re-keying anyone: JSON lines on stdin, each
     /// `{"hash": HEX, "org": ORG, "name": NAME, "scopes": [..], "created": T, "expires": T}`
     /// (`scopes`, `created`, `expires` optional; times as unix seconds or RFC 3339; optional
@@ -185,11 +188,13 @@ mod import;
 mod keys;
 mod plans;
 mod store;
+mod usage;
 
 use import::*;
 use keys::*;
 use plans::*;
 use store::*;
+use usage::*;
 
 /// A failure: the exit code and the one line that says what to do.
 #[derive(Debug)]
@@ -295,6 +300,10 @@ async fn run(cli: Cli) -> Outcome {
         Command::Import => {
             let store = migrated_store(cli.store).await?;
             import(store).await
+        }
+        Command::Usage(args) => {
+            let store = migrated_store(cli.store).await?;
+            usage(args, store).await
         }
     }
 }
