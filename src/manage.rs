@@ -4,6 +4,8 @@
 //! [`ManageError::NotFound`], exactly as if it did not exist. The `*_for` variants act on behalf of
 //! an authenticated [`Principal`] and enforce that a key never grants more than it holds.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +17,8 @@ use crate::key::{ApiKey, KeyFormat, KeyFormats, RngError};
 use crate::plan::Plan;
 use crate::principal::Principal;
 use crate::scopes::Scopes;
-use crate::store::{KeyChanges, KeyRecord, KeyStore, StoreError};
+use crate::store::limits::{self, LimitError};
+use crate::store::{IpNet, KeyChanges, KeyRecord, KeyStore, Metadata, StoreError};
 
 /// A key management operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +42,38 @@ pub enum ManageError {
     /// The expiry is not in the future.
     #[error("expiry must be in the future")]
     ExpiryInPast,
+    /// The key would live longer than its organization's [`ExpiryPolicy`] allows.
+    #[error("keys may live at most {max_secs} seconds (the expiry policy's maximum lifetime)")]
+    LifetimeTooLong {
+        /// The maximum lifetime, in seconds.
+        max_secs: u64,
+    },
+    /// The record would exceed a bound of [`limits`](crate::store::limits) (`400`, the limit
+    /// in the message).
+    #[error(transparent)]
+    Limit(LimitError),
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// The random number generator failed.
     #[error(transparent)]
     Rng(#[from] RngError),
+}
+
+/// A store's refusal of an oversized record is the caller's error (`400`), not an outage.
+impl From<StoreError> for ManageError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(limit) => ManageError::Limit(limit),
+            other => ManageError::Store(other),
+        }
+    }
+}
+
+impl From<LimitError> for ManageError {
+    fn from(e: LimitError) -> Self {
+        ManageError::Limit(e)
+    }
 }
 
 impl ManageError {
@@ -57,6 +86,7 @@ impl ManageError {
             ManageError::InvalidName
             | ManageError::UnknownEnvironment(_)
             | ManageError::ExpiryInPast => StatusCode::UNPROCESSABLE_ENTITY,
+            ManageError::LifetimeTooLong { .. } | ManageError::Limit(_) => StatusCode::BAD_REQUEST,
             ManageError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ManageError::Rng(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +101,8 @@ impl ManageError {
             ManageError::InvalidName => "invalid_name",
             ManageError::UnknownEnvironment(_) => "unknown_environment",
             ManageError::ExpiryInPast => "expiry_in_past",
+            ManageError::LifetimeTooLong { .. } => "lifetime_too_long",
+            ManageError::Limit(e) => e.code(),
             ManageError::Store(_) => "store_unavailable",
             ManageError::Rng(_) => "internal_error",
         }
@@ -138,6 +170,8 @@ pub struct NewKey {
     scopes: Scopes,
     expiry: Option<Expiry>,
     environment: Option<String>,
+    metadata: Option<Metadata>,
+    allowed_networks: Vec<IpNet>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -177,6 +211,86 @@ impl NewKey {
     pub fn environment(mut self, env: impl Into<String>) -> Self {
         self.environment = Some(env.into());
         self
+    }
+
+    /// Attach metadata, returned with the key in listings and on every verified request
+    /// ([`Principal::metadata`]). At most 32 members and 4 KiB as JSON
+    /// ([`limits`](crate::store::limits)).
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Accept the key only from these client networks (see
+    /// [`ApiKeyAuthLayer::client_addr`](crate::ApiKeyAuthLayer::client_addr)).
+    pub fn allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.allowed_networks = networks.into_iter().collect();
+        self
+    }
+}
+
+/// How long keys may live: a maximum lifetime that [`KeyManager::create`] and
+/// [`KeyManager::rotate`] enforce, and a default lifetime for keys created without an expiry.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::{KeyManager, MemoryStore, OrgId};
+/// use tower_api_key::manage::ExpiryPolicy;
+/// const DAY: Duration = Duration::from_secs(86_400);
+/// let manager = KeyManager::new(MemoryStore::new())
+///     .expiry_policy(ExpiryPolicy::new().max_lifetime(365 * DAY).default_lifetime(90 * DAY))
+///     .org_expiry_policy(OrgId::from("org_bank"), ExpiryPolicy::new().max_lifetime(30 * DAY));
+/// ```
+///
+/// Why configuration rather than data: it is the operator's rule, set where the manager is
+/// built (give every replica the same); an org's policy replaces the global one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExpiryPolicy {
+    /// Keys may not live longer than this (from creation, or from a rotation).
+    pub max_lifetime: Option<Duration>,
+    /// Keys created without an expiry get this lifetime (capped by `max_lifetime`).
+    pub default_lifetime: Option<Duration>,
+}
+
+impl ExpiryPolicy {
+    /// No limit, no default: keys may never expire.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Refuse keys that would live longer than `max`.
+    pub fn max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = Some(max);
+        self
+    }
+
+    /// Give keys created without an expiry this lifetime.
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_lifetime = Some(lifetime);
+        self
+    }
+
+    /// The expiry of a key created at `now` that asks for `requested`: the default lifetime
+    /// (or the maximum) when it asks for none; refused when it asks for more than the maximum.
+    pub fn expiry(
+        &self,
+        now: Timestamp,
+        requested: Option<Timestamp>,
+    ) -> Result<Option<Timestamp>, ManageError> {
+        let max = self.max_lifetime.map(|m| now.saturating_add(m));
+        let expires = requested.or_else(|| {
+            self.default_lifetime
+                .map(|d| now.saturating_add(d))
+                .map(|t| max.map_or(t, |m| t.min(m)))
+                .or(max)
+        });
+        match (expires, max, self.max_lifetime) {
+            (Some(t), Some(m), Some(lifetime)) if t > m => Err(ManageError::LifetimeTooLong {
+                max_secs: lifetime.as_secs(),
+            }),
+            _ => Ok(expires),
+        }
     }
 }
 
@@ -230,6 +344,8 @@ pub struct KeyManager<St> {
     store: St,
     formats: KeyFormats,
     clock: Clock,
+    expiry: ExpiryPolicy,
+    org_expiry: Arc<HashMap<OrgId, ExpiryPolicy>>,
 }
 
 impl<St: KeyStore> KeyManager<St> {
@@ -240,7 +356,26 @@ impl<St: KeyStore> KeyManager<St> {
             store,
             formats: KeyFormats::default(),
             clock: Clock::default(),
+            expiry: ExpiryPolicy::default(),
+            org_expiry: Arc::default(),
         }
+    }
+
+    /// The expiry policy of every organization without one of its own (default: none).
+    pub fn expiry_policy(mut self, policy: ExpiryPolicy) -> Self {
+        self.expiry = policy;
+        self
+    }
+
+    /// The expiry policy of `org`, in place of the global one.
+    pub fn org_expiry_policy(mut self, org: OrgId, policy: ExpiryPolicy) -> Self {
+        Arc::make_mut(&mut self.org_expiry).insert(org, policy);
+        self
+    }
+
+    /// The expiry policy that applies to `org`.
+    pub fn expiry_policy_of(&self, org: &OrgId) -> ExpiryPolicy {
+        self.org_expiry.get(org).copied().unwrap_or(self.expiry)
     }
 
     /// Issue keys in these formats (the first is the default; others by
@@ -307,16 +442,18 @@ impl<St: KeyStore> KeyManager<St> {
         rotated_from: Option<KeyId>,
     ) -> Result<CreatedKey, ManageError> {
         let name = valid_name(&spec.name)?;
+        limits::check_id("org id", org.as_str())?;
         let format = self.format_for(spec.environment.as_deref())?;
         let now = self.clock.now();
-        let expires_at = match spec.expiry {
+        let requested = match spec.expiry {
             None => None,
             Some(Expiry::At(t)) => Some(t),
             Some(Expiry::In(d)) => Some(now.saturating_add(d)),
         };
-        if expires_at.is_some_and(|t| t <= now) {
+        if requested.is_some_and(|t| t <= now) {
             return Err(ManageError::ExpiryInPast);
         }
+        let expires_at = self.expiry_policy_of(org).expiry(now, requested)?;
         let key = format.generate()?;
         let mut record = KeyRecord::new(
             KeyId::generate()?,
@@ -330,6 +467,8 @@ impl<St: KeyStore> KeyManager<St> {
         );
         record.expires_at = expires_at;
         record.set_rotated_from(rotated_from);
+        record.set_metadata(spec.metadata);
+        record.set_allowed_networks(spec.allowed_networks);
         self.store.insert(record.clone()).await?;
         tracing::info!(key_id = %record.id, org_id = %org, "api key created");
         Ok(CreatedKey { key, record })
@@ -361,6 +500,76 @@ impl<St: KeyStore> KeyManager<St> {
         Ok(record)
     }
 
+    /// Switch a key off: refused (uniform `401`, logged as `disabled`) until
+    /// [`enable`](Self::enable)d, yet kept, listed, and its last-used time too. Reversible,
+    /// unlike [`revoke`](Self::revoke); a disabled key can still be revoked. Every replica
+    /// refuses it within the revocation bound (the change travels as a revocation does).
+    pub async fn disable(&self, org: &OrgId, id: &KeyId) -> Result<KeyRecord, ManageError> {
+        self.set_disabled(org, id, true).await
+    }
+
+    /// Switch a disabled key on again. A revoked key stays off ([`ManageError::Revoked`]).
+    pub async fn enable(&self, org: &OrgId, id: &KeyId) -> Result<KeyRecord, ManageError> {
+        self.set_disabled(org, id, false).await
+    }
+
+    async fn set_disabled(
+        &self,
+        org: &OrgId,
+        id: &KeyId,
+        disabled: bool,
+    ) -> Result<KeyRecord, ManageError> {
+        let current = self.get(org, id).await?;
+        if !disabled && current.revoked_at.is_some() {
+            return Err(ManageError::Revoked);
+        }
+        let record = self
+            .store
+            .update(id, &KeyChanges::new().disabled(disabled))
+            .await?
+            .ok_or(ManageError::NotFound)?;
+        tracing::info!(key_id = %id, org_id = %org, disabled, "api key disabled flag set");
+        Ok(record)
+    }
+
+    /// Change a key of `org` (name, scopes, disabled flag, metadata, allowed networks) as an
+    /// operator: no actor, so no scope check (the CLI's path). A revoked key does not change.
+    pub async fn update(
+        &self,
+        org: &OrgId,
+        id: &KeyId,
+        changes: KeyChanges,
+    ) -> Result<KeyRecord, ManageError> {
+        let current = self.get(org, id).await?;
+        self.apply_update(current, changes).await
+    }
+
+    async fn apply_update(
+        &self,
+        current: KeyRecord,
+        mut changes: KeyChanges,
+    ) -> Result<KeyRecord, ManageError> {
+        if current.revoked_at.is_some() {
+            return Err(ManageError::Revoked);
+        }
+        if let Some(name) = &changes.name {
+            changes.name = Some(valid_name(name)?.to_owned());
+        }
+        limits::check_changes(&changes)?;
+        let record = self
+            .store
+            .update(&current.id, &changes)
+            .await?
+            .ok_or(ManageError::NotFound)?;
+        tracing::info!(
+            key_id = %current.id, org_id = %current.org_id, renamed = changes.name.is_some(),
+            scopes_changed = changes.scopes.is_some(), disabled = ?changes.disabled,
+            metadata_changed = changes.metadata.is_some(),
+            networks_changed = changes.allowed_networks.is_some(), "api key updated"
+        );
+        Ok(record)
+    }
+
     /// Rename a key and/or change its scopes, on behalf of `actor`: only keys of the actor's
     /// organization whose scopes, old and new, are within the actor's
     /// ([`ManageError::ScopeEscalation`] otherwise); a revoked key does not change
@@ -369,7 +578,7 @@ impl<St: KeyStore> KeyManager<St> {
         &self,
         actor: &Principal,
         id: &KeyId,
-        mut changes: KeyChanges,
+        changes: KeyChanges,
     ) -> Result<KeyRecord, ManageError> {
         let current = self.get(actor.org_id(), id).await?;
         let scopes = actor.scopes();
@@ -378,22 +587,10 @@ impl<St: KeyStore> KeyManager<St> {
         {
             return Err(ManageError::ScopeEscalation);
         }
-        if current.revoked_at.is_some() {
+        if changes.disabled == Some(false) && current.revoked_at.is_some() {
             return Err(ManageError::Revoked);
         }
-        if let Some(name) = &changes.name {
-            changes.name = Some(valid_name(name)?.to_owned());
-        }
-        let record = self
-            .store
-            .update(id, &changes)
-            .await?
-            .ok_or(ManageError::NotFound)?;
-        tracing::info!(
-            key_id = %id, org_id = %actor.org_id(), renamed = changes.name.is_some(),
-            scopes_changed = changes.scopes.is_some(), "api key updated"
-        );
-        Ok(record)
+        self.apply_update(current, changes).await
     }
 
     /// Replace a key: a new key with the same name, scopes, organization and environment; the old
@@ -434,7 +631,12 @@ impl<St: KeyStore> KeyManager<St> {
         }
         let mut spec = NewKey::new(old.name())
             .scopes(old.scopes.clone())
-            .environment(old.environment.to_string());
+            .environment(old.environment.to_string())
+            .allowed_networks(old.allowed_networks().iter().copied());
+        if let Some(metadata) = old.metadata() {
+            spec = spec.metadata(metadata.clone());
+        }
+        // The new key keeps the old expiry; the policy's maximum counts from the rotation.
         if let Some(exp) = old.expires_at {
             spec = spec.expires_at(exp);
         }
@@ -463,12 +665,10 @@ impl<St: KeyStore> KeyManager<St> {
     }
 }
 
-/// A key's name, trimmed: 1 to 128 characters.
+/// A key's name, trimmed, within [`limits::check_name`].
 fn valid_name(name: &str) -> Result<&str, ManageError> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 128 {
-        return Err(ManageError::InvalidName);
-    }
+    limits::check_name(name).map_err(|_| ManageError::InvalidName)?;
     Ok(name)
 }
 
