@@ -82,6 +82,7 @@ mod scopes;
 pub mod admin;
 pub mod auth;
 pub mod breaker;
+pub mod client_addr;
 pub mod clock;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;

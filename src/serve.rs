@@ -36,6 +36,9 @@
 //!    hold the process);
 //! 4. returns a [`Served`] report; the host then flushes what it keeps in memory and exits.
 //!
+//! Every request carries its connection's [`PeerAddr`] as an extension, the address
+//! [`ClientAddr`](crate::client_addr::ClientAddr) starts from.
+//!
 //! While serving, a connection is closed when its client:
 //! - does not send a complete request head within the [header-read
 //!   timeout](Server::header_read_timeout) (default 10 s) of connecting or, on an HTTP/1
@@ -66,6 +69,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower_service::Service;
+
+use crate::client_addr::PeerAddr;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -194,14 +199,14 @@ impl Server {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _peer)) => {
+                    Ok((tcp, peer)) => {
                         served.connections += 1;
                         // Latency over throughput for small API responses; failure is harmless.
                         let _ = tcp.set_nodelay(true);
                         connections.spawn(connection(
                             builder.clone(),
                             tcp,
-                            service.clone(),
+                            WithPeer { inner: service.clone(), peer: PeerAddr(peer) },
                             stop_rx.clone(),
                             self.header_read_timeout.min(self.idle_timeout),
                             self.idle_timeout,
@@ -259,6 +264,32 @@ impl fmt::Display for Served {
 }
 
 /// One connection: hyper's state machine, plus the idle watchdog and the shutdown request.
+/// `service` with the connection's [`PeerAddr`] inserted into each request, so that
+/// [`ClientAddr`](crate::client_addr::ClientAddr) can read it.
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: PeerAddr,
+}
+
+impl<S, B> Service<Request<B>> for WithPeer<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        req.extensions_mut().insert(self.peer);
+        self.inner.call(req)
+    }
+}
+
 async fn connection<S, B>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     tcp: TcpStream,

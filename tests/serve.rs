@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tower_api_key::client_addr::{ClientAddr, PeerAddr};
 use tower_api_key::serve::{Served, Server};
 
 /// A running server and the handles a test needs to drive it.
@@ -28,6 +29,14 @@ async fn start(server: Server) -> Running {
     let slow_started = started_tx.clone();
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
+        .route(
+            "/peer",
+            get(|req: axum::extract::Request| async move {
+                let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+                let client = ClientAddr::peer().client_ip(&req);
+                format!("{peer:?} {client:?}")
+            }),
+        )
         .route(
             "/slow",
             get(move || {
@@ -228,4 +237,23 @@ async fn a_half_sent_request_is_dropped_at_the_drain_deadline() {
     assert!(took < deadline * 5, "gave up only after {took:?}");
     let answer = read_to_close(&mut tcp, Duration::from_secs(5)).await;
     assert_eq!(answer, Ok(Vec::new()), "dropped without an answer");
+}
+
+#[tokio::test]
+async fn every_request_carries_its_connections_peer_address() {
+    let mut srv = start(Server::new()).await;
+    let mut tcp = TcpStream::connect(srv.addr).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    tcp.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut tcp, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(
+        answer.ends_with(&format!("Some({local}) Some({})", local.ip())),
+        "{answer}"
+    );
+    srv.shutdown().await;
 }

@@ -80,6 +80,7 @@
 //! # let _ = layer;
 //! ```
 
+mod addr;
 mod backend;
 mod future;
 pub mod gcra;
@@ -97,6 +98,7 @@ use http::{HeaderMap, Method, Request, Response, Uri};
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use addr::AddrRateLimit;
 pub use backend::{CheckResult, RateLimitBackend, RateLimitError};
 pub(crate) use future::Check;
 pub use future::ResponseFuture;
