@@ -116,9 +116,10 @@ pub use principal::Principal;
 pub use scopes::{InvalidScope, Scope, Scopes};
 
 // Stores and key management.
-pub use manage::{CreatedKey, KeyManager, ManageError, NewKey, Rotation};
+pub use manage::{CreatedKey, ExpiryPolicy, KeyManager, ManageError, NewKey, Rotation};
 pub use store::{
-    BoxedStore, KeyChanges, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey,
+    BoxedStore, KeyChanges, KeyRecord, KeyStatus, KeyStore, MemoryStore, Metadata, StoreError,
+    StoredKey,
 };
 pub use store::{CacheConfig, CachedStore, Invalidation};
 

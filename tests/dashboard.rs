@@ -1008,6 +1008,15 @@ impl KeyStore for FlakyStore {
     async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
         self.inner.plan(org).await
     }
+
+    async fn claim_expiry_reminders(
+        &self,
+        now: tower_api_key::Timestamp,
+        until: tower_api_key::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<tower_api_key::KeyRecord>, StoreError> {
+        self.inner.claim_expiry_reminders(now, until, limit).await
+    }
 }
 
 #[tokio::test]

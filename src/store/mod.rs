@@ -41,7 +41,7 @@ use compact_str::CompactString;
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 
-pub use ipnet::IpNet;
+pub use crate::client_addr::IpNet;
 
 use crate::clock::Timestamp;
 use crate::ids::{KeyId, OrgId};
@@ -279,6 +279,12 @@ impl KeyRecord {
     /// Set (or clear) the key this one replaced.
     pub fn set_rotated_from(&mut self, id: Option<KeyId>) {
         self.edit_extras(|x| x.rotated_from = id);
+    }
+
+    /// Whether any rarely set field is set: the request path's one check before it reads them.
+    #[inline]
+    pub(crate) fn has_extras(&self) -> bool {
+        self.extras.is_some()
     }
 
     /// Whether the key is switched off ([`KeyManager::disable`](crate::KeyManager::disable)):
