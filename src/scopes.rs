@@ -283,7 +283,6 @@ mod tests {
         assert_eq!(Scope::new("a b").unwrap_err().0, "a b");
     }
 
-
     fn s(x: &str) -> Scope {
         Scope::new(x).unwrap()
     }

@@ -734,6 +734,9 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         until: Timestamp,
         limit: usize,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner.store.claim_expiry_reminders(now, until, limit).await
+        self.inner
+            .store
+            .claim_expiry_reminders(now, until, limit)
+            .await
     }
 }

@@ -266,10 +266,7 @@ mod tests {
         m.insert("one_more".into(), Value::Null);
         assert_eq!(
             check_metadata(&m),
-            Err(LimitError::TooManyMetadataMembers {
-                max: 32,
-                got: 33
-            })
+            Err(LimitError::TooManyMetadataMembers { max: 32, got: 33 })
         );
         let mut big = Map::new();
         big.insert("k".into(), Value::from("x".repeat(MAX_METADATA_BYTES)));

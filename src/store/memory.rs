@@ -295,7 +295,12 @@ impl MemoryStore {
 
     /// Mark and return the reminders due (see [`KeyStore::claim_expiry_reminders`]), under the
     /// write mutex, so two callers never claim the same key.
-    fn claim_reminders_sync(&self, now: Timestamp, until: Timestamp, limit: usize) -> Vec<KeyRecord> {
+    fn claim_reminders_sync(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Vec<KeyRecord> {
         let mut admin = self.admin();
         let due: Vec<Arc<KeyRecord>> = admin
             .by_id

@@ -341,7 +341,11 @@ impl KeyRecord {
 
     /// Change the rarely set fields, keeping no allocation when they end up all unset.
     fn edit_extras(&mut self, f: impl FnOnce(&mut KeyExtras)) {
-        let mut extras = self.extras.take().map(Arc::unwrap_or_clone).unwrap_or_default();
+        let mut extras = self
+            .extras
+            .take()
+            .map(Arc::unwrap_or_clone)
+            .unwrap_or_default();
         f(&mut extras);
         self.extras = (!extras.is_default()).then(|| Arc::new(extras));
     }

@@ -71,10 +71,10 @@ pub const NOTIFY_CHANNEL: &str = "tower_api_key";
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
-    version: 1,
-    name: "keys_and_plans",
-    sql: include_str!("../../migrations/postgres/0001_keys_and_plans.sql"),
-},
+        version: 1,
+        name: "keys_and_plans",
+        sql: include_str!("../../migrations/postgres/0001_keys_and_plans.sql"),
+    },
     Migration {
         version: 2,
         name: "key_policies",
@@ -483,7 +483,10 @@ impl KeyStore for PostgresStore {
             .scopes
             .as_ref()
             .map(|s| s.iter().map(|s| s.as_str()).collect());
-        let metadata = changes.metadata.as_ref().map(|m| m.as_ref().filter(|m| !m.is_empty()));
+        let metadata = changes
+            .metadata
+            .as_ref()
+            .map(|m| m.as_ref().filter(|m| !m.is_empty()));
         // The trigger notifies every replica's cache if any of these changed.
         let row = sqlx::query(concat!(
             "UPDATE api_keys SET name = COALESCE($2, name), scopes = COALESCE($3, scopes), \

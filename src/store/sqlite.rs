@@ -362,7 +362,10 @@ impl KeyStore for SqliteStore {
             .scopes
             .as_ref()
             .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "));
-        let metadata = changes.metadata.as_ref().map(|m| m.as_ref().filter(|m| !m.is_empty()));
+        let metadata = changes
+            .metadata
+            .as_ref()
+            .map(|m| m.as_ref().filter(|m| !m.is_empty()));
         let row = sqlx::query(concat!(
             "UPDATE api_keys SET name = COALESCE(?2, name), scopes = COALESCE(?3, scopes), \
                  disabled = COALESCE(?4, disabled), \
