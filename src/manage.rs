@@ -5,6 +5,7 @@
 //! an authenticated [`Principal`] and enforce that a key never grants more than it holds.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -662,6 +663,116 @@ impl<St: KeyStore> KeyManager<St> {
     /// An organization's plan.
     pub async fn plan(&self, org: &OrgId) -> Result<Plan, ManageError> {
         Ok(self.store.plan(org).await?)
+    }
+}
+
+/// What the host is told about a key that expires soon: once per key, by
+/// [`ExpiryReminder`].
+pub type OnExpiring = Arc<dyn Fn(&KeyRecord) + Send + Sync>;
+
+/// Reminds owners before their keys expire: a task that periodically claims, from the store,
+/// the keys expiring within `notice` not reminded yet, and reports each once — as a `tracing`
+/// event (`key_expiring`, with the key id, org id and expiry) and through
+/// [`on_expiring`](Self::on_expiring) (wire an event sink or a mailer there).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::time::Duration;
+/// use tower_api_key::{MemoryStore, manage::ExpiryReminder};
+/// const DAY: Duration = Duration::from_secs(86_400);
+/// let reminder = ExpiryReminder::new(MemoryStore::new(), 7 * DAY)
+///     .on_expiring(|key| println!("{} expires at {:?}", key.id, key.expires_at));
+/// let reminded = reminder.run_once().await?; // or `reminder.spawn(Duration::from_secs(3600))`
+/// assert_eq!(reminded, 0);
+/// # Ok::<(), tower_api_key::StoreError>(()) }).unwrap();
+/// ```
+///
+/// Why "claim": the store marks each key reminded in the same step that returns it
+/// ([`KeyStore::claim_expiry_reminders`]), so replicas running the task side by side, and
+/// restarts, remind each key once.
+#[derive(Clone)]
+pub struct ExpiryReminder<St> {
+    store: St,
+    notice: Duration,
+    clock: Clock,
+    on_expiring: Option<OnExpiring>,
+}
+
+impl<St> fmt::Debug for ExpiryReminder<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExpiryReminder")
+            .field("notice", &self.notice)
+            .field("clock", &self.clock)
+            .field("on_expiring", &self.on_expiring.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: KeyStore> ExpiryReminder<St> {
+    /// Keys claimed per store call.
+    const BATCH: usize = 500;
+
+    /// Remind about keys expiring within `notice` (e.g. seven days).
+    pub fn new(store: St, notice: Duration) -> Self {
+        Self {
+            store,
+            notice,
+            clock: Clock::default(),
+            on_expiring: None,
+        }
+    }
+
+    /// The clock deciding what "within `notice`" means (default: [`Clock::coarse`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Call `f` with each key's record, once per key.
+    pub fn on_expiring(mut self, f: impl Fn(&KeyRecord) + Send + Sync + 'static) -> Self {
+        self.on_expiring = Some(Arc::new(f));
+        self
+    }
+
+    /// Claim and report every reminder due now; returns how many.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let until = now.saturating_add(self.notice);
+        let mut total = 0;
+        loop {
+            let due = self
+                .store
+                .claim_expiry_reminders(now, until, Self::BATCH)
+                .await?;
+            for key in &due {
+                tracing::info!(
+                    event = "key_expiring", key_id = %key.id, org_id = %key.org_id,
+                    expires_at = ?key.expires_at, "api key expires soon"
+                );
+                if let Some(f) = &self.on_expiring {
+                    f(key);
+                }
+            }
+            total += due.len();
+            if due.len() < Self::BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Run [`run_once`](Self::run_once) every `interval` on the Tokio runtime, until the
+    /// handle is aborted. A store error is logged and retried at the next tick.
+    pub fn spawn(self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = self.run_once().await {
+                    tracing::warn!(%error, "expiry reminders: store failed; retrying next tick");
+                }
+            }
+        })
     }
 }
 
