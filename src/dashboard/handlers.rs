@@ -37,6 +37,8 @@ pub(super) fn routes<St: KeyStore>() -> Router<Shared<St>> {
             "/keys/{id}/rotate",
             get(rotate_form::<St>).post(rotate::<St>),
         )
+        .route("/keys/{id}/disable", post(disable::<St>))
+        .route("/keys/{id}/enable", post(enable::<St>))
         .route("/usage", get(usage::<St>))
         .fallback(|| async { DashboardError::PageNotFound })
 }
@@ -275,6 +277,56 @@ async fn revoke<St: KeyStore>(
         .await?;
     user.set_notice(format!(
         "Revoked “{}” ({}): it is refused from its next request on.",
+        record.name(),
+        record.hint()
+    ))
+    .await?;
+    Ok(Redirect::to(&super::home(&base)).into_response())
+}
+
+async fn disable<St: KeyStore>(
+    state: State<Shared<St>>,
+    base: Extension<Base>,
+    user: SignedIn,
+    id: Path<String>,
+    body: Bytes,
+) -> Page {
+    set_disabled(state, base, user, id, body, true).await
+}
+
+async fn enable<St: KeyStore>(
+    state: State<Shared<St>>,
+    base: Extension<Base>,
+    user: SignedIn,
+    id: Path<String>,
+    body: Bytes,
+) -> Page {
+    set_disabled(state, base, user, id, body, false).await
+}
+
+/// Switch a key off or on again, within the signed-in key's permissions.
+async fn set_disabled<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    mut user: SignedIn,
+    Path(id): Path<String>,
+    body: Bytes,
+    disabled: bool,
+) -> Page {
+    user.check_csrf(&Form::parse(&body))?;
+    let changes = crate::store::KeyChanges::new().disabled(disabled);
+    let record = dashboard
+        .manager
+        .update_for(&user.principal, &KeyId::from(id), changes)
+        .await?;
+    let what = if disabled {
+        "it is refused from its next request on, until enabled again"
+    } else {
+        "it is accepted again from its next request on"
+    };
+    user.set_notice(format!(
+        "{} “{}” ({}): {what}.",
+        if disabled { "Disabled" } else { "Enabled" },
         record.name(),
         record.hint()
     ))

@@ -224,6 +224,8 @@ pub enum KeyStatus {
     Expired,
     /// Revoked; permanent.
     Revoked,
+    /// Switched off ([`KeyRecord::is_disabled`]); reversible.
+    Disabled,
 }
 
 impl KeyRecord {
@@ -377,12 +379,14 @@ impl KeyRecord {
         matches!(self.expires_at, Some(t) if t <= now)
     }
 
-    /// The key's status at `now` (revocation wins over expiry).
+    /// The key's status at `now` (revocation wins over expiry, expiry over disabled).
     pub fn status(&self, now: Timestamp) -> KeyStatus {
         if self.is_revoked(now) {
             KeyStatus::Revoked
         } else if self.is_expired(now) {
             KeyStatus::Expired
+        } else if self.is_disabled() {
+            KeyStatus::Disabled
         } else {
             KeyStatus::Active
         }
