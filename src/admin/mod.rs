@@ -408,7 +408,11 @@ async fn set_disabled<St: KeyStore, C: Caller>(
 ) -> Result<Json<ApiKeyView>, AdminError> {
     let record = api
         .manager
-        .update_for(&caller, &KeyId::from(id), KeyChanges::new().disabled(disabled))
+        .update_for(
+            &caller,
+            &KeyId::from(id),
+            KeyChanges::new().disabled(disabled),
+        )
         .await?;
     Ok(Json(ApiKeyView::of(&record, api.manager.now())))
 }

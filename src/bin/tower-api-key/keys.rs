@@ -186,7 +186,9 @@ async fn update(args: UpdateArgs, store: BoxedStore) -> Outcome {
 fn parse_metadata(json: &str) -> Result<Metadata, Failure> {
     match serde_json::from_str::<Value>(json) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Failure::usage("--metadata must be a JSON object, e.g. '{\"customer\":\"cus_42\"}'")),
+        Ok(_) => Err(Failure::usage(
+            "--metadata must be a JSON object, e.g. '{\"customer\":\"cus_42\"}'",
+        )),
         Err(e) => Err(Failure::usage(format!("invalid --metadata JSON: {e}"))),
     }
 }

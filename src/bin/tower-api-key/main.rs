@@ -174,7 +174,11 @@ struct UpdateArgs {
     #[arg(long)]
     clear_metadata: bool,
     /// Replace the allowed client networks (CIDR); repeat for more.
-    #[arg(long = "allow-cidr", value_name = "CIDR", conflicts_with = "allow_anywhere")]
+    #[arg(
+        long = "allow-cidr",
+        value_name = "CIDR",
+        conflicts_with = "allow_anywhere"
+    )]
     allow_cidrs: Vec<String>,
     /// Remove the network restriction: the key works from anywhere.
     #[arg(long)]
