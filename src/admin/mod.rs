@@ -399,21 +399,20 @@ async fn enable<St: KeyStore, C: Caller>(
     set_disabled(state, caller, id, false).await
 }
 
-/// Disable or enable, as a `PATCH {"disabled": ..}` does: within the caller's permissions.
+/// Disable or enable any key of the caller's organization, as `DELETE` revokes one: switching
+/// a key off or on grants the caller nothing.
 async fn set_disabled<St: KeyStore, C: Caller>(
     State(api): Shared<St, C>,
     Acting(caller): Acting,
     Path(id): Path<String>,
     disabled: bool,
 ) -> Result<Json<ApiKeyView>, AdminError> {
-    let record = api
-        .manager
-        .update_for(
-            &caller,
-            &KeyId::from(id),
-            KeyChanges::new().disabled(disabled),
-        )
-        .await?;
+    let (org, id) = (caller.org_id(), KeyId::from(id));
+    let record = if disabled {
+        api.manager.disable(org, &id).await?
+    } else {
+        api.manager.enable(org, &id).await?
+    };
     Ok(Json(ApiKeyView::of(&record, api.manager.now())))
 }
 

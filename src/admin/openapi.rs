@@ -69,7 +69,6 @@ fn rotate() {}
 #[utoipa::path(post, path = "/api-keys/{id}/disable", params(("id" = String, Path, description = "Key id")),
     responses(
         (status = 200, description = "The key, refused from the next request on until enabled", body = ApiKeyView),
-        (status = 403, description = "A key whose permissions the caller does not hold", body = Problem),
         (status = 404, description = "No such key in the caller's organization", body = Problem),
         (status = 409, description = "The key is revoked", body = Problem),
     ))]
@@ -78,7 +77,6 @@ fn disable() {}
 #[utoipa::path(post, path = "/api-keys/{id}/enable", params(("id" = String, Path, description = "Key id")),
     responses(
         (status = 200, description = "The key, accepted again from the next request on", body = ApiKeyView),
-        (status = 403, description = "A key whose permissions the caller does not hold", body = Problem),
         (status = 404, description = "No such key in the caller's organization", body = Problem),
         (status = 409, description = "The key is revoked: it stays off", body = Problem),
     ))]

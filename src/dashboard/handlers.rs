@@ -304,7 +304,7 @@ async fn enable<St: KeyStore>(
     set_disabled(state, base, user, id, body, false).await
 }
 
-/// Switch a key off or on again, within the signed-in key's permissions.
+/// Switch a key of the signed-in organization off or on again (as revoking, it grants nothing).
 async fn set_disabled<St: KeyStore>(
     State(dashboard): State<Shared<St>>,
     Extension(Base(base)): Extension<Base>,
@@ -314,11 +314,12 @@ async fn set_disabled<St: KeyStore>(
     disabled: bool,
 ) -> Page {
     user.check_csrf(&Form::parse(&body))?;
-    let changes = crate::store::KeyChanges::new().disabled(disabled);
-    let record = dashboard
-        .manager
-        .update_for(&user.principal, &KeyId::from(id), changes)
-        .await?;
+    let (org, id) = (user.principal.org_id(), KeyId::from(id));
+    let record = if disabled {
+        dashboard.manager.disable(org, &id).await?
+    } else {
+        dashboard.manager.enable(org, &id).await?
+    };
     let what = if disabled {
         "it is refused from its next request on, until enabled again"
     } else {
