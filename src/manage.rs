@@ -49,7 +49,7 @@ pub enum ManageError {
         /// The maximum lifetime, in seconds.
         max_secs: u64,
     },
-    /// The record would exceed a bound of [`limits`](crate::store::limits) (`400`, the limit
+    /// The record would exceed a bound of [`limits`] (`400`, the limit
     /// in the message).
     #[error(transparent)]
     Limit(LimitError),
@@ -216,7 +216,7 @@ impl NewKey {
 
     /// Attach metadata, returned with the key in listings and on every verified request
     /// ([`Principal::metadata`]). At most 32 members and 4 KiB as JSON
-    /// ([`limits`](crate::store::limits)).
+    /// ([`limits`]).
     pub fn metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = Some(metadata);
         self

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// A scope string was not valid. Holds the scope as given, truncated to [`ECHO_CHARS`]
+/// A scope string was not valid. Holds the scope as given, truncated to 64
 /// characters (then `…`), so that the error names it without echoing a huge value whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
