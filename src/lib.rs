@@ -60,6 +60,9 @@
 //! | `sqlite` | `store::SqliteStore`: embedded durable store (sqlx, bundled SQLite) |
 //! | `postgres` | `store::PostgresStore` and `store::PgInvalidations` (`LISTEN/NOTIFY`) |
 //! | `redis` | [`RedisRateLimiter`] and [`RedisSessions`]: one rate limit and one session count shared by replicas |
+//! | `events` | [`events`]: an event sink trait, non-blocking queues, delivery with retries |
+//! | `webhook` | `events::webhook::WebhookSink`: Standard Webhooks signed delivery |
+//! | `metrics` | [`telemetry::Telemetry`]: counters published through the `metrics` facade |
 //! | `cli` | the `tower-api-key` operator CLI (a binary; the library does not use clap): see the README's "Going to production" |
 //!
 //! [tower]: https://docs.rs/tower
@@ -86,6 +89,8 @@ pub mod client_addr;
 pub mod clock;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
+#[cfg(feature = "events")]
+pub mod events;
 pub mod key;
 pub mod last_used;
 pub mod manage;
@@ -103,6 +108,8 @@ pub mod axum;
 pub mod grpc;
 #[cfg(feature = "serve")]
 pub mod serve;
+#[cfg(feature = "metrics")]
+pub mod telemetry;
 
 // Failing fast while a backend is down.
 pub use breaker::{Breaker, BreakerConfig, BreakerState, BreakerStats};

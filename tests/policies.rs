@@ -511,3 +511,32 @@ async fn ids_names_and_scopes_beyond_the_limits_are_400_naming_the_limit() {
         assert!(!v["title"].as_str().unwrap().contains("forged"));
     }
 }
+
+#[cfg(feature = "events")]
+#[tokio::test]
+async fn the_expiry_reminder_feeds_the_event_sink_once() {
+    use tower_api_key::events::{EventKind, Events, RecentEvents};
+    let fx = Fixture::new();
+    let org = OrgId::from("org_a");
+    let soon = fx
+        .manager
+        .create(&org, NewKey::new("soon").expires_in(2 * DAY))
+        .await
+        .unwrap();
+    let recent = RecentEvents::new(10);
+    let (events, delivery) = Events::builder().sink(recent.clone()).start();
+    let reminder = ExpiryReminder::new(fx.store.clone(), 7 * DAY)
+        .clock(fx.clock.clone())
+        .on_expiring(events.on_expiring());
+    assert_eq!(reminder.run_once().await.unwrap(), 1);
+    assert_eq!(reminder.run_once().await.unwrap(), 0);
+    delivery.shutdown(Duration::from_secs(5)).await;
+    let got: Vec<EventKind> = recent.list(&org).into_iter().map(|e| e.kind).collect();
+    assert_eq!(
+        got,
+        vec![EventKind::KeyExpiring {
+            key_id: soon.record.id.clone(),
+            expires_at: soon.record.expires_at.unwrap().as_unix_secs(),
+        }]
+    );
+}
