@@ -131,9 +131,10 @@ impl From<ManageError> for ApiError {
                 "api_key_revoked",
                 "The API key is revoked",
             ),
-            ManageError::InvalidName | ManageError::ExpiryInPast => {
-                Self::bad_request(e.to_string())
-            }
+            ManageError::InvalidName
+            | ManageError::ExpiryInPast
+            | ManageError::LifetimeTooLong { .. }
+            | ManageError::Limit(_) => Self::bad_request(e.to_string()),
             other => {
                 tracing::error!(error = %other, "key management failed");
                 Self::new(

@@ -130,10 +130,12 @@ pub use scopes::{InvalidScope, Scope, Scopes};
 
 // Stores and key management.
 pub use manage::{
-    CreatedKey, KeyManager, KeyUsage, ManageError, NewKey, Rotation, UsageBucket, UsageReport,
+    CreatedKey, ExpiryPolicy, KeyManager, KeyUsage, ManageError, NewKey, Rotation, UsageBucket,
+    UsageReport,
 };
 pub use store::{
-    BoxedStore, KeyChanges, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoredKey,
+    BoxedStore, KeyChanges, KeyRecord, KeyStatus, KeyStore, MemoryStore, Metadata, StoreError,
+    StoredKey,
 };
 pub use store::{CacheConfig, CachedStore, Invalidation};
 pub use store::{

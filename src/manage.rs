@@ -4,6 +4,9 @@
 //! [`ManageError::NotFound`], exactly as if it did not exist. The `*_for` variants act on behalf of
 //! an authenticated [`Principal`] and enforce that a key never grants more than it holds.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,8 +18,10 @@ use crate::key::{ApiKey, KeyFormat, KeyFormats, RngError};
 use crate::plan::Plan;
 use crate::principal::Principal;
 use crate::scopes::Scopes;
+use crate::store::limits::{self, LimitError};
 use crate::store::{
-    Granularity, KeyChanges, KeyRecord, KeyStore, StoreError, UsageCounts, UsageRow,
+    Granularity, IpNet, KeyChanges, KeyRecord, KeyStore, Metadata, StoreError, UsageCounts,
+    UsageRow,
 };
 
 /// A key management operation failed.
@@ -45,12 +50,38 @@ pub enum ManageError {
     /// [`KeyManager::MAX_USAGE_BUCKETS`] buckets of its granularity.
     #[error("usage range must be non-empty and span at most {max} buckets", max = KeyManager::<()>::MAX_USAGE_BUCKETS)]
     InvalidUsageRange,
+    /// The key would live longer than its organization's [`ExpiryPolicy`] allows.
+    #[error("keys may live at most {max_secs} seconds (the expiry policy's maximum lifetime)")]
+    LifetimeTooLong {
+        /// The maximum lifetime, in seconds.
+        max_secs: u64,
+    },
+    /// The record would exceed a bound of [`limits`] (`400`, the limit
+    /// in the message).
+    #[error(transparent)]
+    Limit(LimitError),
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// The random number generator failed.
     #[error(transparent)]
     Rng(#[from] RngError),
+}
+
+/// A store's refusal of an oversized record is the caller's error (`400`), not an outage.
+impl From<StoreError> for ManageError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(limit) => ManageError::Limit(limit),
+            other => ManageError::Store(other),
+        }
+    }
+}
+
+impl From<LimitError> for ManageError {
+    fn from(e: LimitError) -> Self {
+        ManageError::Limit(e)
+    }
 }
 
 impl ManageError {
@@ -63,7 +94,9 @@ impl ManageError {
             ManageError::InvalidName
             | ManageError::UnknownEnvironment(_)
             | ManageError::ExpiryInPast => StatusCode::UNPROCESSABLE_ENTITY,
-            ManageError::InvalidUsageRange => StatusCode::BAD_REQUEST,
+            ManageError::InvalidUsageRange
+            | ManageError::LifetimeTooLong { .. }
+            | ManageError::Limit(_) => StatusCode::BAD_REQUEST,
             ManageError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ManageError::Rng(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,6 +112,8 @@ impl ManageError {
             ManageError::UnknownEnvironment(_) => "unknown_environment",
             ManageError::ExpiryInPast => "expiry_in_past",
             ManageError::InvalidUsageRange => "invalid_usage_range",
+            ManageError::LifetimeTooLong { .. } => "lifetime_too_long",
+            ManageError::Limit(e) => e.code(),
             ManageError::Store(_) => "store_unavailable",
             ManageError::Rng(_) => "internal_error",
         }
@@ -146,6 +181,8 @@ pub struct NewKey {
     scopes: Scopes,
     expiry: Option<Expiry>,
     environment: Option<String>,
+    metadata: Option<Metadata>,
+    allowed_networks: Vec<IpNet>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -185,6 +222,86 @@ impl NewKey {
     pub fn environment(mut self, env: impl Into<String>) -> Self {
         self.environment = Some(env.into());
         self
+    }
+
+    /// Attach metadata, returned with the key in listings and on every verified request
+    /// ([`Principal::metadata`]). At most 32 members and 4 KiB as JSON
+    /// ([`limits`]).
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Accept the key only from these client networks (see
+    /// [`ApiKeyAuthLayer::client_addr`](crate::ApiKeyAuthLayer::client_addr)).
+    pub fn allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.allowed_networks = networks.into_iter().collect();
+        self
+    }
+}
+
+/// How long keys may live: a maximum lifetime that [`KeyManager::create`] and
+/// [`KeyManager::rotate`] enforce, and a default lifetime for keys created without an expiry.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::{KeyManager, MemoryStore, OrgId};
+/// use tower_api_key::manage::ExpiryPolicy;
+/// const DAY: Duration = Duration::from_secs(86_400);
+/// let manager = KeyManager::new(MemoryStore::new())
+///     .expiry_policy(ExpiryPolicy::new().max_lifetime(365 * DAY).default_lifetime(90 * DAY))
+///     .org_expiry_policy(OrgId::from("org_bank"), ExpiryPolicy::new().max_lifetime(30 * DAY));
+/// ```
+///
+/// Why configuration rather than data: it is the operator's rule, set where the manager is
+/// built (give every replica the same); an org's policy replaces the global one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExpiryPolicy {
+    /// Keys may not live longer than this (from creation, or from a rotation).
+    pub max_lifetime: Option<Duration>,
+    /// Keys created without an expiry get this lifetime (capped by `max_lifetime`).
+    pub default_lifetime: Option<Duration>,
+}
+
+impl ExpiryPolicy {
+    /// No limit, no default: keys may never expire.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Refuse keys that would live longer than `max`.
+    pub fn max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = Some(max);
+        self
+    }
+
+    /// Give keys created without an expiry this lifetime.
+    pub fn default_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_lifetime = Some(lifetime);
+        self
+    }
+
+    /// The expiry of a key created at `now` that asks for `requested`: the default lifetime
+    /// (or the maximum) when it asks for none; refused when it asks for more than the maximum.
+    pub fn expiry(
+        &self,
+        now: Timestamp,
+        requested: Option<Timestamp>,
+    ) -> Result<Option<Timestamp>, ManageError> {
+        let max = self.max_lifetime.map(|m| now.saturating_add(m));
+        let expires = requested.or_else(|| {
+            self.default_lifetime
+                .map(|d| now.saturating_add(d))
+                .map(|t| max.map_or(t, |m| t.min(m)))
+                .or(max)
+        });
+        match (expires, max, self.max_lifetime) {
+            (Some(t), Some(m), Some(lifetime)) if t > m => Err(ManageError::LifetimeTooLong {
+                max_secs: lifetime.as_secs(),
+            }),
+            _ => Ok(expires),
+        }
     }
 }
 
@@ -238,6 +355,8 @@ pub struct KeyManager<St> {
     store: St,
     formats: KeyFormats,
     clock: Clock,
+    expiry: ExpiryPolicy,
+    org_expiry: Arc<HashMap<OrgId, ExpiryPolicy>>,
 }
 
 impl<St: KeyStore> KeyManager<St> {
@@ -248,7 +367,26 @@ impl<St: KeyStore> KeyManager<St> {
             store,
             formats: KeyFormats::default(),
             clock: Clock::default(),
+            expiry: ExpiryPolicy::default(),
+            org_expiry: Arc::default(),
         }
+    }
+
+    /// The expiry policy of every organization without one of its own (default: none).
+    pub fn expiry_policy(mut self, policy: ExpiryPolicy) -> Self {
+        self.expiry = policy;
+        self
+    }
+
+    /// The expiry policy of `org`, in place of the global one.
+    pub fn org_expiry_policy(mut self, org: OrgId, policy: ExpiryPolicy) -> Self {
+        Arc::make_mut(&mut self.org_expiry).insert(org, policy);
+        self
+    }
+
+    /// The expiry policy that applies to `org`.
+    pub fn expiry_policy_of(&self, org: &OrgId) -> ExpiryPolicy {
+        self.org_expiry.get(org).copied().unwrap_or(self.expiry)
     }
 
     /// Issue keys in these formats (the first is the default; others by
@@ -315,16 +453,18 @@ impl<St: KeyStore> KeyManager<St> {
         rotated_from: Option<KeyId>,
     ) -> Result<CreatedKey, ManageError> {
         let name = valid_name(&spec.name)?;
+        limits::check_id("org id", org.as_str())?;
         let format = self.format_for(spec.environment.as_deref())?;
         let now = self.clock.now();
-        let expires_at = match spec.expiry {
+        let requested = match spec.expiry {
             None => None,
             Some(Expiry::At(t)) => Some(t),
             Some(Expiry::In(d)) => Some(now.saturating_add(d)),
         };
-        if expires_at.is_some_and(|t| t <= now) {
+        if requested.is_some_and(|t| t <= now) {
             return Err(ManageError::ExpiryInPast);
         }
+        let expires_at = self.expiry_policy_of(org).expiry(now, requested)?;
         let key = format.generate()?;
         let mut record = KeyRecord::new(
             KeyId::generate()?,
@@ -338,6 +478,8 @@ impl<St: KeyStore> KeyManager<St> {
         );
         record.expires_at = expires_at;
         record.set_rotated_from(rotated_from);
+        record.set_metadata(spec.metadata);
+        record.set_allowed_networks(spec.allowed_networks);
         self.store.insert(record.clone()).await?;
         tracing::info!(key_id = %record.id, org_id = %org, "api key created");
         Ok(CreatedKey { key, record })
@@ -369,6 +511,76 @@ impl<St: KeyStore> KeyManager<St> {
         Ok(record)
     }
 
+    /// Switch a key off: refused (uniform `401`, logged as `disabled`) until
+    /// [`enable`](Self::enable)d, yet kept, listed, and its last-used time too. Reversible,
+    /// unlike [`revoke`](Self::revoke); a disabled key can still be revoked. Every replica
+    /// refuses it within the revocation bound (the change travels as a revocation does).
+    pub async fn disable(&self, org: &OrgId, id: &KeyId) -> Result<KeyRecord, ManageError> {
+        self.set_disabled(org, id, true).await
+    }
+
+    /// Switch a disabled key on again. A revoked key stays off ([`ManageError::Revoked`]).
+    pub async fn enable(&self, org: &OrgId, id: &KeyId) -> Result<KeyRecord, ManageError> {
+        self.set_disabled(org, id, false).await
+    }
+
+    async fn set_disabled(
+        &self,
+        org: &OrgId,
+        id: &KeyId,
+        disabled: bool,
+    ) -> Result<KeyRecord, ManageError> {
+        let current = self.get(org, id).await?;
+        if !disabled && current.revoked_at.is_some() {
+            return Err(ManageError::Revoked);
+        }
+        let record = self
+            .store
+            .update(id, &KeyChanges::new().disabled(disabled))
+            .await?
+            .ok_or(ManageError::NotFound)?;
+        tracing::info!(key_id = %id, org_id = %org, disabled, "api key disabled flag set");
+        Ok(record)
+    }
+
+    /// Change a key of `org` (name, scopes, disabled flag, metadata, allowed networks) as an
+    /// operator: no actor, so no scope check (the CLI's path). A revoked key does not change.
+    pub async fn update(
+        &self,
+        org: &OrgId,
+        id: &KeyId,
+        changes: KeyChanges,
+    ) -> Result<KeyRecord, ManageError> {
+        let current = self.get(org, id).await?;
+        self.apply_update(current, changes).await
+    }
+
+    async fn apply_update(
+        &self,
+        current: KeyRecord,
+        mut changes: KeyChanges,
+    ) -> Result<KeyRecord, ManageError> {
+        if current.revoked_at.is_some() {
+            return Err(ManageError::Revoked);
+        }
+        if let Some(name) = &changes.name {
+            changes.name = Some(valid_name(name)?.to_owned());
+        }
+        limits::check_changes(&changes)?;
+        let record = self
+            .store
+            .update(&current.id, &changes)
+            .await?
+            .ok_or(ManageError::NotFound)?;
+        tracing::info!(
+            key_id = %current.id, org_id = %current.org_id, renamed = changes.name.is_some(),
+            scopes_changed = changes.scopes.is_some(), disabled = ?changes.disabled,
+            metadata_changed = changes.metadata.is_some(),
+            networks_changed = changes.allowed_networks.is_some(), "api key updated"
+        );
+        Ok(record)
+    }
+
     /// Rename a key and/or change its scopes, on behalf of `actor`: only keys of the actor's
     /// organization whose scopes, old and new, are within the actor's
     /// ([`ManageError::ScopeEscalation`] otherwise); a revoked key does not change
@@ -377,7 +589,7 @@ impl<St: KeyStore> KeyManager<St> {
         &self,
         actor: &Principal,
         id: &KeyId,
-        mut changes: KeyChanges,
+        changes: KeyChanges,
     ) -> Result<KeyRecord, ManageError> {
         let current = self.get(actor.org_id(), id).await?;
         let scopes = actor.scopes();
@@ -386,22 +598,10 @@ impl<St: KeyStore> KeyManager<St> {
         {
             return Err(ManageError::ScopeEscalation);
         }
-        if current.revoked_at.is_some() {
+        if changes.disabled == Some(false) && current.revoked_at.is_some() {
             return Err(ManageError::Revoked);
         }
-        if let Some(name) = &changes.name {
-            changes.name = Some(valid_name(name)?.to_owned());
-        }
-        let record = self
-            .store
-            .update(id, &changes)
-            .await?
-            .ok_or(ManageError::NotFound)?;
-        tracing::info!(
-            key_id = %id, org_id = %actor.org_id(), renamed = changes.name.is_some(),
-            scopes_changed = changes.scopes.is_some(), "api key updated"
-        );
-        Ok(record)
+        self.apply_update(current, changes).await
     }
 
     /// Replace a key: a new key with the same name, scopes, organization and environment; the old
@@ -442,7 +642,12 @@ impl<St: KeyStore> KeyManager<St> {
         }
         let mut spec = NewKey::new(old.name())
             .scopes(old.scopes.clone())
-            .environment(old.environment.to_string());
+            .environment(old.environment.to_string())
+            .allowed_networks(old.allowed_networks().iter().copied());
+        if let Some(metadata) = old.metadata() {
+            spec = spec.metadata(metadata.clone());
+        }
+        // The new key keeps the old expiry; the policy's maximum counts from the rotation.
         if let Some(exp) = old.expires_at {
             spec = spec.expires_at(exp);
         }
@@ -600,12 +805,120 @@ impl UsageReport {
     }
 }
 
-/// A key's name, trimmed: 1 to 128 characters.
+/// What the host is told about a key that expires soon: once per key, by
+/// [`ExpiryReminder`].
+pub type OnExpiring = Arc<dyn Fn(&KeyRecord) + Send + Sync>;
+
+/// Reminds owners before their keys expire: a task that periodically claims, from the store,
+/// the keys expiring within `notice` not reminded yet, and reports each once — as a `tracing`
+/// event (`key_expiring`, with the key id, org id and expiry) and through
+/// [`on_expiring`](Self::on_expiring) (wire an event sink or a mailer there).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::time::Duration;
+/// use tower_api_key::{MemoryStore, manage::ExpiryReminder};
+/// const DAY: Duration = Duration::from_secs(86_400);
+/// let reminder = ExpiryReminder::new(MemoryStore::new(), 7 * DAY)
+///     .on_expiring(|key| println!("{} expires at {:?}", key.id, key.expires_at));
+/// let reminded = reminder.run_once().await?; // or `reminder.spawn(Duration::from_secs(3600))`
+/// assert_eq!(reminded, 0);
+/// # Ok::<(), tower_api_key::StoreError>(()) }).unwrap();
+/// ```
+///
+/// Why "claim": the store marks each key reminded in the same step that returns it
+/// ([`KeyStore::claim_expiry_reminders`]), so replicas running the task side by side, and
+/// restarts, remind each key once.
+#[derive(Clone)]
+pub struct ExpiryReminder<St> {
+    store: St,
+    notice: Duration,
+    clock: Clock,
+    on_expiring: Option<OnExpiring>,
+}
+
+impl<St> fmt::Debug for ExpiryReminder<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExpiryReminder")
+            .field("notice", &self.notice)
+            .field("clock", &self.clock)
+            .field("on_expiring", &self.on_expiring.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: KeyStore> ExpiryReminder<St> {
+    /// Keys claimed per store call.
+    const BATCH: usize = 500;
+
+    /// Remind about keys expiring within `notice` (e.g. seven days).
+    pub fn new(store: St, notice: Duration) -> Self {
+        Self {
+            store,
+            notice,
+            clock: Clock::default(),
+            on_expiring: None,
+        }
+    }
+
+    /// The clock deciding what "within `notice`" means (default: [`Clock::coarse`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Call `f` with each key's record, once per key.
+    pub fn on_expiring(mut self, f: impl Fn(&KeyRecord) + Send + Sync + 'static) -> Self {
+        self.on_expiring = Some(Arc::new(f));
+        self
+    }
+
+    /// Claim and report every reminder due now; returns how many.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let until = now.saturating_add(self.notice);
+        let mut total = 0;
+        loop {
+            let due = self
+                .store
+                .claim_expiry_reminders(now, until, Self::BATCH)
+                .await?;
+            for key in &due {
+                tracing::info!(
+                    event = "key_expiring", key_id = %key.id, org_id = %key.org_id,
+                    expires_at = ?key.expires_at, "api key expires soon"
+                );
+                if let Some(f) = &self.on_expiring {
+                    f(key);
+                }
+            }
+            total += due.len();
+            if due.len() < Self::BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Run [`run_once`](Self::run_once) every `interval` on the Tokio runtime, until the
+    /// handle is aborted. A store error is logged and retried at the next tick.
+    pub fn spawn(self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = self.run_once().await {
+                    tracing::warn!(%error, "expiry reminders: store failed; retrying next tick");
+                }
+            }
+        })
+    }
+}
+
+/// A key's name, trimmed, within [`limits::check_name`].
 fn valid_name(name: &str) -> Result<&str, ManageError> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 128 {
-        return Err(ManageError::InvalidName);
-    }
+    limits::check_name(name).map_err(|_| ManageError::InvalidName)?;
     Ok(name)
 }
 

@@ -8,7 +8,7 @@ use crate::clock::Timestamp;
 use crate::ids::{KeyId, OrgId};
 use crate::plan::Plan;
 use crate::scopes::{Scope, Scopes};
-use crate::store::{KeyRecord, UsageOutcome, move_accepted};
+use crate::store::{KeyRecord, Metadata, UsageOutcome, move_accepted};
 
 /// The authenticated caller, placed in the request's extensions by
 /// [`ApiKeyAuth`](crate::ApiKeyAuth).
@@ -104,6 +104,21 @@ impl Principal {
     /// When the key expires, if it does.
     pub fn expires_at(&self) -> Option<Timestamp> {
         self.record.expires_at
+    }
+
+    /// The key's metadata, as set on create or update: read from the record the request was
+    /// authenticated with, no second lookup.
+    ///
+    /// ```
+    /// # fn handler(principal: tower_api_key::Principal) {
+    /// let customer = principal
+    ///     .metadata()
+    ///     .and_then(|m| m.get("customer_id"))
+    ///     .and_then(|v| v.as_str());
+    /// # let _ = customer; }
+    /// ```
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.record.metadata()
     }
 
     /// The key's stored record (never contains the secret).

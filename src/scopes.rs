@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// A scope string was not valid.
+/// A scope string was not valid. Holds the scope as given, truncated to 64
+/// characters (then `…`), so that the error names it without echoing a huge value whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "invalid scope {0:?}: use `resource:action` with [A-Za-z0-9_.-] segments, `resource:*`, or `*`"
@@ -36,7 +37,7 @@ impl Scope {
         if is_valid_scope(s) {
             Ok(Self(Arc::from(s)))
         } else {
-            Err(InvalidScope(s.to_owned()))
+            Err(InvalidScope(truncate_for_echo(s)))
         }
     }
 
@@ -67,6 +68,18 @@ impl Scope {
     /// Whether this scope ends in a wildcard.
     pub fn is_wildcard(&self) -> bool {
         self.0.ends_with('*')
+    }
+}
+
+/// How much of an invalid scope an error shows, in characters (then `…`): enough to find it,
+/// never a whole (possibly huge or hostile) value.
+pub const ECHO_CHARS: usize = 64;
+
+/// `s` as an error may show it: at most [`ECHO_CHARS`] characters, then `…`.
+fn truncate_for_echo(s: &str) -> String {
+    match s.char_indices().nth(ECHO_CHARS) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
     }
 }
 
@@ -260,6 +273,15 @@ impl fmt::Debug for Scopes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_invalid_scope_is_named_truncated_never_whole() {
+        let long = format!("bad scope {}", "x".repeat(1000));
+        let err = Scope::new(&long).unwrap_err();
+        assert_eq!(err.0, format!("{}…", &long[..ECHO_CHARS]));
+        assert!(!err.to_string().contains(&long));
+        assert_eq!(Scope::new("a b").unwrap_err().0, "a b");
+    }
 
     fn s(x: &str) -> Scope {
         Scope::new(x).unwrap()

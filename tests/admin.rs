@@ -74,7 +74,7 @@ impl Admin {
     }
 }
 
-const KEY_FIELDS: [&str; 12] = [
+const KEY_FIELDS: [&str; 15] = [
     "id",
     "name",
     "hint",
@@ -86,6 +86,9 @@ const KEY_FIELDS: [&str; 12] = [
     "last_used_at",
     "revoked_at",
     "rotated_from",
+    "disabled",
+    "metadata",
+    "allowed_networks",
     "status",
 ];
 
@@ -719,6 +722,8 @@ async fn the_openapi_document_describes_every_route() {
         "PATCH /api-keys/{id}",
         "DELETE /api-keys/{id}",
         "POST /api-keys/{id}/rotate",
+        "POST /api-keys/{id}/disable",
+        "POST /api-keys/{id}/enable",
         "GET /org",
         "GET /org/usage",
     ]
@@ -747,6 +752,183 @@ async fn the_openapi_document_describes_every_route() {
         .map(String::as_str)
         .collect();
     assert_eq!(key_props, KEY_FIELDS.into_iter().collect());
+}
+
+#[tokio::test]
+async fn policies_metadata_networks_disable_and_enable_through_the_api() {
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    let (status, created) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&root),
+            Some(json!({
+                "name": "partner",
+                "access": "full",
+                "metadata": {"customer_id": "cus_42"},
+                "allowed_networks": ["203.0.113.0/24", "2001:db8::/32"],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let key = &created["api_key"];
+    assert_key_shape(key);
+    assert_eq!(key["metadata"], json!({"customer_id": "cus_42"}));
+    assert_eq!(
+        key["allowed_networks"],
+        json!(["203.0.113.0/24", "2001:db8::/32"])
+    );
+    assert_eq!(key["disabled"], false);
+    let id = key["id"].as_str().unwrap().to_owned();
+
+    // A second key, used to show that disabling refuses its requests and enabling restores them.
+    let (_, other) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&root),
+            Some(json!({"name": "worker", "access": "full"})),
+        )
+        .await;
+    let other_secret = other["key"].as_str().unwrap().to_owned();
+    let other_id = other["api_key"]["id"].as_str().unwrap().to_owned();
+    let (status, _) = admin
+        .call(Method::GET, "/v1/ping", Some(&other_secret), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, disabled) = admin
+        .call(
+            Method::POST,
+            &format!("/v1/api-keys/{other_id}/disable"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{disabled}");
+    assert_eq!(
+        (disabled["disabled"].clone(), disabled["status"].clone()),
+        (json!(true), json!("disabled"))
+    );
+    let (status, problem) = admin
+        .call(Method::GET, "/v1/ping", Some(&other_secret), None)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_api_key"))
+    );
+    let (status, enabled) = admin
+        .call(
+            Method::POST,
+            &format!("/v1/api-keys/{other_id}/enable"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, enabled["status"].as_str()),
+        (StatusCode::OK, Some("active"))
+    );
+    let (status, _) = admin
+        .call(Method::GET, "/v1/ping", Some(&other_secret), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // PATCH: disabled and metadata (null clears) and networks ([] = anywhere).
+    let (status, patched) = admin
+        .call(
+            Method::PATCH,
+            &format!("/v1/api-keys/{id}"),
+            Some(&root),
+            Some(json!({"disabled": true, "metadata": null, "allowed_networks": []})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["disabled"], true);
+    assert_eq!(patched["metadata"], Value::Null);
+    assert_eq!(patched["allowed_networks"], json!([]));
+
+    // Refusals, each with its code.
+    let big = "x".repeat(4096);
+    for (method, path, body, want, code) in [
+        (
+            Method::POST,
+            "/v1/api-keys".to_owned(),
+            json!({"name": "m", "access": "full", "metadata": {"blob": big}}),
+            StatusCode::BAD_REQUEST,
+            "metadata_too_large",
+        ),
+        (
+            Method::POST,
+            "/v1/api-keys".to_owned(),
+            json!({"name": "n", "access": "full", "allowed_networks": ["not-a-network"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/api-keys/{id}"),
+            json!({"metadata": [1, 2]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ] {
+        let (status, problem) = admin
+            .call(method, &path, Some(&root), Some(body.clone()))
+            .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (want, Some(code)),
+            "{body}"
+        );
+    }
+    let (status, problem) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&root),
+            Some(json!({"name": "m", "access": "full", "metadata": {"blob": "x".repeat(4096)}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        problem["title"].as_str().unwrap().contains("4096"),
+        "the limit is named: {problem}"
+    );
+
+    // A revoked key cannot be enabled.
+    admin
+        .call(
+            Method::DELETE,
+            &format!("/v1/api-keys/{other_id}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    let (status, problem) = admin
+        .call(
+            Method::POST,
+            &format!("/v1/api-keys/{other_id}/enable"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::CONFLICT, Some("key_revoked"))
+    );
+
+    // The OpenAPI document lists the new routes.
+    let doc = serde_json::to_value(tower_api_key::admin::openapi()).unwrap();
+    for path in ["/api-keys/{id}/disable", "/api-keys/{id}/enable"] {
+        assert!(
+            doc["paths"][path]["post"].is_object(),
+            "{path} in the OpenAPI document"
+        );
+    }
+    let props = &doc["components"]["schemas"]["ApiKeyView"]["properties"];
+    for field in ["disabled", "metadata", "allowed_networks"] {
+        assert!(props[field].is_object(), "{field} in ApiKeyView's schema");
+    }
 }
 
 /// `GET /org/usage`: the caller's organization's metered requests, per key and in total, in the

@@ -141,6 +141,15 @@ impl<S: KeyStore> KeyStore for Switch<S> {
     async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
         self.inner.plan(org).await
     }
+
+    async fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.claim_expiry_reminders(now, until, limit).await
+    }
 }
 
 /// The cool-down of these tests: 7 s, told apart from the layer's default `Retry-After` (5 s).

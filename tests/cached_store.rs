@@ -127,6 +127,15 @@ impl KeyStore for Probe {
     async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
         self.inner.plan(org).await
     }
+
+    async fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.claim_expiry_reminders(now, until, limit).await
+    }
 }
 
 fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {

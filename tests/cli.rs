@@ -176,13 +176,16 @@ impl Drop for TempDb {
 }
 
 /// The JSON fields of a key, as `keys show --json` and `keys list --json` print them.
-const KEY_FIELDS: [&str; 11] = [
+const KEY_FIELDS: [&str; 14] = [
+    "allowed_networks",
     "created_at",
+    "disabled",
     "environment",
     "expires_at",
     "hint",
     "id",
     "last_used_at",
+    "metadata",
     "name",
     "revoked_at",
     "rotated_from",
@@ -303,7 +306,7 @@ fn lifecycle(store: &str, restart_to_see_revocation: bool) {
     assert_eq!(
         err,
         format!(
-            "error: the API key {id} is revoked and cannot be rotated: create a new one with `tower-api-key keys create`"
+            "error: the API key {id} is revoked and cannot be rotated, enabled or changed: create a new one with `tower-api-key keys create`"
         )
     );
 
@@ -365,6 +368,125 @@ fn lifecycle(store: &str, restart_to_see_revocation: bool) {
         serde_json::json!({"org_id": "org_cli", "plan": "enterprise", "requests": 500,
             "period_secs": 30, "concurrent_sessions": 7})
     );
+}
+
+/// Disable and enable, metadata and allowed networks through the CLI, judged by the example
+/// server (which knows each request's peer address, 127.0.0.1) on the same store.
+fn policies(store: &str, restart_to_see_changes: bool) {
+    let create = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "keys",
+            "create",
+            "--org",
+            "org_policy",
+            "--name",
+            name,
+            "--scope",
+            "api_keys:manage",
+        ];
+        args.extend_from_slice(extra);
+        let run = ok(store, &args, "");
+        let key = secret(&run);
+        let list = ok(
+            store,
+            &["keys", "list", "--org", "org_policy", "--json"],
+            "",
+        );
+        let data: Value = serde_json::from_str(&list.stdout).unwrap();
+        let id = data["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (key, id)
+    };
+    let show = |id: &str| -> Value {
+        serde_json::from_str(&ok(store, &["keys", "show", id, "--json"], "").stdout).unwrap()
+    };
+    let (local, local_id) = create(
+        "local",
+        &[
+            "--metadata",
+            r#"{"team":"ops"}"#,
+            "--allow-cidr",
+            "127.0.0.1",
+        ],
+    );
+    let (remote, remote_id) = create("remote", &["--allow-cidr", "203.0.113.0/24"]);
+    let shown = show(&local_id);
+    assert_eq!(shown["metadata"], serde_json::json!({"team": "ops"}));
+    assert_eq!(
+        shown["allowed_networks"],
+        serde_json::json!(["127.0.0.1/32"])
+    );
+    assert_eq!(shown["disabled"], false);
+    let details = ok(store, &["keys", "show", &local_id], "").stdout;
+    assert!(
+        details.contains("127.0.0.1/32") && details.contains(r#"{"team":"ops"}"#),
+        "{details}"
+    );
+
+    let disabled = ok(store, &["keys", "disable", &local_id], "");
+    assert!(
+        disabled.stderr.contains("disabled the API key"),
+        "{disabled:?}"
+    );
+    assert_eq!(show(&local_id)["status"], "disabled");
+    let srv = ExampleServer::start(&["--store", store, "--no-dev-seed"]);
+    assert_eq!(
+        status(&srv, "/v1/api-keys", &local),
+        401,
+        "disabled: refused"
+    );
+    assert_eq!(
+        status(&srv, "/v1/api-keys", &remote),
+        403,
+        "from outside its networks"
+    );
+
+    ok(store, &["keys", "enable", &local_id], "");
+    ok(
+        store,
+        &["keys", "update", &remote_id, "--allow-anywhere"],
+        "",
+    );
+    assert_eq!(show(&remote_id)["allowed_networks"], serde_json::json!([]));
+    let srv = if restart_to_see_changes {
+        drop(srv);
+        ExampleServer::start(&["--store", store, "--no-dev-seed"])
+    } else {
+        srv
+    };
+    await_status(&srv, "/v1/api-keys", &local, 200, Duration::from_secs(5));
+    await_status(&srv, "/v1/api-keys", &remote, 200, Duration::from_secs(5));
+
+    let err = fails(
+        store,
+        &["keys", "update", &remote_id, "--metadata", "[1]"],
+        1,
+    );
+    assert!(err.contains("--metadata must be a JSON object"), "{err}");
+    let many: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("k{i}"), Value::from(i))).collect();
+    let many = Value::Object(many).to_string();
+    let err = fails(
+        store,
+        &["keys", "update", &remote_id, "--metadata", &many],
+        1,
+    );
+    assert_eq!(err, "error: metadata may hold at most 32 members (got 33)");
+    let err = fails(
+        store,
+        &["keys", "update", &remote_id, "--allow-cidr", "nowhere"],
+        1,
+    );
+    assert!(err.contains("invalid --allow-cidr \"nowhere\""), "{err}");
+    ok(store, &["keys", "revoke", &local_id], "");
+    fails(store, &["keys", "enable", &local_id], 5);
 }
 
 /// Bad input on a migrated store: each has its exit code and its one line.
@@ -430,6 +552,7 @@ fn bad_input(store: &str) {
 fn sqlite_lifecycle_against_the_example_server() {
     let db = TempDb::new();
     lifecycle(&db.url(), true);
+    policies(&db.url(), true);
     bad_input(&db.url());
 }
 
@@ -555,6 +678,7 @@ fn postgres_lifecycle_against_the_example_server() {
         "{err}"
     );
     lifecycle(&store, false);
+    policies(&store, false);
     bad_input(&store);
 }
 

@@ -634,6 +634,99 @@ async fn revoking_asks_first_then_the_key_is_refused() {
 }
 
 #[tokio::test]
+async fn disabling_refuses_the_key_until_enabled_and_the_list_shows_its_policy() {
+    let app = App::start().await;
+    let (client, _) = app.signed_in("org_a", &[MANAGE]).await;
+    let meta = serde_json::json!({"customer_id": "cus_<42>"});
+    let restricted = app
+        .manager
+        .create(
+            &OrgId::from("org_a"),
+            NewKey::new("partner")
+                .scopes(Scopes::parse(["browser_sessions:read"]).unwrap())
+                .metadata(meta.as_object().unwrap().clone())
+                .allowed_networks(["127.0.0.0/8".parse().unwrap()]),
+        )
+        .await
+        .unwrap();
+    let ping = |key: String| {
+        let url = format!("{}/v1/ping", app.base);
+        async move {
+            Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // axum::serve inserts no PeerAddr, so a key restricted to networks is refused here (fail
+    // closed); the dashboard shows the restriction and the metadata, escaped.
+    assert_eq!(
+        ping(restricted.key.expose_secret().to_owned()).await,
+        StatusCode::FORBIDDEN
+    );
+    let list = app.get(&client, "/dashboard").await;
+    let row = list.row(restricted.record.id.as_str());
+    assert!(
+        row.contains("Only from") && row.contains("<code>127.0.0.0/8</code>"),
+        "{row}"
+    );
+    assert!(
+        row.contains("cus_&lt;42&gt;"),
+        "metadata shown, escaped: {row}"
+    );
+    assert!(row.contains("data-action=\"disable\""), "{row}");
+
+    let (open_key, open) = app.mint("org_a", &["browser_sessions:read"]).await;
+    assert_eq!(ping(open_key.clone()).await, StatusCode::OK);
+    let csrf = list.field("csrf");
+    let done = app
+        .post(
+            &client,
+            &format!("/dashboard/keys/{open}/disable"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    assert_eq!(ping(open_key.clone()).await, StatusCode::UNAUTHORIZED);
+    let list = app.get(&client, "/dashboard").await;
+    assert_eq!(list.cell(&open, "status"), "Disabled");
+    assert!(list.html.contains("Disabled “bootstrap”"), "a notice");
+    assert!(list.row(&open).contains("data-action=\"enable\""));
+    assert!(
+        !list.row(&open).contains("/rotate"),
+        "no rotation while disabled"
+    );
+
+    // With a wrong CSRF token nothing changes.
+    let refused = app
+        .post(
+            &client,
+            &format!("/dashboard/keys/{open}/enable"),
+            &[("csrf", "forged")],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(ping(open_key.clone()).await, StatusCode::UNAUTHORIZED);
+
+    let done = app
+        .post(
+            &client,
+            &format!("/dashboard/keys/{open}/enable"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    assert_eq!(ping(open_key).await, StatusCode::OK);
+    assert_eq!(
+        app.get(&client, "/dashboard").await.cell(&open, "status"),
+        "Active"
+    );
+}
+
+#[tokio::test]
 async fn revoking_the_key_signed_in_with_signs_out() {
     let app = App::start().await;
     let (client, own) = app.signed_in("org_a", &[MANAGE]).await;
@@ -1026,6 +1119,15 @@ impl KeyStore for FlakyStore {
     }
     async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
         self.inner.plan(org).await
+    }
+
+    async fn claim_expiry_reminders(
+        &self,
+        now: tower_api_key::Timestamp,
+        until: tower_api_key::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<tower_api_key::KeyRecord>, StoreError> {
+        self.inner.claim_expiry_reminders(now, until, limit).await
     }
 }
 

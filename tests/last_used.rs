@@ -134,6 +134,15 @@ impl KeyStore for CountingStore {
         self.other();
         self.inner.plan(org).await
     }
+
+    async fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.claim_expiry_reminders(now, until, limit).await
+    }
 }
 
 struct Fixture {
@@ -538,6 +547,15 @@ async fn a_store_that_never_answers_is_bounded_by_the_flush_timeout() {
         }
         async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
             self.0.plan(org).await
+        }
+
+        async fn claim_expiry_reminders(
+            &self,
+            now: Timestamp,
+            until: Timestamp,
+            limit: usize,
+        ) -> Result<Vec<KeyRecord>, StoreError> {
+            self.0.claim_expiry_reminders(now, until, limit).await
         }
     }
 

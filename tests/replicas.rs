@@ -246,6 +246,42 @@ async fn narrowed_scopes_reach_the_other_replica() {
     println!("scopes narrowed on A -> seen on B after {took:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_enable_and_allowed_networks_reach_the_other_replica() {
+    let Some(url) = pg::database_url("replicas") else {
+        return;
+    };
+    let (a, b, _guard) = two_replicas(&url).await;
+    let manager = manager(&a);
+    let org = OrgId::from("org_disable");
+    let key = manager.create(&org, NewKey::new("web")).await.unwrap();
+    b.warm(&key.key).await;
+
+    let invalidations = b.cache.stats().invalidations;
+    manager.disable(&org, &key.record.id).await.unwrap();
+    let took = b
+        .until(&key.key, |s, _| s == StatusCode::UNAUTHORIZED)
+        .await;
+    assert!(
+        b.cache.stats().invalidations > invalidations,
+        "the refusal came from a pushed invalidation, not the TTL"
+    );
+    println!("disable on A -> refused on B after {took:?}");
+    assert!(took < BOUND);
+
+    manager.enable(&org, &key.record.id).await.unwrap();
+    let took = b.until(&key.key, |s, _| s == StatusCode::OK).await;
+    println!("enable on A -> accepted on B after {took:?}");
+    b.warm(&key.key).await;
+
+    // Restricted to a network the test's requests (which carry no peer address) are not from.
+    let changes =
+        tower_api_key::KeyChanges::new().allowed_networks(vec!["203.0.113.0/24".parse().unwrap()]);
+    manager.update(&org, &key.record.id, changes).await.unwrap();
+    let took = b.until(&key.key, |s, _| s == StatusCode::FORBIDDEN).await;
+    println!("allowed networks set on A -> refused on B after {took:?}");
+}
+
 /// The next invalidation of `source`, failing past `BOUND`.
 async fn next(source: &mut PgInvalidations) -> Invalidation {
     tokio::time::timeout(BOUND, source.next())

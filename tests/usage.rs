@@ -75,6 +75,14 @@ impl KeyStore for Flaky {
     async fn prune_usage(&self, g: Granularity, before: Timestamp) -> Result<u64, StoreError> {
         self.inner.prune_usage(g, before).await
     }
+    async fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.claim_expiry_reminders(now, until, limit).await
+    }
     async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
         self.inner.set_plan(org, plan).await
     }

@@ -17,10 +17,11 @@
 //!
 //! | method and path | answer |
 //! |---|---|
-//! | `POST /api-keys` `{"name", "scopes": [..] or "access": "full", "expires_in_secs"?}` | `201 {"key": SECRET, "api_key": KEY}` |
+//! | `POST /api-keys` `{"name", "scopes": [..] or "access": "full", "expires_in_secs"?, "metadata"?, "allowed_networks"?}` | `201 {"key": SECRET, "api_key": KEY}` |
 //! | `GET /api-keys?limit=20&cursor=ID` | `200 {"data": [KEY..], "has_more", "next_cursor"}`, newest first |
 //! | `GET /api-keys/{id}` | `200 KEY` |
-//! | `PATCH /api-keys/{id}` `{"name"?, "scopes"? or "access": "full"}` | `200 KEY`, new scopes from the next request on |
+//! | `PATCH /api-keys/{id}` `{"name"?, "scopes"? or "access": "full", "disabled"?, "metadata"? (null clears), "allowed_networks"?}` | `200 KEY`, changes hold from the next request on |
+//! | `POST /api-keys/{id}/disable`, `POST /api-keys/{id}/enable` | `200 KEY`, refused (or accepted again) from the next request on |
 //! | `DELETE /api-keys/{id}` | `200 KEY`, revoked from the next request on |
 //! | `POST /api-keys/{id}/rotate` `{"overlap": "now" \| "1h" \| "24h" \| "7d" \| SECONDS}` | `201 {"key": SECRET, "api_key": KEY}` |
 //! | `GET /org` | `200 {"org_id", "plan", "limits"}` |
@@ -63,7 +64,7 @@ use crate::ids::KeyId;
 use crate::manage::{KeyManager, NewKey, Rotation, UsageReport};
 use crate::principal::Principal;
 use crate::scopes::{Scope, Scopes};
-use crate::store::{Granularity, KeyChanges, KeyStore};
+use crate::store::{Granularity, IpNet, KeyChanges, KeyStore, Metadata};
 
 /// The permission every admin route requires of its caller.
 pub const MANAGE_SCOPE: &str = "api_keys:manage";
@@ -136,6 +137,8 @@ impl<St: KeyStore, C: Caller> AdminApi<St, C> {
                     .delete(revoke::<St, C>),
             )
             .route("/api-keys/{id}/rotate", post(rotate::<St, C>))
+            .route("/api-keys/{id}/disable", post(disable::<St, C>))
+            .route("/api-keys/{id}/enable", post(enable::<St, C>))
             .route("/org", get(org::<St, C>))
             .route("/org/usage", get(usage::<St, C>))
             .route("/openapi.json", get(|| async { Json(openapi()) }))
@@ -186,8 +189,16 @@ pub struct CreateKey {
     pub scopes: Vec<String>,
     /// `full` for every permission (only a caller with full access may grant it).
     pub access: Option<Access>,
-    /// Seconds until the key expires; omitted, it never does.
+    /// Seconds until the key expires; omitted, it never does (or gets the expiry policy's
+    /// default lifetime).
     pub expires_in_secs: Option<u64>,
+    /// A JSON object returned with the key and on every verified request; at most 32 members
+    /// and 4 KiB.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Metadata>,
+    /// Client networks (CIDR, IPv4 or IPv6) the key may be used from; omitted: anywhere.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub allowed_networks: Option<Vec<IpNet>>,
 }
 
 async fn create<St: KeyStore, C: Caller>(
@@ -209,6 +220,12 @@ async fn create<St: KeyStore, C: Caller>(
             ));
         }
         spec = spec.expires_in(Duration::from_secs(secs));
+    }
+    if let Some(metadata) = req.metadata {
+        spec = spec.metadata(metadata);
+    }
+    if let Some(networks) = req.allowed_networks {
+        spec = spec.allowed_networks(networks);
     }
     let created = api.manager.create_for(&caller, spec).await?;
     let now = api.manager.now();
@@ -284,6 +301,20 @@ pub struct UpdateKey {
     pub scopes: Option<Vec<String>>,
     /// `full` for every permission (only a caller with full access may grant it).
     pub access: Option<Access>,
+    /// `true` switches the key off, `false` on again (a revoked key stays off).
+    pub disabled: Option<bool>,
+    /// The new metadata object; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// The new client networks (CIDR); `[]`: anywhere.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub allowed_networks: Option<Vec<IpNet>>,
+}
+
+/// A member that is present, `null` included (`Some(Value::Null)`), as opposed to absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// The scopes a create or update body asks for: a non-empty list, or `"access": "full"`.
@@ -317,9 +348,23 @@ async fn update<St: KeyStore, C: Caller>(
     let mut changes = KeyChanges::new();
     changes.scopes = requested_scopes(req.scopes.as_deref(), req.access)?;
     changes.name = req.name;
+    changes.disabled = req.disabled;
+    changes.allowed_networks = req.allowed_networks;
+    changes.metadata = match req.metadata {
+        None => None,
+        Some(serde_json::Value::Null) => Some(None),
+        Some(serde_json::Value::Object(m)) => Some(Some(m)),
+        Some(_) => {
+            return Err(AdminError::BadRequest(
+                "\"metadata\" must be a JSON object or null".into(),
+            ));
+        }
+    };
     if changes.is_empty() {
         return Err(AdminError::BadRequest(
-            "nothing to change: give \"name\", \"scopes\" or \"access\"".into(),
+            "nothing to change: give \"name\", \"scopes\", \"access\", \"disabled\", \
+             \"metadata\" or \"allowed_networks\""
+                .into(),
         ));
     }
     let record = api
@@ -338,6 +383,39 @@ async fn revoke<St: KeyStore, C: Caller>(
         .manager
         .revoke(caller.org_id(), &KeyId::from(id))
         .await?;
+    Ok(Json(ApiKeyView::of(&record, api.manager.now())))
+}
+
+async fn disable<St: KeyStore, C: Caller>(
+    state: Shared<St, C>,
+    caller: Acting,
+    id: Path<String>,
+) -> Result<Json<ApiKeyView>, AdminError> {
+    set_disabled(state, caller, id, true).await
+}
+
+async fn enable<St: KeyStore, C: Caller>(
+    state: Shared<St, C>,
+    caller: Acting,
+    id: Path<String>,
+) -> Result<Json<ApiKeyView>, AdminError> {
+    set_disabled(state, caller, id, false).await
+}
+
+/// Disable or enable any key of the caller's organization, as `DELETE` revokes one: switching
+/// a key off or on grants the caller nothing.
+async fn set_disabled<St: KeyStore, C: Caller>(
+    State(api): Shared<St, C>,
+    Acting(caller): Acting,
+    Path(id): Path<String>,
+    disabled: bool,
+) -> Result<Json<ApiKeyView>, AdminError> {
+    let (org, id) = (caller.org_id(), KeyId::from(id));
+    let record = if disabled {
+        api.manager.disable(org, &id).await?
+    } else {
+        api.manager.enable(org, &id).await?
+    };
     Ok(Json(ApiKeyView::of(&record, api.manager.now())))
 }
 

@@ -25,7 +25,7 @@ struct Problem {
 #[utoipa::path(post, path = "/api-keys", request_body = CreateKey,
     responses(
         (status = 201, description = "The key; its secret is shown this once", body = NewSecret),
-        (status = 400, description = "Invalid body", body = Problem),
+        (status = 400, description = "Invalid body, or a limit exceeded (metadata, scopes, lifetime)", body = Problem),
         (status = 403, description = "A permission the caller does not hold", body = Problem),
     ))]
 fn create() {}
@@ -68,6 +68,22 @@ fn revoke() {}
     ))]
 fn rotate() {}
 
+#[utoipa::path(post, path = "/api-keys/{id}/disable", params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The key, refused from the next request on until enabled", body = ApiKeyView),
+        (status = 404, description = "No such key in the caller's organization", body = Problem),
+        (status = 409, description = "The key is revoked", body = Problem),
+    ))]
+fn disable() {}
+
+#[utoipa::path(post, path = "/api-keys/{id}/enable", params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The key, accepted again from the next request on", body = ApiKeyView),
+        (status = 404, description = "No such key in the caller's organization", body = Problem),
+        (status = 409, description = "The key is revoked: it stays off", body = Problem),
+    ))]
+fn enable() {}
+
 #[utoipa::path(get, path = "/org",
     responses((status = 200, description = "The organization's plan and limits", body = OrgView)))]
 fn org() {}
@@ -83,9 +99,11 @@ fn usage() {}
 #[openapi(
     info(
         title = "API key management",
-        description = "Create, list, revoke and rotate API keys."
+        description = "Create, list, disable, enable, revoke and rotate API keys."
     ),
-    paths(create, list, show, update, revoke, rotate, org, usage),
+    paths(
+        create, list, show, update, revoke, rotate, disable, enable, org, usage
+    ),
     components(schemas(
         ApiKeyView,
         Access,

@@ -32,6 +32,13 @@ pub struct ApiKeyView {
     pub revoked_at: Option<u64>,
     /// The id of the key this one replaced by rotation.
     pub rotated_from: Option<String>,
+    /// Switched off (refused until enabled again); reversible, unlike revocation.
+    pub disabled: bool,
+    /// The key's metadata (a JSON object), returned on every verified request; `null` if none.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The client networks (CIDR) the key may be used from; empty: anywhere.
+    pub allowed_networks: Vec<String>,
     /// Where the key stands now.
     pub status: Status,
 }
@@ -56,6 +63,8 @@ pub enum Status {
     Expired,
     /// Revoked: permanent.
     Revoked,
+    /// Disabled: refused until enabled again.
+    Disabled,
 }
 
 impl ApiKeyView {
@@ -86,10 +95,18 @@ impl ApiKeyView {
             last_used_at: record.last_used_at.map(secs),
             revoked_at: record.revoked_at.map(secs),
             rotated_from: record.rotated_from().map(ToString::to_string),
+            disabled: record.is_disabled(),
+            metadata: record.metadata().cloned(),
+            allowed_networks: record
+                .allowed_networks()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             status: match record.status(now) {
                 KeyStatus::Active => Status::Active,
                 KeyStatus::Expired => Status::Expired,
                 KeyStatus::Revoked => Status::Revoked,
+                KeyStatus::Disabled => Status::Disabled,
             },
         }
     }

@@ -52,7 +52,7 @@ where
         let Some((mut req, mut inner)) = self.call.take() else {
             return Poll::Ready(Next::Refuse(already_decided()));
         };
-        Poll::Ready(match self.shared.decide(result, &self.hash) {
+        Poll::Ready(match self.shared.decide(result, &self.hash, &req) {
             Ok(principal) => {
                 req.extensions_mut().insert(principal);
                 Next::Call(inner.call(req), None)

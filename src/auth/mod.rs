@@ -11,8 +11,11 @@
 //!    unknown → 401; store error or timeout → `503 auth_unavailable` (never 401), with
 //!    `Retry-After` = [`unavailable_retry_after`](ApiKeyAuthLayer::unavailable_retry_after), or
 //!    what is left of the cool-down when a [`CachedStore`](crate::CachedStore)'s breaker is open;
-//! 5. revoked → 401; expired → 401;
-//! 6. a [`Principal`] is inserted into the request's extensions and the inner service called.
+//! 5. revoked → 401; expired → 401; disabled → 401 (one uniform 401; the reason is logged);
+//! 6. when the key lists allowed client networks: the client address, from the layer's
+//!    [`ClientAddr`](ApiKeyAuthLayer::client_addr), outside them (or unknown) →
+//!    `403 client_not_allowed`. Only such keys read the address;
+//! 7. a [`Principal`] is inserted into the request's extensions and the inner service called.
 //!
 //! A store whose lookup is ready at once (the in-memory store, a cache hit) is decided inside
 //! `call`; only a lookup that really waits takes a waiting state, bounded by the store timeout.
@@ -33,6 +36,7 @@ pub use extract::key_in_query;
 pub(crate) use future::Lookup;
 pub use future::ResponseFuture;
 
+use crate::client_addr::ClientAddr;
 use crate::clock::{Clock, Timestamp};
 use crate::future::{inner_accessors, poll_now, take_ready};
 use crate::key::{KeyFormats, KeyHash};
@@ -89,6 +93,7 @@ pub(crate) struct Authenticator<St> {
     pub(crate) responder: Responder,
     pub(crate) timeout: Duration,
     pub(crate) retry_after: u64,
+    pub(crate) client_addr: ClientAddr,
 }
 
 /// How a request's authentication starts: refused before any lookup, decided by a lookup that
@@ -139,22 +144,24 @@ impl<St: KeyStore> Authenticator<St> {
 }
 
 impl<St> Authenticator<St> {
-    /// Turn a lookup result into a principal or a rejection, logging the decision.
-    pub(crate) fn decide(
+    /// Turn a lookup result for `req` into a principal or a rejection, logging the decision.
+    pub(crate) fn decide<B>(
         &self,
         result: LookupResult,
         hash: &KeyHash,
+        req: &Request<B>,
     ) -> Result<Principal, Rejection> {
-        self.decide_at(result, hash, self.clock.now())
+        self.decide_at(result, hash, self.clock.now(), req)
     }
 
     /// [`decide`](Self::decide) at `now`, read from this layer's clock by the caller.
     #[inline]
-    pub(crate) fn decide_at(
+    pub(crate) fn decide_at<B>(
         &self,
         result: LookupResult,
         hash: &KeyHash,
         now: Timestamp,
+        req: &Request<B>,
     ) -> Result<Principal, Rejection> {
         let stored = match result {
             Ok(Some(stored)) if stored.record.hash.ct_eq(hash) => stored,
@@ -180,8 +187,34 @@ impl<St> Authenticator<St> {
         if record.is_expired(now) {
             return Err(self.invalid(InvalidKey::Expired, Some(record)));
         }
+        // One null check for a typical key: the policy fields sit behind one pointer.
+        if record.has_extras() {
+            self.check_policy(record, req)?;
+        }
         tracing::trace!(key_id = %record.id, org_id = %record.org_id, "api key accepted");
         Ok(Principal::new(stored.record, stored.plan))
+    }
+
+    /// The rarely set policy of a key: disabled, allowed client networks.
+    #[inline(never)]
+    fn check_policy<B>(&self, record: &KeyRecord, req: &Request<B>) -> Result<(), Rejection> {
+        if record.is_disabled() {
+            return Err(self.invalid(InvalidKey::Disabled, Some(record)));
+        }
+        let allowed = record.allowed_networks();
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        match self.client_addr.client_ip(req) {
+            Some(ip) if allowed.iter().any(|net| net.contains(&ip)) => Ok(()),
+            ip => {
+                tracing::debug!(
+                    key_id = %record.id, org_id = %record.org_id, client_ip = ?ip,
+                    "api key refused: client address not allowed"
+                );
+                Err(Rejection::ClientNotAllowed)
+            }
+        }
     }
 
     fn invalid(&self, reason: InvalidKey, record: Option<&KeyRecord>) -> Rejection {
@@ -243,6 +276,7 @@ impl<St: KeyStore> ApiKeyAuthLayer<St> {
                 responder: Responder::default(),
                 timeout: Duration::from_secs(3),
                 retry_after: 5,
+                client_addr: ClientAddr::default(),
             }),
         }
     }
@@ -292,6 +326,22 @@ impl<St: KeyStore> ApiKeyAuthLayer<St> {
         self.map(|s| s.retry_after = secs.max(1))
     }
 
+    /// How to find the client address, for keys restricted to client networks (default:
+    /// [`ClientAddr::peer`], the TCP peer; behind a reverse proxy,
+    /// [`ClientAddr::trusted_proxies`] — read its spoofing note). Only keys that list allowed
+    /// networks read it.
+    ///
+    /// ```
+    /// use tower_api_key::{ApiKeyAuth, MemoryStore};
+    /// use tower_api_key::client_addr::ClientAddr;
+    /// let layer = ApiKeyAuth::new(MemoryStore::new())
+    ///     .client_addr(ClientAddr::trusted_proxies(["10.0.0.0/8".parse()?]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn client_addr(self, client_addr: ClientAddr) -> Self {
+        self.map(|s| s.client_addr = client_addr)
+    }
+
     /// The store.
     pub fn store(&self) -> &St {
         &self.shared.store
@@ -329,7 +379,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
         let rejection = match shared.begin(&req) {
-            Begin::Decided(result, hash) => match shared.decide(result, &hash) {
+            Begin::Decided(result, hash) => match shared.decide(result, &hash, &req) {
                 Ok(principal) => {
                     req.extensions_mut().insert(principal);
                     return ResponseFuture::inner(self.inner.call(req), None);

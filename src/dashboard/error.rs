@@ -146,6 +146,8 @@ pub(super) fn manage_problem(e: &ManageError) -> (&'static str, String) {
             "Invalid expiration",
             "The expiration must be in the future.".into(),
         ),
+        ManageError::LifetimeTooLong { .. } => ("Expiration too far", format!("{e}.")),
+        ManageError::Limit(limit) => ("Too large", format!("{limit}.")),
         ManageError::UnknownEnvironment(env) => (
             "Invalid environment",
             format!("No key format issues keys for the environment {env:?}."),

@@ -38,6 +38,8 @@ pub(super) fn routes<St: KeyStore>() -> Router<Shared<St>> {
             "/keys/{id}/rotate",
             get(rotate_form::<St>).post(rotate::<St>),
         )
+        .route("/keys/{id}/disable", post(disable::<St>))
+        .route("/keys/{id}/enable", post(enable::<St>))
         .route("/usage", get(usage::<St>))
         .fallback(|| async { DashboardError::PageNotFound })
 }
@@ -276,6 +278,57 @@ async fn revoke<St: KeyStore>(
         .await?;
     user.set_notice(format!(
         "Revoked “{}” ({}): it is refused from its next request on.",
+        record.name(),
+        record.hint()
+    ))
+    .await?;
+    Ok(Redirect::to(&super::home(&base)).into_response())
+}
+
+async fn disable<St: KeyStore>(
+    state: State<Shared<St>>,
+    base: Extension<Base>,
+    user: SignedIn,
+    id: Path<String>,
+    body: Bytes,
+) -> Page {
+    set_disabled(state, base, user, id, body, true).await
+}
+
+async fn enable<St: KeyStore>(
+    state: State<Shared<St>>,
+    base: Extension<Base>,
+    user: SignedIn,
+    id: Path<String>,
+    body: Bytes,
+) -> Page {
+    set_disabled(state, base, user, id, body, false).await
+}
+
+/// Switch a key of the signed-in organization off or on again (as revoking, it grants nothing).
+async fn set_disabled<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    mut user: SignedIn,
+    Path(id): Path<String>,
+    body: Bytes,
+    disabled: bool,
+) -> Page {
+    user.check_csrf(&Form::parse(&body))?;
+    let (org, id) = (user.principal.org_id(), KeyId::from(id));
+    let record = if disabled {
+        dashboard.manager.disable(org, &id).await?
+    } else {
+        dashboard.manager.enable(org, &id).await?
+    };
+    let what = if disabled {
+        "it is refused from its next request on, until enabled again"
+    } else {
+        "it is accepted again from its next request on"
+    };
+    user.set_notice(format!(
+        "{} “{}” ({}): {what}.",
+        if disabled { "Disabled" } else { "Enabled" },
         record.name(),
         record.hint()
     ))

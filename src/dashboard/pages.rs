@@ -87,6 +87,38 @@ fn permissions(key: &ApiKeyView) -> Markup {
     }
 }
 
+/// The rarely set policy of a key, under its name: allowed networks and metadata.
+fn policy(key: &ApiKeyView) -> Markup {
+    html! {
+        @if !key.allowed_networks.is_empty() {
+            div.networks data-col="allowed-networks" {
+                "Only from "
+                @for (i, net) in key.allowed_networks.iter().enumerate() {
+                    @if i > 0 { ", " }
+                    code { (net) }
+                }
+            }
+        }
+        @if let Some(metadata) = &key.metadata {
+            details.metadata data-col="metadata" {
+                summary { "Metadata" }
+                pre { code { (serde_json::to_string_pretty(metadata).unwrap_or_default()) } }
+            }
+        }
+    }
+}
+
+/// A one-button form that disables or enables a key (`action` is `disable` or `enable`).
+fn switch(frame: &Frame<'_>, key: &ApiKeyView, action: &str, label: &str) -> Markup {
+    let csrf = frame.signed_in.map_or("", |(_, csrf)| csrf);
+    html! {
+        form.inline method="post" action={ (frame.base) "/keys/" (key.id) "/" (action) } {
+            input type="hidden" name="csrf" value=(csrf);
+            button.link type="submit" data-action=(action) { (label) }
+        }
+    }
+}
+
 fn status(key: &ApiKeyView) -> Markup {
     html! {
         @match (key.status, key.revoked_at) {
@@ -97,6 +129,7 @@ fn status(key: &ApiKeyView) -> Markup {
             (Status::Active, None) => span.status.active { "Active" },
             (Status::Expired, _) => span.status.expired { "Expired" },
             (Status::Revoked, _) => span.status.revoked { "Revoked" },
+            (Status::Disabled, _) => span.status.disabled { "Disabled" },
         }
     }
 }
@@ -144,7 +177,10 @@ pub(super) fn keys(frame: &Frame<'_>, keys: &[ApiKeyView], notice: Option<&str>)
                     tbody {
                         @for key in keys {
                             tr data-key-id=(key.id) {
-                                td data-col="name" { (key.name) }
+                                td data-col="name" {
+                                    (key.name)
+                                    (policy(key))
+                                }
                                 td data-col="hint" { code { (key.hint) } }
                                 td data-col="permissions" { (permissions(key)) }
                                 td data-col="created" { (format_time(key.created_at)) }
@@ -158,8 +194,12 @@ pub(super) fn keys(frame: &Frame<'_>, keys: &[ApiKeyView], notice: Option<&str>)
                                 td.actions {
                                     @if key.status == Status::Active && key.revoked_at.is_none() {
                                         a href={ (base) "/keys/" (key.id) "/rotate" } { "Rotate" }
+                                        (switch(frame, key, "disable", "Disable"))
                                         a.danger href={ (base) "/keys/" (key.id) "/revoke" } { "Revoke" }
                                     } @else if key.status == Status::Active {
+                                        a.danger href={ (base) "/keys/" (key.id) "/revoke" } { "Revoke" }
+                                    } @else if key.status == Status::Disabled {
+                                        (switch(frame, key, "enable", "Enable"))
                                         a.danger href={ (base) "/keys/" (key.id) "/revoke" } { "Revoke" }
                                     }
                                 }

@@ -295,6 +295,32 @@ impl Events {
         event.id.clone()
     }
 
+    /// The [`ExpiryReminder::on_expiring`](crate::manage::ExpiryReminder::on_expiring) callback
+    /// that emits [`EventKind::KeyExpiring`] for each key, once:
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use tower_api_key::{MemoryStore, events::{Events, TracingSink}, manage::ExpiryReminder};
+    /// let (events, _delivery) = Events::builder().sink(TracingSink).start();
+    /// let reminder = ExpiryReminder::new(MemoryStore::new(), Duration::from_secs(7 * 86_400))
+    ///     .on_expiring(events.on_expiring());
+    /// # let _ = reminder; });
+    /// ```
+    pub fn on_expiring(&self) -> impl Fn(&crate::store::KeyRecord) + Send + Sync + 'static {
+        let events = self.clone();
+        move |key| {
+            let expires_at = key.expires_at.map_or(0, Timestamp::as_unix_secs);
+            events.emit(
+                &key.org_id,
+                EventKind::KeyExpiring {
+                    key_id: key.id.clone(),
+                    expires_at,
+                },
+            );
+        }
+    }
+
     /// Events emitted.
     pub fn emitted(&self) -> u64 {
         self.counters.emitted.load(Ordering::Relaxed)

@@ -22,6 +22,8 @@ pub enum InvalidKey {
     Revoked,
     /// The key is past its expiry.
     Expired,
+    /// The key is switched off ([`KeyManager::disable`](crate::KeyManager::disable)).
+    Disabled,
 }
 
 impl InvalidKey {
@@ -36,6 +38,7 @@ impl InvalidKey {
             InvalidKey::Unknown => "unknown",
             InvalidKey::Revoked => "revoked",
             InvalidKey::Expired => "expired",
+            InvalidKey::Disabled => "disabled",
         }
     }
 }
@@ -55,6 +58,9 @@ pub enum Rejection {
         /// The scopes the route asks for, space-separated (RFC 6750 `scope`).
         required: String,
     },
+    /// The key may only be used from the client networks it lists, and the request comes from
+    /// elsewhere (or from an unknown address): `403 client_not_allowed`, gRPC 7.
+    ClientNotAllowed,
     /// A [`ScopeRules`](crate::ScopeRules) table has no rule for the request's route, so
     /// nothing says which permission it needs (fail closed).
     NoRouteRule,
@@ -86,7 +92,9 @@ impl Rejection {
         match self {
             Rejection::MissingKey | Rejection::InvalidKey(_) => StatusCode::UNAUTHORIZED,
             Rejection::KeyInQuery => StatusCode::BAD_REQUEST,
-            Rejection::InsufficientScope { .. } | Rejection::NoRouteRule => StatusCode::FORBIDDEN,
+            Rejection::InsufficientScope { .. }
+            | Rejection::NoRouteRule
+            | Rejection::ClientNotAllowed => StatusCode::FORBIDDEN,
             Rejection::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::RateLimited(_) | Rejection::SessionLimit { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -103,6 +111,7 @@ impl Rejection {
             Rejection::KeyInQuery => "api_key_in_query",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::NoRouteRule => "no_route_rule",
+            Rejection::ClientNotAllowed => "client_not_allowed",
             Rejection::StoreUnavailable { .. } => "auth_unavailable",
             Rejection::RateLimited(_) => "rate_limited",
             Rejection::SessionLimit { .. } => "session_limit_exceeded",
@@ -115,7 +124,9 @@ impl Rejection {
         match self {
             Rejection::MissingKey | Rejection::InvalidKey(_) => 16,
             Rejection::KeyInQuery => 3,
-            Rejection::InsufficientScope { .. } | Rejection::NoRouteRule => 7,
+            Rejection::InsufficientScope { .. }
+            | Rejection::NoRouteRule
+            | Rejection::ClientNotAllowed => 7,
             Rejection::StoreUnavailable { .. } => 14,
             Rejection::RateLimited(_) | Rejection::SessionLimit { .. } => 8,
             Rejection::MissingPrincipal { .. } => 13,
@@ -131,6 +142,9 @@ impl Rejection {
                 format!("This API key lacks the permission required: {required}").into()
             }
             Rejection::NoRouteRule => "No permission rule for this route".into(),
+            Rejection::ClientNotAllowed => {
+                "This API key may not be used from this client address".into()
+            }
             Rejection::StoreUnavailable { .. } => {
                 "Authentication is temporarily unavailable; retry later".into()
             }

@@ -102,7 +102,7 @@ where
                     return Poll::Ready(Next::Refuse(already_decided()));
                 };
                 let now = shared.auth.clock.now();
-                Poll::Ready(match shared.auth.decide_at(result, hash, now) {
+                Poll::Ready(match shared.auth.decide_at(result, hash, now, &req) {
                     Ok(principal) => {
                         let decided = stages(shared, &mut req, &principal, now);
                         proceed(shared, &mut inner, req, principal, now, decided)

@@ -300,7 +300,7 @@ where
         let rejection = match auth.begin(&req) {
             Begin::Decided(result, hash) => {
                 let now = auth.clock.now();
-                match auth.decide_at(result, &hash, now) {
+                match auth.decide_at(result, &hash, now, &req) {
                     Ok(principal) => {
                         let decided = stages(&self.shared, &mut req, &principal, now);
                         let next =

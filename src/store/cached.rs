@@ -750,4 +750,18 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
     async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
         self.inner.store.plan(org).await
     }
+
+    /// Passed through: the reminder mark does not change what a request decides, so cached
+    /// entries stay.
+    async fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner
+            .store
+            .claim_expiry_reminders(now, until, limit)
+            .await
+    }
 }

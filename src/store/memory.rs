@@ -14,7 +14,7 @@ use crate::plan::Plan;
 
 use super::{
     Granularity, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey, UsageCounts,
-    UsageDelta, UsageRow,
+    UsageDelta, UsageRow, limits,
 };
 
 /// The embedded default [`KeyStore`]: lock-free reads, serialized writes, nothing on disk.
@@ -239,6 +239,7 @@ impl MemoryStore {
     }
 
     fn insert_sync(&self, record: KeyRecord) -> Result<(), StoreError> {
+        limits::check_record(&record)?;
         let mut admin = self.admin();
         {
             let by_hash = self.inner.by_hash.pin();
@@ -308,6 +309,37 @@ impl MemoryStore {
         self.replace(&mut admin, &current, Arc::new(record.clone()));
         drop(admin);
         Some(record)
+    }
+
+    /// Mark and return the reminders due (see [`KeyStore::claim_expiry_reminders`]), under the
+    /// write mutex, so two callers never claim the same key.
+    fn claim_reminders_sync(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Vec<KeyRecord> {
+        let mut admin = self.admin();
+        let due: Vec<Arc<KeyRecord>> = admin
+            .by_id
+            .iter()
+            .filter(|r| {
+                let r = &r.0;
+                r.revoked_at.is_none()
+                    && r.expiry_reminded_at().is_none()
+                    && r.expires_at.is_some_and(|t| t > now && t <= until)
+            })
+            .take(limit)
+            .map(|r| r.0.clone())
+            .collect();
+        let mut claimed = Vec::with_capacity(due.len());
+        for current in due {
+            let mut record = KeyRecord::clone(&current);
+            record.set_expiry_reminded_at(Some(now));
+            self.replace(&mut admin, &current, Arc::new(record.clone()));
+            claimed.push(record);
+        }
+        claimed
     }
 
     /// Put `updated` in place of `current` in every index (the lookup map keeps the plan it
@@ -418,6 +450,7 @@ impl KeyStore for MemoryStore {
         id: &KeyId,
         changes: &KeyChanges,
     ) -> Result<Option<KeyRecord>, StoreError> {
+        limits::check_changes(changes)?;
         Ok(self.update_sync(id, changes))
     }
 
@@ -488,6 +521,15 @@ impl KeyStore for MemoryStore {
             .plans
             .get(org)
             .map_or(*self.inner.default_plan, |p| **p))
+    }
+
+    async fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(self.claim_reminders_sync(now, until, limit))
     }
 }
 

@@ -39,6 +39,9 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 use serde::Serialize;
+use serde::ser::SerializeStruct;
+
+pub use crate::client_addr::IpNet;
 
 use crate::clock::Timestamp;
 use crate::ids::{KeyId, OrgId};
@@ -47,6 +50,7 @@ use crate::plan::Plan;
 use crate::scopes::Scopes;
 
 mod cached;
+pub mod limits;
 mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -83,6 +87,9 @@ pub enum StoreError {
     /// A record with the same id or hash already exists.
     #[error("a key with this id or hash already exists")]
     Duplicate,
+    /// The record (or the change) exceeds a bound of [`limits`]; nothing was written.
+    #[error(transparent)]
+    Invalid(#[from] limits::LimitError),
     /// The store failed repeatedly and was not asked: its [`Breaker`](crate::Breaker) is open
     /// (see [`CacheConfig::breaker`]). Requests get `503` with `Retry-After` set to what is left
     /// of the cool-down.
@@ -102,9 +109,14 @@ impl StoreError {
 /// Held by stores as an immutable `Arc` snapshot, and sized for holding a million of them (see
 /// the [module docs](self#design-note-the-size-of-a-record)): 208 bytes, strings included for
 /// typical names and hints. The fields a request reads are public; the label, the hint and the
-/// rarely set `rotated_from` are read through [`name`](Self::name), [`hint`](Self::hint) and
-/// [`rotated_from`](Self::rotated_from), so that their compact storage stays private.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+/// rarely set fields (`rotated_from`, the disabled flag, metadata, allowed client networks,
+/// the expiry reminder) are read through accessors ([`name`](Self::name),
+/// [`is_disabled`](Self::is_disabled), [`metadata`](Self::metadata), …), so that their compact
+/// storage stays private: the rarely set ones share one optional pointer.
+///
+/// Serialized (JSON) with every field by name, the rarely set ones included (`disabled`,
+/// `metadata`, `allowed_networks`, `rotated_from`), never the hash.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyRecord {
     /// Public identifier.
@@ -114,7 +126,6 @@ pub struct KeyRecord {
     /// Human label, e.g. `ci-pipeline`: inline up to 24 bytes.
     name: CompactString,
     /// SHA-256 of the full key.
-    #[serde(skip)]
     pub hash: KeyHash,
     /// Prefix and last four characters, e.g. `br_live_…o5p6`: inline up to 24 bytes.
     hint: CompactString,
@@ -132,12 +143,11 @@ pub struct KeyRecord {
     /// [`KeyStore::touch_last_used`]. `get` and `list` return it; the snapshot seen on the request
     /// path may lag (a request keeps the snapshot it looked up, and a cache its own).
     pub last_used_at: Option<Timestamp>,
-    /// The key this one replaced, when it was created by a rotation. Boxed: rarely set, so it
-    /// costs one pointer rather than an id's 24 bytes.
-    rotated_from: Option<Box<KeyId>>,
+    /// The rarely set fields, behind one pointer: `None` for a typical key, so that they cost
+    /// 8 bytes, not their size, and the request path pays one null check.
+    extras: Option<Arc<KeyExtras>>,
     /// Where [`LastUsedRecorder`](crate::LastUsedRecorder) marks this snapshot as used, lock-free
     /// and without a map lookup. Bookkeeping only: ignored by `==` and serialization.
-    #[serde(skip)]
     pub(crate) usage: UsageSlot,
 }
 
@@ -154,8 +164,56 @@ impl fmt::Debug for KeyRecord {
             .field("expires_at", &self.expires_at)
             .field("revoked_at", &self.revoked_at)
             .field("last_used_at", &self.last_used_at)
-            .field("rotated_from", &self.rotated_from)
+            .field("rotated_from", &self.rotated_from())
+            .field("disabled", &self.is_disabled())
+            .field("metadata", &self.metadata())
+            .field("allowed_networks", &self.allowed_networks())
             .finish_non_exhaustive()
+    }
+}
+
+impl Serialize for KeyRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("KeyRecord", 15)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("org_id", &self.org_id)?;
+        st.serialize_field("name", self.name())?;
+        st.serialize_field("hint", self.hint())?;
+        st.serialize_field("scopes", &self.scopes)?;
+        st.serialize_field("environment", &*self.environment)?;
+        st.serialize_field("created_at", &self.created_at)?;
+        st.serialize_field("expires_at", &self.expires_at)?;
+        st.serialize_field("revoked_at", &self.revoked_at)?;
+        st.serialize_field("last_used_at", &self.last_used_at)?;
+        st.serialize_field("rotated_from", &self.rotated_from())?;
+        st.serialize_field("disabled", &self.is_disabled())?;
+        st.serialize_field("metadata", &self.metadata())?;
+        st.serialize_field("allowed_networks", self.allowed_networks())?;
+        st.serialize_field("expiry_reminded_at", &self.expiry_reminded_at())?;
+        st.end()
+    }
+}
+
+/// A key's metadata: a small JSON object (see [`limits`] for its bounds).
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+/// The rarely set fields of a [`KeyRecord`], shared by its snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct KeyExtras {
+    rotated_from: Option<KeyId>,
+    disabled: bool,
+    metadata: Option<Metadata>,
+    allowed_networks: Box<[IpNet]>,
+    expiry_reminded_at: Option<Timestamp>,
+}
+
+impl KeyExtras {
+    fn is_default(&self) -> bool {
+        self.rotated_from.is_none()
+            && !self.disabled
+            && self.metadata.is_none()
+            && self.allowed_networks.is_empty()
+            && self.expiry_reminded_at.is_none()
     }
 }
 
@@ -169,6 +227,8 @@ pub enum KeyStatus {
     Expired,
     /// Revoked; permanent.
     Revoked,
+    /// Switched off ([`KeyRecord::is_disabled`]); reversible.
+    Disabled,
 }
 
 impl KeyRecord {
@@ -198,7 +258,7 @@ impl KeyRecord {
             expires_at: None,
             revoked_at: None,
             last_used_at: None,
-            rotated_from: None,
+            extras: None,
             usage: UsageSlot::new(),
         }
     }
@@ -218,12 +278,81 @@ impl KeyRecord {
     /// The key this one replaced, when it was created by a rotation.
     #[inline]
     pub fn rotated_from(&self) -> Option<&KeyId> {
-        self.rotated_from.as_deref()
+        self.extras.as_deref()?.rotated_from.as_ref()
     }
 
     /// Set (or clear) the key this one replaced.
     pub fn set_rotated_from(&mut self, id: Option<KeyId>) {
-        self.rotated_from = id.map(Box::new);
+        self.edit_extras(|x| x.rotated_from = id);
+    }
+
+    /// Whether any rarely set field is set: the request path's one check before it reads them.
+    #[inline]
+    pub(crate) fn has_extras(&self) -> bool {
+        self.extras.is_some()
+    }
+
+    /// Whether the key is switched off ([`KeyManager::disable`](crate::KeyManager::disable)):
+    /// refused like an unknown key until enabled again. Unlike revocation, reversible.
+    #[inline]
+    pub fn is_disabled(&self) -> bool {
+        self.extras.as_deref().is_some_and(|x| x.disabled)
+    }
+
+    /// Switch the key off (`true`) or on again.
+    pub fn set_disabled(&mut self, disabled: bool) {
+        self.edit_extras(|x| x.disabled = disabled);
+    }
+
+    /// The key's metadata, returned on every verified request through
+    /// [`Principal::metadata`](crate::Principal::metadata). `None` when unset (an empty object
+    /// is stored as unset).
+    #[inline]
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.extras.as_deref()?.metadata.as_ref()
+    }
+
+    /// Set (or clear) the key's metadata. Bounds are checked by the stores ([`limits`]).
+    pub fn set_metadata(&mut self, metadata: Option<Metadata>) {
+        let metadata = metadata.filter(|m| !m.is_empty());
+        self.edit_extras(|x| x.metadata = metadata);
+    }
+
+    /// The client networks the key may be used from; empty = anywhere.
+    #[inline]
+    pub fn allowed_networks(&self) -> &[IpNet] {
+        match self.extras.as_deref() {
+            Some(x) => &x.allowed_networks,
+            None => &[],
+        }
+    }
+
+    /// Restrict the key to these client networks (empty: anywhere).
+    pub fn set_allowed_networks(&mut self, networks: Vec<IpNet>) {
+        self.edit_extras(|x| x.allowed_networks = networks.into_boxed_slice());
+    }
+
+    /// When the owner was reminded that the key expires soon, if they were
+    /// ([`KeyStore::claim_expiry_reminders`]).
+    #[inline]
+    pub fn expiry_reminded_at(&self) -> Option<Timestamp> {
+        self.extras.as_deref()?.expiry_reminded_at
+    }
+
+    /// Set (or clear) when the expiry reminder was sent.
+    pub fn set_expiry_reminded_at(&mut self, at: Option<Timestamp>) {
+        self.edit_extras(|x| x.expiry_reminded_at = at);
+    }
+
+    /// Change the rarely set fields, keeping no allocation when they end up all unset.
+    fn edit_extras(&mut self, f: impl FnOnce(&mut KeyExtras)) {
+        let mut extras = self
+            .extras
+            .take()
+            .map(Arc::unwrap_or_clone)
+            .unwrap_or_default();
+        f(&mut extras);
+        self.extras = (!extras.is_default()).then(|| Arc::new(extras));
     }
 
     /// This record with [`rotated_from`](Self::rotated_from) set to `id`.
@@ -253,27 +382,34 @@ impl KeyRecord {
         matches!(self.expires_at, Some(t) if t <= now)
     }
 
-    /// The key's status at `now` (revocation wins over expiry).
+    /// The key's status at `now` (revocation wins over expiry, expiry over disabled).
     pub fn status(&self, now: Timestamp) -> KeyStatus {
         if self.is_revoked(now) {
             KeyStatus::Revoked
         } else if self.is_expired(now) {
             KeyStatus::Expired
+        } else if self.is_disabled() {
+            KeyStatus::Disabled
         } else {
             KeyStatus::Active
         }
     }
 }
 
-/// What [`KeyStore::update`] changes in a key: its name, its scopes, or both.
+/// What [`KeyStore::update`] changes in a key: its name, scopes, disabled flag, metadata or
+/// allowed client networks; any of them, each left alone when unset.
 ///
 /// ```
 /// use tower_api_key::{KeyChanges, Scopes};
 /// let changes = KeyChanges::new()
 ///     .name("ci (read only)")
-///     .scopes(Scopes::parse(["browser_sessions:read"])?);
+///     .scopes(Scopes::parse(["browser_sessions:read"])?)
+///     .disabled(true);
 /// # Ok::<(), tower_api_key::InvalidScope>(())
 /// ```
+///
+/// Why one change type: every field a request reads goes through `update`, so every one of
+/// them invalidates caches on every replica by the same push as a revocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyChanges {
@@ -281,6 +417,12 @@ pub struct KeyChanges {
     pub name: Option<String>,
     /// The new scopes (empty: full access), if they change.
     pub scopes: Option<Scopes>,
+    /// Switch the key off (`true`) or on (`false`), if it changes.
+    pub disabled: Option<bool>,
+    /// The new metadata (`Some(None)` clears it), if it changes.
+    pub metadata: Option<Option<Metadata>>,
+    /// The new allowed client networks (empty: anywhere), if they change.
+    pub allowed_networks: Option<Vec<IpNet>>,
 }
 
 impl KeyChanges {
@@ -301,9 +443,31 @@ impl KeyChanges {
         self
     }
 
+    /// Switch the key off (`true`) or on again (`false`).
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.disabled = Some(disabled);
+        self
+    }
+
+    /// Replace the key's metadata (`None` clears it).
+    pub fn metadata(mut self, metadata: Option<Metadata>) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Replace the client networks the key may be used from (empty: anywhere).
+    pub fn allowed_networks(mut self, networks: Vec<IpNet>) -> Self {
+        self.allowed_networks = Some(networks);
+        self
+    }
+
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.scopes.is_none()
+        self.name.is_none()
+            && self.scopes.is_none()
+            && self.disabled.is_none()
+            && self.metadata.is_none()
+            && self.allowed_networks.is_none()
     }
 
     /// `record` with these changes applied.
@@ -314,6 +478,15 @@ impl KeyChanges {
         }
         if let Some(scopes) = &self.scopes {
             changed.scopes = scopes.clone();
+        }
+        if let Some(disabled) = self.disabled {
+            changed.set_disabled(disabled);
+        }
+        if let Some(metadata) = &self.metadata {
+            changed.set_metadata(metadata.clone());
+        }
+        if let Some(networks) = &self.allowed_networks {
+            changed.set_allowed_networks(networks.clone());
         }
         changed
     }
@@ -423,6 +596,18 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
 
     /// An organization's plan (the store's default plan if never set).
     fn plan(&self, org: &OrgId) -> impl Future<Output = Result<Plan, StoreError>> + Send;
+
+    /// Claim the expiry reminders due: up to `limit` keys, not revoked, whose expiry lies in
+    /// `(now, until]` and whose reminder was not sent yet. Each is marked reminded at `now` and
+    /// returned, atomically, so that a reminder fires once per key across restarts and replicas
+    /// (in SQL: one `UPDATE … SET expiry_reminded_at = now WHERE … RETURNING …`). Used by
+    /// [`ExpiryReminder`](crate::manage::ExpiryReminder).
+    fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
 }
 
 /// A boxed future, as used by [`DynKeyStore`].
@@ -465,6 +650,12 @@ pub trait DynKeyStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
     fn set_plan<'a>(&'a self, org: &'a OrgId, plan: Plan) -> BoxFuture<'a, Result<(), StoreError>>;
     fn plan<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, Result<Plan, StoreError>>;
+    fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>>;
 }
 
 impl<T: KeyStore> DynKeyStore for T {
@@ -527,6 +718,14 @@ impl<T: KeyStore> DynKeyStore for T {
     }
     fn plan<'a>(&'a self, org: &'a OrgId) -> BoxFuture<'a, Result<Plan, StoreError>> {
         Box::pin(KeyStore::plan(self, org))
+    }
+    fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>> {
+        Box::pin(KeyStore::claim_expiry_reminders(self, now, until, limit))
     }
 }
 
@@ -610,6 +809,14 @@ impl KeyStore for BoxedStore {
     }
     async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
         self.0.plan(org).await
+    }
+    async fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.0.claim_expiry_reminders(now, until, limit).await
     }
 }
 

@@ -59,12 +59,12 @@ use crate::plan::Plan;
 
 use super::cached::{Invalidation, InvalidationSource};
 use super::sql::{
-    KeyRow, Migration, key_columns, map_err, opt_ts_to_db, plan_from_db, plan_to_db,
-    scopes_from_db, ts_from_db, ts_to_db,
+    KeyRow, Migration, key_columns, map_err, metadata_to_db, networks_from_db, networks_to_db,
+    opt_ts_to_db, plan_from_db, plan_to_db, scopes_from_db, ts_from_db, ts_to_db,
 };
 use super::{
     BoxFuture, Granularity, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey,
-    UsageCounts, UsageDelta, UsageRow,
+    UsageCounts, UsageDelta, UsageRow, limits,
 };
 
 /// The channel the triggers notify on.
@@ -75,6 +75,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "keys_and_plans",
         sql: include_str!("../../migrations/postgres/0001_keys_and_plans.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "key_policies",
+        sql: include_str!("../../migrations/postgres/0002_key_policies.sql"),
     },
     Migration {
         version: 4,
@@ -349,6 +354,13 @@ fn key_row(row: &PgRow) -> Result<KeyRow, StoreError> {
         revoked_at: row.try_get("revoked_at").map_err(map_err)?,
         last_used_at: row.try_get("last_used_at").map_err(map_err)?,
         rotated_from: row.try_get("rotated_from").map_err(map_err)?,
+        disabled: row.try_get("disabled").map_err(map_err)?,
+        metadata: row.try_get("metadata").map_err(map_err)?,
+        allowed_networks: networks_from_db(
+            row.try_get::<Vec<String>, _>("allowed_networks")
+                .map_err(map_err)?,
+        )?,
+        expiry_reminded_at: row.try_get("expiry_reminded_at").map_err(map_err)?,
     })
 }
 
@@ -397,11 +409,12 @@ impl KeyStore for PostgresStore {
     }
 
     async fn insert(&self, r: KeyRecord) -> Result<(), StoreError> {
+        limits::check_record(&r)?;
         let scopes: Vec<&str> = r.scopes.iter().map(|s| s.as_str()).collect();
         sqlx::query(concat!(
             "INSERT INTO api_keys (",
             key_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
         .bind(r.id.as_str())
         .bind(r.org_id.as_str())
@@ -415,6 +428,10 @@ impl KeyStore for PostgresStore {
         .bind(opt_ts_to_db(r.revoked_at))
         .bind(opt_ts_to_db(r.last_used_at))
         .bind(r.rotated_from().map(KeyId::as_str))
+        .bind(r.is_disabled())
+        .bind(metadata_to_db(r.metadata()))
+        .bind(networks_to_db(r.allowed_networks()))
+        .bind(opt_ts_to_db(r.expiry_reminded_at()))
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
@@ -467,19 +484,31 @@ impl KeyStore for PostgresStore {
         id: &KeyId,
         changes: &KeyChanges,
     ) -> Result<Option<KeyRecord>, StoreError> {
+        limits::check_changes(changes)?;
         let scopes: Option<Vec<&str>> = changes
             .scopes
             .as_ref()
             .map(|s| s.iter().map(|s| s.as_str()).collect());
-        // The trigger notifies every replica's cache if the name or the scopes changed.
+        let metadata = changes
+            .metadata
+            .as_ref()
+            .map(|m| m.as_ref().filter(|m| !m.is_empty()));
+        // The trigger notifies every replica's cache if any of these changed.
         let row = sqlx::query(concat!(
-            "UPDATE api_keys SET name = COALESCE($2, name), scopes = COALESCE($3, scopes) \
+            "UPDATE api_keys SET name = COALESCE($2, name), scopes = COALESCE($3, scopes), \
+                 disabled = COALESCE($4, disabled), \
+                 metadata = CASE WHEN $5 THEN $6 ELSE metadata END, \
+                 allowed_networks = COALESCE($7, allowed_networks) \
              WHERE id = $1 RETURNING ",
             key_columns!()
         ))
         .bind(id.as_str())
         .bind(changes.name.as_deref())
         .bind(scopes.as_deref())
+        .bind(changes.disabled)
+        .bind(metadata.is_some())
+        .bind(metadata_to_db(metadata.flatten()))
+        .bind(changes.allowed_networks.as_deref().map(networks_to_db))
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
@@ -636,6 +665,31 @@ impl KeyStore for PostgresStore {
             None => Ok(self.default_plan),
             Some(row) => plan(&row, self.default_plan),
         }
+    }
+
+    async fn claim_expiry_reminders(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        // SKIP LOCKED: replicas claiming at once split the due keys instead of waiting; the
+        // re-check of `expiry_reminded_at` in the outer WHERE keeps each key claimed once.
+        let rows = sqlx::query(concat!(
+            "UPDATE api_keys SET expiry_reminded_at = $1 WHERE id IN (\
+                 SELECT id FROM api_keys WHERE expiry_reminded_at IS NULL \
+                 AND revoked_at IS NULL AND expires_at > $1 AND expires_at <= $2 \
+                 LIMIT $3 FOR UPDATE SKIP LOCKED) AND expiry_reminded_at IS NULL \
+             RETURNING ",
+            key_columns!()
+        ))
+        .bind(ts_to_db(now))
+        .bind(ts_to_db(until))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(record).collect()
     }
 }
 

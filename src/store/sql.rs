@@ -9,7 +9,7 @@ use crate::key::KeyHash;
 use crate::plan::{Plan, Quota};
 use crate::scopes::Scopes;
 
-use super::{KeyRecord, StoreError};
+use super::{IpNet, KeyRecord, Metadata, StoreError};
 
 /// A row that does not decode into a record: the database was edited by hand or by a newer
 /// version. Reported as [`StoreError::Unavailable`] (a 503, never a 401).
@@ -136,6 +136,10 @@ pub(crate) struct KeyRow {
     pub(crate) revoked_at: Option<i64>,
     pub(crate) last_used_at: Option<i64>,
     pub(crate) rotated_from: Option<String>,
+    pub(crate) disabled: bool,
+    pub(crate) metadata: Option<sqlx::types::Json<Metadata>>,
+    pub(crate) allowed_networks: Vec<IpNet>,
+    pub(crate) expiry_reminded_at: Option<i64>,
 }
 
 impl KeyRow {
@@ -154,19 +158,50 @@ impl KeyRow {
         r.revoked_at = opt_ts_from_db(self.revoked_at);
         r.last_used_at = opt_ts_from_db(self.last_used_at);
         r.set_rotated_from(self.rotated_from.map(KeyId::from));
+        r.set_disabled(self.disabled);
+        r.set_metadata(self.metadata.map(|m| m.0));
+        r.set_allowed_networks(self.allowed_networks);
+        r.set_expiry_reminded_at(opt_ts_from_db(self.expiry_reminded_at));
         Ok(r)
     }
+}
+
+/// Allowed client networks as stored (CIDR text); a value that does not parse is a corrupt row.
+pub(crate) fn networks_from_db<I, T>(networks: I) -> Result<Vec<IpNet>, StoreError>
+where
+    I: IntoIterator<Item = T>,
+    T: AsRef<str>,
+{
+    networks
+        .into_iter()
+        .map(|n| {
+            n.as_ref()
+                .parse()
+                .map_err(|_| StoreError::unavailable(CorruptRow("invalid client network")))
+        })
+        .collect()
+}
+
+/// Allowed client networks as CIDR text, one per entry.
+pub(crate) fn networks_to_db(networks: &[IpNet]) -> Vec<String> {
+    networks.iter().map(ToString::to_string).collect()
+}
+
+/// Metadata as bound: JSON, `NULL` when unset.
+pub(crate) fn metadata_to_db(metadata: Option<&Metadata>) -> Option<sqlx::types::Json<&Metadata>> {
+    metadata.map(sqlx::types::Json)
 }
 
 /// The key columns, in the order every query selects them.
 macro_rules! key_columns {
     () => {
         "id, org_id, name, hash, hint, scopes, environment, created_at, expires_at, revoked_at, \
-         last_used_at, rotated_from"
+         last_used_at, rotated_from, disabled, metadata, allowed_networks, expiry_reminded_at"
     };
     (k) => {
         "k.id, k.org_id, k.name, k.hash, k.hint, k.scopes, k.environment, k.created_at, \
-         k.expires_at, k.revoked_at, k.last_used_at, k.rotated_from"
+         k.expires_at, k.revoked_at, k.last_used_at, k.rotated_from, k.disabled, k.metadata, \
+         k.allowed_networks, k.expiry_reminded_at"
     };
 }
 pub(crate) use key_columns;

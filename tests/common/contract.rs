@@ -65,6 +65,13 @@ pub fn assert_same(label: &str, got: &KeyRecord, want: &KeyRecord) {
         want.rotated_from(),
         "{label}: rotated_from"
     );
+    assert_eq!(got.is_disabled(), want.is_disabled(), "{label}: disabled");
+    assert_eq!(got.metadata(), want.metadata(), "{label}: metadata");
+    assert_eq!(
+        got.allowed_networks(),
+        want.allowed_networks(),
+        "{label}: allowed_networks"
+    );
 }
 
 /// Run every check against `store`.
@@ -78,8 +85,305 @@ pub async fn run_all<S: KeyStore>(store: &S) {
     touch_last_used_of_many_keys_of_one_org(store).await;
     touch_revoke_touch_keeps_both(store).await;
     plans_default_and_change(store).await;
+    policies_are_stored_and_updated(store).await;
+    limits_are_enforced_on_insert_and_update(store).await;
+    expiry_reminders_are_claimed_once(store).await;
     usage_adds_up_in_three_granularities(store).await;
     usage_prunes_one_granularity(store).await;
+}
+
+fn metadata(v: serde_json::Value) -> tower_api_key::Metadata {
+    match v {
+        serde_json::Value::Object(m) => m,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+/// Disabled flag, metadata and allowed networks: stored on insert, returned by every read,
+/// changed by `update` one at a time without touching the rest; disabling keeps the last-used
+/// time, and a disabled key can still be revoked.
+pub async fn policies_are_stored_and_updated<S: KeyStore>(store: &S) {
+    use tower_api_key::KeyChanges;
+    let t = tag();
+    let o = org("policy", &t, 1);
+    let mut rec = record(&o, "partner", at(0));
+    rec.scopes = Scopes::parse(["browser_sessions:read"]).unwrap();
+    rec.set_metadata(Some(metadata(serde_json::json!({
+        "customer_id": "cus_42", "tier": 3, "tags": ["a", "b"], "nested": {"x": null}
+    }))));
+    rec.set_allowed_networks(vec![
+        "203.0.113.0/24".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ]);
+    store.insert(rec.clone()).await.unwrap();
+    let found = store.find_by_hash(&rec.hash).await.unwrap().unwrap();
+    assert_same("policies on lookup", &found.record, &rec);
+    assert_same(
+        "policies on get",
+        &store.get(&rec.id).await.unwrap().unwrap(),
+        &rec,
+    );
+    assert_same("policies on list", &store.list(&o).await.unwrap()[0], &rec);
+    assert!(!found.record.is_disabled());
+
+    store
+        .touch_last_used(&[(rec.id.clone(), at(5))])
+        .await
+        .unwrap();
+    let got = store
+        .update(&rec.id, &KeyChanges::new().disabled(true))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut want = rec.clone();
+    want.set_disabled(true);
+    assert_same("disabled", &got, &want);
+    assert_eq!(got.last_used_at, Some(at(5)), "disabling keeps last-used");
+    let found = store.find_by_hash(&rec.hash).await.unwrap().unwrap();
+    assert!(
+        found.record.is_disabled(),
+        "the lookup sees the key disabled"
+    );
+    assert_eq!(
+        store.list(&o).await.unwrap().len(),
+        1,
+        "a disabled key still lists"
+    );
+
+    let new_meta = metadata(serde_json::json!({"customer_id": "cus_43"}));
+    let got = store
+        .update(&rec.id, &KeyChanges::new().metadata(Some(new_meta.clone())))
+        .await
+        .unwrap()
+        .unwrap();
+    want.set_metadata(Some(new_meta));
+    assert_same("metadata replaced, still disabled", &got, &want);
+
+    let got = store
+        .update(
+            &rec.id,
+            &KeyChanges::new()
+                .disabled(false)
+                .metadata(None)
+                .allowed_networks(vec!["10.0.0.0/8".parse().unwrap()]),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    want.set_disabled(false);
+    want.set_metadata(None);
+    want.set_allowed_networks(vec!["10.0.0.0/8".parse().unwrap()]);
+    assert_same("enabled, metadata cleared, networks replaced", &got, &want);
+    let found = store.find_by_hash(&rec.hash).await.unwrap().unwrap();
+    assert_same("lookup after the changes", &found.record, &want);
+
+    let got = store
+        .update(
+            &rec.id,
+            &KeyChanges::new().allowed_networks(vec![]).disabled(true),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.allowed_networks().is_empty(), "networks cleared");
+    let revoked = store.revoke(&rec.id, at(9)).await.unwrap().unwrap();
+    assert_eq!(
+        revoked.revoked_at,
+        Some(at(9)),
+        "a disabled key can be revoked"
+    );
+    assert!(revoked.is_disabled());
+    assert_eq!(revoked.scopes, rec.scopes);
+}
+
+/// The bounds of `store::limits` hold for a direct store user: refused with the typed error,
+/// nothing written.
+pub async fn limits_are_enforced_on_insert_and_update<S: KeyStore>(store: &S) {
+    use tower_api_key::KeyChanges;
+    use tower_api_key::store::limits::{self, LimitError};
+    let t = tag();
+    let o = org("limits", &t, 1);
+
+    let nul_org = record(&OrgId::from(format!("org_{t}\0x")), "n", at(0));
+    let newline_id = {
+        let r = record(&o, "n", at(0));
+        KeyRecord::new(
+            KeyId::from(format!("key_{t}\nforged")),
+            o.clone(),
+            "n".into(),
+            r.hash,
+            r.hint().to_owned(),
+            Scopes::full_access(),
+            Arc::from("live"),
+            at(0),
+        )
+    };
+    let mut many_scopes = record(&o, "n", at(0));
+    many_scopes.scopes =
+        Scopes::parse((0..=limits::MAX_SCOPES).map(|i| format!("r{i}:read"))).unwrap();
+    let mut big_meta = record(&o, "n", at(0));
+    big_meta.set_metadata(Some(metadata(
+        serde_json::json!({"k": "x".repeat(limits::MAX_METADATA_BYTES)}),
+    )));
+    let control_name = record(&o, "line\u{1b}[2J", at(0));
+    for (label, rec, want) in [
+        (
+            "NUL in org id",
+            nul_org,
+            LimitError::InvalidId {
+                what: "org id",
+                max: limits::MAX_ID_BYTES,
+            },
+        ),
+        (
+            "newline in key id",
+            newline_id,
+            LimitError::InvalidId {
+                what: "key id",
+                max: limits::MAX_ID_BYTES,
+            },
+        ),
+        (
+            "65 scopes",
+            many_scopes,
+            LimitError::TooManyScopes {
+                max: limits::MAX_SCOPES,
+                got: limits::MAX_SCOPES + 1,
+            },
+        ),
+        (
+            "4 KiB metadata",
+            big_meta,
+            LimitError::MetadataTooLarge {
+                max: limits::MAX_METADATA_BYTES,
+                got: limits::MAX_METADATA_BYTES + 8,
+            },
+        ),
+        (
+            "control character in name",
+            control_name,
+            LimitError::InvalidName {
+                max: limits::MAX_NAME_CHARS,
+            },
+        ),
+    ] {
+        let hash = rec.hash;
+        match store.insert(rec).await {
+            Err(StoreError::Invalid(got)) => assert_eq!(got, want, "{label}"),
+            other => panic!("{label}: {other:?}"),
+        }
+        assert!(
+            store.find_by_hash(&hash).await.unwrap().is_none(),
+            "{label}: not written"
+        );
+    }
+
+    let rec = record(&o, "ok", at(0));
+    store.insert(rec.clone()).await.unwrap();
+    let too_many_members = metadata(serde_json::Value::Object(
+        (0..=limits::MAX_METADATA_MEMBERS)
+            .map(|i| (format!("k{i}"), i.into()))
+            .collect(),
+    ));
+    let networks = (0..=limits::MAX_ALLOWED_NETWORKS)
+        .map(|i| format!("10.{i}.0.0/16").parse().unwrap())
+        .collect();
+    for (label, changes, want) in [
+        (
+            "33 metadata members",
+            KeyChanges::new().metadata(Some(too_many_members)),
+            LimitError::TooManyMetadataMembers {
+                max: limits::MAX_METADATA_MEMBERS,
+                got: limits::MAX_METADATA_MEMBERS + 1,
+            },
+        ),
+        (
+            "65 networks",
+            KeyChanges::new().allowed_networks(networks),
+            LimitError::TooManyNetworks {
+                max: limits::MAX_ALLOWED_NETWORKS,
+                got: limits::MAX_ALLOWED_NETWORKS + 1,
+            },
+        ),
+        (
+            "empty name",
+            KeyChanges::new().name(""),
+            LimitError::InvalidName {
+                max: limits::MAX_NAME_CHARS,
+            },
+        ),
+    ] {
+        match store.update(&rec.id, &changes).await {
+            Err(StoreError::Invalid(got)) => assert_eq!(got, want, "{label}"),
+            other => panic!("{label}: {other:?}"),
+        }
+    }
+    assert_same(
+        "refused updates wrote nothing",
+        &store.get(&rec.id).await.unwrap().unwrap(),
+        &rec,
+    );
+}
+
+/// Reminders are claimed atomically, once per key: only keys not revoked, expiring inside the
+/// window and not yet reminded.
+pub async fn expiry_reminders_are_claimed_once<S: KeyStore>(store: &S) {
+    let t = tag();
+    let o = org("remind", &t, 1);
+    let now = at(1_000_000);
+    let day = 86_400;
+    let mut due = record(&o, "due", at(0));
+    due.expires_at = Some(at(1_000_000 + 2 * day));
+    let mut later = record(&o, "later", at(0));
+    later.expires_at = Some(at(1_000_000 + 30 * day));
+    let mut expired = record(&o, "expired", at(0));
+    expired.expires_at = Some(at(999_999));
+    let mut revoked = record(&o, "revoked", at(0));
+    revoked.expires_at = Some(at(1_000_000 + day));
+    revoked.revoked_at = Some(at(10));
+    let never = record(&o, "never", at(0));
+    for r in [&due, &later, &expired, &revoked, &never] {
+        store.insert(r.clone()).await.unwrap();
+    }
+    // Other suites share the store: look only at this check's keys.
+    let until = at(1_000_000 + 7 * day);
+    let mine = |claimed: Vec<KeyRecord>| -> Vec<KeyRecord> {
+        claimed.into_iter().filter(|r| r.org_id == o).collect()
+    };
+    let first = mine(
+        store
+            .claim_expiry_reminders(now, until, 1000)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].id, due.id);
+    assert_eq!(first[0].expiry_reminded_at(), Some(now));
+    let again = mine(
+        store
+            .claim_expiry_reminders(at(1_000_100), until, 1000)
+            .await
+            .unwrap(),
+    );
+    assert!(again.is_empty(), "claimed once: {again:?}");
+    assert_eq!(
+        store
+            .get(&due.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .expiry_reminded_at(),
+        Some(now)
+    );
+    assert_eq!(
+        store
+            .get(&later.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .expiry_reminded_at(),
+        None
+    );
 }
 
 pub async fn insert_then_find_with_plan<S: KeyStore>(store: &S) {

@@ -276,5 +276,14 @@ pub mod stores {
         async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
             self.inner.plan(org).await
         }
+
+        async fn claim_expiry_reminders(
+            &self,
+            now: Timestamp,
+            until: Timestamp,
+            limit: usize,
+        ) -> Result<Vec<KeyRecord>, StoreError> {
+            self.inner.claim_expiry_reminders(now, until, limit).await
+        }
     }
 }

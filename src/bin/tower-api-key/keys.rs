@@ -88,6 +88,9 @@ pub(super) async fn keys(cmd: KeysCommand, store: BoxedStore) -> Outcome {
             }
             Ok(())
         }
+        KeysCommand::Disable { id } => set_disabled(&store, &id, true).await,
+        KeysCommand::Enable { id } => set_disabled(&store, &id, false).await,
+        KeysCommand::Update(args) => update(args, store).await,
         KeysCommand::Rotate { id, overlap } => {
             let overlap = overlap
                 .map(|o| parse_duration("--overlap", &o))
@@ -122,6 +125,90 @@ pub(super) async fn keys(cmd: KeysCommand, store: BoxedStore) -> Outcome {
     }
 }
 
+async fn set_disabled(store: &BoxedStore, id: &str, disabled: bool) -> Outcome {
+    let record = get(store, id).await?;
+    let manager = KeyManager::new(store.clone()).clock(Clock::system());
+    let result = if disabled {
+        manager.disable(&record.org_id, &record.id).await
+    } else {
+        manager.enable(&record.org_id, &record.id).await
+    };
+    let record = result.map_err(|e| manage_failure(e, Some(id)))?;
+    if disabled {
+        eprintln!(
+            "disabled the API key {id} ({}) of {}: requests with it are refused until `keys enable {id}`",
+            record.hint(),
+            record.org_id
+        );
+    } else {
+        eprintln!(
+            "enabled the API key {id} ({}) of {}: requests with it are accepted again",
+            record.hint(),
+            record.org_id
+        );
+    }
+    Ok(())
+}
+
+async fn update(args: UpdateArgs, store: BoxedStore) -> Outcome {
+    let mut changes = KeyChanges::new();
+    if let Some(json) = &args.metadata {
+        changes = changes.metadata(Some(parse_metadata(json)?));
+    } else if args.clear_metadata {
+        changes = changes.metadata(None);
+    }
+    if args.allow_anywhere {
+        changes = changes.allowed_networks(Vec::new());
+    } else if !args.allow_cidrs.is_empty() {
+        changes = changes.allowed_networks(parse_cidrs(&args.allow_cidrs)?);
+    }
+    if changes.is_empty() {
+        return Err(Failure::usage(
+            "nothing to change: give --metadata, --clear-metadata, --allow-cidr or --allow-anywhere",
+        ));
+    }
+    let record = get(&store, &args.id).await?;
+    let manager = KeyManager::new(store).clock(Clock::system());
+    let updated = manager
+        .update(&record.org_id, &record.id, changes)
+        .await
+        .map_err(|e| manage_failure(e, Some(&args.id)))?;
+    eprintln!(
+        "updated the API key {} ({}) of {}",
+        updated.id,
+        updated.hint(),
+        updated.org_id
+    );
+    Ok(())
+}
+
+/// `--metadata`: a JSON object.
+fn parse_metadata(json: &str) -> Result<Metadata, Failure> {
+    match serde_json::from_str::<Value>(json) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Failure::usage(
+            "--metadata must be a JSON object, e.g. '{\"customer\":\"cus_42\"}'",
+        )),
+        Err(e) => Err(Failure::usage(format!("invalid --metadata JSON: {e}"))),
+    }
+}
+
+/// `--allow-cidr`: CIDR networks (a bare address is one host).
+fn parse_cidrs(cidrs: &[String]) -> Result<Vec<IpNet>, Failure> {
+    cidrs
+        .iter()
+        .map(|c| {
+            c.parse::<IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    Failure::usage(format!(
+                        "invalid --allow-cidr {c:?}: write a network such as 203.0.113.0/24 or 2001:db8::/32"
+                    ))
+                })
+        })
+        .collect()
+}
+
 pub(super) async fn get(store: &BoxedStore, id: &str) -> Result<KeyRecord, Failure> {
     store
         .get(&KeyId::from(id))
@@ -146,9 +233,14 @@ pub(super) async fn create(args: CreateArgs, store: BoxedStore) -> Outcome {
     let manager = KeyManager::new(store)
         .formats(format)
         .clock(Clock::system());
-    let mut spec = NewKey::new(args.name).scopes(scopes);
+    let mut spec = NewKey::new(args.name)
+        .scopes(scopes)
+        .allowed_networks(parse_cidrs(&args.allow_cidrs)?);
     if let Some(d) = expires_in {
         spec = spec.expires_in(d);
+    }
+    if let Some(json) = &args.metadata {
+        spec = spec.metadata(parse_metadata(json)?);
     }
     let org = OrgId::from(args.org.as_str());
     let created = manager
@@ -185,6 +277,7 @@ pub(super) fn status_text(s: KeyStatus) -> &'static str {
         KeyStatus::Active => "active",
         KeyStatus::Expired => "expired",
         KeyStatus::Revoked => "revoked",
+        KeyStatus::Disabled => "disabled",
     }
 }
 
@@ -201,6 +294,9 @@ pub(super) fn key_json(r: &KeyRecord, now: Timestamp) -> Value {
         "last_used_at": r.last_used_at,
         "revoked_at": r.revoked_at,
         "rotated_from": r.rotated_from(),
+        "disabled": r.is_disabled(),
+        "metadata": r.metadata(),
+        "allowed_networks": networks_text(r.allowed_networks()),
         "status": r.status(now),
     });
     if r.scopes.is_full_access() {
@@ -209,6 +305,10 @@ pub(super) fn key_json(r: &KeyRecord, now: Timestamp) -> Value {
         }
     }
     v
+}
+
+fn networks_text(networks: &[IpNet]) -> Vec<String> {
+    networks.iter().map(ToString::to_string).collect()
 }
 
 pub(super) fn when(t: Option<Timestamp>) -> String {
@@ -289,6 +389,19 @@ pub(super) fn details(r: &KeyRecord, now: Timestamp) -> String {
             "rotated from",
             r.rotated_from()
                 .map_or_else(|| "-".to_owned(), |id| id.to_string()),
+        ),
+        (
+            "allowed from",
+            if r.allowed_networks().is_empty() {
+                "anywhere".to_owned()
+            } else {
+                networks_text(r.allowed_networks()).join(" ")
+            },
+        ),
+        (
+            "metadata",
+            r.metadata()
+                .map_or_else(|| "-".to_owned(), |m| Value::Object(m.clone()).to_string()),
         ),
     ];
     fields

@@ -21,10 +21,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tower_api_key::store::{PostgresStore, SqliteStore};
+use tower_api_key::store::{IpNet, PostgresStore, SqliteStore};
 use tower_api_key::{
-    BoxedStore, Clock, KeyFormat, KeyHash, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore,
-    ManageError, NewKey, OrgId, Plan, Quota, Rotation, Scopes, StoreError, Timestamp,
+    BoxedStore, Clock, KeyChanges, KeyFormat, KeyHash, KeyId, KeyManager, KeyRecord, KeyStatus,
+    KeyStore, ManageError, Metadata, NewKey, OrgId, Plan, Quota, Rotation, Scopes, StoreError,
+    Timestamp,
 };
 
 /// The exit codes, as `--help` shows them.
@@ -70,7 +71,7 @@ enum Command {
     /// Create or upgrade the store's schema with the migrations shipped in this version; safe to
     /// run at every deploy.
     Migrate,
-    /// Create, list, show, rotate and revoke API keys.
+    /// Create, list, show, update, disable, enable, rotate and revoke API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Set and show organizations' plans.
@@ -114,6 +115,18 @@ enum KeysCommand {
         /// The key id (`key_…`).
         id: String,
     },
+    /// Switch a key off: refused until enabled again (reversible, unlike revoke).
+    Disable {
+        /// The key id (`key_…`).
+        id: String,
+    },
+    /// Switch a disabled key on again (a revoked key stays off).
+    Enable {
+        /// The key id (`key_…`).
+        id: String,
+    },
+    /// Change a key's metadata or the client networks it may be used from.
+    Update(UpdateArgs),
     /// Replace a key by a new one with the same name, scopes and expiry; prints the new secret,
     /// once, alone on stdout.
     Rotate {
@@ -145,6 +158,34 @@ struct CreateArgs {
     /// The key's environment label; default: the prefix's last part (`br_test_` → `test`).
     #[arg(long)]
     environment: Option<String>,
+    /// Metadata, a JSON object (at most 32 members, 4 KiB), e.g. `{"customer":"cus_42"}`.
+    #[arg(long, value_name = "JSON")]
+    metadata: Option<String>,
+    /// Accept the key only from this client network (CIDR, IPv4 or IPv6); repeat for more.
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    allow_cidrs: Vec<String>,
+}
+
+#[derive(Args)]
+struct UpdateArgs {
+    /// The key id (`key_…`).
+    id: String,
+    /// Replace the metadata with this JSON object.
+    #[arg(long, value_name = "JSON", conflicts_with = "clear_metadata")]
+    metadata: Option<String>,
+    /// Remove the metadata.
+    #[arg(long)]
+    clear_metadata: bool,
+    /// Replace the allowed client networks (CIDR); repeat for more.
+    #[arg(
+        long = "allow-cidr",
+        value_name = "CIDR",
+        conflicts_with = "allow_anywhere"
+    )]
+    allow_cidrs: Vec<String>,
+    /// Remove the network restriction: the key works from anywhere.
+    #[arg(long)]
+    allow_anywhere: bool,
 }
 
 #[derive(Subcommand)]
@@ -322,7 +363,7 @@ fn manage_failure(e: ManageError, id: Option<&str>) -> Failure {
         ManageError::Revoked => Failure::new(
             CONFLICT,
             format!(
-                "the API key {} is revoked and cannot be rotated: create a new one with `tower-api-key keys create`",
+                "the API key {} is revoked and cannot be rotated, enabled or changed: create a new one with `tower-api-key keys create`",
                 id.unwrap_or_default()
             ),
         ),
@@ -340,7 +381,7 @@ fn manage_failure(e: ManageError, id: Option<&str>) -> Failure {
 }
 
 fn store_failure(e: StoreError) -> Failure {
-    manage_failure(ManageError::Store(e), None)
+    manage_failure(ManageError::from(e), None)
 }
 
 fn not_found(id: &str) -> Failure {
