@@ -2,18 +2,20 @@
 
 use std::fmt;
 use std::future::{Ready, ready};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use papaya::{Compute, Operation};
+use smallvec::SmallVec;
 
 use crate::clock::Timestamp;
 use crate::headers::RateLimitInfo;
 use crate::ids::OrgId;
 
-use super::backend::{CheckResult, RateLimitBackend};
-use super::gcra::{Decision, Gcra, MAX_TAT};
+use super::backend::{CheckResult, PoliciesCheck, RateLimitBackend, Spend};
+use super::gcra::{Decision, Decisions, Gcra, MAX_TAT, decide_all};
+use super::policies::Policies;
 
 /// Set in a TAT word that must not be updated any more: its entry is being replaced (quota
 /// change) or removed (idle eviction). TATs are nanoseconds since the epoch, at most
@@ -116,8 +118,69 @@ fn thread_slot() -> usize {
     SLOT.try_with(|s| *s).unwrap_or(0)
 }
 
+/// One organization's state under several policies: their quotas and TATs, under one lock,
+/// so that a request is decided against all of them and spends all or none.
+struct MultiState {
+    inner: Mutex<MultiInner>,
+}
+
+struct MultiInner {
+    gcras: SmallVec<[Gcra; 3]>,
+    tats: SmallVec<[u64; 3]>,
+    /// Set when the entry leaves the map (swept, or carried over to a one-policy state): a
+    /// request that finds it set looks the organization up again.
+    removed: bool,
+}
+
+impl MultiState {
+    fn new(gcras: SmallVec<[Gcra; 3]>, tats: SmallVec<[u64; 3]>) -> Self {
+        Self {
+            inner: Mutex::new(MultiInner {
+                gcras,
+                tats,
+                removed: false,
+            }),
+        }
+    }
+
+    /// The lock. The state is integers written only after a whole decision, so a poisoned
+    /// lock (a panic elsewhere while holding it) still holds a consistent state.
+    fn lock(&self) -> MutexGuard<'_, MultiInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The largest number of cells in use (fixed point) among policies `gcras` with states `tats`.
+fn max_used(gcras: &[Gcra], tats: &[u64], now: u64) -> u128 {
+    gcras
+        .iter()
+        .zip(tats)
+        .map(|(g, t)| used(*t, now, g))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The states of policies `gcras` that each have `used` cells in use at `now`.
+fn carried(used: u128, now: u64, gcras: &[Gcra]) -> SmallVec<[u64; 3]> {
+    gcras.iter().map(|g| tat_for(used, now, g)).collect()
+}
+
+/// Decide against states given as nanoseconds.
+fn decide_on(gcras: &[Gcra], tats: &[u64], now: Timestamp, cost: u32) -> Decisions {
+    let tats: SmallVec<[Timestamp; 3]> = tats
+        .iter()
+        .map(|t| Timestamp::from_unix_nanos(*t))
+        .collect();
+    decide_all(gcras, &tats, now, cost)
+}
+
 struct Inner {
     orgs: papaya::HashMap<OrgId, OrgState, Hasher>,
+    /// Organizations limited by several policies at once.
+    multi: papaya::HashMap<OrgId, MultiState, Hasher>,
+    /// Whether `multi` ever held an entry: until then a new one-policy state has nothing to
+    /// carry over from it and skips the look-up.
+    any_multi: AtomicBool,
     /// Map size at which the next insertion triggers a sweep; `usize::MAX` while one runs.
     next_sweep: AtomicUsize,
     sweep_floor: usize,
@@ -215,6 +278,8 @@ impl MemoryRateLimiter {
         Self {
             inner: Arc::new(Inner {
                 orgs: papaya::HashMap::builder().hasher(Hasher::default()).build(),
+                multi: papaya::HashMap::builder().hasher(Hasher::default()).build(),
+                any_multi: AtomicBool::new(false),
                 next_sweep: AtomicUsize::new(floor),
                 sweep_floor: floor,
                 // A power of two, so a thread finds its stripe with a mask.
@@ -226,7 +291,7 @@ impl MemoryRateLimiter {
 
     /// Organizations with state (idle ones not yet swept included).
     pub fn len(&self) -> usize {
-        self.inner.orgs.len()
+        self.inner.orgs.len() + self.inner.multi.len()
     }
 
     /// Whether no organization has state.
@@ -275,13 +340,17 @@ impl MemoryRateLimiter {
             // By `&OrgId`, not `&str`: the key in the map is a clone of the same `Arc` as the
             // record's organization, so equality is a pointer comparison, not a `memcmp`.
             let Some(state) = orgs.get(org) else {
-                let d = gcra.decide(Timestamp::EPOCH, now, cost);
-                if !d.allowed || d.tat.as_unix_nanos() <= now_ns {
-                    // Nothing to remember: refused, or free and the bucket still full.
-                    return d;
+                // A state under several policies (a plan change) is carried over.
+                let in_use = self.take_multi(org, now_ns);
+                if in_use == 0 {
+                    let d = gcra.decide(Timestamp::EPOCH, now, cost);
+                    if !d.allowed || d.tat.as_unix_nanos() <= now_ns {
+                        // Nothing to remember: refused, or free and the bucket still full.
+                        return d;
+                    }
                 }
                 if orgs
-                    .try_insert(org.clone(), self.state(gcra, 0, now_ns))
+                    .try_insert(org.clone(), self.state(gcra, in_use, now_ns))
                     .is_ok()
                 {
                     self.maybe_sweep(now);
@@ -417,6 +486,119 @@ impl MemoryRateLimiter {
         }
     }
 
+    /// Decide a request against every request policy of `policies` at once, and with
+    /// [`Spend::Commit`] spend all of them if all admit it: the synchronous form of
+    /// [`RateLimitBackend::check_policies`]. One lock per organization (a `Mutex` held for
+    /// the decision only) makes the all-or-nothing spend atomic.
+    pub fn decide_policies(
+        &self,
+        org: &OrgId,
+        policies: &Policies,
+        cost: u32,
+        now: Timestamp,
+        spend: Spend,
+    ) -> Decisions {
+        let now_ns = now.as_unix_nanos().min(MAX_TAT);
+        let now = Timestamp::from_unix_nanos(now_ns);
+        let gcras: SmallVec<[Gcra; 3]> = policies.rates().iter().map(|r| *r.gcra()).collect();
+        let multi = self.inner.multi.pin();
+        loop {
+            let Some(state) = multi.get(org) else {
+                // A one-policy state (a plan change) is carried over; a dry run only reads it.
+                let in_use = match spend {
+                    Spend::Commit => self.take_single(org, now_ns),
+                    Spend::DryRun => self.single_used(org, now_ns),
+                };
+                let tats = carried(in_use, now_ns, &gcras);
+                let d = decide_on(&gcras, &tats, now, cost);
+                let idle = d.each().iter().all(|e| e.tat.as_unix_nanos() <= now_ns);
+                if spend == Spend::DryRun || (in_use == 0 && (!d.allowed() || idle)) {
+                    return d;
+                }
+                self.inner.any_multi.store(true, Ordering::Release);
+                match multi.try_insert(org.clone(), MultiState::new(gcras.clone(), tats)) {
+                    Ok(_) => self.maybe_sweep(now),
+                    Err(lost) => {
+                        // Another request inserted first: keep the stricter of both states.
+                        let mut mine = lost.not_inserted.lock();
+                        let mut theirs = lost.current.lock();
+                        if !theirs.removed && theirs.gcras == mine.gcras {
+                            for (t, m) in theirs.tats.iter_mut().zip(mine.tats.iter_mut()) {
+                                *t = (*t).max(*m);
+                            }
+                        }
+                    }
+                }
+                continue; // decide against the entry now in the map
+            };
+            let mut inner = state.lock();
+            if inner.removed {
+                continue;
+            }
+            if !policies.same_rates(&inner.gcras) {
+                let in_use = max_used(&inner.gcras, &inner.tats, now_ns);
+                let tats = carried(in_use, now_ns, &gcras);
+                if spend == Spend::DryRun {
+                    return decide_on(&gcras, &tats, now, cost);
+                }
+                inner.gcras = gcras.clone();
+                inner.tats = tats;
+            }
+            let d = decide_on(&inner.gcras, &inner.tats, now, cost);
+            if d.allowed() && spend == Spend::Commit {
+                for (t, e) in inner.tats.iter_mut().zip(d.each()) {
+                    *t = e.tat.as_unix_nanos().min(MAX_TAT);
+                }
+            }
+            return d;
+        }
+    }
+
+    /// Remove `org`'s one-policy state, if any, and return its cells in use at `now`.
+    fn take_single(&self, org: &OrgId, now: u64) -> u128 {
+        let orgs = self.inner.orgs.pin();
+        let Some(state) = orgs.get(org) else {
+            return 0;
+        };
+        let in_use = Self::seal(state, now);
+        let _ = orgs.remove_if(org, |_, v| std::ptr::eq(v, state));
+        in_use
+    }
+
+    /// The cells in use of `org`'s one-policy state at `now`, read only.
+    fn single_used(&self, org: &OrgId, now: u64) -> u128 {
+        let orgs = self.inner.orgs.pin();
+        orgs.get(org).map_or(0, |state| {
+            state
+                .cells()
+                .iter()
+                .map(|c| used(c.tat.load(Ordering::Acquire) & MAX_TAT, now, &c.gcra))
+                .sum()
+        })
+    }
+
+    /// Remove `org`'s several-policy state, if any, and return the largest count of cells in
+    /// use among its policies at `now`.
+    fn take_multi(&self, org: &OrgId, now: u64) -> u128 {
+        if !self.inner.any_multi.load(Ordering::Acquire) {
+            return 0;
+        }
+        let multi = self.inner.multi.pin();
+        let Some(state) = multi.get(org) else {
+            return 0;
+        };
+        let in_use = {
+            let mut inner = state.lock();
+            if inner.removed {
+                return 0;
+            }
+            inner.removed = true;
+            max_used(&inner.gcras, &inner.tats, now)
+        };
+        let _ = multi.remove_if(org, |_, v| std::ptr::eq(v, state));
+        in_use
+    }
+
     /// The figures of `org` at `now` under `gcra`, spending nothing.
     pub fn peek(&self, org: &OrgId, gcra: &Gcra, now: Timestamp) -> RateLimitInfo {
         let now_ns = now.as_unix_nanos().min(MAX_TAT);
@@ -489,6 +671,24 @@ impl MemoryRateLimiter {
                 removed += 1;
             }
         }
+        let multi = self.inner.multi.pin();
+        for (org, state) in multi.iter() {
+            let idle = {
+                let mut inner = state.lock();
+                let idle = !inner.removed && inner.tats.iter().all(|t| *t <= now_ns);
+                if idle {
+                    inner.removed = true;
+                }
+                idle
+            };
+            if idle
+                && multi
+                    .remove_if(org.as_str(), |_, v| std::ptr::eq(v, state))
+                    .is_ok_and(|r| r.is_some())
+            {
+                removed += 1;
+            }
+        }
         removed
     }
 }
@@ -499,6 +699,17 @@ impl RateLimitBackend for MemoryRateLimiter {
     #[inline]
     fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> Self::Check {
         ready(Ok(self.decide(org, gcra, cost, now)))
+    }
+
+    fn check_policies(
+        &self,
+        org: &OrgId,
+        policies: &Arc<Policies>,
+        cost: u32,
+        now: Timestamp,
+        spend: Spend,
+    ) -> PoliciesCheck {
+        PoliciesCheck::ready(Ok(self.decide_policies(org, policies, cost, now, spend)))
     }
 }
 

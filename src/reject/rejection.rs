@@ -63,8 +63,16 @@ pub enum Rejection {
         /// Seconds the client should wait.
         retry_after: u64,
     },
-    /// The organization exceeded its request rate.
-    RateLimited(RateLimitInfo),
+    /// The organization exceeded one or more of its request policies. Rendered as the IETF
+    /// `quota-exceeded` problem type with `violated-policies` (code `rate_limited`).
+    RateLimited {
+        /// The figures sent in `X-RateLimit-*`: the violated policy that admits last, whose
+        /// `retry_after` is when every violated policy admits the request again.
+        info: RateLimitInfo,
+        /// The names of the policies that refused the request.
+        violated: Vec<String>,
+    },
+
     /// The organization holds as many sessions as its plan allows.
     SessionLimit {
         /// Sessions allowed at once.
@@ -88,7 +96,7 @@ impl Rejection {
             Rejection::KeyInQuery => StatusCode::BAD_REQUEST,
             Rejection::InsufficientScope { .. } | Rejection::NoRouteRule => StatusCode::FORBIDDEN,
             Rejection::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Rejection::RateLimited(_) | Rejection::SessionLimit { .. } => {
+            Rejection::RateLimited { .. } | Rejection::SessionLimit { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Rejection::MissingPrincipal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -104,7 +112,7 @@ impl Rejection {
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::NoRouteRule => "no_route_rule",
             Rejection::StoreUnavailable { .. } => "auth_unavailable",
-            Rejection::RateLimited(_) => "rate_limited",
+            Rejection::RateLimited { .. } => "rate_limited",
             Rejection::SessionLimit { .. } => "session_limit_exceeded",
             Rejection::MissingPrincipal { .. } => "auth_layer_missing",
         }
@@ -117,7 +125,7 @@ impl Rejection {
             Rejection::KeyInQuery => 3,
             Rejection::InsufficientScope { .. } | Rejection::NoRouteRule => 7,
             Rejection::StoreUnavailable { .. } => 14,
-            Rejection::RateLimited(_) | Rejection::SessionLimit { .. } => 8,
+            Rejection::RateLimited { .. } | Rejection::SessionLimit { .. } => 8,
             Rejection::MissingPrincipal { .. } => 13,
         }
     }
@@ -134,7 +142,7 @@ impl Rejection {
             Rejection::StoreUnavailable { .. } => {
                 "Authentication is temporarily unavailable; retry later".into()
             }
-            Rejection::RateLimited(info) => format!(
+            Rejection::RateLimited { info, .. } => format!(
                 "Rate limit of {} requests exceeded; retry after {} seconds",
                 info.limit, info.retry_after
             )
@@ -153,7 +161,7 @@ impl Rejection {
     /// Seconds the client should wait before retrying (`Retry-After`, never 0), if any.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Rejection::RateLimited(info) => Some(info.retry_after.max(1)),
+            Rejection::RateLimited { info, .. } => Some(info.retry_after.max(1)),
             Rejection::SessionLimit { retry_after, .. }
             | Rejection::StoreUnavailable { retry_after } => Some((*retry_after).max(1)),
             _ => None,

@@ -45,7 +45,14 @@ struct Problem<'a> {
     retry_after: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<u64>,
+    #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
+    violated_policies: Option<&'a [String]>,
 }
+
+/// The problem type of a refusal by a rate limit: the IETF draft's
+/// (draft-ietf-httpapi-ratelimit-headers-12, section 5.1).
+pub(crate) const QUOTA_EXCEEDED: &str =
+    "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
 /// A refusal of the default realm whose response never varies, in both forms.
 struct Fixed {
@@ -146,23 +153,30 @@ fn problem_in(rejection: &Rejection, realm: &str, mut headers: HeaderMap) -> Res
     let title = rejection.message();
     let (required_scope, limit) = match rejection {
         Rejection::InsufficientScope { required } => (Some(required.as_str()), None),
-        Rejection::RateLimited(info) => (None, Some(info.limit)),
+        Rejection::RateLimited { info, .. } => (None, Some(info.limit)),
         Rejection::SessionLimit { limit, .. } => (None, Some(*limit)),
         _ => (None, None),
     };
     let problem = Problem {
-        kind: "about:blank",
+        kind: match rejection {
+            Rejection::RateLimited { .. } => QUOTA_EXCEEDED,
+            _ => "about:blank",
+        },
         title: &title,
         status: status.as_u16(),
         code: rejection.code(),
         required_scope,
         retry_after: match rejection {
-            Rejection::RateLimited(info) => Some(info.retry_after),
+            Rejection::RateLimited { info, .. } => Some(info.retry_after),
             Rejection::SessionLimit { retry_after, .. }
             | Rejection::StoreUnavailable { retry_after } => Some(*retry_after),
             _ => None,
         },
         limit,
+        violated_policies: match rejection {
+            Rejection::RateLimited { violated, .. } => Some(violated),
+            _ => None,
+        },
     };
     // Serializing a struct of strings and integers cannot fail.
     let body = serde_json::to_vec(&problem).unwrap_or_default();
@@ -189,7 +203,7 @@ fn grpc_in(rejection: &Rejection, mut headers: HeaderMap) -> Response<Bytes> {
 }
 
 fn write_retry_headers(rejection: &Rejection, headers: &mut HeaderMap) {
-    if let Rejection::RateLimited(info) = rejection {
+    if let Rejection::RateLimited { info, .. } = rejection {
         info.write(headers);
     }
     if let Some(secs) = rejection.retry_after() {
@@ -294,12 +308,15 @@ mod tests {
 
     #[test]
     fn retry_after_is_never_zero() {
-        let r = Rejection::RateLimited(RateLimitInfo {
-            limit: 100,
-            remaining: 0,
-            reset: 10,
-            retry_after: 0,
-        });
+        let r = Rejection::RateLimited {
+            info: RateLimitInfo {
+                limit: 100,
+                remaining: 0,
+                reset: 10,
+                retry_after: 0,
+            },
+            violated: vec!["free".into()],
+        };
         assert_eq!(r.problem_response("api").headers()[RETRY_AFTER], "1");
     }
 
@@ -320,7 +337,10 @@ mod tests {
             },
             Rejection::NoRouteRule,
             Rejection::StoreUnavailable { retry_after: 5 },
-            Rejection::RateLimited(info),
+            Rejection::RateLimited {
+                info,
+                violated: vec!["burst".into(), "daily".into()],
+            },
             Rejection::SessionLimit {
                 limit: 10,
                 retry_after: 30,
@@ -332,7 +352,11 @@ mod tests {
         for r in cases {
             let res = r.problem_response("api");
             let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
-            assert_eq!(v["type"], "about:blank");
+            let kind = match r {
+                Rejection::RateLimited { .. } => QUOTA_EXCEEDED,
+                _ => "about:blank",
+            };
+            assert_eq!(v["type"], kind);
             assert_eq!(v["title"], *r.message());
             assert_eq!(v["status"], r.status().as_u16());
             assert_eq!(v["code"], r.code());
@@ -340,7 +364,8 @@ mod tests {
                 Rejection::InsufficientScope { required } => {
                     assert_eq!(v["required_scope"], required.as_str())
                 }
-                Rejection::RateLimited(i) => {
+                Rejection::RateLimited { info: i, violated } => {
+                    assert_eq!(v["violated-policies"], serde_json::json!(violated));
                     assert_eq!(v["retry_after"], i.retry_after);
                     assert_eq!(v["limit"], i.limit);
                     assert_eq!(res.headers()[RETRY_AFTER], "7");
@@ -357,7 +382,11 @@ mod tests {
             }
         }
         assert_eq!(
-            Rejection::RateLimited(info).message(),
+            Rejection::RateLimited {
+                info,
+                violated: vec![]
+            }
+            .message(),
             "Rate limit of 100 requests exceeded; retry after 7 seconds"
         );
     }

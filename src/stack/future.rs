@@ -11,10 +11,10 @@ use tower_service::Service;
 use super::{Decided, Stages, after_limit, proceed, stages};
 use crate::clock::Timestamp;
 use crate::future::{Next, Timed, Wait, already_decided};
-use crate::headers::Draft;
 use crate::key::KeyHash;
 use crate::principal::Principal;
 use crate::rate_limit::{CheckArgs, MemoryRateLimiter, Outcome, RateLimitBackend};
+use crate::rate_limit::{DraftSpec, LimitCheck};
 use crate::store::{KeyStore, StoreError};
 
 /// Response future of [`ApiKeyStack`](super::ApiKeyStack).
@@ -37,9 +37,9 @@ enum State<S, St: KeyStore, ReqBody, B: RateLimitBackend> {
         call: Option<(Request<ReqBody>, S)>,
     },
     Check {
-        check: B::Check,
+        check: LimitCheck<B::Check>,
         args: CheckArgs,
-        draft: Option<Draft>,
+        draft: Option<DraftSpec>,
         /// Taken once the check answers.
         call: Option<(Request<ReqBody>, Principal, Timestamp, S)>,
     },
@@ -65,9 +65,9 @@ impl<S, St: KeyStore, ReqBody, B: RateLimitBackend> Waiting<S, St, ReqBody, B> {
 
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn check(
-        check: B::Check,
+        check: LimitCheck<B::Check>,
         args: CheckArgs,
-        draft: Option<Draft>,
+        draft: Option<DraftSpec>,
         req: Request<ReqBody>,
         principal: Principal,
         now: Timestamp,
