@@ -105,6 +105,17 @@ pub(crate) fn carry_over(tat: u64, now: u64, from: &Gcra, to: &Gcra) -> u64 {
     tat_for(used(tat.min(MAX_TAT), now, from), now, to)
 }
 
+/// The TATs of states of policies `from` (`tats`, nanoseconds) carried over to policies `to` at
+/// `now`, exactly as this backend carries a several-policy state: each new policy starts with
+/// the largest count of cells in use among the old ones, capped at its quota. Shared with the
+/// Redis backend so both decide alike.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn carry_over_many(from: &[Gcra], tats: &[u64], now: u64, to: &[Gcra]) -> Vec<u64> {
+    let now = now.min(MAX_TAT);
+    let tats: Vec<u64> = tats.iter().map(|t| (*t).min(MAX_TAT)).collect();
+    carried(max_used(from, &tats, now), now, to).into_vec()
+}
+
 /// The largest power of two not above `n` (`n >= 1`).
 fn prev_power_of_two(n: usize) -> usize {
     1 << (usize::BITS - 1 - n.max(1).leading_zeros())

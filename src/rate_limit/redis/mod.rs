@@ -144,9 +144,10 @@ use crate::clock::{self, Timestamp};
 use crate::headers::RateLimitInfo;
 use crate::ids::OrgId;
 
-use super::backend::{CheckResult, RateLimitBackend, RateLimitError};
-use super::gcra::{Decision, Gcra, MAX_TAT};
-use super::memory::{MemoryRateLimiter, carry_over};
+use super::backend::{CheckResult, PoliciesCheck, RateLimitBackend, RateLimitError, Spend};
+use super::gcra::{Decision, Decisions, Gcra, MAX_TAT};
+use super::memory::{MemoryRateLimiter, carry_over, carry_over_many};
+use super::policies::Policies;
 
 /// The default key prefix: keys are `{tak:<org_id>}:rl` and `{tak:<org_id>}:sess`.
 pub const DEFAULT_PREFIX: &str = "tak";
@@ -171,6 +172,8 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 const MAX_CARRY: usize = 3;
 
 static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("gcra.lua")));
+static GCRA_MANY_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("gcra_many.lua")));
 
 /// Why a Redis backend call failed (the source of [`RateLimitError::Unavailable`] and
 /// [`SessionError::Unavailable`](crate::SessionError::Unavailable)).
@@ -451,10 +454,18 @@ impl<C: RedisConnection> RedisRateLimiter<C> {
     }
 }
 
-impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
-    type Check = RedisCheck;
-
-    fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> RedisCheck {
+impl<C: RedisConnection> RedisRateLimiter<C> {
+    /// Run `call` on Redis through the breaker, bounded by the timeout, counted.
+    fn guarded<T, F, Fut>(
+        &self,
+        now: Timestamp,
+        call: F,
+    ) -> Result<impl Future<Output = Result<T, RateLimitError>> + Send + 'static, RateLimitError>
+    where
+        T: Send + 'static,
+        F: FnOnce(C) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, RedisBackendError>> + Send,
+    {
         let inner = &*self.inner;
         bump(&inner.counters.checks);
         let permit = match inner.breaker.try_acquire_at(now) {
@@ -462,14 +473,13 @@ impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
             Ok(permit) => permit.neutral_if_dropped(),
             Err(refused) => {
                 bump(&inner.counters.skipped);
-                return RedisCheck::ready(Err(RateLimitError::CircuitOpen(refused)));
+                return Err(RateLimitError::CircuitOpen(refused));
             }
         };
-        let call = Call::new(self.key(org), gcra, cost, now, inner.config.grace_ms);
         let inner = self.inner.clone();
-        RedisCheck::pending(Box::pin(async move {
-            let mut conn = inner.conn.clone();
-            match tokio::time::timeout(inner.config.timeout, call.run(&mut conn)).await {
+        Ok(async move {
+            let conn = inner.conn.clone();
+            match tokio::time::timeout(inner.config.timeout, call(conn)).await {
                 Ok(Ok(decision)) => {
                     permit.success();
                     Ok(decision)
@@ -490,7 +500,71 @@ impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
                     Err(RateLimitError::Timeout)
                 }
             }
-        }))
+        })
+    }
+
+    /// The Redis key holding `org`'s state under several policies: `{<prefix>:<org_id>}:rlp`.
+    pub fn policies_key(&self, org: &OrgId) -> String {
+        org_key(&self.inner.config.prefix, org, "rlp")
+    }
+}
+
+impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
+    type Check = RedisCheck;
+
+    fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> RedisCheck {
+        let call = Call::new(self.key(org), gcra, cost, now, self.inner.config.grace_ms);
+        match self.guarded(
+            now,
+            move |mut conn| async move { call.run(&mut conn).await },
+        ) {
+            Ok(fut) => RedisCheck::pending(Box::pin(fut)),
+            Err(e) => RedisCheck::ready(Err(e)),
+        }
+    }
+
+    /// One `EVALSHA` of a second script over the organization's keys (one hash slot): every
+    /// policy decided, and spent only if all admit the request.
+    fn check_policies(
+        &self,
+        org: &OrgId,
+        policies: &Arc<Policies>,
+        cost: u32,
+        now: Timestamp,
+        spend: Spend,
+    ) -> PoliciesCheck {
+        let call = ManyCall::new(
+            [self.policies_key(org), self.key(org)],
+            policies,
+            cost,
+            now,
+            spend,
+            self.inner.config.grace_ms,
+        );
+        match self.guarded(
+            now,
+            move |mut conn| async move { call.run(&mut conn).await },
+        ) {
+            Ok(fut) => PoliciesCheck::pending(fut),
+            Err(e) => PoliciesCheck::ready(Err(e)),
+        }
+    }
+
+    /// Decide with the local [`MemoryRateLimiter`], counted in [`RedisStats::fallbacks`].
+    fn fallback_policies(
+        &self,
+        org: &OrgId,
+        policies: &Arc<Policies>,
+        cost: u32,
+        now: Timestamp,
+        spend: Spend,
+    ) -> Option<Decisions> {
+        bump(&self.inner.counters.fallbacks);
+        Some(
+            self.inner
+                .local
+                .decide_policies(org, policies, cost, now, spend),
+        )
     }
 
     /// Decide with the local [`MemoryRateLimiter`], counted in [`RedisStats::fallbacks`].
@@ -748,6 +822,172 @@ impl Call {
         // Rounded up: the carried state is never looser than the memory backend's.
         let (new_s, new_f) = self.units.split(carried, true);
         Ok([s, f, q, new_s.to_string(), new_f.to_string()])
+    }
+}
+
+/// One several-policy check's arguments, computed before the round trip.
+struct ManyCall {
+    keys: [String; 2],
+    q: String,
+    gcras: Vec<Gcra>,
+    calls: Vec<Call>,
+    cost: u32,
+    now: u64,
+    commit: bool,
+    grace_ms: u64,
+}
+
+/// `q` of a set: the quota ids of its policies, in order.
+fn set_id(gcras: &[Gcra]) -> String {
+    gcras.iter().map(quota_id).collect::<Vec<_>>().join(",")
+}
+
+impl ManyCall {
+    fn new(
+        keys: [String; 2],
+        policies: &Policies,
+        cost: u32,
+        now: Timestamp,
+        spend: Spend,
+        grace_ms: u64,
+    ) -> Self {
+        let gcras: Vec<Gcra> = policies.rates().iter().map(|r| *r.gcra()).collect();
+        let calls = gcras
+            .iter()
+            .map(|g| Call::new(String::new(), g, cost, now, grace_ms))
+            .collect();
+        Self {
+            keys,
+            q: set_id(&gcras),
+            gcras,
+            calls,
+            cost,
+            now: now.as_unix_nanos().min(MAX_TAT),
+            commit: spend == Spend::Commit,
+            grace_ms,
+        }
+    }
+
+    async fn run(&self, conn: &mut impl ConnectionLike) -> Result<Decisions, RedisBackendError> {
+        let mut carry: Option<Vec<String>> = None;
+        for _ in 0..MAX_CARRY {
+            let mut invocation = GCRA_MANY_SCRIPT.prepare_invoke();
+            invocation
+                .key(&self.keys[0])
+                .key(&self.keys[1])
+                .arg(&self.q)
+                .arg(self.calls.len())
+                .arg(self.cost)
+                .arg(self.grace_ms)
+                .arg(u8::from(self.commit));
+            for c in &self.calls {
+                invocation
+                    .arg(c.units.per_sec())
+                    .arg(c.gcra.limit())
+                    .arg(c.units.interval)
+                    .arg(c.units.capacity)
+                    .arg(c.gcra.never_secs())
+                    .arg(c.now_s)
+                    .arg(c.now_f)
+                    .arg(c.room)
+                    .arg(c.need_max);
+            }
+            if let Some(carry) = &carry {
+                invocation.arg(&carry[..]);
+            }
+            let reply: Vec<Value> = invocation.invoke_async(conn).await?;
+            let tag = reply
+                .first()
+                .and_then(int)
+                .ok_or(RedisBackendError::BadReply)?;
+            if tag == 2 {
+                carry = Some(self.carry(reply)?);
+                continue;
+            }
+            return self.decisions(tag == 1, &reply[1..]);
+        }
+        Err(RedisBackendError::Contended)
+    }
+
+    fn decisions(&self, allowed: bool, rest: &[Value]) -> Result<Decisions, RedisBackendError> {
+        if rest.len() != 5 * self.calls.len() {
+            return Err(RedisBackendError::BadReply);
+        }
+        let mut each = smallvec::SmallVec::new();
+        for (c, chunk) in self.calls.iter().zip(rest.chunks(5)) {
+            let n: Vec<u64> = chunk
+                .iter()
+                .map(int)
+                .collect::<Option<_>>()
+                .ok_or(RedisBackendError::BadReply)?;
+            let start = c.now_s * NANOS_PER_SEC + c.now_f * c.units.unit_ns;
+            let tat = start.saturating_add(n[4].saturating_mul(c.units.unit_ns));
+            each.push(Decision {
+                allowed: n[0] == 1,
+                tat: Timestamp::from_unix_nanos(tat),
+                info: RateLimitInfo {
+                    limit: c.gcra.limit(),
+                    remaining: n[1],
+                    reset: n[2],
+                    retry_after: n[3],
+                },
+            });
+        }
+        Ok(Decisions::from_parts(allowed, each))
+    }
+
+    /// The carry arguments: the state as read, and the cells in use carried to these
+    /// policies exactly as the memory backend carries them.
+    fn carry(&self, reply: Vec<Value>) -> Result<Vec<String>, RedisBackendError> {
+        let mut it = reply.into_iter().skip(1);
+        let mut next = || {
+            it.next()
+                .and_then(string_or_int)
+                .ok_or(RedisBackendError::BadState)
+        };
+        let q = next()?;
+        let k: usize = next()?.parse().map_err(|_| RedisBackendError::BadState)?;
+        let from: Vec<Gcra> = q
+            .split(',')
+            .map(parse_quota_id)
+            .collect::<Option<_>>()
+            .ok_or(RedisBackendError::BadState)?;
+        if from.len() != k {
+            return Err(RedisBackendError::BadState);
+        }
+        let mut old = Vec::with_capacity(2 * k);
+        let mut tats = Vec::with_capacity(k);
+        for g in &from {
+            let (s, f) = (next()?, next()?);
+            let secs: u64 = s.parse().map_err(|_| RedisBackendError::BadState)?;
+            let frac: u64 = f.parse().map_err(|_| RedisBackendError::BadState)?;
+            let units = Units::of(g);
+            tats.push(if (secs, frac) >= units.end() {
+                MAX_TAT
+            } else {
+                secs.saturating_mul(NANOS_PER_SEC)
+                    .saturating_add(frac.saturating_mul(units.unit_ns))
+            });
+            old.push(s);
+            old.push(f);
+        }
+        let carried = carry_over_many(&from, &tats, self.now, &self.gcras);
+        let mut args = vec![q, k.to_string()];
+        args.extend(old);
+        for (c, tat) in self.calls.iter().zip(carried) {
+            // Rounded up: never looser than the memory backend's.
+            let (s, f) = c.units.split(tat, true);
+            args.push(s.to_string());
+            args.push(f.to_string());
+        }
+        Ok(args)
+    }
+}
+
+fn string_or_int(v: Value) -> Option<String> {
+    match v {
+        Value::Int(i) => Some(i.to_string()),
+        other => string(other),
     }
 }
 
