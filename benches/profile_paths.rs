@@ -31,6 +31,8 @@
 //!   (`?page=2&per_page=50&sort=created_at`), which the key-in-URL check reads;
 //! - `layers`, `layers-malformed`: the four layers composed with `ServiceBuilder`;
 //! - `fused`, `fused-malformed`: the same stack as one service, `ApiKeyStack`;
+//! - `fused-p1`, `fused-p2`, `fused-p3`: `ApiKeyStack` with 1, 2 or 3 named request policies
+//!   (`QuotaPolicy::policies`, the several-policy path) instead of the plan's one;
 //! - `floor-malformed`: the malformed-key refusal composed by hand, no tower (the suite's
 //!   `hand_composed/malformed_refused`);
 //! - `floor-accept`, `floor-full`: `ApiKeyAuth`'s and the full stack's work on an accepted
@@ -70,6 +72,9 @@ fn main() {
     let mut auth = auth_layer(&fx.store).layer(Hello);
     let mut layers = full_stack(&fx.store, Hello);
     let mut fused = fused_stack_layer(&fx.store).layer(Hello);
+    let mut fused_p: Vec<_> = (1..=3)
+        .map(|k| fused_policies_layer(&fx.store, k).layer(Hello))
+        .collect();
     let formats = KeyFormats::default();
     let floor = Floor::new(&fx.store);
     let (expected, mut step): (u16, Box<dyn FnMut() -> u16>) = match path.as_str() {
@@ -84,6 +89,11 @@ fn main() {
         "layers-malformed" => (401, Box::new(|| run(&mut layers, request(fx.malformed)))),
         "fused" => (200, Box::new(|| run(&mut fused, request(fx.hot)))),
         "fused-malformed" => (401, Box::new(|| run(&mut fused, request(fx.malformed)))),
+        p @ ("fused-p1" | "fused-p2" | "fused-p3") => {
+            let k = usize::from(p.as_bytes()[7] - b'1');
+            let svc = &mut fused_p[k];
+            (200, Box::new(move || run(svc, request(fx.hot))))
+        }
         "floor-malformed" => (
             401,
             Box::new(|| floor_malformed(&formats, request(fx.malformed))),

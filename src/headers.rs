@@ -101,12 +101,23 @@ impl DraftFields {
     }
 }
 
+/// What to run if the inner service answers with a server error: give the request's cells
+/// back to the limiter (set only when the layer refunds server errors).
+pub(crate) struct Refund(pub(crate) Box<dyn FnOnce() + Send + Sync>);
+
+impl std::fmt::Debug for Refund {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refund")
+    }
+}
+
 /// The rate-limit headers an admitted request's response gets (and a refusal after
 /// authentication): the deciding policy's figures, and the IETF fields if enabled.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct LimitHeaders {
     pub(crate) info: RateLimitInfo,
     pub(crate) draft: Option<Box<DraftFields>>,
+    pub(crate) refund: Option<Refund>,
 }
 
 impl LimitHeaders {
@@ -116,6 +127,17 @@ impl LimitHeaders {
         self.info.write(headers);
         if let Some(d) = &self.draft {
             d.write(headers);
+        }
+    }
+
+    /// The inner service answered `status`: refund the request if it is a server error and
+    /// the layer asked for it.
+    #[inline]
+    pub(crate) fn answered(&mut self, status: http::StatusCode) {
+        if status.is_server_error() {
+            if let Some(refund) = self.refund.take() {
+                (refund.0)();
+            }
         }
     }
 }

@@ -364,6 +364,49 @@ async fn check_only_requests_spend_nothing() {
     assert_eq!(h(res.headers(), "x-ratelimit-remaining"), "98");
 }
 
+#[tokio::test]
+async fn server_errors_are_refunded_when_asked() {
+    let f = fixture();
+    let stack = |layer: OrgRateLimitLayer| {
+        ServiceBuilder::new()
+            .layer(ApiKeyAuth::new(f.store.clone()).clock(f.clock.clone()))
+            .layer(layer.clock(f.clock.clone()))
+            .service_fn(|req: Request<Full<Bytes>>| async move {
+                let mut res = Response::new(Full::new(Bytes::from_static(b"x")));
+                if req.uri().path() == "/v1/fail" {
+                    *res.status_mut() = http::StatusCode::BAD_GATEWAY;
+                }
+                Ok::<_, Infallible>(res)
+            })
+    };
+    // One policy (Free) and several: 150 failed calls cost nothing.
+    for (org, layer) in [
+        ("org_one", OrgRateLimit::new().refund_server_errors(true)),
+        (
+            "org_many",
+            layer_with(free_with_burst()).refund_server_errors(true),
+        ),
+    ] {
+        let key = f.key(org).await;
+        let svc = stack(layer);
+        for _ in 0..150 {
+            let res = call(&svc, get("/v1/fail", &key)).await;
+            assert_eq!(res.status(), 502, "{org}");
+        }
+        let res = call(&svc, get("/v1/ok", &key)).await;
+        assert_eq!(res.status(), 200, "{org}");
+        let expected = if org == "org_one" { "99" } else { "9" };
+        assert_eq!(h(res.headers(), "x-ratelimit-remaining"), expected, "{org}");
+    }
+    // Off by default: the 101st failed call is refused.
+    let key = f.key("org_off").await;
+    let svc = stack(OrgRateLimit::new());
+    for _ in 0..100 {
+        assert_eq!(call(&svc, get("/v1/fail", &key)).await.status(), 502);
+    }
+    assert_eq!(call(&svc, get("/v1/fail", &key)).await.status(), 429);
+}
+
 #[test]
 fn plan_changes_between_one_and_several_policies_never_burst_twice() {
     let l = MemoryRateLimiter::new();
@@ -393,9 +436,10 @@ fn figures(
     )
 }
 
-/// A request trace: (time step in ms, cost).
-fn trace() -> impl Strategy<Value = Vec<(u64, u32)>> {
-    prop::collection::vec((0u64..=700, 0u32..=4), 1..250)
+/// A request trace: (time step in ms, cost, whether the inner service fails and the request is
+/// refunded).
+fn trace() -> impl Strategy<Value = Vec<(u64, u32, bool)>> {
+    prop::collection::vec((0u64..=700, 0u32..=4, prop::bool::weighted(0.2)), 1..250)
 }
 
 proptest! {
@@ -420,7 +464,7 @@ proptest! {
         let mut tats = vec![Timestamp::EPOCH; gcras.len()];
         let mut now = T0 * 1_000_000_000;
         let mut admitted: Vec<(u64, u64)> = Vec::new();
-        for (step, cost) in events {
+        for (step, cost, fails) in events {
             now += step * 1_000_000;
             let at = Timestamp::from_unix_nanos(now);
             // A dry run first: it must say the same and change nothing.
@@ -434,7 +478,13 @@ proptest! {
             if got.allowed() {
                 prop_assert_eq!(&got, &expected);
             }
-            if got.allowed() {
+            if got.allowed() && fails {
+                // Refunded at once: as if the request had never been made.
+                use tower_api_key::rate_limit::RateLimitBackend;
+                l.refund(&org, &gcras, cost, at);
+                let again = l.decide_policies(&org, &set, 0, at, Spend::DryRun);
+                prop_assert_eq!(figures(&again), figures(&decide_all(&gcras, &tats, at, 0)));
+            } else if got.allowed() {
                 tats = got.each().iter().map(|d| d.tat).collect();
                 admitted.push((now, u64::from(cost)));
             } else {

@@ -1104,8 +1104,8 @@ fn policy_sets() -> Vec<Arc<Policies>> {
     ]
 }
 
-/// Events: (gap in ns, cost, set index or `usize::MAX` to keep it, dry run).
-fn policies_trace() -> impl Strategy<Value = (u64, Vec<(u64, u32, usize, bool)>)> {
+/// Events: (gap in ns, cost, set index or `usize::MAX` to keep it, dry run, refunded).
+fn policies_trace() -> impl Strategy<Value = (u64, Vec<(u64, u32, usize, bool, bool)>)> {
     (
         0u64..1_000_000_000,
         prop::collection::vec(
@@ -1118,13 +1118,14 @@ fn policies_trace() -> impl Strategy<Value = (u64, Vec<(u64, u32, usize, bool)>)
                 prop_oneof![8 => Just(1u32), 2 => 0u32..=8, 1 => 0u32..=120],
                 prop_oneof![12 => Just(usize::MAX), 1 => 1usize..4],
                 prop_oneof![6 => Just(false), 1 => Just(true)],
+                prop_oneof![5 => Just(false), 1 => Just(true)],
             ),
             1..150,
         ),
     )
 }
 
-/// For random traces of requests, costs, check-only requests and plan changes across several
+/// For random traces of requests, costs, check-only requests, refunds and plan changes across several
 /// policies (starting from a one-policy state), the memory and Redis backends give the same
 /// decisions and figures for every policy, and a refused request spends nothing in either.
 #[test]
@@ -1148,7 +1149,7 @@ fn memory_and_redis_agree_on_several_policies() {
             let org = OrgId::from(format!("org_{}", case.fetch_add(1, Ordering::Relaxed)));
             let mut now = T0 * 1_000_000_000 + start_frac;
             let mut set = 0usize;
-            for (i, (gap, cost, change, dry)) in events.into_iter().enumerate() {
+            for (i, (gap, cost, change, dry, refunded)) in events.into_iter().enumerate() {
                 now += gap;
                 if change != usize::MAX {
                     set = change;
@@ -1158,6 +1159,11 @@ fn memory_and_redis_agree_on_several_policies() {
                     let expected = memory.decide(&org, &free, cost, t);
                     let got = rt.block_on(redis.check(&org, &free, cost, t)).unwrap();
                     prop_assert_eq!((got.allowed, got.info), (expected.allowed, expected.info));
+                    if refunded && got.allowed {
+                        memory.refund(&org, &[free], cost, t);
+                        rt.block_on(redis.refund_now(&org, &[free], cost, t))
+                            .unwrap();
+                    }
                     continue;
                 }
                 let spend = if dry { Spend::DryRun } else { Spend::Commit };
@@ -1184,6 +1190,13 @@ fn memory_and_redis_agree_on_several_policies() {
                     dry,
                     now
                 );
+                if refunded && got.allowed() && !dry {
+                    // The inner service failed: both give the cells back.
+                    let gcras: Vec<Gcra> = sets[set].rates().iter().map(|r| *r.gcra()).collect();
+                    memory.refund(&org, &gcras, cost, t);
+                    rt.block_on(redis.refund_now(&org, &gcras, cost, t))
+                        .unwrap();
+                }
             }
             Ok(())
         })

@@ -158,6 +158,15 @@ pub trait RateLimitBackend: Clone + Send + Sync + 'static {
         )))
     }
 
+    /// Give back the cells of a request admitted at about `now` under `gcras` (its one policy, or
+    /// every policy of its set) whose inner service answered with a server error, when the
+    /// layer [refunds them](super::OrgRateLimitLayer::refund_server_errors): each policy's state
+    /// moves back by `cost` cells ([`Gcra::refund`]), never past a full bucket. Fire and
+    /// forget: a remote backend sends it in the background. The default does nothing.
+    fn refund(&self, org: &OrgId, gcras: &[Gcra], cost: u32, now: Timestamp) {
+        let _ = (org, gcras, cost, now);
+    }
+
     /// The [`fallback`](Self::fallback) of [`check_policies`](Self::check_policies).
     fn fallback_policies(
         &self,

@@ -272,6 +272,19 @@ impl Gcra {
         self.decide(tat, now, 0).info
     }
 
+    /// Give back the cells of an admitted request costing `cost`, at `now`: the TAT moves back
+    /// by `cost·T`, but never before `now` (a full bucket gets no fuller) and a TAT held at the
+    /// end of time stays held. Used to refund requests the inner service failed (`5xx`).
+    pub fn refund(&self, tat: Timestamp, now: Timestamp, cost: u32) -> Timestamp {
+        let now_ns = now.as_unix_nanos().min(MAX_TAT);
+        let tat_ns = tat.as_unix_nanos();
+        if tat_ns <= now_ns || tat_ns >= MAX_TAT {
+            return tat;
+        }
+        let back = u64::from(cost).saturating_mul(self.interval);
+        Timestamp::from_unix_nanos(tat_ns.saturating_sub(back).max(now_ns))
+    }
+
     /// Carry a state written under quota `from` over to this quota, at `now`.
     ///
     /// The *cells* in use are kept, not the time debt: a Free organization that spent 100 of
@@ -356,6 +369,7 @@ impl Decisions {
             .map_or(RateLimitInfo::default(), |d| d.info)
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_parts(allowed: bool, each: SmallVec<[Decision; 3]>) -> Self {
         Self { allowed, each }
     }

@@ -565,6 +565,48 @@ impl MemoryRateLimiter {
         }
     }
 
+    /// Give back `cost` cells of every policy of `org` decided under `gcras` ([`Gcra::refund`]),
+    /// if its state is still written under them (after a plan change there is nothing to give
+    /// back to). Striped states are not refunded (their cells are spread over stripes).
+    pub fn give_back(&self, org: &OrgId, gcras: &[Gcra], cost: u32, now: Timestamp) {
+        if let [gcra] = gcras {
+            let orgs = self.inner.orgs.pin();
+            if let Some(state) = orgs.get(org) {
+                if let (true, [cell]) = (state.gcra == *gcra, state.cells()) {
+                    let mut current = cell.tat.load(Ordering::Acquire);
+                    while current & SEALED == 0 {
+                        let new = gcra
+                            .refund(Timestamp::from_unix_nanos(current), now, cost)
+                            .as_unix_nanos();
+                        match cell.tat.compare_exchange_weak(
+                            current,
+                            new,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => break,
+                            Err(actual) => current = actual,
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        let multi = self.inner.multi.pin();
+        if let Some(state) = multi.get(org) {
+            let mut inner = state.lock();
+            if inner.removed || inner.gcras.as_slice() != gcras {
+                return;
+            }
+            let MultiInner { gcras, tats, .. } = &mut *inner;
+            for (g, t) in gcras.iter().zip(tats.iter_mut()) {
+                *t = g
+                    .refund(Timestamp::from_unix_nanos(*t), now, cost)
+                    .as_unix_nanos();
+            }
+        }
+    }
+
     /// Remove `org`'s one-policy state, if any, and return its cells in use at `now`.
     fn take_single(&self, org: &OrgId, now: u64) -> u128 {
         let orgs = self.inner.orgs.pin();
@@ -721,6 +763,10 @@ impl RateLimitBackend for MemoryRateLimiter {
         spend: Spend,
     ) -> PoliciesCheck {
         PoliciesCheck::ready(Ok(self.decide_policies(org, policies, cost, now, spend)))
+    }
+
+    fn refund(&self, org: &OrgId, gcras: &[Gcra], cost: u32, now: Timestamp) {
+        self.give_back(org, gcras, cost, now);
     }
 }
 

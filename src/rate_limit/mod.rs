@@ -119,7 +119,7 @@ pub use crate::headers::{
 
 use crate::clock::{Clock, Timestamp};
 use crate::future::{inner_accessors, poll_now, take_ready};
-use crate::headers::{DraftFields, DraftItem, LimitHeaders};
+use crate::headers::{DraftFields, DraftItem, LimitHeaders, Refund};
 use crate::plan::{Plan, Quota};
 use crate::principal::Principal;
 use crate::reject::{Rejection, Responder, ResponseBody, missing_principal};
@@ -304,6 +304,7 @@ pub(crate) struct Limiter<B> {
     responder: Responder,
     cost: Option<Arc<CostFn>>,
     check_only: Option<Arc<CheckOnlyFn>>,
+    refund: bool,
     draft_headers: bool,
     on_error: OnBackendError,
     unavailable_retry_after: u64,
@@ -352,6 +353,13 @@ impl<C: Future<Output = CheckResult> + Unpin> Future for LimitCheck<C> {
             LimitCheck::Many(c) => Pin::new(c).poll(cx).map(Answer::Many),
         }
     }
+}
+
+/// A decision as the client sees it: admitted or not, the figures, the IETF fields.
+struct Verdict {
+    allowed: bool,
+    info: RateLimitInfo,
+    draft: Option<Box<DraftFields>>,
 }
 
 /// What to do with a request once the backend answered.
@@ -450,10 +458,11 @@ impl<B: RateLimitBackend> Limiter<B> {
         request_headers: &HeaderMap,
     ) -> Outcome {
         match result {
-            Answer::One(Ok(d)) if d.allowed && draft.is_none() => {
+            Answer::One(Ok(d)) if d.allowed && draft.is_none() && !self.refund => {
                 Outcome::Admit(Some(LimitHeaders {
                     info: d.info,
                     draft: None,
+                    refund: None,
                 }))
             }
             other => self.outcome_slow(other, principal, args, draft, request_headers),
@@ -469,7 +478,6 @@ impl<B: RateLimitBackend> Limiter<B> {
         draft: Option<DraftSpec>,
         request_headers: &HeaderMap,
     ) -> Outcome {
-        let org = principal.map(|p| p.org_id().as_str()).unwrap_or_default();
         let decisions = match result {
             Answer::One(Ok(d)) => {
                 let gcra = match &args.selected {
@@ -498,12 +506,16 @@ impl<B: RateLimitBackend> Limiter<B> {
                         },
                     ])
                 });
+                let verdict = Verdict {
+                    allowed: d.allowed,
+                    info: d.info,
+                    draft: fields,
+                };
                 return self.decided(
-                    d.allowed,
-                    d.info,
-                    fields,
+                    verdict,
                     || vec![plan.to_owned()],
-                    org,
+                    principal,
+                    args,
                     request_headers,
                 );
             }
@@ -553,28 +565,39 @@ impl<B: RateLimitBackend> Limiter<B> {
                 .map(|(p, _)| p.name().as_str().to_owned())
                 .collect()
         };
-        self.decided(
-            decisions.allowed(),
-            decisions.info(),
-            fields,
-            violated,
-            org,
-            request_headers,
-        )
+        let verdict = Verdict {
+            allowed: decisions.allowed(),
+            info: decisions.info(),
+            draft: fields,
+        };
+        self.decided(verdict, violated, principal, args, request_headers)
     }
 
-    /// An admission with its headers, or a `429` naming the violated policies.
+    /// An admission with its headers (and its refund, if the layer refunds server errors), or
+    /// a `429` naming the violated policies.
     fn decided(
         &self,
-        allowed: bool,
-        info: RateLimitInfo,
-        draft: Option<Box<DraftFields>>,
+        verdict: Verdict,
         violated: impl FnOnce() -> Vec<String>,
-        org: &str,
+        principal: Option<&Principal>,
+        args: &CheckArgs,
         request_headers: &HeaderMap,
     ) -> Outcome {
-        let headers = LimitHeaders { info, draft };
+        let Verdict {
+            allowed,
+            info,
+            draft,
+        } = verdict;
+        let org = principal.map(|p| p.org_id().as_str()).unwrap_or_default();
+        let mut headers = LimitHeaders {
+            info,
+            draft,
+            refund: None,
+        };
         if allowed {
+            if self.refund && args.spend == Spend::Commit && args.cost > 0 {
+                headers.refund = principal.map(|p| self.refund_of(p, args));
+            }
             return Outcome::Admit(Some(headers));
         }
         let violated = violated();
@@ -593,6 +616,23 @@ impl<B: RateLimitBackend> Limiter<B> {
             headers.write(res.headers_mut());
         }
         Outcome::Refuse(res)
+    }
+
+    /// What gives a request's cells back if its inner service fails.
+    fn refund_of(&self, principal: &Principal, args: &CheckArgs) -> Refund {
+        let backend = self.backend.clone();
+        let org = principal.org_id().clone();
+        let gcras: Vec<Gcra> = match &args.selected {
+            Selected::One(g) => vec![*g],
+            Selected::Many(set) => set.rates().iter().map(|r| *r.gcra()).collect(),
+        };
+        let (cost, now, clock) = (args.cost, args.now, self.clock.clone());
+        Refund(Box::new(move || {
+            // The later of the decision's time and now: never refund into the past.
+            let at = clock.now().max(now);
+            tracing::debug!(org_id = %org, cost, "server error: rate-limit cells refunded");
+            backend.refund(&org, &gcras, cost, at);
+        }))
     }
 
     /// The backend failed: the layer's [`OnBackendError`] policy.
@@ -717,6 +757,7 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
                 responder: Responder::default(),
                 cost: None,
                 check_only: None,
+                refund: false,
                 draft_headers: false,
                 on_error: OnBackendError::default(),
                 unavailable_retry_after: 1,
@@ -780,6 +821,14 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
     /// `RateLimit: "free";r=99;t=1`.
     pub fn draft_headers(self, on: bool) -> Self {
         self.map(|s| s.draft_headers = on)
+    }
+
+    /// Give a request's cells back to every policy when the inner service answers with a
+    /// server error (`5xx`), so failed calls do not count (default: off). The request was
+    /// admitted under the limit as it stood; the refund applies when its response arrives.
+    /// A request refunded costs nothing, but it did take its cells while it ran.
+    pub fn refund_server_errors(self, on: bool) -> Self {
+        self.map(|s| s.refund = on)
     }
 
     /// What to do when the backend fails (default: [`OnBackendError::FailClosed`]).

@@ -172,6 +172,7 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 const MAX_CARRY: usize = 3;
 
 static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("gcra.lua")));
+static REFUND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("refund.lua")));
 static GCRA_MANY_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("gcra_many.lua")));
 
@@ -503,6 +504,39 @@ impl<C: RedisConnection> RedisRateLimiter<C> {
         })
     }
 
+    /// Give back `cost` cells of each of `gcras` (the policies a request of `org` was admitted
+    /// under) at `now`, now: what [`RateLimitBackend::refund`] sends in the background. Nothing
+    /// changes if the state was since written under other policies.
+    pub async fn refund_now(
+        &self,
+        org: &OrgId,
+        gcras: &[Gcra],
+        cost: u32,
+        now: Timestamp,
+    ) -> Result<(), RedisBackendError> {
+        let (key, mode, q) = match gcras {
+            [one] => (self.key(org), "one", quota_id(one)),
+            _ => (self.policies_key(org), "many", set_id(gcras)),
+        };
+        let mut invocation = REFUND_SCRIPT.prepare_invoke();
+        invocation.key(key).arg(mode).arg(q);
+        for g in gcras {
+            let c = Call::new(String::new(), g, cost, now, 0);
+            let back = u64::from(cost)
+                .saturating_mul(c.units.interval)
+                .min(c.need_max);
+            invocation
+                .arg(c.units.per_sec())
+                .arg(back)
+                .arg(c.now_s)
+                .arg(c.now_f)
+                .arg(c.room);
+        }
+        let mut conn = self.inner.conn.clone();
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// The Redis key holding `org`'s state under several policies: `{<prefix>:<org_id>}:rlp`.
     pub fn policies_key(&self, org: &OrgId) -> String {
         org_key(&self.inner.config.prefix, org, "rlp")
@@ -548,6 +582,26 @@ impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
             Ok(fut) => PoliciesCheck::pending(fut),
             Err(e) => PoliciesCheck::ready(Err(e)),
         }
+    }
+
+    /// One `EVALSHA` sent in the background (on the current tokio runtime; none, nothing is
+    /// sent): each policy's TAT moves back by the request's cells, if its state is still
+    /// written under the same policies. A failure is logged and otherwise ignored: the refund
+    /// is a courtesy, the limit itself never depends on it.
+    fn refund(&self, org: &OrgId, gcras: &[Gcra], cost: u32, now: Timestamp) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        let (org, gcras) = (org.clone(), gcras.to_vec());
+        runtime.spawn(async move {
+            let timeout = this.inner.config.timeout;
+            match tokio::time::timeout(timeout, this.refund_now(&org, &gcras, cost, now)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "rate-limit refund not applied"),
+                Err(_) => tracing::debug!("rate-limit refund timed out"),
+            }
+        });
     }
 
     /// Decide with the local [`MemoryRateLimiter`], counted in [`RedisStats::fallbacks`].
