@@ -87,6 +87,7 @@ pub mod auth;
 pub mod breaker;
 pub mod client_addr;
 pub mod clock;
+pub mod credits;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
 #[cfg(feature = "events")]

@@ -9,6 +9,7 @@
 //! | a rule table has no rule for the route | 403 | `no_route_rule` | 7 `PERMISSION_DENIED` |
 //! | key store down or slow | 503 + `Retry-After` | `auth_unavailable` | 14 `UNAVAILABLE` |
 //! | organization over one of its request policies | 429 + `Retry-After` | `rate_limited` | 8 `RESOURCE_EXHAUSTED` |
+//! | key's or organization's credits less than the call's cost | 429 (+ `Retry-After` until the refill) | `credits_exhausted` | 8 `RESOURCE_EXHAUSTED` |
 //! | organization at its concurrent-session quota | 429 + `Retry-After` | `session_limit_exceeded` | 8 `RESOURCE_EXHAUSTED` |
 //! | a layer found no `Principal` (misconfigured stack) | 500 | `auth_layer_missing` | 13 `INTERNAL` |
 //!

@@ -73,6 +73,14 @@ pub enum Rejection {
         violated: Vec<String>,
     },
 
+    /// The key's or organization's credits are less than the call's cost
+    /// ([`Credits`](crate::credits::Credits)): `429 credits_exhausted`, gRPC 8.
+    CreditsExhausted {
+        /// What is left.
+        balance: u64,
+        /// Seconds until the next refill (`Retry-After`), if the balance is refilled.
+        retry_after: Option<u64>,
+    },
     /// The organization holds as many sessions as its plan allows.
     SessionLimit {
         /// Sessions allowed at once.
@@ -96,9 +104,9 @@ impl Rejection {
             Rejection::KeyInQuery => StatusCode::BAD_REQUEST,
             Rejection::InsufficientScope { .. } | Rejection::NoRouteRule => StatusCode::FORBIDDEN,
             Rejection::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Rejection::RateLimited { .. } | Rejection::SessionLimit { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Rejection::RateLimited { .. }
+            | Rejection::CreditsExhausted { .. }
+            | Rejection::SessionLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Rejection::MissingPrincipal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,6 +121,7 @@ impl Rejection {
             Rejection::NoRouteRule => "no_route_rule",
             Rejection::StoreUnavailable { .. } => "auth_unavailable",
             Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::CreditsExhausted { .. } => "credits_exhausted",
             Rejection::SessionLimit { .. } => "session_limit_exceeded",
             Rejection::MissingPrincipal { .. } => "auth_layer_missing",
         }
@@ -125,7 +134,9 @@ impl Rejection {
             Rejection::KeyInQuery => 3,
             Rejection::InsufficientScope { .. } | Rejection::NoRouteRule => 7,
             Rejection::StoreUnavailable { .. } => 14,
-            Rejection::RateLimited { .. } | Rejection::SessionLimit { .. } => 8,
+            Rejection::RateLimited { .. }
+            | Rejection::CreditsExhausted { .. }
+            | Rejection::SessionLimit { .. } => 8,
             Rejection::MissingPrincipal { .. } => 13,
         }
     }
@@ -147,6 +158,9 @@ impl Rejection {
                 info.limit, info.retry_after
             )
             .into(),
+            Rejection::CreditsExhausted { balance, .. } => {
+                format!("Credits exhausted: {balance} left, less than this call costs").into()
+            }
             Rejection::SessionLimit { limit, .. } => {
                 format!("Concurrent session limit of {limit} reached; end a session first").into()
             }
@@ -162,6 +176,7 @@ impl Rejection {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Rejection::RateLimited { info, .. } => Some(info.retry_after.max(1)),
+            Rejection::CreditsExhausted { retry_after, .. } => retry_after.map(|s| s.max(1)),
             Rejection::SessionLimit { retry_after, .. }
             | Rejection::StoreUnavailable { retry_after } => Some((*retry_after).max(1)),
             _ => None,

@@ -45,6 +45,8 @@ struct Problem<'a> {
     retry_after: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance: Option<u64>,
     #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
     violated_policies: Option<&'a [String]>,
 }
@@ -168,11 +170,16 @@ fn problem_in(rejection: &Rejection, realm: &str, mut headers: HeaderMap) -> Res
         required_scope,
         retry_after: match rejection {
             Rejection::RateLimited { info, .. } => Some(info.retry_after),
+            Rejection::CreditsExhausted { retry_after, .. } => *retry_after,
             Rejection::SessionLimit { retry_after, .. }
             | Rejection::StoreUnavailable { retry_after } => Some(*retry_after),
             _ => None,
         },
         limit,
+        balance: match rejection {
+            Rejection::CreditsExhausted { balance, .. } => Some(*balance),
+            _ => None,
+        },
         violated_policies: match rejection {
             Rejection::RateLimited { violated, .. } => Some(violated),
             _ => None,
@@ -345,6 +352,10 @@ mod tests {
                 limit: 10,
                 retry_after: 30,
             },
+            Rejection::CreditsExhausted {
+                balance: 2,
+                retry_after: Some(3600),
+            },
             Rejection::MissingPrincipal {
                 layer: "ScopeGuard",
             },
@@ -370,6 +381,14 @@ mod tests {
                     assert_eq!(v["limit"], i.limit);
                     assert_eq!(res.headers()[RETRY_AFTER], "7");
                     assert_eq!(res.headers()[X_RATELIMIT_RESET], "1700000060");
+                }
+                Rejection::CreditsExhausted {
+                    balance,
+                    retry_after,
+                } => {
+                    assert_eq!(v["balance"], *balance);
+                    assert_eq!(v["retry_after"], retry_after.unwrap());
+                    assert_eq!(res.headers()[RETRY_AFTER], "3600");
                 }
                 Rejection::SessionLimit { limit, retry_after } => {
                     assert_eq!(v["retry_after"], *retry_after);

@@ -1,0 +1,232 @@
+//! Credits: atomic spends (never below zero) in memory and, with `REDIS_URL`, on the real Redis;
+//! the same answers from both on random traces of spends, refunds and refills.
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379 cargo test --features redis --test credits
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tower_api_key::credits::{Account, CreditBackend, CreditError, MemoryCredits, Refill};
+use tower_api_key::{KeyId, OrgId, Timestamp};
+
+/// 2026-01-01T00:00:00Z.
+const T0: u64 = 1_767_225_600;
+
+/// `tasks` tasks spending `cost` `tries` times each from one organization's `start` credits:
+/// returns how many spends were admitted, after checking the final balance is exactly
+/// `start - admitted * cost` and that no answer ever showed a balance below zero.
+async fn hammer<B: CreditBackend>(backend: B, tasks: u64, tries: u64, cost: u64, start: u64) {
+    let org = OrgId::from(format!("org_hammer_{}", std::process::id()));
+    let now = Timestamp::from_unix_secs(T0);
+    backend
+        .set(Account::Org(&org), start, Refill::Never, now)
+        .await
+        .unwrap();
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (backend, org, admitted) = (backend.clone(), org.clone(), admitted.clone());
+        handles.push(tokio::spawn(async move {
+            let key = KeyId::from(format!("key_{t}"));
+            for _ in 0..tries {
+                match backend.spend(&org, &key, cost, now).await {
+                    Ok(Some(left)) => {
+                        assert!(left < start);
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(None) => panic!("the organization has a balance"),
+                    Err(CreditError::Exhausted { balance, .. }) => assert!(balance < cost),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let admitted = admitted.load(Ordering::Relaxed);
+    let left = backend
+        .peek(Account::Org(&org), now)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance;
+    assert_eq!(left, start - admitted * cost);
+    // More was asked than there was: everything that could be spent was.
+    assert_eq!(admitted, start / cost);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_balance_is_exact_under_concurrency() {
+    hammer(MemoryCredits::new(), 16, 100, 3, 1_000).await;
+}
+
+/// One operation of a trace: (seconds to advance, spend (true) or refund, amount).
+fn ops() -> impl Strategy<Value = Vec<(u64, bool, u64)>> {
+    prop::collection::vec(
+        (
+            prop_oneof![4 => Just(0u64), 1 => 0u64..200_000, 1 => 0u64..3_000_000],
+            prop::bool::weighted(0.85),
+            0u64..40,
+        ),
+        1..200,
+    )
+}
+
+/// A model of one account: topped up to `amount` at each refill boundary.
+fn model_trace(refill: Refill, amount: u64, trace: &[(u64, bool, u64)]) -> Vec<Result<u64, u64>> {
+    let mut now = Timestamp::from_unix_secs(T0);
+    let mut balance = amount;
+    let mut period = refill.period(now);
+    let mut out = Vec::new();
+    for &(dt, spend, n) in trace {
+        now = now.saturating_add(Duration::from_secs(dt));
+        let p = refill.period(now);
+        if p > period {
+            balance = balance.max(amount);
+            period = p;
+        }
+        if spend {
+            if balance >= n {
+                balance -= n;
+                out.push(Ok(balance));
+            } else {
+                out.push(Err(balance));
+            }
+        } else {
+            balance += n;
+            out.push(Ok(balance));
+        }
+    }
+    out
+}
+
+async fn run_trace<B: CreditBackend>(
+    backend: &B,
+    org: &OrgId,
+    refill: Refill,
+    amount: u64,
+    trace: &[(u64, bool, u64)],
+) -> Vec<Result<u64, u64>> {
+    let key = KeyId::from("key_t");
+    let mut now = Timestamp::from_unix_secs(T0);
+    backend
+        .set(Account::Org(org), amount, refill, now)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for &(dt, spend, n) in trace {
+        now = now.saturating_add(Duration::from_secs(dt));
+        if spend {
+            out.push(match backend.spend(org, &key, n, now).await {
+                Ok(Some(b)) => Ok(b),
+                Err(CreditError::Exhausted { balance, .. }) => Err(balance),
+                other => panic!("{other:?}"),
+            });
+        } else {
+            backend.refund(org, &key, n, now).await.unwrap();
+            let b = backend.peek(Account::Org(org), now).await.unwrap().unwrap();
+            out.push(Ok(b.balance));
+        }
+    }
+    out
+}
+
+fn refills() -> impl Strategy<Value = Refill> {
+    prop_oneof![
+        Just(Refill::Never),
+        Just(Refill::Daily),
+        (1u8..=28).prop_map(|day| Refill::Monthly { day }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Credits never go negative, a refused spend takes nothing, and refills top up to the
+    /// amount at each boundary: the memory backend gives the model's answers on random traces.
+    #[test]
+    fn memory_credits_follow_the_model(refill in refills(), amount in 0u64..200, trace in ops()) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let got = rt.block_on(run_trace(&MemoryCredits::new(), &OrgId::from("o"), refill, amount, &trace));
+        prop_assert_eq!(got, model_trace(refill, amount, &trace));
+    }
+}
+
+#[cfg(feature = "redis")]
+mod on_redis {
+    use super::*;
+    use proptest::test_runner::TestRunner;
+    use tower_api_key::credits::RedisCredits;
+
+    fn redis_url(test: &str) -> Option<String> {
+        match std::env::var("REDIS_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                eprintln!("skipping {test}: REDIS_URL is not set");
+                None
+            }
+        }
+    }
+
+    fn prefix() -> String {
+        format!(
+            "tak_credits_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        )
+    }
+
+    async fn backend(url: &str, prefix: &str) -> RedisCredits {
+        RedisCredits::connect(url)
+            .await
+            .expect("REDIS_URL is set but Redis is unreachable")
+            .prefix(prefix)
+            .timeout(Duration::from_secs(5))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn redis_balance_is_exact_under_concurrency() {
+        let Some(url) = redis_url("redis_balance_is_exact_under_concurrency") else {
+            return;
+        };
+        hammer(backend(&url, &prefix()).await, 16, 100, 3, 1_000).await;
+    }
+
+    #[test]
+    fn memory_and_redis_credits_agree() {
+        let Some(url) = redis_url("memory_and_redis_credits_agree") else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let redis = rt.block_on(backend(&url, &prefix()));
+        let case = std::sync::atomic::AtomicU32::new(0);
+        TestRunner::new(ProptestConfig::with_cases(24))
+            .run(&(refills(), 0u64..200, ops()), |(refill, amount, trace)| {
+                let n = case.fetch_add(1, Ordering::Relaxed);
+                let org = OrgId::from(format!("org_{n}"));
+                let memory = rt.block_on(run_trace(
+                    &MemoryCredits::new(),
+                    &org,
+                    refill,
+                    amount,
+                    &trace,
+                ));
+                let got = rt.block_on(run_trace(&redis, &org, refill, amount, &trace));
+                prop_assert_eq!(&got, &memory);
+                prop_assert_eq!(got, model_trace(refill, amount, &trace));
+                Ok(())
+            })
+            .unwrap();
+    }
+}
