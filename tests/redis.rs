@@ -1104,8 +1104,11 @@ fn policy_sets() -> Vec<Arc<Policies>> {
     ]
 }
 
-/// Events: (gap in ns, cost, set index or `usize::MAX` to keep it, dry run, refunded).
-fn policies_trace() -> impl Strategy<Value = (u64, Vec<(u64, u32, usize, bool, bool)>)> {
+/// One event: (gap in ns, cost, set index or `usize::MAX` to keep it, dry run, refunded).
+type PolicyEvent = (u64, u32, usize, bool, bool);
+
+/// A start offset in ns and the events.
+fn policies_trace() -> impl Strategy<Value = (u64, Vec<PolicyEvent>)> {
     (
         0u64..1_000_000_000,
         prop::collection::vec(

@@ -29,6 +29,10 @@ pub struct Waiting<S, St: KeyStore, ReqBody, B: RateLimitBackend> {
     state: State<S, St, ReqBody, B>,
 }
 
+// A `Waiting` is boxed once per request that really waits (a remote store or limiter), and
+// moves from one state to the other in place: boxing the check's state again would add an
+// allocation to every such request to save a few dozen bytes.
+#[allow(clippy::large_enum_variant)]
 enum State<S, St: KeyStore, ReqBody, B: RateLimitBackend> {
     Lookup {
         wait: Timed<St::Lookup>,
