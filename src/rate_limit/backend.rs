@@ -50,7 +50,7 @@ pub enum Spend {
     /// Decide and, if admitted, spend the cells of every policy.
     Commit,
     /// Decide only: nothing is written (a check-only request, see
-    /// [`CheckOnly`](super::CheckOnly)).
+    /// [`check_only`](super::OrgRateLimitLayer::check_only)).
     DryRun,
 }
 
