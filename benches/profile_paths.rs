@@ -31,6 +31,7 @@
 //!   (`?page=2&per_page=50&sort=created_at`), which the key-in-URL check reads;
 //! - `layers`, `layers-malformed`: the four layers composed with `ServiceBuilder`;
 //! - `fused`, `fused-malformed`: the same stack as one service, `ApiKeyStack`;
+//! - `fused-nolimit`: `ApiKeyStack` without its rate limit (subtract it to get the limit's cost);
 //! - `fused-p1`, `fused-p2`, `fused-p3`: `ApiKeyStack` with 1, 2 or 3 named request policies
 //!   (`QuotaPolicy::policies`, the several-policy path) instead of the plan's one;
 //! - `floor-malformed`: the malformed-key refusal composed by hand, no tower (the suite's
@@ -72,6 +73,7 @@ fn main() {
     let mut auth = auth_layer(&fx.store).layer(Hello);
     let mut layers = full_stack(&fx.store, Hello);
     let mut fused = fused_stack_layer(&fx.store).layer(Hello);
+    let mut fused_nolimit = fused_unlimited_layer(&fx.store).layer(Hello);
     let mut fused_p: Vec<_> = (1..=3)
         .map(|k| fused_policies_layer(&fx.store, k).layer(Hello))
         .collect();
@@ -89,6 +91,7 @@ fn main() {
         "layers-malformed" => (401, Box::new(|| run(&mut layers, request(fx.malformed)))),
         "fused" => (200, Box::new(|| run(&mut fused, request(fx.hot)))),
         "fused-malformed" => (401, Box::new(|| run(&mut fused, request(fx.malformed)))),
+        "fused-nolimit" => (200, Box::new(|| run(&mut fused_nolimit, request(fx.hot)))),
         p @ ("fused-p1" | "fused-p2" | "fused-p3") => {
             let k = usize::from(p.as_bytes()[7] - b'1');
             let svc = &mut fused_p[k];

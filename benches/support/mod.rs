@@ -345,6 +345,13 @@ pub fn fused_stack_layer(store: &MemoryStore) -> tower_api_key::ApiKeyStackLayer
         .scope_guard(ScopeGuard::require(REQUIRED))
 }
 
+/// The fused stack without its rate limit: what the first policy costs is the difference.
+pub fn fused_unlimited_layer(store: &MemoryStore) -> tower_api_key::ApiKeyStackLayer<MemoryStore> {
+    auth_layer(store)
+        .record_last_used(LastUsedRecorder::new(store.clone()))
+        .scope_guard(ScopeGuard::require(REQUIRED))
+}
+
 /// The fused stack with `k` named request policies per organization (1 to 3), each as roomy as
 /// [`unbounded`] (9,999 per millisecond, the same rate over a second and a minute), given by
 /// [`QuotaPolicy::policies`](tower_api_key::rate_limit::QuotaPolicy::policies): what one more
