@@ -157,6 +157,97 @@ proptest! {
     }
 }
 
+/// The layer: each request spends its route's cost; a short balance is `429 credits_exhausted`
+/// with `Retry-After` until the refill and the service is not called; no balance, no metering.
+#[tokio::test]
+async fn the_layer_spends_per_request_and_refuses_when_spent() {
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use std::convert::Infallible;
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_api_key::credits::{Credits, SpendCredits};
+    use tower_api_key::{ApiKeyAuth, Clock, KeyManager, MemoryStore, NewKey};
+
+    let (clock, _manual) = Clock::manual(Timestamp::from_unix_secs(T0 + 3_600));
+    let store = MemoryStore::new();
+    let manager = KeyManager::new(store.clone()).clock(clock.clone());
+    let credits = Credits::new().clock(clock.clone());
+    let org = OrgId::from("org_c");
+    credits
+        .set(Account::Org(&org), 5, Refill::Daily)
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let svc = {
+        let calls = calls.clone();
+        ServiceBuilder::new()
+            .layer(ApiKeyAuth::new(store.clone()).clock(clock.clone()))
+            .layer(
+                SpendCredits::layer(credits.clone())
+                    .cost(|_, uri| if uri.path() == "/v1/big" { 2 } else { 0 }),
+            )
+            .service_fn(move |_req: Request<Full<Bytes>>| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+            })
+    };
+    let key = manager.create(&org, NewKey::new("k")).await.unwrap();
+    let req = |path: &str, key: &str| {
+        Request::get(path)
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::default())
+            .unwrap()
+    };
+    let secret = key.key.expose_secret().to_owned();
+    for _ in 0..2 {
+        assert_eq!(
+            svc.clone()
+                .oneshot(req("/v1/big", &secret))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    // A free route still passes with 1 credit left; the next costly call is refused.
+    assert_eq!(
+        svc.clone()
+            .oneshot(req("/v1/free", &secret))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let res = svc.clone().oneshot(req("/v1/big", &secret)).await.unwrap();
+    assert_eq!(res.status(), 429);
+    // The refill is at the next midnight: 23 hours away.
+    assert_eq!(res.headers()["retry-after"], "82800");
+    let body: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["code"], "credits_exhausted");
+    assert_eq!(body["balance"], 1);
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+    let b = credits.peek(Account::Org(&org)).await.unwrap().unwrap();
+    assert_eq!(b.balance, 1);
+    // Another organization has no balance: unmetered.
+    let other = manager
+        .create(&OrgId::from("org_free"), NewKey::new("k"))
+        .await
+        .unwrap();
+    let secret = other.key.expose_secret().to_owned();
+    for _ in 0..10 {
+        assert_eq!(
+            svc.clone()
+                .oneshot(req("/v1/big", &secret))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+}
+
 #[cfg(feature = "redis")]
 mod on_redis {
     use super::*;

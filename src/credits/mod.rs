@@ -1,6 +1,8 @@
 //! Credits: a balance that calls spend and that is topped up per interval ([`Credits`]).
 //!
-//! A rate limit says how fast; credits say how much. An account (an organization, or one key)
+//! A rate limit says how fast; credits say how much. Spend them per request with the
+//! [`SpendCredits`] layer (a cost per route, as [`Cost`](crate::Cost) for rates), or from a
+//! handler with [`Credits::spend`] when the cost is known only there. An account (an organization, or one key)
 //! holds a balance; a call spends its cost from it (the key's balance if the key has one,
 //! else its organization's; with neither the call is unmetered); a call costing more than
 //! what is left is refused with `429 credits_exhausted` and a `Retry-After` of the time until
@@ -41,8 +43,10 @@ use crate::principal::Principal;
 use crate::reject::Rejection;
 use crate::store::BoxError;
 
+mod layer;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub use layer::{CreditCost, ResponseFuture, SpendCredits, SpendCreditsLayer, Spending};
 #[cfg(feature = "redis")]
 pub use redis::RedisCredits;
 
