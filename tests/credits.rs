@@ -1,9 +1,13 @@
-//! Credits: atomic spends (never below zero) in memory and, with `REDIS_URL`, on the real Redis;
+//! Credits: atomic spends (never below zero) in memory and, with `REDIS_URL` and
+//! `DATABASE_URL`, on the real Redis and PostgreSQL;
 //! the same answers from both on random traces of spends, refunds and refills.
 //!
 //! ```text
-//! REDIS_URL=redis://127.0.0.1:6379 cargo test --features redis --test credits
+//! REDIS_URL=redis://127.0.0.1:6379 DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
+//!   cargo test --features redis,postgres --test credits
 //! ```
+
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -315,6 +319,45 @@ mod on_redis {
                 ));
                 let got = rt.block_on(run_trace(&redis, &org, refill, amount, &trace));
                 prop_assert_eq!(&got, &memory);
+                prop_assert_eq!(got, model_trace(refill, amount, &trace));
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod on_postgres {
+    use super::*;
+    use common::pg;
+    use tower_api_key::credits::PgCredits;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_balance_is_exact_under_concurrency() {
+        let Some(url) = pg::database_url("postgres_balance_is_exact_under_concurrency") else {
+            return;
+        };
+        let (store, _guard) = pg::store(&url).await;
+        hammer(PgCredits::new(store.pool().clone()), 16, 100, 3, 1_000).await;
+    }
+
+    #[test]
+    fn memory_and_postgres_credits_agree() {
+        let Some(url) = pg::database_url("memory_and_postgres_credits_agree") else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (store, _guard) = rt.block_on(pg::store(&url));
+        let pgc = PgCredits::new(store.pool().clone());
+        let case = std::sync::atomic::AtomicU32::new(0);
+        proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(16))
+            .run(&(refills(), 0u64..200, ops()), |(refill, amount, trace)| {
+                let n = case.fetch_add(1, Ordering::Relaxed);
+                let org = OrgId::from(format!("org_{n}"));
+                let got = rt.block_on(run_trace(&pgc, &org, refill, amount, &trace));
                 prop_assert_eq!(got, model_trace(refill, amount, &trace));
                 Ok(())
             })

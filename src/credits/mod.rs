@@ -44,9 +44,13 @@ use crate::reject::Rejection;
 use crate::store::BoxError;
 
 mod layer;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub use layer::{CreditCost, ResponseFuture, SpendCredits, SpendCreditsLayer, Spending};
+#[cfg(feature = "postgres")]
+pub use postgres::PgCredits;
 #[cfg(feature = "redis")]
 pub use redis::RedisCredits;
 

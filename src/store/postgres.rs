@@ -67,11 +67,18 @@ use super::{BoxFuture, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError
 /// The channel the triggers notify on.
 pub const NOTIFY_CHANNEL: &str = "tower_api_key";
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys_and_plans",
-    sql: include_str!("../../migrations/postgres/0001_keys_and_plans.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "keys_and_plans",
+        sql: include_str!("../../migrations/postgres/0001_keys_and_plans.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "credits",
+        sql: include_str!("../../migrations/postgres/0003_credits.sql"),
+    },
+];
 
 /// Serializes migrations across processes (`pg_advisory_xact_lock`); an arbitrary constant.
 const MIGRATION_LOCK: i64 = 0x7461_6b5f_6d69_6772;

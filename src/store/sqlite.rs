@@ -39,11 +39,18 @@ use super::sql::{
 };
 use super::{BoxFuture, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError, StoredKey};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys_and_plans",
-    sql: include_str!("../../migrations/sqlite/0001_keys_and_plans.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "keys_and_plans",
+        sql: include_str!("../../migrations/sqlite/0001_keys_and_plans.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "credits",
+        sql: include_str!("../../migrations/sqlite/0003_credits.sql"),
+    },
+];
 
 /// The SQLite URL could not be parsed.
 #[derive(Debug, thiserror::Error)]
