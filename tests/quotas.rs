@@ -488,8 +488,16 @@ proptest! {
                 tats = got.each().iter().map(|d| d.tat).collect();
                 admitted.push((now, u64::from(cost)));
             } else {
-                prop_assert!(got.info().retry_after >= 1);
+                let retry = got.info().retry_after;
+                prop_assert!(retry >= 1);
                 prop_assert!(got.each().iter().any(|d| !d.allowed));
+                // Retry-After is never early: at that time every violated policy admits the
+                // same request (when it can ever be admitted).
+                if gcras.iter().all(|g| u64::from(cost) <= g.limit()) {
+                    let later = Timestamp::from_unix_nanos(now + retry * 1_000_000_000);
+                    let then = decide_all(&gcras, &tats, later, cost);
+                    prop_assert!(then.allowed(), "refused again {} s later", retry);
+                }
             }
         }
         for g in &gcras {
