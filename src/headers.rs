@@ -115,7 +115,9 @@ impl std::fmt::Debug for Refund {
 /// authentication): the deciding policy's figures, and the IETF fields if enabled.
 #[derive(Debug)]
 pub struct LimitHeaders {
-    pub(crate) info: RateLimitInfo,
+    /// `None` for a response that only carries a [`Refund`] (credits spent by a layer that
+    /// sends no rate-limit figures).
+    pub(crate) info: Option<RateLimitInfo>,
     pub(crate) draft: Option<Box<DraftFields>>,
     pub(crate) refund: Option<Refund>,
 }
@@ -124,9 +126,20 @@ impl LimitHeaders {
     /// Write the headers; the IETF fields (rendered already, rarely on) out of line.
     #[inline]
     pub(crate) fn write(&self, headers: &mut HeaderMap) {
-        self.info.write(headers);
+        if let Some(info) = &self.info {
+            info.write(headers);
+        }
         if let Some(d) = &self.draft {
             d.write(headers);
+        }
+    }
+
+    /// Only a refund, no headers.
+    pub(crate) fn refund_only(refund: Refund) -> Self {
+        Self {
+            info: None,
+            draft: None,
+            refund: Some(refund),
         }
     }
 

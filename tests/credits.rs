@@ -252,6 +252,76 @@ async fn the_layer_spends_per_request_and_refuses_when_spent() {
     }
 }
 
+/// With `refund_server_errors`, a call the service fails (5xx) gets its credits back.
+#[tokio::test(flavor = "current_thread")]
+async fn the_layer_refunds_server_errors_when_asked() {
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::Full;
+    use std::convert::Infallible;
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_api_key::credits::{Credits, SpendCredits};
+    use tower_api_key::{ApiKeyAuth, Clock, KeyManager, MemoryStore, NewKey};
+
+    let (clock, _manual) = Clock::manual(Timestamp::from_unix_secs(T0));
+    let store = MemoryStore::new();
+    let manager = KeyManager::new(store.clone()).clock(clock.clone());
+    let credits = Credits::new().clock(clock.clone());
+    let org = OrgId::from("org_r");
+    credits
+        .set(Account::Org(&org), 10, Refill::Never)
+        .await
+        .unwrap();
+    let svc = |refund: bool| {
+        ServiceBuilder::new()
+            .layer(ApiKeyAuth::new(store.clone()).clock(clock.clone()))
+            .layer(
+                SpendCredits::layer(credits.clone())
+                    .cost(|_, _| 4)
+                    .refund_server_errors(refund),
+            )
+            .service_fn(|req: Request<Full<Bytes>>| async move {
+                let mut res = Response::new(Full::new(Bytes::new()));
+                if req.uri().path() == "/v1/fail" {
+                    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                Ok::<_, Infallible>(res)
+            })
+    };
+    let key = manager.create(&org, NewKey::new("k")).await.unwrap();
+    let secret = key.key.expose_secret().to_owned();
+    let req = |path: &str| {
+        Request::get(path)
+            .header("authorization", format!("Bearer {secret}"))
+            .body(Full::default())
+            .unwrap()
+    };
+    let balance = || async {
+        credits
+            .peek(Account::Org(&org))
+            .await
+            .unwrap()
+            .unwrap()
+            .balance
+    };
+    let res = svc(true).oneshot(req("/v1/fail")).await.unwrap();
+    assert_eq!(res.status(), 500);
+    // The refund runs on this runtime's next turn (a spawned task, ready at once in memory).
+    tokio::task::yield_now().await;
+    assert_eq!(balance().await, 10);
+    // A success keeps its cost; without the option a failure does too.
+    assert_eq!(
+        svc(true).oneshot(req("/v1/ok")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        svc(false).oneshot(req("/v1/fail")).await.unwrap().status(),
+        500
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(balance().await, 2);
+}
+
 #[cfg(feature = "redis")]
 mod on_redis {
     use super::*;

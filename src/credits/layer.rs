@@ -12,6 +12,8 @@ use tower_service::Service;
 
 use super::{CreditBackend, CreditError, Credits, MemoryCredits};
 use crate::future::{Next, Wait, already_decided, inner_accessors, take_ready};
+use crate::headers::{LimitHeaders, Refund};
+use crate::ids::{KeyId, OrgId};
 use crate::principal::Principal;
 use crate::reject::{Rejection, Responder, ResponseBody, missing_principal};
 
@@ -27,6 +29,7 @@ struct Shared<B> {
     credits: Credits<B>,
     cost: Option<Arc<CostFn>>,
     responder: Responder,
+    refund: bool,
 }
 
 /// Layer of [`SpendCredits`]: `SpendCredits::layer(credits)`. Cheap to clone.
@@ -100,6 +103,7 @@ impl SpendCredits<(), ()> {
                 credits,
                 cost: None,
                 responder: Responder::default(),
+                refund: false,
             }),
         }
     }
@@ -111,6 +115,7 @@ impl<B: CreditBackend> SpendCreditsLayer<B> {
             credits: shared.credits.clone(),
             cost: shared.cost.clone(),
             responder: shared.responder.clone(),
+            refund: shared.refund,
         });
         f(&mut shared);
         Self {
@@ -123,6 +128,13 @@ impl<B: CreditBackend> SpendCreditsLayer<B> {
     pub fn cost(self, cost: impl Fn(&Method, &Uri) -> u64 + Send + Sync + 'static) -> Self {
         let cost: Arc<CostFn> = Arc::new(cost);
         self.map(|s| s.cost = Some(cost))
+    }
+
+    /// Give a request's credits back when the service answers with a server error (`5xx`), so
+    /// failed calls cost nothing (default: off). Sent in the background on the current tokio
+    /// runtime once the response arrives.
+    pub fn refund_server_errors(self, on: bool) -> Self {
+        self.map(|s| s.refund = on)
     }
 
     /// How refusals are rendered (default: problem+json / gRPC).
@@ -155,6 +167,8 @@ type SpendFuture = Pin<Box<dyn Future<Output = Result<Option<u64>, CreditError>>
 /// A request waiting for its credits to be spent.
 pub struct Spending<S, B, ReqBody> {
     spend: SpendFuture,
+    /// What the spend took, and from whom, to give it back after a server error.
+    paid: (OrgId, KeyId, u64),
     shared: Arc<Shared<B>>,
     /// The request and the inner service made ready for it; taken once the spend answers.
     call: Option<(Request<ReqBody>, S)>,
@@ -163,6 +177,7 @@ pub struct Spending<S, B, ReqBody> {
 impl<S, B, ReqBody> Wait<S::Future> for Spending<S, B, ReqBody>
 where
     S: Service<Request<ReqBody>>,
+    B: CreditBackend,
 {
     fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Next<S::Future, Self>> {
         let result = ready!(self.spend.as_mut().poll(cx));
@@ -170,6 +185,22 @@ where
             return Poll::Ready(Next::Refuse(already_decided()));
         };
         Poll::Ready(match result {
+            Ok(Some(_)) if self.shared.refund => {
+                let credits = self.shared.credits.clone();
+                let (org, key, cost) = self.paid.clone();
+                let refund = Refund(Box::new(move || {
+                    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                        return;
+                    };
+                    runtime.spawn(async move {
+                        let now = credits.clock.now();
+                        if let Err(e) = credits.backend().refund(&org, &key, cost, now).await {
+                            tracing::warn!(error = %e, "credits of a failed call not refunded");
+                        }
+                    });
+                }));
+                Next::Call(inner.call(req), Some(LimitHeaders::refund_only(refund)))
+            }
             Ok(_) => Next::Call(inner.call(req), None),
             Err(error) => {
                 let rejection = error
@@ -219,9 +250,11 @@ where
         }
         let credits = shared.credits.clone();
         let (org, key) = (principal.org_id().clone(), principal.key_id().clone());
+        let paid = (org.clone(), key.clone(), cost);
         let spend: SpendFuture = Box::pin(async move { credits.spend_for(&org, &key, cost).await });
         ResponseFuture::waiting(Spending {
             spend,
+            paid,
             shared: shared.clone(),
             call: Some((req, take_ready(&mut self.inner))),
         })

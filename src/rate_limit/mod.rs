@@ -460,7 +460,7 @@ impl<B: RateLimitBackend> Limiter<B> {
         match result {
             Answer::One(Ok(d)) if d.allowed && draft.is_none() && !self.refund => {
                 Outcome::Admit(Some(LimitHeaders {
-                    info: d.info,
+                    info: Some(d.info),
                     draft: None,
                     refund: None,
                 }))
@@ -590,7 +590,7 @@ impl<B: RateLimitBackend> Limiter<B> {
         } = verdict;
         let org = principal.map(|p| p.org_id().as_str()).unwrap_or_default();
         let mut headers = LimitHeaders {
-            info,
+            info: Some(info),
             draft,
             refund: None,
         };
