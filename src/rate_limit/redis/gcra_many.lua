@@ -110,7 +110,9 @@ if st and st.q ~= q then
       end
       return reply
     end
-    -- Idle under its old policies: full buckets, as if never seen.
+    -- Idle under its old policies: full buckets, as if never seen; a one-policy state left
+    -- idle is removed (as the memory backend removes it), so it cannot shadow this one later.
+    if from_single and commit then redis.call('DEL', single) end
   end
 elseif st then
   for i = 1, n do

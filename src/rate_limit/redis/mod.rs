@@ -72,11 +72,13 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{tak:<org_id>}:rl` | hash `s`, `f`, `q` | the organization's TAT (seconds, fraction) and quota |
+//! | `{tak:<org_id>}:rlp` | hash `q`, `n`, `s1`, `f1`, … | the same under several policies ([`Policies`]) |
+//! | `{tak:<org_id>}:cr`, `…:cr:<key_id>` | hash | credit balances ([`RedisCredits`](crate::credits::RedisCredits)) |
 //! | `{tak:<org_id>}:sess` | sorted set | session ids scored by lease expiry (Unix µs) |
 //!
 //! Keys are named by organization id only, never by an API key or its hash. The braces are a
 //! [hash tag](https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags):
-//! both keys of an organization live in one slot, each script touches exactly one key, and
+//! every key of an organization lives in one slot, each script touches only its keys, and
 //! organizations spread over the cluster's slots. `tak` is the default
 //! [`prefix`](RedisRateLimiter::prefix); give each application (or test) its own.
 //!
@@ -547,7 +549,8 @@ impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
     type Check = RedisCheck;
 
     fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> RedisCheck {
-        let call = Call::new(self.key(org), gcra, cost, now, self.inner.config.grace_ms);
+        let mut call = Call::new(self.key(org), gcra, cost, now, self.inner.config.grace_ms);
+        call.set_key = Some(self.policies_key(org));
         match self.guarded(
             now,
             move |mut conn| async move { call.run(&mut conn).await },
@@ -760,6 +763,8 @@ pub(crate) fn millis(d: Duration) -> u64 {
 /// One check's arguments, computed before the round trip.
 struct Call {
     key: String,
+    /// The organization's several-policy key, read when its one-policy state is absent.
+    set_key: Option<String>,
     q: String,
     gcra: Gcra,
     units: Units,
@@ -786,6 +791,9 @@ enum Reply {
         f: String,
         q: String,
     },
+    /// The organization's state is under several policies: the set's reply, as
+    /// `gcra_many.lua` answers it (`q`, `k`, the 2k fields).
+    WrittenUnderSet(Vec<Value>),
 }
 
 impl Call {
@@ -799,6 +807,7 @@ impl Call {
             .saturating_sub(units.count((now_s, now_f)));
         Self {
             key,
+            set_key: None,
             q: quota_id(gcra),
             gcra: *gcra,
             units,
@@ -813,11 +822,14 @@ impl Call {
     }
 
     async fn run(&self, conn: &mut impl ConnectionLike) -> Result<Decision, RedisBackendError> {
-        let mut carry: Option<[String; 5]> = None;
+        let mut carry: Option<Vec<String>> = None;
         for _ in 0..MAX_CARRY {
             let mut invocation = GCRA_SCRIPT.prepare_invoke();
+            invocation.key(&self.key);
+            if let Some(set_key) = &self.set_key {
+                invocation.key(set_key);
+            }
             invocation
-                .key(&self.key)
                 .arg(&self.q)
                 .arg(self.units.per_sec())
                 .arg(self.gcra.limit())
@@ -852,7 +864,18 @@ impl Call {
                     });
                 }
                 Reply::WrittenUnder { s, f, q } => {
-                    carry = Some(self.carry(s, f, q)?);
+                    carry = Some(self.carry(s, f, q)?.to_vec());
+                }
+                Reply::WrittenUnderSet(state) => {
+                    let set = SetState::read(state)?;
+                    let tat = carry_over_many(&set.from, &set.tats, self.now, &[self.gcra]);
+                    let tat = tat.first().copied().unwrap_or(0);
+                    let (new_s, new_f) = self.units.split(tat, true);
+                    let mut args = vec!["set".to_owned()];
+                    args.extend(set.expected);
+                    args.push(new_s.to_string());
+                    args.push(new_f.to_string());
+                    carry = Some(args);
                 }
             }
         }
@@ -993,7 +1016,31 @@ impl ManyCall {
     /// The carry arguments: the state as read, and the cells in use carried to these
     /// policies exactly as the memory backend carries them.
     fn carry(&self, reply: Vec<Value>) -> Result<Vec<String>, RedisBackendError> {
-        let mut it = reply.into_iter().skip(1);
+        let set = SetState::read(reply.into_iter().skip(1).collect())?;
+        let carried = carry_over_many(&set.from, &set.tats, self.now, &self.gcras);
+        let mut args = set.expected;
+        for (c, tat) in self.calls.iter().zip(carried) {
+            // Rounded up: never looser than the memory backend's.
+            let (s, f) = c.units.split(tat, true);
+            args.push(s.to_string());
+            args.push(f.to_string());
+        }
+        Ok(args)
+    }
+}
+
+/// A several-policy state as a script answers it: `q`, `k`, then `s`, `f` of each policy.
+struct SetState {
+    from: Vec<Gcra>,
+    /// The TATs in nanoseconds.
+    tats: Vec<u64>,
+    /// `q`, `k` and the fields as read: what the carry compares before installing.
+    expected: Vec<String>,
+}
+
+impl SetState {
+    fn read(reply: Vec<Value>) -> Result<Self, RedisBackendError> {
+        let mut it = reply.into_iter();
         let mut next = || {
             it.next()
                 .and_then(string_or_int)
@@ -1009,7 +1056,7 @@ impl ManyCall {
         if from.len() != k {
             return Err(RedisBackendError::BadState);
         }
-        let mut old = Vec::with_capacity(2 * k);
+        let mut expected = vec![q, k.to_string()];
         let mut tats = Vec::with_capacity(k);
         for g in &from {
             let (s, f) = (next()?, next()?);
@@ -1022,19 +1069,14 @@ impl ManyCall {
                 secs.saturating_mul(NANOS_PER_SEC)
                     .saturating_add(frac.saturating_mul(units.unit_ns))
             });
-            old.push(s);
-            old.push(f);
+            expected.push(s);
+            expected.push(f);
         }
-        let carried = carry_over_many(&from, &tats, self.now, &self.gcras);
-        let mut args = vec![q, k.to_string()];
-        args.extend(old);
-        for (c, tat) in self.calls.iter().zip(carried) {
-            // Rounded up: never looser than the memory backend's.
-            let (s, f) = c.units.split(tat, true);
-            args.push(s.to_string());
-            args.push(f.to_string());
-        }
-        Ok(args)
+        Ok(Self {
+            from,
+            tats,
+            expected,
+        })
     }
 }
 
@@ -1064,6 +1106,9 @@ fn parse_reply(reply: Vec<Value>) -> Result<Reply, RedisBackendError> {
     let bad = RedisBackendError::BadReply;
     let mut it = reply.into_iter();
     let tag = it.next().as_ref().and_then(int).ok_or(bad)?;
+    if tag == 3 {
+        return Ok(Reply::WrittenUnderSet(it.collect()));
+    }
     if tag == 2 {
         let mut next = || {
             it.next()
