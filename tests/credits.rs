@@ -20,22 +20,42 @@ use tower_api_key::{KeyId, OrgId, Timestamp};
 /// 2026-01-01T00:00:00Z.
 const T0: u64 = 1_767_225_600;
 
-/// `tasks` tasks spending `cost` `tries` times each from one organization's `start` credits:
-/// returns how many spends were admitted, after checking the final balance is exactly
-/// `start - admitted * cost` and that no answer ever showed a balance below zero.
+/// `tasks` tasks spending `cost` `tries` times each from `start` credits, first of one
+/// organization (each task its own key), then of one key all tasks share: the final balance is
+/// exactly `start - admitted * cost`, every credit that could be spent was, and no answer ever
+/// showed a balance below zero.
 async fn hammer<B: CreditBackend>(backend: B, tasks: u64, tries: u64, cost: u64, start: u64) {
     let org = OrgId::from(format!("org_hammer_{}", std::process::id()));
+    hammer_on(&backend, &org, None, tasks, tries, cost, start).await;
+    // Then every task on one key with a balance of its own (spent before the org's).
+    let key = KeyId::from("key_shared");
+    hammer_on(&backend, &org, Some(&key), tasks, tries, cost, start).await;
+}
+
+async fn hammer_on<B: CreditBackend>(
+    backend: &B,
+    org: &OrgId,
+    shared_key: Option<&KeyId>,
+    tasks: u64,
+    tries: u64,
+    cost: u64,
+    start: u64,
+) {
     let now = Timestamp::from_unix_secs(T0);
+    let account = match shared_key {
+        Some(key) => Account::Key { org, key },
+        None => Account::Org(org),
+    };
     backend
-        .set(Account::Org(&org), start, Refill::Never, now)
+        .set(account, start, Refill::Never, now)
         .await
         .unwrap();
     let admitted = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for t in 0..tasks {
         let (backend, org, admitted) = (backend.clone(), org.clone(), admitted.clone());
+        let key = shared_key.map_or_else(|| KeyId::from(format!("key_{t}")), Clone::clone);
         handles.push(tokio::spawn(async move {
-            let key = KeyId::from(format!("key_{t}"));
             for _ in 0..tries {
                 match backend.spend(&org, &key, cost, now).await {
                     Ok(Some(left)) => {
@@ -53,12 +73,7 @@ async fn hammer<B: CreditBackend>(backend: B, tasks: u64, tries: u64, cost: u64,
         h.await.unwrap();
     }
     let admitted = admitted.load(Ordering::Relaxed);
-    let left = backend
-        .peek(Account::Org(&org), now)
-        .await
-        .unwrap()
-        .unwrap()
-        .balance;
+    let left = backend.peek(account, now).await.unwrap().unwrap().balance;
     assert_eq!(left, start - admitted * cost);
     // More was asked than there was: everything that could be spent was.
     assert_eq!(admitted, start / cost);
