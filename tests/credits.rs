@@ -449,3 +449,40 @@ mod on_postgres {
             .unwrap();
     }
 }
+
+#[cfg(feature = "sqlite")]
+mod on_sqlite {
+    use super::*;
+    use tower_api_key::credits::SqliteCredits;
+    use tower_api_key::store::SqliteStore;
+
+    async fn backend() -> SqliteCredits {
+        let store = SqliteStore::memory().await.unwrap();
+        store.migrate().await.unwrap();
+        SqliteCredits::new(store.pool().clone())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_balance_is_exact_under_concurrency() {
+        hammer(backend().await, 8, 50, 3, 500).await;
+    }
+
+    #[test]
+    fn sqlite_credits_follow_the_model() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sqlite = rt.block_on(backend());
+        let case = std::sync::atomic::AtomicU32::new(0);
+        proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(32))
+            .run(&(refills(), 0u64..200, ops()), |(refill, amount, trace)| {
+                let n = case.fetch_add(1, Ordering::Relaxed);
+                let org = OrgId::from(format!("org_{n}"));
+                let got = rt.block_on(run_trace(&sqlite, &org, refill, amount, &trace));
+                prop_assert_eq!(got, model_trace(refill, amount, &trace));
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -44,15 +44,17 @@ use crate::reject::Rejection;
 use crate::store::BoxError;
 
 mod layer;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql;
 pub use layer::{CreditCost, ResponseFuture, SpendCredits, SpendCreditsLayer, Spending};
-#[cfg(feature = "postgres")]
-pub use postgres::PgCredits;
 #[cfg(feature = "redis")]
 pub use redis::RedisCredits;
+#[cfg(feature = "postgres")]
+pub use sql::PgCredits;
+#[cfg(feature = "sqlite")]
+pub use sql::SqliteCredits;
 
 const SECS_PER_DAY: u64 = 86_400;
 
