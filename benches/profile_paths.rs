@@ -33,6 +33,9 @@
 //! - `fused`, `fused-malformed`: the same stack as one service, `ApiKeyStack`;
 //! - `fused-metered`: `fused` with usage metering on (`meter_usage(true)`): the cost of
 //!   counting each request by outcome (no flusher runs, so every request is counted in place);
+//! - `fused-nolimit`: `ApiKeyStack` without its rate limit (subtract it to get the limit's cost);
+//! - `fused-p1`, `fused-p2`, `fused-p3`: `ApiKeyStack` with 1, 2 or 3 named request policies
+//!   (`QuotaPolicy::policies`, the several-policy path) instead of the plan's one;
 //! - `floor-malformed`: the malformed-key refusal composed by hand, no tower (the suite's
 //!   `hand_composed/malformed_refused`);
 //! - `floor-accept`, `floor-full`: `ApiKeyAuth`'s and the full stack's work on an accepted
@@ -73,6 +76,10 @@ fn main() {
     let mut layers = full_stack(&fx.store, Hello);
     let mut fused = fused_stack_layer(&fx.store).layer(Hello);
     let mut metered = fused_stack_layer_metered(&fx.store).layer(Hello);
+    let mut fused_nolimit = fused_unlimited_layer(&fx.store).layer(Hello);
+    let mut fused_p: Vec<_> = (1..=3)
+        .map(|k| fused_policies_layer(&fx.store, k).layer(Hello))
+        .collect();
     let formats = KeyFormats::default();
     let floor = Floor::new(&fx.store);
     let (expected, mut step): (u16, Box<dyn FnMut() -> u16>) = match path.as_str() {
@@ -88,6 +95,12 @@ fn main() {
         "fused" => (200, Box::new(|| run(&mut fused, request(fx.hot)))),
         "fused-metered" => (200, Box::new(|| run(&mut metered, request(fx.hot)))),
         "fused-malformed" => (401, Box::new(|| run(&mut fused, request(fx.malformed)))),
+        "fused-nolimit" => (200, Box::new(|| run(&mut fused_nolimit, request(fx.hot)))),
+        p @ ("fused-p1" | "fused-p2" | "fused-p3") => {
+            let k = usize::from(p.as_bytes()[7] - b'1');
+            let svc = &mut fused_p[k];
+            (200, Box::new(move || run(svc, request(fx.hot))))
+        }
         "floor-malformed" => (
             401,
             Box::new(|| floor_malformed(&formats, request(fx.malformed))),

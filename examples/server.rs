@@ -666,10 +666,11 @@ fn app<B: RateLimitBackend>(
         .route(Method::GET, "/v1/org/usage", "api_keys:manage")
         .route(Method::GET, "/v1/openapi.json", "api_keys:manage")
         .allow_unmatched();
-    // The whole stack as one service: ApiKeyAuth, the org's rate limit, last-used marks and the
-    // scope rules (see `tower_api_key::stack`).
+    // The whole stack as one service: ApiKeyAuth, the org's rate limit (the X-RateLimit-* trio
+    // and the IETF RateLimit-Policy / RateLimit fields), last-used marks and the scope rules
+    // (see `tower_api_key::stack`).
     let stack = ApiKeyAuth::new(store)
-        .rate_limit(limit)
+        .rate_limit(limit.draft_headers(true))
         .record_last_used(state.recorder.clone())
         .scope_guard(ScopeGuard::rules(scopes));
     let api = Router::new()

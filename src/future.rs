@@ -123,6 +123,7 @@ where
                     let mut res = ready!(fut.poll(cx))?;
                     if let Some(h) = headers {
                         h.write(res.headers_mut());
+                        h.answered(res.status());
                     }
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }

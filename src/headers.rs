@@ -15,13 +15,13 @@ pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-l
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `x-ratelimit-reset`: Unix time, in seconds, at which the allowance is whole again.
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// `ratelimit-policy` (IETF draft-ietf-httpapi-ratelimit-headers).
+/// `ratelimit-policy` (IETF draft-ietf-httpapi-ratelimit-headers-12): every policy.
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `ratelimit` (IETF draft-ietf-httpapi-ratelimit-headers).
+/// `ratelimit` (IETF draft-ietf-httpapi-ratelimit-headers-12): what is left of each policy.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The rate-limit figures of one decision, as sent in `X-RateLimit-*` headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RateLimitInfo {
     /// Requests allowed per window (`X-RateLimit-Limit`).
     pub limit: u64,
@@ -43,46 +43,114 @@ impl RateLimitInfo {
     }
 }
 
-/// What the IETF draft fields name: the plan's policy, its window, and the time of the decision.
+/// The IETF fields of one response, rendered (draft-ietf-httpapi-ratelimit-headers-12):
+/// `RateLimit-Policy` and `RateLimit`.
+#[derive(Clone, Debug)]
+pub(crate) struct DraftFields {
+    policy: HeaderValue,
+    state: HeaderValue,
+}
+
+/// One policy as the IETF fields show it.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Draft {
-    pub(crate) policy: &'static str,
-    pub(crate) window_secs: u64,
-    pub(crate) now_secs: u64,
+pub(crate) struct DraftItem<'a> {
+    /// The policy's name: `[A-Za-z0-9_.:-]`, so a Structured Field string without escapes.
+    pub(crate) name: &'a str,
+    /// `q`: the quota.
+    pub(crate) quota: u64,
+    /// `w`: the window in whole seconds, if the policy has one.
+    pub(crate) window: Option<u64>,
+    /// `qu`: the quota unit when it is not the default `requests`.
+    pub(crate) unit: Option<&'static str>,
+    /// `r` and `t` for the `RateLimit` field: the quota left and the seconds it describes;
+    /// `None` for a policy not decided per request (sessions), which `RateLimit` leaves out.
+    pub(crate) state: Option<(u64, u64)>,
+}
+
+impl DraftFields {
+    /// Render both fields: a Structured Field List of Items each (a String naming the
+    /// policy, with the parameters `q`, `qu`, `w` and `r`, `t`). `None` if nothing renders.
+    pub(crate) fn render(items: &[DraftItem<'_>]) -> Option<Box<Self>> {
+        use std::fmt::Write as _;
+        let (mut policy, mut state) = (String::new(), String::new());
+        for item in items {
+            let sep = if policy.is_empty() { "" } else { ", " };
+            let _ = write!(policy, "{sep}\"{}\";q={}", item.name, item.quota);
+            if let Some(unit) = item.unit {
+                let _ = write!(policy, ";qu=\"{unit}\"");
+            }
+            if let Some(w) = item.window {
+                let _ = write!(policy, ";w={}", w.max(1));
+            }
+            if let Some((r, t)) = item.state {
+                let sep = if state.is_empty() { "" } else { ", " };
+                let _ = write!(state, "{sep}\"{}\";r={r};t={t}", item.name);
+            }
+        }
+        Some(Box::new(Self {
+            policy: HeaderValue::from_str(&policy).ok()?,
+            state: HeaderValue::from_str(&state).ok()?,
+        }))
+    }
+
+    fn write(&self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY, self.policy.clone());
+        if !self.state.is_empty() {
+            headers.insert(RATELIMIT, self.state.clone());
+        }
+    }
+}
+
+/// What to run if the inner service answers with a server error: give the request's cells
+/// back to the limiter (set only when the layer refunds server errors).
+pub(crate) struct Refund(pub(crate) Box<dyn FnOnce() + Send + Sync>);
+
+impl std::fmt::Debug for Refund {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refund")
+    }
 }
 
 /// The rate-limit headers an admitted request's response gets (and a refusal after
-/// authentication): the decision's figures, and the draft fields if enabled.
-#[derive(Clone, Copy, Debug)]
+/// authentication): the deciding policy's figures, and the IETF fields if enabled.
+#[derive(Debug)]
 pub struct LimitHeaders {
-    pub(crate) info: RateLimitInfo,
-    pub(crate) draft: Option<Draft>,
+    /// `None` for a response that only carries a [`Refund`] (credits spent by a layer that
+    /// sends no rate-limit figures).
+    pub(crate) info: Option<RateLimitInfo>,
+    pub(crate) draft: Option<Box<DraftFields>>,
+    pub(crate) refund: Option<Refund>,
 }
 
 impl LimitHeaders {
-    /// Write the headers; the draft fields (formatted, rarely on) out of line.
+    /// Write the headers; the IETF fields (rendered already, rarely on) out of line.
     #[inline]
     pub(crate) fn write(&self, headers: &mut HeaderMap) {
-        self.info.write(headers);
+        if let Some(info) = &self.info {
+            info.write(headers);
+        }
         if let Some(d) = &self.draft {
-            self.write_draft(d, headers);
+            d.write(headers);
         }
     }
 
-    #[inline(never)]
-    fn write_draft(&self, d: &Draft, headers: &mut HeaderMap) {
-        let policy = format!("\"{}\";q={};w={}", d.policy, self.info.limit, d.window_secs);
-        let state = format!(
-            "\"{}\";r={};t={}",
-            d.policy,
-            self.info.remaining,
-            self.info.reset.saturating_sub(d.now_secs)
-        );
-        if let Ok(v) = HeaderValue::from_str(&policy) {
-            headers.insert(RATELIMIT_POLICY, v);
+    /// Only a refund, no headers.
+    pub(crate) fn refund_only(refund: Refund) -> Self {
+        Self {
+            info: None,
+            draft: None,
+            refund: Some(refund),
         }
-        if let Ok(v) = HeaderValue::from_str(&state) {
-            headers.insert(RATELIMIT, v);
+    }
+
+    /// The inner service answered `status`: refund the request if it is a server error and
+    /// the layer asked for it.
+    #[inline]
+    pub(crate) fn answered(&mut self, status: http::StatusCode) {
+        if status.is_server_error() {
+            if let Some(refund) = self.refund.take() {
+                (refund.0)();
+            }
         }
     }
 }

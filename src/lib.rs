@@ -46,9 +46,13 @@
 //! - [`ScopeGuard`]: per-route scope checks, or a [`ScopeRules`] table for hyper and tonic.
 //! - [`LastUsedRecorder`]: when each key was last used, marked lock-free per request and written
 //!   to the store in one batch per interval by a flusher task ([`last_used`]).
-//! - [`OrgRateLimit`]: per-organization GCRA by plan with `X-RateLimit-*` headers, and
-//!   [`SessionQuota`] for concurrent-session leases ([`rate_limit`]); over Redis (feature
-//!   `redis`), one limit and one session count shared by every replica.
+//! - [`OrgRateLimit`]: per-organization GCRA by plan with `X-RateLimit-*` headers (and the
+//!   IETF `RateLimit-Policy` / `RateLimit` fields), several named limits per plan
+//!   ([`rate_limit::Policies`]), and [`SessionQuota`] for concurrent-session leases
+//!   ([`rate_limit`]); over Redis (feature `redis`), one limit and one session count shared by
+//!   every replica.
+//! - [`credits`]: balances a call spends, topped up daily or monthly, in memory, Redis or
+//!   PostgreSQL.
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
 //! - `leaks` (feature `leaks`): the pattern secret scanners look for, GitHub's secret-scanning
 //!   receiver and a public endpoint that revoke leaked keys.
@@ -91,6 +95,7 @@ pub mod auth;
 pub mod breaker;
 pub mod client_addr;
 pub mod clock;
+pub mod credits;
 #[cfg(feature = "dashboard")]
 pub mod dashboard;
 #[cfg(feature = "events")]

@@ -413,6 +413,17 @@ async fn a_free_org_s_101st_request_in_a_minute_is_refused_with_rate_limit_heade
             "request {i}: remaining {remaining}"
         );
         assert!(headers.contains_key("x-ratelimit-reset"));
+        // The IETF fields too: the plan's policies, the seed's numbers.
+        assert_eq!(
+            headers["ratelimit-policy"],
+            "\"free\";q=100;w=60, \"sessions\";q=10;qu=\"concurrent-requests\""
+        );
+        assert!(
+            headers["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with("\"free\";r=")
+        );
     }
     // Within the same minute the bucket is empty (allowing for a refilled cell or two).
     let mut refused = None;

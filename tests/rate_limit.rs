@@ -306,7 +306,7 @@ async fn enterprise_custom_quota() {
     // The IETF draft fields, named after the plan.
     assert_eq!(
         h(res.headers(), "ratelimit-policy").as_deref(),
-        Some("\"enterprise\";q=5;w=1")
+        Some("\"enterprise\";q=5;w=1, \"sessions\";q=500;qu=\"concurrent-requests\"")
     );
     assert_eq!(
         h(res.headers(), "ratelimit").as_deref(),
@@ -328,7 +328,7 @@ async fn draft_headers_are_off_by_default_and_exact_when_on() {
     let res = call(&f.stack(OrgRateLimit::new().draft_headers(true)), get(&key)).await;
     assert_eq!(
         h(res.headers(), "ratelimit-policy").as_deref(),
-        Some("\"free\";q=100;w=60")
+        Some("\"free\";q=100;w=60, \"sessions\";q=10;qu=\"concurrent-requests\"")
     );
     assert_eq!(
         h(res.headers(), "ratelimit").as_deref(),

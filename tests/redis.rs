@@ -30,7 +30,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_api_key::rate_limit::redis::RedisStats;
-use tower_api_key::rate_limit::{Gcra, OnBackendError, OrgRateLimitLayer, RateLimitBackend};
+use tower_api_key::rate_limit::{
+    Gcra, OnBackendError, OrgRateLimitLayer, Policies, RateLimitBackend, Spend,
+};
 use tower_api_key::{
     ApiKeyAuth, Clock, KeyManager, ManualClock, MemoryRateLimiter, MemorySessions, MemoryStore,
     NewKey, OrgId, OrgRateLimit, Plan, Principal, RedisRateLimiter, RedisSessions, SessionError,
@@ -1079,4 +1081,177 @@ async fn memory_and_redis_agree_at_the_extremes() {
         }
         assert_eq!(count, admitted, "trace {i}");
     }
+}
+
+// ---- several policies per organization -----------------------------------------------------
+
+/// Sets of policies a trace switches between; index 0 is the one-policy Free plan, decided by
+/// the one-policy check (so its state is carried over when a set takes over).
+fn policy_sets() -> Vec<Arc<Policies>> {
+    let set = |b: tower_api_key::rate_limit::PoliciesBuilder| Arc::new(b.build().unwrap());
+    vec![
+        Arc::new(Policies::for_plan(&Plan::Free)),
+        set(Policies::builder()
+            .requests("burst", 10, Duration::from_secs(1))
+            .requests("minute", 100, Duration::from_secs(60))),
+        set(Policies::builder()
+            .requests("burst", 7, Duration::from_secs(1))
+            .requests("minute", 100, Duration::from_secs(60))
+            .requests("hour", 1000, Duration::from_secs(3600))),
+        set(Policies::builder()
+            .requests("fast", 50, Duration::from_millis(500))
+            .requests("slow", 7, Duration::from_secs(60))),
+    ]
+}
+
+/// One event: (gap in ns, cost, set index or `usize::MAX` to keep it, dry run, refunded).
+type PolicyEvent = (u64, u32, usize, bool, bool);
+
+/// A start offset in ns and the events.
+fn policies_trace() -> impl Strategy<Value = (u64, Vec<PolicyEvent>)> {
+    (
+        0u64..1_000_000_000,
+        prop::collection::vec(
+            (
+                prop_oneof![
+                    3 => Just(0u64),
+                    4 => 0u64..700_000_000,
+                    1 => 0u64..20_000_000_000,
+                ],
+                prop_oneof![8 => Just(1u32), 2 => 0u32..=8, 1 => 0u32..=120],
+                prop_oneof![12 => Just(usize::MAX), 1 => 0usize..4],
+                prop_oneof![6 => Just(false), 1 => Just(true)],
+                prop_oneof![5 => Just(false), 1 => Just(true)],
+            ),
+            1..150,
+        ),
+    )
+}
+
+/// For random traces of requests, costs, check-only requests, refunds and plan changes across several
+/// policies (starting from a one-policy state), the memory and Redis backends give the same
+/// decisions and figures for every policy, and a refused request spends nothing in either.
+#[test]
+fn memory_and_redis_agree_on_several_policies() {
+    let Some(url) = redis_url("memory_and_redis_agree_on_several_policies") else {
+        return;
+    };
+    let cleanup = Cleanup::new(&url);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = rt.block_on(limiter(&url, &cleanup.prefix));
+    let sets = policy_sets();
+    let free = *sets[0].rates()[0].gcra();
+    let case = AtomicU32::new(0);
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(24));
+    runner
+        .run(&policies_trace(), |(start_frac, events)| {
+            let org = OrgId::from(format!("org_{}", case.fetch_add(1, Ordering::Relaxed)));
+            // A limiter per case: cases run at unrelated times, and a sweep at one case's time
+            // would drop another's state that is not idle at its own.
+            let memory = MemoryRateLimiter::new();
+            let mut now = T0 * 1_000_000_000 + start_frac;
+            let mut set = 0usize;
+            for (i, (gap, cost, change, dry, refunded)) in events.into_iter().enumerate() {
+                now += gap;
+                if change != usize::MAX {
+                    set = change;
+                }
+                let t = Timestamp::from_unix_nanos(now);
+                if set == 0 {
+                    let expected = memory.decide(&org, &free, cost, t);
+                    let got = rt.block_on(redis.check(&org, &free, cost, t)).unwrap();
+                    prop_assert_eq!((got.allowed, got.info), (expected.allowed, expected.info));
+                    if refunded && got.allowed {
+                        memory.refund(&org, &[free], cost, t);
+                        rt.block_on(redis.refund_now(&org, &[free], cost, t))
+                            .unwrap();
+                    }
+                    continue;
+                }
+                let spend = if dry { Spend::DryRun } else { Spend::Commit };
+                let expected = memory.decide_policies(&org, &sets[set], cost, t, spend);
+                let got = rt
+                    .block_on(redis.check_policies(&org, &sets[set], cost, t, spend))
+                    .unwrap();
+                let seen = |d: &tower_api_key::rate_limit::Decisions| {
+                    (
+                        d.allowed(),
+                        d.each()
+                            .iter()
+                            .map(|e| (e.allowed, e.info))
+                            .collect::<Vec<_>>(),
+                    )
+                };
+                prop_assert_eq!(
+                    seen(&got),
+                    seen(&expected),
+                    "event {} (cost {}, set {}, dry {}, t {})",
+                    i,
+                    cost,
+                    set,
+                    dry,
+                    now
+                );
+                if refunded && got.allowed() && !dry {
+                    // The inner service failed: both give the cells back.
+                    let gcras: Vec<Gcra> = sets[set].rates().iter().map(|r| *r.gcra()).collect();
+                    memory.refund(&org, &gcras, cost, t);
+                    rt.block_on(redis.refund_now(&org, &gcras, cost, t))
+                        .unwrap();
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let stats = redis.stats();
+    assert_eq!(
+        stats.errors + stats.timeouts + stats.skipped,
+        0,
+        "{stats:?}"
+    );
+}
+
+/// Several policies through the layer over Redis: a refusal by one policy names it and spends
+/// none of the others; every key of the organization shares one hash slot.
+#[tokio::test]
+async fn several_policies_over_redis_refuse_atomically() {
+    let Some(url) = redis_url("several_policies_over_redis_refuse_atomically") else {
+        return;
+    };
+    let cleanup = Cleanup::new(&url);
+    let redis = limiter(&url, &cleanup.prefix).await;
+    let org = OrgId::from("org_multi");
+    let set = Arc::new(
+        Policies::builder()
+            .requests("burst", 3, Duration::from_secs(1))
+            .requests("minute", 10, Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    let t = Timestamp::from_unix_secs(T0);
+    for _ in 0..3 {
+        let d = redis
+            .check_policies(&org, &set, 1, t, Spend::Commit)
+            .await
+            .unwrap();
+        assert!(d.allowed());
+    }
+    let d = redis
+        .check_policies(&org, &set, 1, t, Spend::Commit)
+        .await
+        .unwrap();
+    assert!(!d.allowed());
+    assert_eq!(
+        d.each().iter().map(|e| e.allowed).collect::<Vec<_>>(),
+        [false, true]
+    );
+    // "minute" was not spent by the refusal: 7 of 10 left.
+    assert_eq!(d.each()[1].info.remaining, 7);
+    assert_eq!(d.info().retry_after, 1);
+    let key = redis.policies_key(&org);
+    assert!(key.starts_with(&format!("{{{}:org_multi}}", cleanup.prefix)));
+    assert_eq!(cleanup.keys(), vec![key]);
 }

@@ -355,6 +355,38 @@ pub fn fused_stack_layer_metered(
         .scope_guard(ScopeGuard::require(REQUIRED))
 }
 
+/// The fused stack without its rate limit: what the first policy costs is the difference.
+pub fn fused_unlimited_layer(store: &MemoryStore) -> tower_api_key::ApiKeyStackLayer<MemoryStore> {
+    auth_layer(store)
+        .record_last_used(LastUsedRecorder::new(store.clone()))
+        .scope_guard(ScopeGuard::require(REQUIRED))
+}
+
+/// The fused stack with `k` named request policies per organization (1 to 3), each as roomy as
+/// [`unbounded`] (9,999 per millisecond, the same rate over a second and a minute), given by
+/// [`QuotaPolicy::policies`](tower_api_key::rate_limit::QuotaPolicy::policies): what one more
+/// policy costs.
+pub fn fused_policies_layer(
+    store: &MemoryStore,
+    k: usize,
+) -> tower_api_key::ApiKeyStackLayer<MemoryStore> {
+    use tower_api_key::rate_limit::{Policies, QuotaPolicy};
+    let windows = [
+        ("ms", 9_999, Duration::from_millis(1)),
+        ("second", 9_999_000, Duration::from_secs(1)),
+        ("minute", 599_940_000, Duration::from_secs(60)),
+    ];
+    let mut builder = Policies::builder();
+    for (name, n, w) in windows.into_iter().take(k) {
+        builder = builder.requests(name, n, w);
+    }
+    let set = std::sync::Arc::new(builder.build().expect("valid policies"));
+    auth_layer(store)
+        .rate_limit(OrgRateLimit::new().policy(QuotaPolicy::policies(move |_| set.clone())))
+        .record_last_used(LastUsedRecorder::new(store.clone()))
+        .scope_guard(ScopeGuard::require(REQUIRED))
+}
+
 /// The token of an `Authorization: Bearer <token>` value, parsed as a user would by hand: the
 /// scheme matched case-insensitively, the rest trimmed, only visible ASCII accepted. The floors
 /// use it rather than the crate's own parser, which is private.

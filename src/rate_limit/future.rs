@@ -6,11 +6,10 @@ use std::task::{Context, Poll, ready};
 use http::Request;
 use tower_service::Service;
 
-use super::{CheckArgs, Limiter, Outcome, RateLimitBackend};
+use super::{CheckArgs, DraftSpec, LimitCheck, Limiter, Outcome, RateLimitBackend};
 use std::future::Future as _;
 
 use crate::future::{Next, Wait, already_decided};
-use crate::headers::Draft;
 use crate::principal::Principal;
 
 /// Response future of [`OrgRateLimit`](super::OrgRateLimit).
@@ -19,22 +18,22 @@ pub type ResponseFuture<S, B, ReqBody> =
 
 /// A request waiting for a remote rate-limit backend's answer.
 pub struct Check<S, B: RateLimitBackend, ReqBody> {
-    check: B::Check,
+    check: LimitCheck<B::Check>,
     limiter: Arc<Limiter<B>>,
     args: CheckArgs,
-    draft: Option<Draft>,
+    draft: Option<DraftSpec>,
     /// The request and the inner service made ready for it; taken once the check answers.
     call: Option<(Request<ReqBody>, S)>,
 }
 
 impl<S, B: RateLimitBackend, ReqBody> Check<S, B, ReqBody> {
     pub(crate) fn new(
-        check: B::Check,
+        check: LimitCheck<B::Check>,
         req: Request<ReqBody>,
         inner: S,
         limiter: Arc<Limiter<B>>,
         args: CheckArgs,
-        draft: Option<Draft>,
+        draft: Option<DraftSpec>,
     ) -> Self {
         Self {
             check,

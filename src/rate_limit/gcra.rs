@@ -74,6 +74,8 @@
 
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use crate::clock::Timestamp;
 use crate::headers::RateLimitInfo;
 use crate::plan::Quota;
@@ -270,6 +272,19 @@ impl Gcra {
         self.decide(tat, now, 0).info
     }
 
+    /// Give back the cells of an admitted request costing `cost`, at `now`: the TAT moves back
+    /// by `cost·T`, but never before `now` (a full bucket gets no fuller) and a TAT held at the
+    /// end of time stays held. Used to refund requests the inner service failed (`5xx`).
+    pub fn refund(&self, tat: Timestamp, now: Timestamp, cost: u32) -> Timestamp {
+        let now_ns = now.as_unix_nanos().min(MAX_TAT);
+        let tat_ns = tat.as_unix_nanos();
+        if tat_ns <= now_ns || tat_ns >= MAX_TAT {
+            return tat;
+        }
+        let back = u64::from(cost).saturating_mul(self.interval);
+        Timestamp::from_unix_nanos(tat_ns.saturating_sub(back).max(now_ns))
+    }
+
     /// Carry a state written under quota `from` over to this quota, at `now`.
     ///
     /// The *cells* in use are kept, not the time debt: a Free organization that spent 100 of
@@ -296,6 +311,96 @@ impl Gcra {
         let carried = now_ns.saturating_add(new_debt.min(self.capacity));
         Timestamp::from_unix_nanos(carried.min(MAX_TAT))
     }
+}
+
+/// The outcome of one request checked against several policies ([`decide_all`]): admitted
+/// only if every policy admits it, and then every policy spends its cells; refused, no policy
+/// spends anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decisions {
+    allowed: bool,
+    each: SmallVec<[Decision; 3]>,
+}
+
+impl Decisions {
+    /// Whether the request is admitted (every policy admits it).
+    pub fn allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// One decision per policy, in the policies' order. When the request is refused, each
+    /// `tat` is the unchanged state, `allowed` says whether this policy alone would have
+    /// admitted it (`false`: it is among the violated policies) and the figures of those that
+    /// would have are what they are without the request.
+    pub fn each(&self) -> &[Decision] {
+        &self.each
+    }
+
+    /// The policy whose figures go into `X-RateLimit-*`: when refused, the violated policy that
+    /// admits last (largest `retry_after`); when admitted, the one closest to refusing (fewest
+    /// `remaining`, then the latest `reset`).
+    pub fn deciding(&self) -> usize {
+        let mut best = 0;
+        for (i, d) in self.each.iter().enumerate().skip(1) {
+            let b = &self.each[best];
+            let better = if self.allowed {
+                (d.info.remaining, std::cmp::Reverse(d.info.reset))
+                    < (b.info.remaining, std::cmp::Reverse(b.info.reset))
+            } else {
+                match (d.allowed, b.allowed) {
+                    (false, true) => true,
+                    (false, false) => d.info.retry_after > b.info.retry_after,
+                    _ => false,
+                }
+            };
+            if better {
+                best = i;
+            }
+        }
+        best
+    }
+
+    /// The figures for `X-RateLimit-*` and `Retry-After`: the [deciding](Self::deciding)
+    /// policy's, whose `retry_after` is, when refused, the largest of the violated policies'
+    /// (never earlier than every violated policy admits the request again).
+    pub fn info(&self) -> RateLimitInfo {
+        self.each
+            .get(self.deciding())
+            .map_or(RateLimitInfo::default(), |d| d.info)
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn from_parts(allowed: bool, each: SmallVec<[Decision; 3]>) -> Self {
+        Self { allowed, each }
+    }
+}
+
+/// Decide a request costing `cost` at `now` against several policies at once, given each
+/// policy's state (`tats[i]` for `gcras[i]`; a missing state is a full bucket).
+///
+/// The one multi-policy decision, shared by every backend: each policy decides with
+/// [`Gcra::decide`]; the request is admitted iff all admit it, and then the new states are
+/// every policy's new TAT; refused, every state is unchanged and the policies that admitted
+/// report their figures without the request (a cost-0 decision).
+pub fn decide_all(gcras: &[Gcra], tats: &[Timestamp], now: Timestamp, cost: u32) -> Decisions {
+    let tat_of = |i: usize| tats.get(i).copied().unwrap_or(Timestamp::EPOCH);
+    let mut each: SmallVec<[Decision; 3]> = gcras
+        .iter()
+        .enumerate()
+        .map(|(i, g)| g.decide(tat_of(i), now, cost))
+        .collect();
+    let allowed = each.iter().all(|d| d.allowed);
+    if !allowed {
+        for (i, d) in each.iter_mut().enumerate() {
+            if d.allowed {
+                *d = Decision {
+                    allowed: true,
+                    ..gcras[i].decide(tat_of(i), now, 0)
+                };
+            }
+        }
+    }
+    Decisions { allowed, each }
 }
 
 impl From<Quota> for Gcra {

@@ -2,18 +2,20 @@
 
 use std::fmt;
 use std::future::{Ready, ready};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use papaya::{Compute, Operation};
+use smallvec::SmallVec;
 
 use crate::clock::Timestamp;
 use crate::headers::RateLimitInfo;
 use crate::ids::OrgId;
 
-use super::backend::{CheckResult, RateLimitBackend};
-use super::gcra::{Decision, Gcra, MAX_TAT};
+use super::backend::{CheckResult, PoliciesCheck, RateLimitBackend, Spend};
+use super::gcra::{Decision, Decisions, Gcra, MAX_TAT, decide_all};
+use super::policies::Policies;
 
 /// Set in a TAT word that must not be updated any more: its entry is being replaced (quota
 /// change) or removed (idle eviction). TATs are nanoseconds since the epoch, at most
@@ -103,6 +105,17 @@ pub(crate) fn carry_over(tat: u64, now: u64, from: &Gcra, to: &Gcra) -> u64 {
     tat_for(used(tat.min(MAX_TAT), now, from), now, to)
 }
 
+/// The TATs of states of policies `from` (`tats`, nanoseconds) carried over to policies `to` at
+/// `now`, exactly as this backend carries a several-policy state: each new policy starts with
+/// the largest count of cells in use among the old ones, capped at its quota. Shared with the
+/// Redis backend so both decide alike.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn carry_over_many(from: &[Gcra], tats: &[u64], now: u64, to: &[Gcra]) -> Vec<u64> {
+    let now = now.min(MAX_TAT);
+    let tats: Vec<u64> = tats.iter().map(|t| (*t).min(MAX_TAT)).collect();
+    carried(max_used(from, &tats, now), now, to).into_vec()
+}
+
 /// The largest power of two not above `n` (`n >= 1`).
 fn prev_power_of_two(n: usize) -> usize {
     1 << (usize::BITS - 1 - n.max(1).leading_zeros())
@@ -116,8 +129,69 @@ fn thread_slot() -> usize {
     SLOT.try_with(|s| *s).unwrap_or(0)
 }
 
+/// One organization's state under several policies: their quotas and TATs, under one lock,
+/// so that a request is decided against all of them and spends all or none.
+struct MultiState {
+    inner: Mutex<MultiInner>,
+}
+
+struct MultiInner {
+    gcras: SmallVec<[Gcra; 3]>,
+    tats: SmallVec<[u64; 3]>,
+    /// Set when the entry leaves the map (swept, or carried over to a one-policy state): a
+    /// request that finds it set looks the organization up again.
+    removed: bool,
+}
+
+impl MultiState {
+    fn new(gcras: SmallVec<[Gcra; 3]>, tats: SmallVec<[u64; 3]>) -> Self {
+        Self {
+            inner: Mutex::new(MultiInner {
+                gcras,
+                tats,
+                removed: false,
+            }),
+        }
+    }
+
+    /// The lock. The state is integers written only after a whole decision, so a poisoned
+    /// lock (a panic elsewhere while holding it) still holds a consistent state.
+    fn lock(&self) -> MutexGuard<'_, MultiInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The largest number of cells in use (fixed point) among policies `gcras` with states `tats`.
+fn max_used(gcras: &[Gcra], tats: &[u64], now: u64) -> u128 {
+    gcras
+        .iter()
+        .zip(tats)
+        .map(|(g, t)| used(*t, now, g))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The states of policies `gcras` that each have `used` cells in use at `now`.
+fn carried(used: u128, now: u64, gcras: &[Gcra]) -> SmallVec<[u64; 3]> {
+    gcras.iter().map(|g| tat_for(used, now, g)).collect()
+}
+
+/// Decide against states given as nanoseconds.
+fn decide_on(gcras: &[Gcra], tats: &[u64], now: Timestamp, cost: u32) -> Decisions {
+    let tats: SmallVec<[Timestamp; 3]> = tats
+        .iter()
+        .map(|t| Timestamp::from_unix_nanos(*t))
+        .collect();
+    decide_all(gcras, &tats, now, cost)
+}
+
 struct Inner {
     orgs: papaya::HashMap<OrgId, OrgState, Hasher>,
+    /// Organizations limited by several policies at once.
+    multi: papaya::HashMap<OrgId, MultiState, Hasher>,
+    /// Whether `multi` ever held an entry: until then a new one-policy state has nothing to
+    /// carry over from it and skips the look-up.
+    any_multi: AtomicBool,
     /// Map size at which the next insertion triggers a sweep; `usize::MAX` while one runs.
     next_sweep: AtomicUsize,
     sweep_floor: usize,
@@ -215,6 +289,8 @@ impl MemoryRateLimiter {
         Self {
             inner: Arc::new(Inner {
                 orgs: papaya::HashMap::builder().hasher(Hasher::default()).build(),
+                multi: papaya::HashMap::builder().hasher(Hasher::default()).build(),
+                any_multi: AtomicBool::new(false),
                 next_sweep: AtomicUsize::new(floor),
                 sweep_floor: floor,
                 // A power of two, so a thread finds its stripe with a mask.
@@ -226,7 +302,7 @@ impl MemoryRateLimiter {
 
     /// Organizations with state (idle ones not yet swept included).
     pub fn len(&self) -> usize {
-        self.inner.orgs.len()
+        self.inner.orgs.len() + self.inner.multi.len()
     }
 
     /// Whether no organization has state.
@@ -275,13 +351,17 @@ impl MemoryRateLimiter {
             // By `&OrgId`, not `&str`: the key in the map is a clone of the same `Arc` as the
             // record's organization, so equality is a pointer comparison, not a `memcmp`.
             let Some(state) = orgs.get(org) else {
-                let d = gcra.decide(Timestamp::EPOCH, now, cost);
-                if !d.allowed || d.tat.as_unix_nanos() <= now_ns {
-                    // Nothing to remember: refused, or free and the bucket still full.
-                    return d;
+                // A state under several policies (a plan change) is carried over.
+                let in_use = self.take_multi(org, now_ns);
+                if in_use == 0 {
+                    let d = gcra.decide(Timestamp::EPOCH, now, cost);
+                    if !d.allowed || d.tat.as_unix_nanos() <= now_ns {
+                        // Nothing to remember: refused, or free and the bucket still full.
+                        return d;
+                    }
                 }
                 if orgs
-                    .try_insert(org.clone(), self.state(gcra, 0, now_ns))
+                    .try_insert(org.clone(), self.state(gcra, in_use, now_ns))
                     .is_ok()
                 {
                     self.maybe_sweep(now);
@@ -417,6 +497,161 @@ impl MemoryRateLimiter {
         }
     }
 
+    /// Decide a request against every request policy of `policies` at once, and with
+    /// [`Spend::Commit`] spend all of them if all admit it: the synchronous form of
+    /// [`RateLimitBackend::check_policies`]. One lock per organization (a `Mutex` held for
+    /// the decision only) makes the all-or-nothing spend atomic.
+    pub fn decide_policies(
+        &self,
+        org: &OrgId,
+        policies: &Policies,
+        cost: u32,
+        now: Timestamp,
+        spend: Spend,
+    ) -> Decisions {
+        let now_ns = now.as_unix_nanos().min(MAX_TAT);
+        let now = Timestamp::from_unix_nanos(now_ns);
+        let gcras: SmallVec<[Gcra; 3]> = policies.rates().iter().map(|r| *r.gcra()).collect();
+        let multi = self.inner.multi.pin();
+        loop {
+            let Some(state) = multi.get(org) else {
+                // A one-policy state (a plan change) is carried over; a dry run only reads it.
+                let in_use = match spend {
+                    Spend::Commit => self.take_single(org, now_ns),
+                    Spend::DryRun => self.single_used(org, now_ns),
+                };
+                let tats = carried(in_use, now_ns, &gcras);
+                let d = decide_on(&gcras, &tats, now, cost);
+                let idle = d.each().iter().all(|e| e.tat.as_unix_nanos() <= now_ns);
+                if spend == Spend::DryRun || (in_use == 0 && (!d.allowed() || idle)) {
+                    return d;
+                }
+                self.inner.any_multi.store(true, Ordering::Release);
+                match multi.try_insert(org.clone(), MultiState::new(gcras.clone(), tats)) {
+                    Ok(_) => self.maybe_sweep(now),
+                    Err(lost) => {
+                        // Another request inserted first: keep the stricter of both states.
+                        let mut mine = lost.not_inserted.lock();
+                        let mut theirs = lost.current.lock();
+                        if !theirs.removed && theirs.gcras == mine.gcras {
+                            for (t, m) in theirs.tats.iter_mut().zip(mine.tats.iter_mut()) {
+                                *t = (*t).max(*m);
+                            }
+                        }
+                    }
+                }
+                continue; // decide against the entry now in the map
+            };
+            let mut inner = state.lock();
+            if inner.removed {
+                continue;
+            }
+            if !policies.same_rates(&inner.gcras) {
+                let in_use = max_used(&inner.gcras, &inner.tats, now_ns);
+                let tats = carried(in_use, now_ns, &gcras);
+                if spend == Spend::DryRun {
+                    return decide_on(&gcras, &tats, now, cost);
+                }
+                inner.gcras = gcras.clone();
+                inner.tats = tats;
+            }
+            let d = decide_on(&inner.gcras, &inner.tats, now, cost);
+            if d.allowed() && spend == Spend::Commit {
+                for (t, e) in inner.tats.iter_mut().zip(d.each()) {
+                    *t = e.tat.as_unix_nanos().min(MAX_TAT);
+                }
+            }
+            return d;
+        }
+    }
+
+    /// Give back `cost` cells of every policy of `org` decided under `gcras` ([`Gcra::refund`]),
+    /// if its state is still written under them (after a plan change there is nothing to give
+    /// back to). Striped states are not refunded (their cells are spread over stripes).
+    pub fn give_back(&self, org: &OrgId, gcras: &[Gcra], cost: u32, now: Timestamp) {
+        if let [gcra] = gcras {
+            let orgs = self.inner.orgs.pin();
+            if let Some(state) = orgs.get(org) {
+                if let (true, [cell]) = (state.gcra == *gcra, state.cells()) {
+                    let mut current = cell.tat.load(Ordering::Acquire);
+                    while current & SEALED == 0 {
+                        let new = gcra
+                            .refund(Timestamp::from_unix_nanos(current), now, cost)
+                            .as_unix_nanos();
+                        match cell.tat.compare_exchange_weak(
+                            current,
+                            new,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => break,
+                            Err(actual) => current = actual,
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        let multi = self.inner.multi.pin();
+        if let Some(state) = multi.get(org) {
+            let mut inner = state.lock();
+            if inner.removed || inner.gcras.as_slice() != gcras {
+                return;
+            }
+            let MultiInner { gcras, tats, .. } = &mut *inner;
+            for (g, t) in gcras.iter().zip(tats.iter_mut()) {
+                *t = g
+                    .refund(Timestamp::from_unix_nanos(*t), now, cost)
+                    .as_unix_nanos();
+            }
+        }
+    }
+
+    /// Remove `org`'s one-policy state, if any, and return its cells in use at `now`.
+    fn take_single(&self, org: &OrgId, now: u64) -> u128 {
+        let orgs = self.inner.orgs.pin();
+        let Some(state) = orgs.get(org) else {
+            return 0;
+        };
+        let in_use = Self::seal(state, now);
+        let _ = orgs.remove_if(org, |_, v| std::ptr::eq(v, state));
+        in_use
+    }
+
+    /// The cells in use of `org`'s one-policy state at `now`, read only.
+    fn single_used(&self, org: &OrgId, now: u64) -> u128 {
+        let orgs = self.inner.orgs.pin();
+        orgs.get(org).map_or(0, |state| {
+            state
+                .cells()
+                .iter()
+                .map(|c| used(c.tat.load(Ordering::Acquire) & MAX_TAT, now, &c.gcra))
+                .sum()
+        })
+    }
+
+    /// Remove `org`'s several-policy state, if any, and return the largest count of cells in
+    /// use among its policies at `now`.
+    fn take_multi(&self, org: &OrgId, now: u64) -> u128 {
+        if !self.inner.any_multi.load(Ordering::Acquire) {
+            return 0;
+        }
+        let multi = self.inner.multi.pin();
+        let Some(state) = multi.get(org) else {
+            return 0;
+        };
+        let in_use = {
+            let mut inner = state.lock();
+            if inner.removed {
+                return 0;
+            }
+            inner.removed = true;
+            max_used(&inner.gcras, &inner.tats, now)
+        };
+        let _ = multi.remove_if(org, |_, v| std::ptr::eq(v, state));
+        in_use
+    }
+
     /// The figures of `org` at `now` under `gcra`, spending nothing.
     pub fn peek(&self, org: &OrgId, gcra: &Gcra, now: Timestamp) -> RateLimitInfo {
         let now_ns = now.as_unix_nanos().min(MAX_TAT);
@@ -489,6 +724,24 @@ impl MemoryRateLimiter {
                 removed += 1;
             }
         }
+        let multi = self.inner.multi.pin();
+        for (org, state) in multi.iter() {
+            let idle = {
+                let mut inner = state.lock();
+                let idle = !inner.removed && inner.tats.iter().all(|t| *t <= now_ns);
+                if idle {
+                    inner.removed = true;
+                }
+                idle
+            };
+            if idle
+                && multi
+                    .remove_if(org.as_str(), |_, v| std::ptr::eq(v, state))
+                    .is_ok_and(|r| r.is_some())
+            {
+                removed += 1;
+            }
+        }
         removed
     }
 }
@@ -499,6 +752,21 @@ impl RateLimitBackend for MemoryRateLimiter {
     #[inline]
     fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> Self::Check {
         ready(Ok(self.decide(org, gcra, cost, now)))
+    }
+
+    fn check_policies(
+        &self,
+        org: &OrgId,
+        policies: &Arc<Policies>,
+        cost: u32,
+        now: Timestamp,
+        spend: Spend,
+    ) -> PoliciesCheck {
+        PoliciesCheck::ready(Ok(self.decide_policies(org, policies, cost, now, spend)))
+    }
+
+    fn refund(&self, org: &OrgId, gcras: &[Gcra], cost: u32, now: Timestamp) {
+        self.give_back(org, gcras, cost, now);
     }
 }
 

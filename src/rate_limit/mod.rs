@@ -85,13 +85,17 @@ mod backend;
 mod future;
 pub mod gcra;
 mod memory;
+pub mod policies;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod throttle;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri};
@@ -99,11 +103,14 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use addr::AddrRateLimit;
-pub use backend::{CheckResult, RateLimitBackend, RateLimitError};
+pub use backend::{
+    CheckResult, PoliciesCheck, PoliciesResult, RateLimitBackend, RateLimitError, Spend,
+};
 pub(crate) use future::Check;
 pub use future::ResponseFuture;
-pub use gcra::{Decision, Gcra};
+pub use gcra::{Decision, Decisions, Gcra, decide_all};
 pub use memory::MemoryRateLimiter;
+pub use policies::{Policies, PoliciesBuilder, PolicyError, PolicyName, RatePolicy, SessionPolicy};
 
 pub use crate::headers::{
     RATELIMIT, RATELIMIT_POLICY, RateLimitInfo, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
@@ -112,7 +119,7 @@ pub use crate::headers::{
 
 use crate::clock::{Clock, Timestamp};
 use crate::future::{inner_accessors, poll_now, take_ready};
-use crate::headers::{Draft, LimitHeaders};
+use crate::headers::{DraftFields, DraftItem, LimitHeaders, Refund};
 use crate::plan::{Plan, Quota};
 use crate::principal::Principal;
 use crate::reject::{Rejection, Responder, ResponseBody, missing_principal};
@@ -121,55 +128,146 @@ use crate::store::{UsageMeter, UsageOutcome};
 const FREE: Gcra = Gcra::from_quota(&Plan::Free.quota());
 const PAID: Gcra = Gcra::from_quota(&Plan::Paid.quota());
 
-/// Which [`Quota`] an organization gets. Cheap to clone.
+/// Which limits an organization gets. Cheap to clone.
 ///
 /// The default, [`QuotaPolicy::by_plan`], is the plan's own quota ([`Plan::quota`]): the
-/// table for Free and Paid, the negotiated quota an enterprise plan carries. Replace it with
-/// [`QuotaPolicy::new`] to compute quotas otherwise (a promotion, an override table). The
-/// policy runs on every request, so keep it cheap; it sees the organization's current plan.
+/// table for Free and Paid, the negotiated quota an enterprise plan carries, as one request
+/// policy named after the plan. Replace it with [`QuotaPolicy::new`] to compute one quota
+/// otherwise (a promotion, an override table), or with [`QuotaPolicy::policies`] to give
+/// organizations several named limits at once ([`Policies`]: a burst beside a per-minute
+/// rate and a daily cap). The policy runs on every request, so keep it cheap; it sees the
+/// organization's current plan.
 #[derive(Clone, Default)]
-pub struct QuotaPolicy(Option<Arc<PolicyFn>>);
+pub struct QuotaPolicy(Source);
+
+#[derive(Clone, Default)]
+enum Source {
+    #[default]
+    ByPlan,
+    Quota(Arc<PolicyFn>),
+    Policies(Arc<PoliciesFn>),
+}
 
 type PolicyFn = dyn Fn(&Principal) -> Quota + Send + Sync;
+type PoliciesFn = dyn Fn(&Principal) -> Arc<Policies> + Send + Sync;
 
 impl fmt::Debug for QuotaPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.0 {
-            None => "QuotaPolicy::by_plan",
-            Some(_) => "QuotaPolicy::custom",
+            Source::ByPlan => "QuotaPolicy::by_plan",
+            Source::Quota(_) => "QuotaPolicy::custom",
+            Source::Policies(_) => "QuotaPolicy::policies",
         })
     }
+}
+
+/// The request policies chosen for one request.
+#[derive(Clone, Debug)]
+pub(crate) enum Selected {
+    /// One policy named after the plan: the default plans' path, one atomic word per org.
+    One(Gcra),
+    /// Several named policies, decided together.
+    Many(Arc<Policies>),
 }
 
 impl QuotaPolicy {
     /// Each organization gets its plan's [`Quota`].
     pub fn by_plan() -> Self {
-        Self(None)
+        Self(Source::ByPlan)
     }
 
-    /// A custom policy.
+    /// A custom quota: one request policy (named after the plan) and a session limit.
     pub fn new(policy: impl Fn(&Principal) -> Quota + Send + Sync + 'static) -> Self {
-        Self(Some(Arc::new(policy)))
+        Self(Source::Quota(Arc::new(policy)))
     }
 
-    /// The quota of `principal`'s organization.
+    /// Several named policies per organization. Build each plan's [`Policies`] once and hand
+    /// out clones of its `Arc`: this runs on every request.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tower_api_key::rate_limit::{Policies, QuotaPolicy};
+    ///
+    /// let burst_and_minute = Arc::new(
+    ///     Policies::builder()
+    ///         .requests("burst", 10, Duration::from_secs(1))
+    ///         .requests("minute", 100, Duration::from_secs(60))
+    ///         .build()
+    ///         .expect("valid policies"),
+    /// );
+    /// let policy = QuotaPolicy::policies(move |_principal| burst_and_minute.clone());
+    /// # let _ = policy;
+    /// ```
+    pub fn policies(
+        policies: impl Fn(&Principal) -> Arc<Policies> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Source::Policies(Arc::new(policies)))
+    }
+
+    /// The quota of `principal`'s organization. With [`policies`](Self::policies): its first
+    /// request policy, and its session policy (the plan's sessions if it has none).
     pub fn quota(&self, principal: &Principal) -> Quota {
         match &self.0 {
-            None => principal.plan().quota(),
-            Some(f) => f(principal),
+            Source::ByPlan => principal.plan().quota(),
+            Source::Quota(f) => f(principal),
+            Source::Policies(f) => {
+                let set = f(principal);
+                let plan = principal.plan().quota();
+                let first = set.rates().first().map(|r| *r.gcra());
+                Quota {
+                    requests: first.map_or(plan.requests, |g| {
+                        u32::try_from(g.limit()).unwrap_or(u32::MAX)
+                    }),
+                    period: first.map_or(plan.period, |g| g.period()),
+                    concurrent_sessions: set
+                        .sessions()
+                        .map_or(plan.concurrent_sessions, |s| s.limit()),
+                }
+            }
         }
     }
 
-    /// The request-rate GCRA of `principal`'s organization (precomputed for Free and Paid).
+    /// The concurrent sessions `principal`'s organization may hold (what
+    /// [`SessionQuota`](crate::SessionQuota) enforces).
+    pub fn concurrent_sessions(&self, principal: &Principal) -> u32 {
+        self.quota(principal).concurrent_sessions
+    }
+
+    /// The request-rate GCRA of `principal`'s organization (precomputed for Free and Paid);
+    /// with [`policies`](Self::policies), its first request policy's.
     #[inline]
     pub fn gcra(&self, principal: &Principal) -> Gcra {
         match &self.0 {
-            None => match principal.plan() {
+            Source::ByPlan => match principal.plan() {
                 Plan::Free => FREE,
                 Plan::Paid => PAID,
                 Plan::Enterprise(q) => Gcra::from_quota(&q),
             },
-            Some(f) => Gcra::from_quota(&f(principal)),
+            Source::Quota(f) => Gcra::from_quota(&f(principal)),
+            Source::Policies(_) => Gcra::from_quota(&self.quota(principal)),
+        }
+    }
+
+    /// The policies of `principal`'s organization as named sets (one policy per plan unless
+    /// built with [`policies`](Self::policies)).
+    pub fn named(&self, principal: &Principal) -> Arc<Policies> {
+        match &self.0 {
+            Source::Policies(f) => f(principal),
+            _ => Arc::new(Policies::single(
+                principal.plan().name(),
+                self.gcra(principal),
+                Some(self.concurrent_sessions(principal)),
+            )),
+        }
+    }
+
+    /// The policies deciding a request of `principal`.
+    #[inline]
+    pub(crate) fn select(&self, principal: &Principal) -> Selected {
+        match &self.0 {
+            Source::Policies(f) => Selected::Many(f(principal)),
+            _ => Selected::One(self.gcra(principal)),
         }
     }
 }
@@ -197,6 +295,7 @@ pub enum OnBackendError {
 }
 
 type CostFn = dyn Fn(&Method, &Uri) -> u32 + Send + Sync;
+type CheckOnlyFn = dyn Fn(&Method, &Uri) -> bool + Send + Sync;
 
 #[derive(Clone)]
 pub(crate) struct Limiter<B> {
@@ -205,6 +304,8 @@ pub(crate) struct Limiter<B> {
     clock: Clock,
     responder: Responder,
     cost: Option<Arc<CostFn>>,
+    check_only: Option<Arc<CheckOnlyFn>>,
+    refund: bool,
     draft_headers: bool,
     on_error: OnBackendError,
     unavailable_retry_after: u64,
@@ -215,11 +316,53 @@ pub(crate) struct Limiter<B> {
 }
 
 /// What a backend check was asked, kept for the fallback when it fails.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct CheckArgs {
-    pub(crate) gcra: Gcra,
+    pub(crate) selected: Selected,
     pub(crate) cost: u32,
     pub(crate) now: Timestamp,
+    pub(crate) spend: Spend,
+}
+
+/// What the IETF fields need besides the decision, known before it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DraftSpec {
+    now_secs: u64,
+    /// The plan's name: the name of a [`Selected::One`] policy.
+    plan: &'static str,
+    /// The concurrent sessions of a [`Selected::One`] organization.
+    sessions: u32,
+}
+
+/// The check of one request: one policy (the backend's own future) or several.
+pub(crate) enum LimitCheck<C> {
+    One(C),
+    Many(PoliciesCheck),
+}
+
+/// What a [`LimitCheck`] answers.
+pub(crate) enum Answer {
+    One(CheckResult),
+    Many(PoliciesResult),
+}
+
+impl<C: Future<Output = CheckResult> + Unpin> Future for LimitCheck<C> {
+    type Output = Answer;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match self.get_mut() {
+            LimitCheck::One(c) => Pin::new(c).poll(cx).map(Answer::One),
+            LimitCheck::Many(c) => Pin::new(c).poll(cx).map(Answer::Many),
+        }
+    }
+}
+
+/// A decision as the client sees it: admitted or not, the figures, the IETF fields.
+struct Verdict {
+    allowed: bool,
+    info: RateLimitInfo,
+    draft: Option<Box<DraftFields>>,
 }
 
 /// What to do with a request once the backend answered.
@@ -244,48 +387,94 @@ impl<B> Limiter<B> {
     }
 }
 
+/// `t` of the IETF `RateLimit` field for one policy: for a policy that refused the request,
+/// when it admits it again (so `Retry-After` is never earlier); otherwise the seconds until
+/// its allowance is whole again.
+fn effective_window(d: &Decision, now_secs: u64) -> u64 {
+    if d.allowed {
+        d.info.reset.saturating_sub(now_secs)
+    } else {
+        d.info.retry_after.max(1)
+    }
+}
+
 impl<B: RateLimitBackend> Limiter<B> {
-    /// Start the check of a request by `principal` at `now`: its quota, its cost, the draft
-    /// fields if enabled, and the backend's check (not yet polled). Shared by [`OrgRateLimit`]
-    /// and [`ApiKeyStack`](crate::ApiKeyStack).
+    /// Start the check of a request by `principal` at `now`: its policies, its cost, the draft
+    /// fields' inputs if enabled, and the backend's check (not yet polled). Shared by
+    /// [`OrgRateLimit`] and [`ApiKeyStack`](crate::ApiKeyStack).
     #[inline]
     pub(crate) fn begin<ReqBody>(
         &self,
         principal: &Principal,
         req: &Request<ReqBody>,
         now: Timestamp,
-    ) -> (B::Check, CheckArgs, Option<Draft>) {
-        let gcra = self.policy.gcra(principal);
+    ) -> (LimitCheck<B::Check>, CheckArgs, Option<DraftSpec>) {
+        let mut selected = self.policy.select(principal);
         let cost = match req.extensions().get::<Cost>() {
             Some(c) => c.0,
             None => self.cost.as_ref().map_or(1, |f| f(req.method(), req.uri())),
         };
-        let draft = self.draft_headers.then(|| Draft {
-            policy: principal.plan().name(),
-            window_secs: gcra.period().as_secs().max(1),
-            now_secs: now.as_unix_secs(),
-        });
-        let check = self.backend.check(principal.org_id(), &gcra, cost, now);
-        (check, CheckArgs { gcra, cost, now }, draft)
+        let spend = match &self.check_only {
+            Some(f) if f(req.method(), req.uri()) => Spend::DryRun,
+            _ => Spend::Commit,
+        };
+        let draft = self.draft_headers.then(|| self.draft_spec(principal, now));
+        let org = principal.org_id();
+        let check = match (&selected, spend) {
+            (Selected::One(gcra), Spend::Commit) => {
+                LimitCheck::One(self.backend.check(org, gcra, cost, now))
+            }
+            (Selected::One(_), Spend::DryRun) => {
+                // A check-only request goes through the several-policy check, which can
+                // decide without writing.
+                let set = self.policy.named(principal);
+                let check = self.backend.check_policies(org, &set, cost, now, spend);
+                selected = Selected::Many(set);
+                LimitCheck::Many(check)
+            }
+            (Selected::Many(set), _) => {
+                LimitCheck::Many(self.backend.check_policies(org, set, cost, now, spend))
+            }
+        };
+        let args = CheckArgs {
+            selected,
+            cost,
+            now,
+            spend,
+        };
+        (check, args, draft)
     }
 
-    /// Turn a backend answer into the figures to add, or a rendered refusal. An admission, the
-    /// common case, is decided inline; refusals and backend errors (logging, rendering) go to
+    #[inline(never)]
+    fn draft_spec(&self, principal: &Principal, now: Timestamp) -> DraftSpec {
+        DraftSpec {
+            now_secs: now.as_unix_secs(),
+            plan: principal.plan().name(),
+            sessions: self.policy.concurrent_sessions(principal),
+        }
+    }
+
+    /// Turn a backend answer into the figures to add, or a rendered refusal. An admission by
+    /// one policy without the IETF fields, the common case, is decided inline; everything
+    /// else (several policies, the IETF fields, refusals, backend errors) goes to
     /// [`outcome_slow`](Self::outcome_slow).
     #[inline]
     pub(crate) fn outcome(
         &self,
-        result: CheckResult,
+        result: Answer,
         principal: Option<&Principal>,
         args: &CheckArgs,
-        draft: Option<Draft>,
+        draft: Option<DraftSpec>,
         request_headers: &HeaderMap,
     ) -> Outcome {
         match result {
-            Ok(d) if d.allowed => Outcome::Admit(Some(LimitHeaders {
-                info: d.info,
-                draft,
-            })),
+            Answer::One(Ok(d)) if d.allowed && draft.is_none() && !self.refund => {
+                Outcome::Admit(Some(LimitHeaders {
+                    info: Some(d.info),
+                    draft: None,
+                    refund: None,
+                }))
+            }
             other => self.outcome_slow(other, principal, args, draft, request_headers),
         }
     }
@@ -293,81 +482,227 @@ impl<B: RateLimitBackend> Limiter<B> {
     #[inline(never)]
     fn outcome_slow(
         &self,
-        result: CheckResult,
+        result: Answer,
         principal: Option<&Principal>,
         args: &CheckArgs,
-        draft: Option<Draft>,
+        draft: Option<DraftSpec>,
+        request_headers: &HeaderMap,
+    ) -> Outcome {
+        let decisions = match result {
+            Answer::One(Ok(d)) => {
+                let gcra = match &args.selected {
+                    Selected::One(g) => *g,
+                    Selected::Many(_) => Gcra::new(0, Duration::ZERO),
+                };
+                let plan = draft.map_or_else(
+                    || principal.map_or("requests", |p| p.plan().name()),
+                    |s| s.plan,
+                );
+                let fields = draft.and_then(|spec| {
+                    DraftFields::render(&[
+                        DraftItem {
+                            name: plan,
+                            quota: gcra.limit(),
+                            window: Some(gcra.period().as_secs()),
+                            unit: None,
+                            state: Some((d.info.remaining, effective_window(&d, spec.now_secs))),
+                        },
+                        DraftItem {
+                            name: "sessions",
+                            quota: u64::from(spec.sessions),
+                            window: None,
+                            unit: Some("concurrent-requests"),
+                            state: None,
+                        },
+                    ])
+                });
+                let verdict = Verdict {
+                    allowed: d.allowed,
+                    info: d.info,
+                    draft: fields,
+                };
+                return self.decided(
+                    verdict,
+                    || vec![plan.to_owned()],
+                    principal,
+                    args,
+                    request_headers,
+                );
+            }
+            Answer::Many(Ok(ds)) => ds,
+            Answer::One(Err(error)) | Answer::Many(Err(error)) => {
+                return self.failed(error, principal, args, draft, request_headers);
+            }
+        };
+        let Selected::Many(set) = &args.selected else {
+            return self.failed(
+                RateLimitError::unavailable("several decisions for one policy"),
+                principal,
+                args,
+                draft,
+                request_headers,
+            );
+        };
+        let fields = draft.and_then(|spec| {
+            let mut items: Vec<DraftItem<'_>> = set
+                .rates()
+                .iter()
+                .zip(decisions.each())
+                .map(|(p, d)| DraftItem {
+                    name: p.name().as_str(),
+                    quota: p.gcra().limit(),
+                    window: Some(p.gcra().period().as_secs()),
+                    unit: None,
+                    state: Some((d.info.remaining, effective_window(d, spec.now_secs))),
+                })
+                .collect();
+            if let Some(s) = set.sessions() {
+                items.push(DraftItem {
+                    name: s.name().as_str(),
+                    quota: u64::from(s.limit()),
+                    window: None,
+                    unit: Some("concurrent-requests"),
+                    state: None,
+                });
+            }
+            DraftFields::render(&items)
+        });
+        let violated = || {
+            set.rates()
+                .iter()
+                .zip(decisions.each())
+                .filter(|(_, d)| !d.allowed)
+                .map(|(p, _)| p.name().as_str().to_owned())
+                .collect()
+        };
+        let verdict = Verdict {
+            allowed: decisions.allowed(),
+            info: decisions.info(),
+            draft: fields,
+        };
+        self.decided(verdict, violated, principal, args, request_headers)
+    }
+
+    /// An admission with its headers (and its refund, if the layer refunds server errors), or
+    /// a `429` naming the violated policies.
+    fn decided(
+        &self,
+        verdict: Verdict,
+        violated: impl FnOnce() -> Vec<String>,
+        principal: Option<&Principal>,
+        args: &CheckArgs,
+        request_headers: &HeaderMap,
+    ) -> Outcome {
+        let Verdict {
+            allowed,
+            info,
+            draft,
+        } = verdict;
+        let org = principal.map(|p| p.org_id().as_str()).unwrap_or_default();
+        let mut headers = LimitHeaders {
+            info: Some(info),
+            draft,
+            refund: None,
+        };
+        if allowed {
+            if self.refund && args.spend == Spend::Commit && args.cost > 0 {
+                headers.refund = principal.map(|p| self.refund_of(p, args));
+            }
+            return Outcome::Admit(Some(headers));
+        }
+        let violated = violated();
+        tracing::debug!(
+            org_id = org,
+            limit = info.limit,
+            retry_after = info.retry_after,
+            violated = ?violated,
+            "rate limit exceeded"
+        );
+        if let Some(p) = principal {
+            self.meter.count(p.record(), UsageOutcome::RateLimited);
+        }
+        let mut res = self
+            .responder
+            .respond(&Rejection::RateLimited { info, violated }, request_headers);
+        // The responder wrote X-RateLimit-* and Retry-After; add the draft fields.
+        if headers.draft.is_some() {
+            headers.write(res.headers_mut());
+        }
+        Outcome::Refuse(res)
+    }
+
+    /// What gives a request's cells back if its inner service fails.
+    fn refund_of(&self, principal: &Principal, args: &CheckArgs) -> Refund {
+        let backend = self.backend.clone();
+        let org = principal.org_id().clone();
+        let gcras: Vec<Gcra> = match &args.selected {
+            Selected::One(g) => vec![*g],
+            Selected::Many(set) => set.rates().iter().map(|r| *r.gcra()).collect(),
+        };
+        let (cost, now, clock) = (args.cost, args.now, self.clock.clone());
+        Refund(Box::new(move || {
+            // The later of the decision's time and now: never refund into the past.
+            let at = clock.now().max(now);
+            tracing::debug!(org_id = %org, cost, "server error: rate-limit cells refunded");
+            backend.refund(&org, &gcras, cost, at);
+        }))
+    }
+
+    /// The backend failed: the layer's [`OnBackendError`] policy.
+    fn failed(
+        &self,
+        error: RateLimitError,
+        principal: Option<&Principal>,
+        args: &CheckArgs,
+        draft: Option<DraftSpec>,
         request_headers: &HeaderMap,
     ) -> Outcome {
         let org = principal.map(|p| p.org_id().as_str()).unwrap_or_default();
-        match result {
-            Ok(d) if d.allowed => Outcome::Admit(Some(LimitHeaders {
-                info: d.info,
-                draft,
-            })),
-            Ok(d) => {
-                tracing::debug!(
-                    org_id = org,
-                    limit = d.info.limit,
-                    retry_after = d.info.retry_after,
-                    "rate limit exceeded"
-                );
-                if let Some(p) = principal {
-                    self.meter.count(p.record(), UsageOutcome::RateLimited);
+        match self.on_error {
+            OnBackendError::FailOpen => {
+                let fallback = principal.and_then(|p| match &args.selected {
+                    Selected::One(g) => self
+                        .backend
+                        .fallback(p.org_id(), g, args.cost, args.now)
+                        .map(|d| Answer::One(Ok(d))),
+                    Selected::Many(set) => self
+                        .backend
+                        .fallback_policies(p.org_id(), set, args.cost, args.now, args.spend)
+                        .map(|d| Answer::Many(Ok(d))),
+                });
+                if let Some(held_back) = self.error_log.admit(args.now) {
+                    tracing::warn!(
+                        %error,
+                        org_id = org,
+                        held_back,
+                        local = fallback.is_some(),
+                        "rate-limit backend failed; failing open"
+                    );
                 }
-                let mut res = self
-                    .responder
-                    .respond(&Rejection::RateLimited(d.info), request_headers);
-                // The responder wrote X-RateLimit-* and Retry-After; add the draft fields.
-                if draft.is_some() {
-                    LimitHeaders {
-                        info: d.info,
-                        draft,
-                    }
-                    .write(res.headers_mut());
+                match fallback {
+                    Some(answer) => self.outcome(answer, principal, args, draft, request_headers),
+                    None => Outcome::Admit(None),
                 }
-                Outcome::Refuse(res)
             }
-            Err(error) => match self.on_error {
-                OnBackendError::FailOpen => {
-                    let fallback = principal.and_then(|p| {
-                        self.backend
-                            .fallback(p.org_id(), &args.gcra, args.cost, args.now)
-                    });
-                    if let Some(held_back) = self.error_log.admit(args.now) {
-                        tracing::warn!(
-                            %error,
-                            org_id = org,
-                            held_back,
-                            local = fallback.is_some(),
-                            "rate-limit backend failed; failing open"
-                        );
-                    }
-                    match fallback {
-                        Some(d) => self.outcome(Ok(d), principal, args, draft, request_headers),
-                        None => Outcome::Admit(None),
-                    }
+            OnBackendError::FailClosed => {
+                if let Some(held_back) = self.error_log.admit(args.now) {
+                    tracing::warn!(
+                        %error,
+                        org_id = org,
+                        held_back,
+                        "rate-limit backend failed; answering 503"
+                    );
                 }
-                OnBackendError::FailClosed => {
-                    if let Some(held_back) = self.error_log.admit(args.now) {
-                        tracing::warn!(
-                            %error,
-                            org_id = org,
-                            held_back,
-                            "rate-limit backend failed; answering 503"
-                        );
-                    }
-                    // An open breaker knows when it will try again; otherwise the layer's default.
-                    let retry_after = match &error {
-                        RateLimitError::CircuitOpen(refused) => refused.retry_after_secs(),
-                        _ => self.unavailable_retry_after,
-                    };
-                    Outcome::Refuse(self.responder.respond(
-                        &Rejection::StoreUnavailable { retry_after },
-                        request_headers,
-                    ))
-                }
-            },
+                // An open breaker knows when it will try again; otherwise the layer's default.
+                let retry_after = match &error {
+                    RateLimitError::CircuitOpen(refused) => refused.retry_after_secs(),
+                    _ => self.unavailable_retry_after,
+                };
+                Outcome::Refuse(self.responder.respond(
+                    &Rejection::StoreUnavailable { retry_after },
+                    request_headers,
+                ))
+            }
         }
     }
 }
@@ -434,6 +769,8 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
                 clock: Clock::default(),
                 responder: Responder::default(),
                 cost: None,
+                check_only: None,
+                refund: false,
                 draft_headers: false,
                 on_error: OnBackendError::default(),
                 unavailable_retry_after: 1,
@@ -472,11 +809,40 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
         self.map(|s| s.cost = Some(cost))
     }
 
-    /// Also send the IETF draft fields (default: off), named after the plan:
-    /// `RateLimit-Policy: "free";q=100;w=60` and `RateLimit: "free";r=99;t=1`
-    /// (`t`: seconds until the allowance is whole again).
+    /// Which requests only check the limits without spending them (default: none), by
+    /// method and URI: for "can I start this job?" endpoints. Such a request gets the figures
+    /// it would get, and a `429` if it would be refused; nothing is spent either way.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_api_key::OrgRateLimit;
+    ///
+    /// let layer = OrgRateLimit::new()
+    ///     .check_only(|method, uri| method == Method::GET && uri.path() == "/v1/jobs/can-start");
+    /// # let _ = layer;
+    /// ```
+    pub fn check_only(self, f: impl Fn(&Method, &Uri) -> bool + Send + Sync + 'static) -> Self {
+        let f: Arc<CheckOnlyFn> = Arc::new(f);
+        self.map(|s| s.check_only = Some(f))
+    }
+
+    /// Also send the IETF fields of draft-ietf-httpapi-ratelimit-headers-12 (default: off):
+    /// `RateLimit-Policy` lists every policy (`q`, `w`, and `qu="concurrent-requests"` for
+    /// sessions), `RateLimit` what is left of each request policy (`r`) and for how long
+    /// (`t`: seconds until the allowance is whole again, or until a policy that refused
+    /// admits again). With the default plans:
+    /// `RateLimit-Policy: "free";q=100;w=60, "sessions";q=10;qu="concurrent-requests"` and
+    /// `RateLimit: "free";r=99;t=1`.
     pub fn draft_headers(self, on: bool) -> Self {
         self.map(|s| s.draft_headers = on)
+    }
+
+    /// Give a request's cells back to every policy when the inner service answers with a
+    /// server error (`5xx`), so failed calls do not count (default: off). The request was
+    /// admitted under the limit as it stood; the refund applies when its response arrives.
+    /// A request refunded costs nothing, but it did take its cells while it ran.
+    pub fn refund_server_errors(self, on: bool) -> Self {
+        self.map(|s| s.refund = on)
     }
 
     /// What to do when the backend fails (default: [`OnBackendError::FailClosed`]).

@@ -8,7 +8,8 @@
 //! | key lacks the route's scope | 403 | `insufficient_scope` | 7 `PERMISSION_DENIED` |
 //! | a rule table has no rule for the route | 403 | `no_route_rule` | 7 `PERMISSION_DENIED` |
 //! | key store down or slow | 503 + `Retry-After` | `auth_unavailable` | 14 `UNAVAILABLE` |
-//! | organization over its request rate | 429 + `Retry-After` | `rate_limited` | 8 `RESOURCE_EXHAUSTED` |
+//! | organization over one of its request policies | 429 + `Retry-After` | `rate_limited` | 8 `RESOURCE_EXHAUSTED` |
+//! | key's or organization's credits less than the call's cost | 429 (+ `Retry-After` until the refill) | `credits_exhausted` | 8 `RESOURCE_EXHAUSTED` |
 //! | organization at its concurrent-session quota | 429 + `Retry-After` | `session_limit_exceeded` | 8 `RESOURCE_EXHAUSTED` |
 //! | a layer found no `Principal` (misconfigured stack) | 500 | `auth_layer_missing` | 13 `INTERNAL` |
 //!
@@ -16,6 +17,16 @@
 //!
 //! ```json
 //! {"type":"about:blank","title":"Invalid or missing API key","status":401,"code":"invalid_api_key"}
+//! ```
+//!
+//! A rate-limit refusal uses the IETF problem type
+//! `https://iana.org/assignments/http-problem-types#quota-exceeded`
+//! (draft-ietf-httpapi-ratelimit-headers-12) and names the policies that refused it:
+//!
+//! ```json
+//! {"type":"https://iana.org/assignments/http-problem-types#quota-exceeded",
+//!  "title":"Rate limit of 10 requests exceeded; retry after 1 seconds","status":429,
+//!  "code":"rate_limited","retry_after":1,"limit":10,"violated-policies":["burst"]}
 //! ```
 //!
 //! 401s carry `WWW-Authenticate: Bearer realm="api"`, with `error="invalid_token"` when a key was

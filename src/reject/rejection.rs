@@ -69,8 +69,24 @@ pub enum Rejection {
         /// Seconds the client should wait.
         retry_after: u64,
     },
-    /// The organization exceeded its request rate.
-    RateLimited(RateLimitInfo),
+    /// The organization exceeded one or more of its request policies. Rendered as the IETF
+    /// `quota-exceeded` problem type with `violated-policies` (code `rate_limited`).
+    RateLimited {
+        /// The figures sent in `X-RateLimit-*`: the violated policy that admits last, whose
+        /// `retry_after` is when every violated policy admits the request again.
+        info: RateLimitInfo,
+        /// The names of the policies that refused the request.
+        violated: Vec<String>,
+    },
+
+    /// The key's or organization's credits are less than the call's cost
+    /// ([`Credits`](crate::credits::Credits)): `429 credits_exhausted`, gRPC 8.
+    CreditsExhausted {
+        /// What is left.
+        balance: u64,
+        /// Seconds until the next refill (`Retry-After`), if the balance is refilled.
+        retry_after: Option<u64>,
+    },
     /// The organization holds as many sessions as its plan allows.
     SessionLimit {
         /// Sessions allowed at once.
@@ -96,9 +112,9 @@ impl Rejection {
             | Rejection::NoRouteRule
             | Rejection::ClientNotAllowed => StatusCode::FORBIDDEN,
             Rejection::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Rejection::RateLimited(_) | Rejection::SessionLimit { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Rejection::RateLimited { .. }
+            | Rejection::CreditsExhausted { .. }
+            | Rejection::SessionLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Rejection::MissingPrincipal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,7 +129,8 @@ impl Rejection {
             Rejection::NoRouteRule => "no_route_rule",
             Rejection::ClientNotAllowed => "client_not_allowed",
             Rejection::StoreUnavailable { .. } => "auth_unavailable",
-            Rejection::RateLimited(_) => "rate_limited",
+            Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::CreditsExhausted { .. } => "credits_exhausted",
             Rejection::SessionLimit { .. } => "session_limit_exceeded",
             Rejection::MissingPrincipal { .. } => "auth_layer_missing",
         }
@@ -128,7 +145,9 @@ impl Rejection {
             | Rejection::NoRouteRule
             | Rejection::ClientNotAllowed => 7,
             Rejection::StoreUnavailable { .. } => 14,
-            Rejection::RateLimited(_) | Rejection::SessionLimit { .. } => 8,
+            Rejection::RateLimited { .. }
+            | Rejection::CreditsExhausted { .. }
+            | Rejection::SessionLimit { .. } => 8,
             Rejection::MissingPrincipal { .. } => 13,
         }
     }
@@ -148,11 +167,14 @@ impl Rejection {
             Rejection::StoreUnavailable { .. } => {
                 "Authentication is temporarily unavailable; retry later".into()
             }
-            Rejection::RateLimited(info) => format!(
+            Rejection::RateLimited { info, .. } => format!(
                 "Rate limit of {} requests exceeded; retry after {} seconds",
                 info.limit, info.retry_after
             )
             .into(),
+            Rejection::CreditsExhausted { balance, .. } => {
+                format!("Credits exhausted: {balance} left, less than this call costs").into()
+            }
             Rejection::SessionLimit { limit, .. } => {
                 format!("Concurrent session limit of {limit} reached; end a session first").into()
             }
@@ -167,7 +189,8 @@ impl Rejection {
     /// Seconds the client should wait before retrying (`Retry-After`, never 0), if any.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Rejection::RateLimited(info) => Some(info.retry_after.max(1)),
+            Rejection::RateLimited { info, .. } => Some(info.retry_after.max(1)),
+            Rejection::CreditsExhausted { retry_after, .. } => retry_after.map(|s| s.max(1)),
             Rejection::SessionLimit { retry_after, .. }
             | Rejection::StoreUnavailable { retry_after } => Some((*retry_after).max(1)),
             _ => None,

@@ -45,7 +45,16 @@ struct Problem<'a> {
     retry_after: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance: Option<u64>,
+    #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
+    violated_policies: Option<&'a [String]>,
 }
+
+/// The problem type of a refusal by a rate limit: the IETF draft's
+/// (draft-ietf-httpapi-ratelimit-headers-12, section 5.1).
+pub(crate) const QUOTA_EXCEEDED: &str =
+    "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
 /// A refusal of the default realm whose response never varies, in both forms.
 struct Fixed {
@@ -146,23 +155,35 @@ fn problem_in(rejection: &Rejection, realm: &str, mut headers: HeaderMap) -> Res
     let title = rejection.message();
     let (required_scope, limit) = match rejection {
         Rejection::InsufficientScope { required } => (Some(required.as_str()), None),
-        Rejection::RateLimited(info) => (None, Some(info.limit)),
+        Rejection::RateLimited { info, .. } => (None, Some(info.limit)),
         Rejection::SessionLimit { limit, .. } => (None, Some(*limit)),
         _ => (None, None),
     };
     let problem = Problem {
-        kind: "about:blank",
+        kind: match rejection {
+            Rejection::RateLimited { .. } => QUOTA_EXCEEDED,
+            _ => "about:blank",
+        },
         title: &title,
         status: status.as_u16(),
         code: rejection.code(),
         required_scope,
         retry_after: match rejection {
-            Rejection::RateLimited(info) => Some(info.retry_after),
+            Rejection::RateLimited { info, .. } => Some(info.retry_after),
+            Rejection::CreditsExhausted { retry_after, .. } => *retry_after,
             Rejection::SessionLimit { retry_after, .. }
             | Rejection::StoreUnavailable { retry_after } => Some(*retry_after),
             _ => None,
         },
         limit,
+        balance: match rejection {
+            Rejection::CreditsExhausted { balance, .. } => Some(*balance),
+            _ => None,
+        },
+        violated_policies: match rejection {
+            Rejection::RateLimited { violated, .. } => Some(violated),
+            _ => None,
+        },
     };
     // Serializing a struct of strings and integers cannot fail.
     let body = serde_json::to_vec(&problem).unwrap_or_default();
@@ -189,7 +210,7 @@ fn grpc_in(rejection: &Rejection, mut headers: HeaderMap) -> Response<Bytes> {
 }
 
 fn write_retry_headers(rejection: &Rejection, headers: &mut HeaderMap) {
-    if let Rejection::RateLimited(info) = rejection {
+    if let Rejection::RateLimited { info, .. } = rejection {
         info.write(headers);
     }
     if let Some(secs) = rejection.retry_after() {
@@ -294,12 +315,15 @@ mod tests {
 
     #[test]
     fn retry_after_is_never_zero() {
-        let r = Rejection::RateLimited(RateLimitInfo {
-            limit: 100,
-            remaining: 0,
-            reset: 10,
-            retry_after: 0,
-        });
+        let r = Rejection::RateLimited {
+            info: RateLimitInfo {
+                limit: 100,
+                remaining: 0,
+                reset: 10,
+                retry_after: 0,
+            },
+            violated: vec!["free".into()],
+        };
         assert_eq!(r.problem_response("api").headers()[RETRY_AFTER], "1");
     }
 
@@ -320,10 +344,17 @@ mod tests {
             },
             Rejection::NoRouteRule,
             Rejection::StoreUnavailable { retry_after: 5 },
-            Rejection::RateLimited(info),
+            Rejection::RateLimited {
+                info,
+                violated: vec!["burst".into(), "daily".into()],
+            },
             Rejection::SessionLimit {
                 limit: 10,
                 retry_after: 30,
+            },
+            Rejection::CreditsExhausted {
+                balance: 2,
+                retry_after: Some(3600),
             },
             Rejection::MissingPrincipal {
                 layer: "ScopeGuard",
@@ -332,7 +363,11 @@ mod tests {
         for r in cases {
             let res = r.problem_response("api");
             let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
-            assert_eq!(v["type"], "about:blank");
+            let kind = match r {
+                Rejection::RateLimited { .. } => QUOTA_EXCEEDED,
+                _ => "about:blank",
+            };
+            assert_eq!(v["type"], kind);
             assert_eq!(v["title"], *r.message());
             assert_eq!(v["status"], r.status().as_u16());
             assert_eq!(v["code"], r.code());
@@ -340,11 +375,20 @@ mod tests {
                 Rejection::InsufficientScope { required } => {
                     assert_eq!(v["required_scope"], required.as_str())
                 }
-                Rejection::RateLimited(i) => {
+                Rejection::RateLimited { info: i, violated } => {
+                    assert_eq!(v["violated-policies"], serde_json::json!(violated));
                     assert_eq!(v["retry_after"], i.retry_after);
                     assert_eq!(v["limit"], i.limit);
                     assert_eq!(res.headers()[RETRY_AFTER], "7");
                     assert_eq!(res.headers()[X_RATELIMIT_RESET], "1700000060");
+                }
+                Rejection::CreditsExhausted {
+                    balance,
+                    retry_after,
+                } => {
+                    assert_eq!(v["balance"], *balance);
+                    assert_eq!(v["retry_after"], retry_after.unwrap());
+                    assert_eq!(res.headers()[RETRY_AFTER], "3600");
                 }
                 Rejection::SessionLimit { limit, retry_after } => {
                     assert_eq!(v["retry_after"], *retry_after);
@@ -357,7 +401,11 @@ mod tests {
             }
         }
         assert_eq!(
-            Rejection::RateLimited(info).message(),
+            Rejection::RateLimited {
+                info,
+                violated: vec![]
+            }
+            .message(),
             "Rate limit of 100 requests exceeded; retry after 7 seconds"
         );
     }

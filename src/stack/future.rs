@@ -11,10 +11,10 @@ use tower_service::Service;
 use super::{Decided, Stages, after_limit, proceed, stages};
 use crate::clock::Timestamp;
 use crate::future::{Next, Timed, Wait, already_decided};
-use crate::headers::Draft;
 use crate::key::KeyHash;
 use crate::principal::Principal;
 use crate::rate_limit::{CheckArgs, MemoryRateLimiter, Outcome, RateLimitBackend};
+use crate::rate_limit::{DraftSpec, LimitCheck};
 use crate::store::{KeyStore, StoreError};
 
 /// Response future of [`ApiKeyStack`](super::ApiKeyStack).
@@ -29,6 +29,10 @@ pub struct Waiting<S, St: KeyStore, ReqBody, B: RateLimitBackend> {
     state: State<S, St, ReqBody, B>,
 }
 
+// A `Waiting` is boxed once per request that really waits (a remote store or limiter), and
+// moves from one state to the other in place: boxing the check's state again would add an
+// allocation to every such request to save a few dozen bytes.
+#[allow(clippy::large_enum_variant)]
 enum State<S, St: KeyStore, ReqBody, B: RateLimitBackend> {
     Lookup {
         wait: Timed<St::Lookup>,
@@ -37,9 +41,9 @@ enum State<S, St: KeyStore, ReqBody, B: RateLimitBackend> {
         call: Option<(Request<ReqBody>, S)>,
     },
     Check {
-        check: B::Check,
+        check: LimitCheck<B::Check>,
         args: CheckArgs,
-        draft: Option<Draft>,
+        draft: Option<DraftSpec>,
         /// Taken once the check answers.
         call: Option<(Request<ReqBody>, Principal, Timestamp, S)>,
     },
@@ -65,9 +69,9 @@ impl<S, St: KeyStore, ReqBody, B: RateLimitBackend> Waiting<S, St, ReqBody, B> {
 
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn check(
-        check: B::Check,
+        check: LimitCheck<B::Check>,
         args: CheckArgs,
-        draft: Option<Draft>,
+        draft: Option<DraftSpec>,
         req: Request<ReqBody>,
         principal: Principal,
         now: Timestamp,

@@ -60,11 +60,12 @@ pub use future::ResponseFuture;
 use crate::auth::{ApiKeyAuthLayer, Authenticator, Begin};
 use crate::clock::{Clock, Timestamp};
 use crate::future::{Next, inner_accessors, poll_now, take_ready};
-use crate::headers::{Draft, LimitHeaders};
+use crate::headers::LimitHeaders;
 use crate::last_used::{LastUsedRecorderLayer, Recorder};
 use crate::principal::Principal;
 use crate::rate_limit::{
-    CheckArgs, Limiter, MemoryRateLimiter, OrgRateLimitLayer, Outcome, RateLimitBackend,
+    CheckArgs, DraftSpec, LimitCheck, Limiter, MemoryRateLimiter, OrgRateLimitLayer, Outcome,
+    RateLimitBackend,
 };
 use crate::reject::{Rejection, ResponseBody};
 use crate::scope::{Guard, ScopeGuardLayer};
@@ -331,7 +332,7 @@ pub(crate) enum Decided<C> {
     /// Refused by the rate limit or the scope guard.
     Refuse(Response<Bytes>),
     /// The rate limit's check is still pending.
-    Check(C, CheckArgs, Option<Draft>),
+    Check(C, CheckArgs, Option<DraftSpec>),
 }
 
 /// Run the stages of an accepted request, up to the call. The request is borrowed, so that it
@@ -342,7 +343,7 @@ pub(crate) fn stages<St, B, ReqBody>(
     req: &mut Request<ReqBody>,
     principal: &Principal,
     now: Timestamp,
-) -> Decided<B::Check>
+) -> Decided<LimitCheck<B::Check>>
 where
     B: RateLimitBackend,
 {
@@ -370,7 +371,7 @@ pub(crate) fn after_limit<St, B, ReqBody>(
     principal: &Principal,
     now: Timestamp,
     headers: Option<LimitHeaders>,
-) -> Decided<B::Check>
+) -> Decided<LimitCheck<B::Check>>
 where
     B: RateLimitBackend,
 {
@@ -409,7 +410,7 @@ pub(crate) fn proceed<S, St, B, ReqBody>(
     mut req: Request<ReqBody>,
     principal: Principal,
     now: Timestamp,
-    decided: Decided<B::Check>,
+    decided: Decided<LimitCheck<B::Check>>,
 ) -> Next<S::Future, future::Waiting<S, St, ReqBody, B>>
 where
     S: Service<Request<ReqBody>> + Clone,

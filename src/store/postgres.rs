@@ -82,6 +82,11 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/postgres/0002_key_policies.sql"),
     },
     Migration {
+        version: 3,
+        name: "credits",
+        sql: include_str!("../../migrations/postgres/0003_credits.sql"),
+    },
+    Migration {
         version: 4,
         name: "usage",
         sql: include_str!("../../migrations/postgres/0004_usage.sql"),

@@ -1,5 +1,7 @@
 -- GCRA for one organization, atomically: the same decision as `Gcra::decide` in gcra.rs.
 --
+-- KEYS[2]  (optional) the organization's state under several policies, carried over when
+--          KEYS[1] is absent (see below).
 -- KEYS[1]  the organization's state: a hash {s, f, q}, its TAT as whole seconds `s` plus `f`
 --          units of the second, and `q`, the quota it was written under ("limit:period_ns").
 -- ARGV     q, units per second U, limit N, interval T, capacity N*T (T and N*T in units),
@@ -54,7 +56,49 @@ end
 
 local st = redis.call('HMGET', key, 's', 'f', 'q')
 local carried = false
-if ARGV[13] and st[1] and st[3] ~= q then
+-- KEYS[2], if given: the organization's state under several policies (gcra_many.lua), carried
+-- over when this one-policy state is absent. The caller converts it; ARGV[13] = 'set' then
+-- brings the expected set state (q, k, its 2k fields) and the new s, f.
+local set_key = KEYS[2]
+if not st[1] and set_key then
+  local h = redis.call('HGETALL', set_key)
+  if #h > 0 then
+    local t = {}
+    for i = 1, #h, 2 do t[h[i]] = h[i + 1] end
+    local k = tonumber(t.n) or 0
+    if ARGV[13] == 'set' then
+      local ok = t.q == ARGV[14] and tonumber(ARGV[15]) == k
+      for i = 1, k do
+        if ok and (t['s' .. i] ~= ARGV[14 + 2 * i] or t['f' .. i] ~= ARGV[15 + 2 * i]) then
+          ok = false
+        end
+      end
+      if ok then
+        st = {ARGV[16 + 2 * k], ARGV[17 + 2 * k], q}
+        redis.call('HSET', key, 's', st[1], 'f', st[2], 'q', q)
+        redis.call('DEL', set_key)
+        carried = true
+      end
+    end
+    if not carried then
+      local idle = true
+      for i = 1, k do
+        if tonumber(t['s' .. i]) >= tonumber(ARGV[8]) then idle = false end
+      end
+      if not idle then
+        local reply = {3, t.q, k}
+        for i = 1, k do
+          reply[#reply + 1] = t['s' .. i]
+          reply[#reply + 1] = t['f' .. i]
+        end
+        return reply
+      end
+      -- Idle: nothing to carry, and it must not outlive this state (as in memory).
+      redis.call('DEL', set_key)
+    end
+  end
+end
+if ARGV[13] and ARGV[13] ~= 'set' and st[1] and st[3] ~= q then
   if st[1] == ARGV[13] and st[2] == ARGV[14] and st[3] == ARGV[15] then
     st = {ARGV[16], ARGV[17], q}
     redis.call('HSET', key, 's', st[1], 'f', st[2], 'q', q)

@@ -72,11 +72,13 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{tak:<org_id>}:rl` | hash `s`, `f`, `q` | the organization's TAT (seconds, fraction) and quota |
+//! | `{tak:<org_id>}:rlp` | hash `q`, `n`, `s1`, `f1`, … | the same under several policies ([`Policies`]) |
+//! | `{tak:<org_id>}:cr`, `…:cr:<key_id>` | hash | credit balances ([`RedisCredits`](crate::credits::RedisCredits)) |
 //! | `{tak:<org_id>}:sess` | sorted set | session ids scored by lease expiry (Unix µs) |
 //!
 //! Keys are named by organization id only, never by an API key or its hash. The braces are a
 //! [hash tag](https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags):
-//! both keys of an organization live in one slot, each script touches exactly one key, and
+//! every key of an organization lives in one slot, each script touches only its keys, and
 //! organizations spread over the cluster's slots. `tak` is the default
 //! [`prefix`](RedisRateLimiter::prefix); give each application (or test) its own.
 //!
@@ -144,9 +146,10 @@ use crate::clock::{self, Timestamp};
 use crate::headers::RateLimitInfo;
 use crate::ids::OrgId;
 
-use super::backend::{CheckResult, RateLimitBackend, RateLimitError};
-use super::gcra::{Decision, Gcra, MAX_TAT};
-use super::memory::{MemoryRateLimiter, carry_over};
+use super::backend::{CheckResult, PoliciesCheck, RateLimitBackend, RateLimitError, Spend};
+use super::gcra::{Decision, Decisions, Gcra, MAX_TAT};
+use super::memory::{MemoryRateLimiter, carry_over, carry_over_many};
+use super::policies::Policies;
 
 /// The default key prefix: keys are `{tak:<org_id>}:rl` and `{tak:<org_id>}:sess`.
 pub const DEFAULT_PREFIX: &str = "tak";
@@ -171,6 +174,9 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 const MAX_CARRY: usize = 3;
 
 static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("gcra.lua")));
+static REFUND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("refund.lua")));
+static GCRA_MANY_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("gcra_many.lua")));
 
 /// Why a Redis backend call failed (the source of [`RateLimitError::Unavailable`] and
 /// [`SessionError::Unavailable`](crate::SessionError::Unavailable)).
@@ -451,10 +457,18 @@ impl<C: RedisConnection> RedisRateLimiter<C> {
     }
 }
 
-impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
-    type Check = RedisCheck;
-
-    fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> RedisCheck {
+impl<C: RedisConnection> RedisRateLimiter<C> {
+    /// Run `call` on Redis through the breaker, bounded by the timeout, counted.
+    fn guarded<T, F, Fut>(
+        &self,
+        now: Timestamp,
+        call: F,
+    ) -> Result<impl Future<Output = Result<T, RateLimitError>> + Send + 'static, RateLimitError>
+    where
+        T: Send + 'static,
+        F: FnOnce(C) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, RedisBackendError>> + Send,
+    {
         let inner = &*self.inner;
         bump(&inner.counters.checks);
         let permit = match inner.breaker.try_acquire_at(now) {
@@ -462,14 +476,13 @@ impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
             Ok(permit) => permit.neutral_if_dropped(),
             Err(refused) => {
                 bump(&inner.counters.skipped);
-                return RedisCheck::ready(Err(RateLimitError::CircuitOpen(refused)));
+                return Err(RateLimitError::CircuitOpen(refused));
             }
         };
-        let call = Call::new(self.key(org), gcra, cost, now, inner.config.grace_ms);
         let inner = self.inner.clone();
-        RedisCheck::pending(Box::pin(async move {
-            let mut conn = inner.conn.clone();
-            match tokio::time::timeout(inner.config.timeout, call.run(&mut conn)).await {
+        Ok(async move {
+            let conn = inner.conn.clone();
+            match tokio::time::timeout(inner.config.timeout, call(conn)).await {
                 Ok(Ok(decision)) => {
                     permit.success();
                     Ok(decision)
@@ -490,7 +503,125 @@ impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
                     Err(RateLimitError::Timeout)
                 }
             }
-        }))
+        })
+    }
+
+    /// Give back `cost` cells of each of `gcras` (the policies a request of `org` was admitted
+    /// under) at `now`, now: what [`RateLimitBackend::refund`] sends in the background. Nothing
+    /// changes if the state was since written under other policies.
+    pub async fn refund_now(
+        &self,
+        org: &OrgId,
+        gcras: &[Gcra],
+        cost: u32,
+        now: Timestamp,
+    ) -> Result<(), RedisBackendError> {
+        let (key, mode, q) = match gcras {
+            [one] => (self.key(org), "one", quota_id(one)),
+            _ => (self.policies_key(org), "many", set_id(gcras)),
+        };
+        let mut invocation = REFUND_SCRIPT.prepare_invoke();
+        invocation.key(key).arg(mode).arg(q);
+        for g in gcras {
+            let c = Call::new(String::new(), g, cost, now, 0);
+            let back = u64::from(cost)
+                .saturating_mul(c.units.interval)
+                .min(c.need_max);
+            invocation
+                .arg(c.units.per_sec())
+                .arg(back)
+                .arg(c.now_s)
+                .arg(c.now_f)
+                .arg(c.room);
+        }
+        let mut conn = self.inner.conn.clone();
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// The Redis key holding `org`'s state under several policies: `{<prefix>:<org_id>}:rlp`.
+    pub fn policies_key(&self, org: &OrgId) -> String {
+        org_key(&self.inner.config.prefix, org, "rlp")
+    }
+}
+
+impl<C: RedisConnection> RateLimitBackend for RedisRateLimiter<C> {
+    type Check = RedisCheck;
+
+    fn check(&self, org: &OrgId, gcra: &Gcra, cost: u32, now: Timestamp) -> RedisCheck {
+        let mut call = Call::new(self.key(org), gcra, cost, now, self.inner.config.grace_ms);
+        call.set_key = Some(self.policies_key(org));
+        match self.guarded(
+            now,
+            move |mut conn| async move { call.run(&mut conn).await },
+        ) {
+            Ok(fut) => RedisCheck::pending(Box::pin(fut)),
+            Err(e) => RedisCheck::ready(Err(e)),
+        }
+    }
+
+    /// One `EVALSHA` of a second script over the organization's keys (one hash slot): every
+    /// policy decided, and spent only if all admit the request.
+    fn check_policies(
+        &self,
+        org: &OrgId,
+        policies: &Arc<Policies>,
+        cost: u32,
+        now: Timestamp,
+        spend: Spend,
+    ) -> PoliciesCheck {
+        let call = ManyCall::new(
+            [self.policies_key(org), self.key(org)],
+            policies,
+            cost,
+            now,
+            spend,
+            self.inner.config.grace_ms,
+        );
+        match self.guarded(
+            now,
+            move |mut conn| async move { call.run(&mut conn).await },
+        ) {
+            Ok(fut) => PoliciesCheck::pending(fut),
+            Err(e) => PoliciesCheck::ready(Err(e)),
+        }
+    }
+
+    /// One `EVALSHA` sent in the background (on the current tokio runtime; none, nothing is
+    /// sent): each policy's TAT moves back by the request's cells, if its state is still
+    /// written under the same policies. A failure is logged and otherwise ignored: the refund
+    /// is a courtesy, the limit itself never depends on it.
+    fn refund(&self, org: &OrgId, gcras: &[Gcra], cost: u32, now: Timestamp) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        let (org, gcras) = (org.clone(), gcras.to_vec());
+        runtime.spawn(async move {
+            let timeout = this.inner.config.timeout;
+            match tokio::time::timeout(timeout, this.refund_now(&org, &gcras, cost, now)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "rate-limit refund not applied"),
+                Err(_) => tracing::debug!("rate-limit refund timed out"),
+            }
+        });
+    }
+
+    /// Decide with the local [`MemoryRateLimiter`], counted in [`RedisStats::fallbacks`].
+    fn fallback_policies(
+        &self,
+        org: &OrgId,
+        policies: &Arc<Policies>,
+        cost: u32,
+        now: Timestamp,
+        spend: Spend,
+    ) -> Option<Decisions> {
+        bump(&self.inner.counters.fallbacks);
+        Some(
+            self.inner
+                .local
+                .decide_policies(org, policies, cost, now, spend),
+        )
     }
 
     /// Decide with the local [`MemoryRateLimiter`], counted in [`RedisStats::fallbacks`].
@@ -632,6 +763,8 @@ pub(crate) fn millis(d: Duration) -> u64 {
 /// One check's arguments, computed before the round trip.
 struct Call {
     key: String,
+    /// The organization's several-policy key, read when its one-policy state is absent.
+    set_key: Option<String>,
     q: String,
     gcra: Gcra,
     units: Units,
@@ -658,6 +791,9 @@ enum Reply {
         f: String,
         q: String,
     },
+    /// The organization's state is under several policies: the set's reply, as
+    /// `gcra_many.lua` answers it (`q`, `k`, the 2k fields).
+    WrittenUnderSet(Vec<Value>),
 }
 
 impl Call {
@@ -671,6 +807,7 @@ impl Call {
             .saturating_sub(units.count((now_s, now_f)));
         Self {
             key,
+            set_key: None,
             q: quota_id(gcra),
             gcra: *gcra,
             units,
@@ -685,11 +822,14 @@ impl Call {
     }
 
     async fn run(&self, conn: &mut impl ConnectionLike) -> Result<Decision, RedisBackendError> {
-        let mut carry: Option<[String; 5]> = None;
+        let mut carry: Option<Vec<String>> = None;
         for _ in 0..MAX_CARRY {
             let mut invocation = GCRA_SCRIPT.prepare_invoke();
+            invocation.key(&self.key);
+            if let Some(set_key) = &self.set_key {
+                invocation.key(set_key);
+            }
             invocation
-                .key(&self.key)
                 .arg(&self.q)
                 .arg(self.units.per_sec())
                 .arg(self.gcra.limit())
@@ -724,7 +864,18 @@ impl Call {
                     });
                 }
                 Reply::WrittenUnder { s, f, q } => {
-                    carry = Some(self.carry(s, f, q)?);
+                    carry = Some(self.carry(s, f, q)?.to_vec());
+                }
+                Reply::WrittenUnderSet(state) => {
+                    let set = SetState::read(state)?;
+                    let tat = carry_over_many(&set.from, &set.tats, self.now, &[self.gcra]);
+                    let tat = tat.first().copied().unwrap_or(0);
+                    let (new_s, new_f) = self.units.split(tat, true);
+                    let mut args = vec!["set".to_owned()];
+                    args.extend(set.expected);
+                    args.push(new_s.to_string());
+                    args.push(new_f.to_string());
+                    carry = Some(args);
                 }
             }
         }
@@ -751,6 +902,191 @@ impl Call {
     }
 }
 
+/// One several-policy check's arguments, computed before the round trip.
+struct ManyCall {
+    keys: [String; 2],
+    q: String,
+    gcras: Vec<Gcra>,
+    calls: Vec<Call>,
+    cost: u32,
+    now: u64,
+    commit: bool,
+    grace_ms: u64,
+}
+
+/// `q` of a set: the quota ids of its policies, in order.
+fn set_id(gcras: &[Gcra]) -> String {
+    gcras.iter().map(quota_id).collect::<Vec<_>>().join(",")
+}
+
+impl ManyCall {
+    fn new(
+        keys: [String; 2],
+        policies: &Policies,
+        cost: u32,
+        now: Timestamp,
+        spend: Spend,
+        grace_ms: u64,
+    ) -> Self {
+        let gcras: Vec<Gcra> = policies.rates().iter().map(|r| *r.gcra()).collect();
+        let calls = gcras
+            .iter()
+            .map(|g| Call::new(String::new(), g, cost, now, grace_ms))
+            .collect();
+        Self {
+            keys,
+            q: set_id(&gcras),
+            gcras,
+            calls,
+            cost,
+            now: now.as_unix_nanos().min(MAX_TAT),
+            commit: spend == Spend::Commit,
+            grace_ms,
+        }
+    }
+
+    async fn run(&self, conn: &mut impl ConnectionLike) -> Result<Decisions, RedisBackendError> {
+        let mut carry: Option<Vec<String>> = None;
+        for _ in 0..MAX_CARRY {
+            let mut invocation = GCRA_MANY_SCRIPT.prepare_invoke();
+            invocation
+                .key(&self.keys[0])
+                .key(&self.keys[1])
+                .arg(&self.q)
+                .arg(self.calls.len())
+                .arg(self.cost)
+                .arg(self.grace_ms)
+                .arg(u8::from(self.commit));
+            for c in &self.calls {
+                invocation
+                    .arg(c.units.per_sec())
+                    .arg(c.gcra.limit())
+                    .arg(c.units.interval)
+                    .arg(c.units.capacity)
+                    .arg(c.gcra.never_secs())
+                    .arg(c.now_s)
+                    .arg(c.now_f)
+                    .arg(c.room)
+                    .arg(c.need_max);
+            }
+            if let Some(carry) = &carry {
+                invocation.arg(&carry[..]);
+            }
+            let reply: Vec<Value> = invocation.invoke_async(conn).await?;
+            let tag = reply
+                .first()
+                .and_then(int)
+                .ok_or(RedisBackendError::BadReply)?;
+            if tag == 2 {
+                carry = Some(self.carry(reply)?);
+                continue;
+            }
+            return self.decisions(tag == 1, &reply[1..]);
+        }
+        Err(RedisBackendError::Contended)
+    }
+
+    fn decisions(&self, allowed: bool, rest: &[Value]) -> Result<Decisions, RedisBackendError> {
+        if rest.len() != 5 * self.calls.len() {
+            return Err(RedisBackendError::BadReply);
+        }
+        let mut each = smallvec::SmallVec::new();
+        for (c, chunk) in self.calls.iter().zip(rest.chunks(5)) {
+            let n: Vec<u64> = chunk
+                .iter()
+                .map(int)
+                .collect::<Option<_>>()
+                .ok_or(RedisBackendError::BadReply)?;
+            let start = c.now_s * NANOS_PER_SEC + c.now_f * c.units.unit_ns;
+            let tat = start.saturating_add(n[4].saturating_mul(c.units.unit_ns));
+            each.push(Decision {
+                allowed: n[0] == 1,
+                tat: Timestamp::from_unix_nanos(tat),
+                info: RateLimitInfo {
+                    limit: c.gcra.limit(),
+                    remaining: n[1],
+                    reset: n[2],
+                    retry_after: n[3],
+                },
+            });
+        }
+        Ok(Decisions::from_parts(allowed, each))
+    }
+
+    /// The carry arguments: the state as read, and the cells in use carried to these
+    /// policies exactly as the memory backend carries them.
+    fn carry(&self, reply: Vec<Value>) -> Result<Vec<String>, RedisBackendError> {
+        let set = SetState::read(reply.into_iter().skip(1).collect())?;
+        let carried = carry_over_many(&set.from, &set.tats, self.now, &self.gcras);
+        let mut args = set.expected;
+        for (c, tat) in self.calls.iter().zip(carried) {
+            // Rounded up: never looser than the memory backend's.
+            let (s, f) = c.units.split(tat, true);
+            args.push(s.to_string());
+            args.push(f.to_string());
+        }
+        Ok(args)
+    }
+}
+
+/// A several-policy state as a script answers it: `q`, `k`, then `s`, `f` of each policy.
+struct SetState {
+    from: Vec<Gcra>,
+    /// The TATs in nanoseconds.
+    tats: Vec<u64>,
+    /// `q`, `k` and the fields as read: what the carry compares before installing.
+    expected: Vec<String>,
+}
+
+impl SetState {
+    fn read(reply: Vec<Value>) -> Result<Self, RedisBackendError> {
+        let mut it = reply.into_iter();
+        let mut next = || {
+            it.next()
+                .and_then(string_or_int)
+                .ok_or(RedisBackendError::BadState)
+        };
+        let q = next()?;
+        let k: usize = next()?.parse().map_err(|_| RedisBackendError::BadState)?;
+        let from: Vec<Gcra> = q
+            .split(',')
+            .map(parse_quota_id)
+            .collect::<Option<_>>()
+            .ok_or(RedisBackendError::BadState)?;
+        if from.len() != k {
+            return Err(RedisBackendError::BadState);
+        }
+        let mut expected = vec![q, k.to_string()];
+        let mut tats = Vec::with_capacity(k);
+        for g in &from {
+            let (s, f) = (next()?, next()?);
+            let secs: u64 = s.parse().map_err(|_| RedisBackendError::BadState)?;
+            let frac: u64 = f.parse().map_err(|_| RedisBackendError::BadState)?;
+            let units = Units::of(g);
+            tats.push(if (secs, frac) >= units.end() {
+                MAX_TAT
+            } else {
+                secs.saturating_mul(NANOS_PER_SEC)
+                    .saturating_add(frac.saturating_mul(units.unit_ns))
+            });
+            expected.push(s);
+            expected.push(f);
+        }
+        Ok(Self {
+            from,
+            tats,
+            expected,
+        })
+    }
+}
+
+fn string_or_int(v: Value) -> Option<String> {
+    match v {
+        Value::Int(i) => Some(i.to_string()),
+        other => string(other),
+    }
+}
+
 fn int(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
@@ -770,6 +1106,9 @@ fn parse_reply(reply: Vec<Value>) -> Result<Reply, RedisBackendError> {
     let bad = RedisBackendError::BadReply;
     let mut it = reply.into_iter();
     let tag = it.next().as_ref().and_then(int).ok_or(bad)?;
+    if tag == 3 {
+        return Ok(Reply::WrittenUnderSet(it.collect()));
+    }
     if tag == 2 {
         let mut next = || {
             it.next()
