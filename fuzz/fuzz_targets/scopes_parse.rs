@@ -4,7 +4,8 @@
 //! Property: parsing never panics, and
 //! - a single string is accepted exactly when it has the documented shape (up to 128 bytes):
 //!   `*`, or `:`-separated non-empty segments of `[A-Za-z0-9_.-]` whose last segment, after at
-//!   least one other, may be `*`; an accepted scope displays as the string it was parsed from;
+//!   least one other, may be `*`; an accepted scope displays as the string it was parsed from; a
+//!   refused one is named in the error, truncated to 64 characters (then `…`);
 //! - a list parses when every string does, else fails naming the first invalid one;
 //! - a parsed set is normalised (sorted, without duplicates), holds exactly the strings given,
 //!   allows each of them, covers itself, and is full access exactly when empty or holding `*`;
@@ -30,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(item.parse::<Scope>().as_ref(), Ok(&scope));
             }
             Err(InvalidScope(s)) => {
-                assert_eq!(s, *item);
+                assert_eq!(s, echoed(item), "the error names the scope, truncated");
                 assert!(
                     item.len() > 128 || !documented_shape(item),
                     "refused {item:?}"
@@ -44,8 +45,8 @@ fuzz_target!(|data: &[u8]| {
         Err(InvalidScope(s)) => {
             let first_bad = items.iter().find(|i| Scope::new(i).is_err());
             assert_eq!(
-                first_bad,
-                Some(&s.as_str()),
+                first_bad.map(|i| echoed(i)),
+                Some(s),
                 "the error names the first invalid scope"
             );
             return;
@@ -102,6 +103,16 @@ fuzz_target!(|data: &[u8]| {
     let back: Scopes = serde_json::from_str(&json).expect("serialized scopes deserialize");
     assert!(back == set, "{json} deserialized to {back:?}, not {set:?}");
 });
+
+/// A refused scope as `InvalidScope` documents holding it: the first 64 characters, then `…`
+/// when there were more.
+fn echoed(s: &str) -> String {
+    if s.chars().count() > 64 {
+        format!("{}…", s.chars().take(64).collect::<String>())
+    } else {
+        s.to_owned()
+    }
+}
 
 /// The scope syntax as the `Scope` docs state it (without the length limit).
 fn documented_shape(s: &str) -> bool {
