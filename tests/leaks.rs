@@ -620,7 +620,12 @@ async fn the_public_endpoint_refuses_bad_bodies_and_requests_without_an_address(
     ] {
         let res = t.revoke_from("203.0.113.7:4711", body).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{body}");
-        assert_eq!(problem_of(res).await["code"], code, "{body}");
+        let problem = problem_of(res).await;
+        assert_eq!(problem["code"], code, "{body}");
+        // What is wrong and where, but no value of the body: it may be a live key.
+        let title = problem["title"].as_str().unwrap();
+        assert!(title.contains("line 1, column"), "{title}");
+        assert!(!title.contains("br_live_x"), "{title}");
     }
     let huge = credentials(&[&"x".repeat(200 * 1024)]);
     let res = t.revoke_from("203.0.113.7:4711", huge).await;

@@ -50,6 +50,23 @@ pub enum LeakError {
 }
 
 impl LeakError {
+    /// A body that `serde_json` could not read as `expected`. The message says what kind of
+    /// problem and where, but never quotes the body: serde's own message may repeat a value
+    /// from it, and a value sent to these routes may be a live key.
+    pub(super) fn json(expected: &str, e: &serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        let what = match e.classify() {
+            Category::Syntax => "the body is not valid JSON",
+            Category::Eof => "the body ends before the JSON does",
+            Category::Data | Category::Io => "a value has the wrong type or is missing",
+        };
+        LeakError::InvalidBody(format!(
+            "{what} (line {}, column {}): expected {expected}",
+            e.line(),
+            e.column()
+        ))
+    }
+
     /// The HTTP status of the response.
     pub fn status(&self) -> StatusCode {
         match self {

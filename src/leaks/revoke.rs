@@ -128,9 +128,10 @@ impl<St: KeyStore> PublicRevoke<St> {
                 _ => LeakError::InvalidBody(e.body_text()),
             })?;
         let Credentials { credentials } = serde_json::from_slice(&body).map_err(|e| {
-            LeakError::InvalidBody(format!(
-                "expected {{\"credentials\": [\"…\", …]}} with at most {MAX_CREDENTIALS} strings: {e}"
-            ))
+            LeakError::json(
+                &format!("{{\"credentials\": [\"…\", …]}} with at most {MAX_CREDENTIALS} strings"),
+                &e,
+            )
         })?;
         if credentials.len() > MAX_CREDENTIALS {
             return Err(LeakError::TooManyCredentials);

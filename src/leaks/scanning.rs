@@ -264,9 +264,10 @@ impl<St: KeyStore> SecretScanning<St> {
     async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Feedback>, LeakError> {
         self.keys.verify(headers, body)?;
         let reported: Vec<Reported> = serde_json::from_slice(body).map_err(|e| {
-            LeakError::InvalidBody(format!(
-                "expected a JSON array of {{\"token\", \"type\", \"url\", \"source\"}}: {e}"
-            ))
+            LeakError::json(
+                "a JSON array of {\"token\", \"type\", \"url\", \"source\"}",
+                &e,
+            )
         })?;
         // A token reported twice in one body is looked up once.
         let mut verdicts: HashMap<&str, Verdict> = HashMap::new();
