@@ -787,3 +787,181 @@ fn usage_reads_the_metered_buckets() {
     );
     assert!(err.contains("usage range"), "{err}");
 }
+
+/// `credits show` and `credits set`: an organization's and a key's balance in the store's
+/// database, refills as flags, a key of another organization not found, bad flags usage errors.
+fn credits(store: &str) {
+    ok(store, &["migrate"], "");
+    let key = secret(&ok(
+        store,
+        &["keys", "create", "--org", "org_c", "--name", "metered"],
+        "",
+    ));
+    let list: Value =
+        serde_json::from_str(&ok(store, &["keys", "list", "--org", "org_c", "--json"], "").stdout)
+            .unwrap();
+    let id = list["data"][0]["id"].as_str().unwrap().to_owned();
+    assert!(!id.is_empty() && !key.is_empty());
+
+    let none: Value = serde_json::from_str(
+        &ok(store, &["credits", "show", "--org", "org_c", "--json"], "").stdout,
+    )
+    .unwrap();
+    assert_eq!(none["balance"], Value::Null);
+
+    let set = ok(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_c",
+            "--balance",
+            "1000",
+            "--refill",
+            "1000",
+            "--every",
+            "month",
+            "--day",
+            "1",
+        ],
+        "",
+    );
+    assert_eq!(set.stdout, "", "set prints nothing on stdout");
+    assert!(set.stderr.contains("1000 credits"), "{set:?}");
+    let org: Value = serde_json::from_str(
+        &ok(store, &["credits", "show", "--org", "org_c", "--json"], "").stdout,
+    )
+    .unwrap();
+    assert_eq!(org["balance"], 1000);
+    assert_eq!(org["refill_amount"], 1000);
+    assert_eq!(org["refill"]["every"], "month");
+    assert_eq!(org["refill"]["day"], 1);
+    let next = org["next_refill_at"].as_u64().unwrap();
+    assert!(next > unix_now() && next % 86_400 == 0, "{next}");
+
+    ok(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_c",
+            "--key",
+            &id,
+            "--balance",
+            "5",
+            "--every",
+            "day",
+        ],
+        "",
+    );
+    let text = ok(
+        store,
+        &["credits", "show", "--org", "org_c", "--key", &id],
+        "",
+    )
+    .stdout;
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .split_once(':')
+            .unwrap()
+            .1
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(line("balance"), "5");
+    assert_eq!(line("refill"), "to 5 every day at 00:00 UTC");
+    assert_eq!(line("key"), id);
+
+    // A key of another organization is not found; bad refills are usage errors.
+    let err = fails(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_other",
+            "--key",
+            &id,
+            "--balance",
+            "5",
+        ],
+        2,
+    );
+    assert!(err.contains(&id), "{err}");
+    let err = fails(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_c",
+            "--balance",
+            "5",
+            "--every",
+            "month",
+            "--day",
+            "30",
+        ],
+        1,
+    );
+    assert!(err.contains("--day 30"), "{err}");
+    let err = fails(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_c",
+            "--balance",
+            "5",
+            "--every",
+            "month",
+        ],
+        1,
+    );
+    assert!(err.contains("--day"), "{err}");
+    let err = fails(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_c",
+            "--balance",
+            "5",
+            "--refill",
+            "9",
+            "--every",
+            "day",
+        ],
+        1,
+    );
+    assert!(err.contains("--refill must equal --balance"), "{err}");
+    // The org's balance is unchanged by the refused sets.
+    let org: Value = serde_json::from_str(
+        &ok(store, &["credits", "show", "--org", "org_c", "--json"], "").stdout,
+    )
+    .unwrap();
+    assert_eq!(org["balance"], 1000);
+}
+
+#[test]
+fn sqlite_credits_show_and_set() {
+    let db = TempDb::new();
+    credits(&db.url());
+}
+
+#[test]
+fn postgres_credits_show_and_set() {
+    let Some(url) = common::pg::database_url("postgres_credits_show_and_set") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let guard = rt.block_on(common::pg::empty_schema(&url));
+    let store = common::pg::url_in_schema(&url, guard.schema());
+    credits(&store);
+}

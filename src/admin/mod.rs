@@ -26,6 +26,8 @@
 //! | `POST /api-keys/{id}/rotate` `{"overlap": "now" \| "1h" \| "24h" \| "7d" \| SECONDS}` | `201 {"key": SECRET, "api_key": KEY}` |
 //! | `GET /org` | `200 {"org_id", "plan", "limits"}` |
 //! | `GET /org/usage?from=SECS&to=SECS&granularity=minute\|hour\|day` | `200` [`UsageReport`]: requests by outcome per key and in total (default: the last 24 hours by hour) |
+//! | `GET /org/credits` | `200` [`OrgCredits`]: the organization's balance and each key's own, with refill and next refill (needs [`AdminApi::credits`]) |
+//! | `PUT /org/credits`, `PUT /api-keys/{id}/credits` `{"balance", "refill"?: {"every": "never" \| "day" \| "month", "day"?}}` | `200` [`CreditBalance`]; credit operators only ([`AdminApi::credit_operator`]) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes |
 //!
 //! `KEY` is always the same object, [`ApiKeyView`]; a key with every permission shows
@@ -38,6 +40,7 @@
 //! [`ApiKeyAuth`](crate::ApiKeyAuth) put in the request ([`FromExtensions`]); a dashboard with
 //! signed-in users implements [`Caller`] over its session.
 
+pub(crate) mod credits;
 mod error;
 mod openapi;
 mod view;
@@ -52,14 +55,16 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
 
+pub use credits::{CreditBalance, Every, KeyCredits, OrgCredits, RefillView, SetCredits};
 pub use error::AdminError;
 pub use openapi::openapi;
 pub use view::{Access, ApiKeyView, KeyPage, Limits, NewSecret, OrgView, Status};
 
 use crate::clock::Timestamp;
+use crate::credits::{CreditBackend, Credits};
 use crate::ids::KeyId;
 use crate::manage::{KeyManager, NewKey, Rotation, UsageReport};
 use crate::principal::Principal;
@@ -96,6 +101,7 @@ pub struct AdminApi<St, C = FromExtensions> {
     manager: KeyManager<St>,
     caller: C,
     page_size: usize,
+    credit_settings: credits::CreditSettings,
 }
 
 impl<St: KeyStore> AdminApi<St> {
@@ -105,6 +111,7 @@ impl<St: KeyStore> AdminApi<St> {
             manager,
             caller: FromExtensions,
             page_size: 20,
+            credit_settings: credits::CreditSettings::default(),
         }
     }
 }
@@ -116,7 +123,38 @@ impl<St: KeyStore, C: Caller> AdminApi<St, C> {
             manager: self.manager,
             caller,
             page_size: self.page_size,
+            credit_settings: self.credit_settings,
         }
+    }
+
+    /// Show and set credits ([`Credits`]) through `GET`/`PUT /org/credits` and
+    /// `PUT /api-keys/{id}/credits`. Without it those routes answer
+    /// `404 credits_not_configured`.
+    pub fn credits<B: CreditBackend>(mut self, credits: Credits<B>) -> Self {
+        self.credit_settings.credits = Some(Arc::new(credits));
+        self
+    }
+
+    /// Who may set credits (`PUT`), decided from the caller's [`Principal`]; by default
+    /// nobody may (`403 operator_required`). Why: customers must not top themselves up with
+    /// a key that merely manages keys, so the host names its operators.
+    ///
+    /// ```
+    /// use tower_api_key::admin::AdminApi;
+    /// use tower_api_key::credits::Credits;
+    /// use tower_api_key::{KeyManager, MemoryStore};
+    ///
+    /// let api = AdminApi::new(KeyManager::new(MemoryStore::new()))
+    ///     .credits(Credits::new())
+    ///     .credit_operator(|p| p.org_id().as_str() == "org_operator");
+    /// # let _: axum::Router = api.router();
+    /// ```
+    pub fn credit_operator(
+        mut self,
+        operator: impl Fn(&Principal) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.credit_settings.operator = Arc::new(operator);
+        self
     }
 
     /// The page size of `GET /api-keys` when the request gives no `limit` (default 20; a
@@ -141,6 +179,11 @@ impl<St: KeyStore, C: Caller> AdminApi<St, C> {
             .route("/api-keys/{id}/enable", post(enable::<St, C>))
             .route("/org", get(org::<St, C>))
             .route("/org/usage", get(usage::<St, C>))
+            .route(
+                "/org/credits",
+                get(credits::show::<St, C>).put(credits::set_org::<St, C>),
+            )
+            .route("/api-keys/{id}/credits", put(credits::set_key::<St, C>))
             .route("/openapi.json", get(|| async { Json(openapi()) }))
             .with_state(Arc::new(self))
     }

@@ -13,8 +13,9 @@ use super::error::{DashboardError, manage_problem};
 use super::pages::{self, Frame, NewKeyForm};
 use super::session::{self, Form, SessionData, SignedIn, tokens_match};
 use super::{Base, EXPIRATIONS, OVERLAPS, Shared};
-use crate::admin::{ApiKeyView, Limits, MANAGE_SCOPE, OrgView};
+use crate::admin::{ApiKeyView, CreditBalance, Limits, MANAGE_SCOPE, OrgView};
 use crate::clock::Timestamp;
+use crate::credits::Account;
 use crate::ids::KeyId;
 use crate::key::KeyHash;
 use crate::manage::{ManageError, NewKey, Rotation};
@@ -138,7 +139,19 @@ async fn list<St: KeyStore>(
     let records = dashboard.manager.list(user.principal.org_id()).await?;
     let now = dashboard.manager.now();
     let views: Vec<ApiKeyView> = records.iter().map(|r| ApiKeyView::of(r, now)).collect();
-    Ok(pages::keys(&user.frame(&base), &views, notice.as_deref()).into_response())
+    // Each key's own balance, when credits are shown (one peek a key: a page, not a request path).
+    let mut key_credits = std::collections::HashMap::new();
+    if let Some(credits) = &dashboard.credits {
+        let org = user.principal.org_id();
+        let now = credits.now();
+        for r in &records {
+            let account = Account::Key { org, key: &r.id };
+            if let Some(b) = credits.peek(account).await? {
+                key_credits.insert(r.id.to_string(), CreditBalance::of(&b, now));
+            }
+        }
+    }
+    Ok(pages::keys(&user.frame(&base), &views, &key_credits, notice.as_deref()).into_response())
 }
 
 async fn new_key_form<St: KeyStore>(
@@ -425,5 +438,21 @@ async fn usage<St: KeyStore>(
             Granularity::Hour,
         )
         .await?;
-    Ok(pages::usage(&user.frame(&base), &view, current.as_ref(), &report).into_response())
+    let credits = match &dashboard.credits {
+        Some(credits) => Some(
+            credits
+                .peek(Account::Org(org))
+                .await?
+                .map(|b| CreditBalance::of(&b, credits.now())),
+        ),
+        None => None,
+    };
+    let page = pages::usage(
+        &user.frame(&base),
+        &view,
+        current.as_ref(),
+        credits.as_ref(),
+        &report,
+    );
+    Ok(page.into_response())
 }

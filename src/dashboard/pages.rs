@@ -7,7 +7,9 @@ use maud::{DOCTYPE, Markup, html};
 use super::catalogue::ScopeCatalogue;
 use super::error::Problem;
 use super::{CurrentUsage, EXPIRATIONS, OVERLAPS, home};
-use crate::admin::{Access, ApiKeyView, OrgView, Status};
+use std::collections::HashMap;
+
+use crate::admin::{Access, ApiKeyView, CreditBalance, Every, OrgView, Status};
 use crate::manage::UsageReport;
 use crate::scopes::Scopes;
 
@@ -155,8 +157,25 @@ pub(super) fn sign_in(frame: &Frame<'_>, csrf: &str, error: Option<&str>) -> Mar
     )
 }
 
-pub(super) fn keys(frame: &Frame<'_>, keys: &[ApiKeyView], notice: Option<&str>) -> Markup {
+/// A balance as a cell reads it: `750 · refilled to 1000 daily`.
+fn credit_text(c: &CreditBalance) -> String {
+    let every = match (c.refill.every, c.refill.day) {
+        (Every::Never, _) => return format!("{} (never refilled)", c.balance),
+        (Every::Day, _) => "daily".to_owned(),
+        (Every::Month, Some(day)) => format!("monthly on day {day}"),
+        (Every::Month, None) => "monthly".to_owned(),
+    };
+    format!("{} · refilled to {} {every}", c.balance, c.refill_amount)
+}
+
+pub(super) fn keys(
+    frame: &Frame<'_>,
+    keys: &[ApiKeyView],
+    credits: &HashMap<String, CreditBalance>,
+    notice: Option<&str>,
+) -> Markup {
     let base = frame.base;
+    let credit_column = !credits.is_empty();
     layout(
         frame,
         "API Keys",
@@ -172,7 +191,9 @@ pub(super) fn keys(frame: &Frame<'_>, keys: &[ApiKeyView], notice: Option<&str>)
                 table.keys {
                     thead { tr {
                         th { "Name" } th { "Key" } th { "Permissions" } th { "Created" }
-                        th { "Expires" } th { "Last used" } th { "Status" } th { span.sr { "Actions" } }
+                        th { "Expires" } th { "Last used" }
+                        @if credit_column { th { "Credits" } }
+                        th { "Status" } th { span.sr { "Actions" } }
                     } }
                     tbody {
                         @for key in keys {
@@ -189,6 +210,14 @@ pub(super) fn keys(frame: &Frame<'_>, keys: &[ApiKeyView], notice: Option<&str>)
                                 }
                                 td data-col="last-used" {
                                     @match key.last_used_at { Some(t) => (format_time(t)), None => "Never" }
+                                }
+                                @if credit_column {
+                                    td data-col="credits" {
+                                        @match credits.get(&key.id) {
+                                            Some(c) => (credit_text(c)),
+                                            None => "Organization's",
+                                        }
+                                    }
                                 }
                                 td data-col="status" { (status(key)) }
                                 td.actions {
@@ -374,6 +403,7 @@ pub(super) fn usage(
     frame: &Frame<'_>,
     org: &OrgView,
     current: Option<&CurrentUsage>,
+    credits: Option<&Option<CreditBalance>>,
     report: &UsageReport,
 ) -> Markup {
     let limits = &org.limits;
@@ -399,6 +429,30 @@ pub(super) fn usage(
                     @if let Some(n) = current.open_sessions {
                         dt { "Open sessions" } dd data-field="current-sessions" {
                             (n) " of " (limits.concurrent_sessions)
+                        }
+                    }
+                }
+            }
+            @if let Some(credits) = credits {
+                h2 { "Credits" }
+                dl.summary.card data-section="credits" {
+                    @match credits {
+                        Some(c) => {
+                            dt { "Balance" } dd data-field="credit-balance" { (c.balance) }
+                            dt { "Refill" } dd data-field="credit-refill" {
+                                @match (c.refill.every, c.refill.day) {
+                                    (Every::Never, _) => "Never",
+                                    (Every::Day, _) => { "To " (c.refill_amount) " daily" },
+                                    (Every::Month, Some(d)) => { "To " (c.refill_amount) " monthly, on day " (d) },
+                                    (Every::Month, None) => { "To " (c.refill_amount) " monthly" },
+                                }
+                            }
+                            dt { "Next refill" } dd data-field="credit-next-refill" {
+                                @match c.next_refill_at { Some(t) => (format_time(t)), None => "Never" }
+                            }
+                        }
+                        None => {
+                            dt { "Balance" } dd data-field="credit-balance" { "No credit balance: calls are not metered in credits" }
                         }
                     }
                 }

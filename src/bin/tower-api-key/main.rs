@@ -79,6 +79,9 @@ enum Command {
     Plans(PlansCommand),
     /// Read one key on stdin and print the form it is stored under (hex SHA-256), for `import`.
     Hash,
+    /// Show and set credit balances (an organization's, or one key's, spent first).
+    #[command(subcommand)]
+    Credits(CreditsCommand),
     /// An organization's metered requests (accepted, rate limited, scope, session quota), per
     /// minute, hour or day and per key, as the flusher wrote them.
     Usage(UsageArgs),
@@ -218,6 +221,45 @@ enum PlansCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum CreditsCommand {
+    /// An organization's (or with --key, one key's) balance, refill and next refill.
+    Show {
+        /// The organization.
+        #[arg(long)]
+        org: String,
+        /// One key of the organization (`key_…`): its own balance.
+        #[arg(long)]
+        key: Option<String>,
+        /// JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give an organization (or with --key, one key) a balance, optionally refilled.
+    Set {
+        /// The organization.
+        #[arg(long)]
+        org: String,
+        /// One key of the organization (`key_…`): a balance of its own, spent before the
+        /// organization's.
+        #[arg(long)]
+        key: Option<String>,
+        /// The balance.
+        #[arg(long)]
+        balance: u64,
+        /// What each refill tops the balance up to: the balance (the backends refill to the
+        /// amount set).
+        #[arg(long, requires = "every")]
+        refill: Option<u64>,
+        /// Refill every day (00:00 UTC) or every month (on --day, 00:00 UTC); default: never.
+        #[arg(long, value_enum)]
+        every: Option<EveryArg>,
+        /// With `--every month`: the day of the month, 1 to 28.
+        #[arg(long)]
+        day: Option<u8>,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum PlanName {
     Free,
@@ -225,12 +267,14 @@ enum PlanName {
     Enterprise,
 }
 
+mod credits;
 mod import;
 mod keys;
 mod plans;
 mod store;
 mod usage;
 
+use credits::*;
 use import::*;
 use keys::*;
 use plans::*;
@@ -342,6 +386,7 @@ async fn run(cli: Cli) -> Outcome {
             let store = migrated_store(cli.store).await?;
             import(store).await
         }
+        Command::Credits(cmd) => credits(cmd, cli.store).await,
         Command::Usage(args) => {
             let store = migrated_store(cli.store).await?;
             usage(args, store).await
