@@ -91,6 +91,7 @@ mod scopes;
 
 #[cfg(feature = "admin")]
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod breaker;
 pub mod client_addr;
@@ -134,6 +135,7 @@ pub use principal::Principal;
 pub use scopes::{InvalidScope, Scope, Scopes};
 
 // Stores and key management.
+pub use audit::{Actor, AuditAction, AuditEntry, AuditQuery};
 pub use manage::{
     CreatedKey, ExpiryPolicy, KeyManager, KeyUsage, ManageError, NewKey, Rotation, UsageBucket,
     UsageReport,

@@ -726,6 +726,7 @@ async fn the_openapi_document_describes_every_route() {
         "POST /api-keys/{id}/enable",
         "GET /org",
         "GET /org/usage",
+        "GET /org/audit",
         "GET /org/credits",
         "PUT /org/credits",
         "PUT /api-keys/{id}/credits",
@@ -1220,6 +1221,20 @@ async fn credits_are_shown_to_managers_and_set_by_operators_only() {
     assert_eq!(shown["keys"].as_array().unwrap().len(), 1);
     assert_eq!(shown["keys"][0]["key_id"], ops_keys[0].id.as_str());
     assert_eq!(shown["keys"][0]["credits"]["balance"], 40);
+    // Both sets are in the operator org's audit log, as the operator key.
+    let (_, log) = admin
+        .call(Method::GET, "/v1/org/audit?limit=2", Some(&ops), None)
+        .await;
+    let ops_key = json!({"type": "key", "id": ops_keys[0].id.as_str()});
+    assert_eq!(log["data"][0]["action"], "credits_set");
+    assert_eq!(log["data"][0]["key_id"], ops_keys[0].id.as_str());
+    assert_eq!(log["data"][0]["actor"], ops_key);
+    assert_eq!(log["data"][1]["action"], "credits_set");
+    assert_eq!(log["data"][1]["key_id"], Value::Null);
+    assert_eq!(
+        log["data"][1]["detail"],
+        json!({"balance": 500, "refill": {"every": "month", "day": 1}})
+    );
 
     // The customer's org still has nothing; spending shows in its balance once set.
     credits
@@ -1261,4 +1276,120 @@ async fn credit_routes_without_credits_are_404_credits_not_configured() {
             "{method} {path}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_audit_log_names_the_calling_key_newest_first_and_per_organization() {
+    use tower_api_key::{Actor, Plan};
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    let other = admin.mint("org_b", &[]).await;
+    let org_a = OrgId::from("org_a");
+    let root_id = admin.manager.list(&org_a).await.unwrap()[0].id.clone();
+    // The bootstrap key was minted by the manager itself, as the system.
+    let (status, log) = admin
+        .call(Method::GET, "/v1/org/audit", Some(&root), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(log["data"].as_array().unwrap().len(), 1);
+    assert_eq!(log["data"][0]["action"], "key_created");
+    assert_eq!(
+        log["data"][0]["actor"],
+        json!({"type": "system", "id": null})
+    );
+
+    let (_, created) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&root),
+            Some(json!({"name": "ci", "scopes": ["browser_sessions:read"]})),
+        )
+        .await;
+    let ci = created["api_key"]["id"].as_str().unwrap().to_owned();
+    let (_, rotated) = admin
+        .call(
+            Method::POST,
+            &format!("/v1/api-keys/{ci}/rotate"),
+            Some(&root),
+            None,
+        )
+        .await;
+    let ci2 = rotated["api_key"]["id"].as_str().unwrap().to_owned();
+    let (status, _) = admin
+        .call(
+            Method::DELETE,
+            &format!("/v1/api-keys/{ci2}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The admin API has no plan route: a host's billing code changes plans through the
+    // manager, acting as whoever it names.
+    admin
+        .manager
+        .as_actor(Actor::Key(root_id.clone()))
+        .set_plan(&org_a, Plan::Paid)
+        .await
+        .unwrap();
+
+    let (status, log) = admin
+        .call(Method::GET, "/v1/org/audit?limit=4", Some(&root), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let entries = log["data"].as_array().unwrap();
+    let summary: Vec<(&str, Option<&str>)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["key_id"].as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("plan_changed", None),
+            ("key_revoked", Some(ci2.as_str())),
+            ("key_rotated", Some(ci.as_str())),
+            ("key_created", Some(ci.as_str())),
+        ]
+    );
+    for e in entries {
+        assert_eq!(
+            e["actor"],
+            json!({"type": "key", "id": root_id.as_str()}),
+            "{e}"
+        );
+    }
+    assert_eq!(entries[0]["detail"], json!({"plan": "paid"}));
+    assert_eq!(entries[2]["detail"]["new_key_id"], ci2.as_str());
+    // Paging: the next page holds the bootstrap key's creation, and nothing follows it.
+    assert_eq!(log["has_more"], true);
+    let cursor = log["next_cursor"].as_str().unwrap();
+    assert_eq!(cursor, entries[3]["id"].as_str().unwrap());
+    let (_, next) = admin
+        .call(
+            Method::GET,
+            &format!("/v1/org/audit?limit=4&before={cursor}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(next["data"].as_array().unwrap().len(), 1);
+    assert_eq!(next["data"][0]["key_id"], root_id.as_str());
+    assert_eq!(next["has_more"], false);
+    assert_eq!(next["next_cursor"], Value::Null);
+
+    // Another organization sees only its own bootstrap entry.
+    let (_, theirs) = admin
+        .call(Method::GET, "/v1/org/audit", Some(&other), None)
+        .await;
+    let theirs = theirs["data"].as_array().unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_ne!(theirs[0]["key_id"], root_id.as_str());
+    let (status, problem) = admin
+        .call(Method::GET, "/v1/org/audit?limit=0", Some(&root), None)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
 }

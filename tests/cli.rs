@@ -965,3 +965,74 @@ fn postgres_credits_show_and_set() {
     let store = common::pg::url_in_schema(&url, guard.schema());
     credits(&store);
 }
+
+/// `audit`: the CLI's own changes, recorded as the `--actor` user (default `$USER`), newest
+/// first, one organization's only.
+#[test]
+fn audit_shows_a_cli_revocation_with_the_actor_name() {
+    let db = TempDb::new();
+    let url = db.url();
+    ok(&url, &["migrate"], "");
+    let key = secret(&ok(
+        &url,
+        &[
+            "--actor", "ann", "keys", "create", "--org", "org_x", "--name", "ci",
+        ],
+        "",
+    ));
+    assert!(!key.is_empty());
+    ok(
+        &url,
+        &["keys", "create", "--org", "org_y", "--name", "other"],
+        "",
+    );
+    let list: Value =
+        serde_json::from_str(&ok(&url, &["keys", "list", "--org", "org_x", "--json"], "").stdout)
+            .unwrap();
+    let id = list["data"][0]["id"].as_str().unwrap().to_owned();
+    ok(&url, &["keys", "revoke", &id, "--actor", "ops-bob"], "");
+    // Without --actor: $USER (the store variable and actor variable unset).
+    let out = Command::new(BIN)
+        .args(["--store", &url, "keys", "disable", &id])
+        .env_remove("TOWER_API_KEY_STORE")
+        .env_remove("TOWER_API_KEY_ACTOR")
+        .env("USER", "carol")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let json: Value =
+        serde_json::from_str(&ok(&url, &["audit", "--org", "org_x", "--json"], "").stdout).unwrap();
+    let entries = json["data"].as_array().unwrap();
+    let summary: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["actor"]["type"].as_str().unwrap(),
+                e["actor"]["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("key_disabled", "user", "carol"),
+            ("key_revoked", "user", "ops-bob"),
+            ("key_created", "user", "ann"),
+        ]
+    );
+    assert!(entries.iter().all(|e| e["key_id"] == id.as_str()));
+    let table = ok(&url, &["audit", "--org", "org_x", "--limit", "2"], "").stdout;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two entries: {table}");
+    assert!(
+        lines[2].contains("user ops-bob") && lines[2].contains("key_revoked"),
+        "{table}"
+    );
+    assert!(lines[2].contains(&id), "{table}");
+    assert!(!table.contains(&key), "never a secret: {table}");
+    let err = fails(&url, &["audit", "--org", "org_x", "--limit", "0"], 1);
+    assert!(err.contains("--limit"), "{err}");
+}

@@ -1308,3 +1308,54 @@ async fn credit_balances_show_on_the_usage_page_and_in_key_rows() {
     assert_eq!(keys.cell(&other_id, "credits"), "40 · refilled to 40 daily");
     assert_eq!(keys.cell(&signed_in_id, "credits"), "Organization's");
 }
+
+#[tokio::test]
+async fn the_activity_page_shows_a_revocation_by_the_signed_in_user() {
+    let app = App::start().await;
+    let (client, user_key) = app.signed_in("org_a", &[MANAGE]).await;
+    let (_, victim) = app.mint("org_a", &["browser_sessions:read"]).await;
+    let (_, elsewhere) = app.mint("org_b", &["browser_sessions:read"]).await;
+    app.manager
+        .revoke(&OrgId::from("org_b"), &KeyId::from(elsewhere.as_str()))
+        .await
+        .unwrap();
+
+    let form = app
+        .get(&client, &format!("/dashboard/keys/{victim}/revoke"))
+        .await;
+    let page = app
+        .post(
+            &client,
+            &format!("/dashboard/keys/{victim}/revoke"),
+            &[("csrf", &form.field("csrf"))],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+
+    let keys = app.get(&client, "/dashboard").await;
+    assert!(
+        keys.html.contains("href=\"/dashboard/activity\""),
+        "the nav links the Activity page"
+    );
+    let page = app.get(&client, "/dashboard/activity").await;
+    assert_eq!(page.status, StatusCode::OK);
+    // Newest first: the revocation, then the two keys minted by the system.
+    let rows: Vec<&str> = page.html.split("data-audit-id=").skip(1).collect();
+    assert_eq!(rows.len(), 3, "{}", page.html);
+    let cell = |row: &str, col: &str| {
+        let marker = format!("data-col=\"{col}\"");
+        let at = row.find(&marker).unwrap();
+        let start = row[at..].find('>').unwrap() + at + 1;
+        strip_tags(&row[start..start + row[start..].find("</td>").unwrap()])
+    };
+    assert_eq!(cell(rows[0], "what"), "Revoked key");
+    assert_eq!(cell(rows[0], "who"), format!("user {user_key}"));
+    assert_eq!(cell(rows[0], "key"), victim);
+    assert!(cell(rows[0], "when").ends_with(" UTC"));
+    assert_eq!(cell(rows[1], "what"), "Created key");
+    assert_eq!(cell(rows[1], "who"), "system");
+    assert!(
+        !page.html.contains(&elsewhere),
+        "another organization's entries stay out"
+    );
+}

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Acting, AdminError, Caller, Shared, body};
+use crate::audit::AuditAction;
 use crate::clock::Timestamp;
 use crate::credits::{Account, Balance, CreditBackend, CreditError, Credits, Refill};
 use crate::ids::KeyId;
@@ -294,7 +295,9 @@ pub(super) async fn set_org<St: KeyStore, C: Caller>(
 ) -> Result<Json<CreditBalance>, AdminError> {
     let (credits, amount, refill) = writable(&api, &caller, json)?;
     let org = caller.org_id();
-    set_and_show(credits, Account::Org(org), amount, refill).await
+    let shown = set_and_show(credits, Account::Org(org), amount, refill).await?;
+    audit_set(&api, &caller, None, amount, refill).await;
+    Ok(shown)
 }
 
 pub(super) async fn set_key<St: KeyStore, C: Caller>(
@@ -310,5 +313,25 @@ pub(super) async fn set_key<St: KeyStore, C: Caller>(
         org,
         key: &record.id,
     };
-    set_and_show(credits, account, amount, refill).await
+    let shown = set_and_show(credits, account, amount, refill).await?;
+    audit_set(&api, &caller, Some(&record.id), amount, refill).await;
+    Ok(shown)
+}
+
+/// Audit a credit change as the calling key (after it succeeded, as every change).
+async fn audit_set<St: KeyStore, C>(
+    api: &super::AdminApi<St, C>,
+    caller: &Principal,
+    key: Option<&KeyId>,
+    amount: u64,
+    refill: Refill,
+) {
+    api.acting_as(caller)
+        .record_audit(
+            caller.org_id(),
+            AuditAction::CreditsSet,
+            key,
+            serde_json::json!({ "balance": amount, "refill": RefillView::of(refill) }),
+        )
+        .await;
 }

@@ -26,6 +26,7 @@
 //! | `POST /api-keys/{id}/rotate` `{"overlap": "now" \| "1h" \| "24h" \| "7d" \| SECONDS}` | `201 {"key": SECRET, "api_key": KEY}` |
 //! | `GET /org` | `200 {"org_id", "plan", "limits"}` |
 //! | `GET /org/usage?from=SECS&to=SECS&granularity=minute\|hour\|day` | `200` [`UsageReport`]: requests by outcome per key and in total (default: the last 24 hours by hour) |
+//! | `GET /org/audit?limit=50&before=ID` | `200 {"data": [ENTRY..], "has_more", "next_cursor"}`: the audit log, newest first ([`AuditEntryView`]) |
 //! | `GET /org/credits` | `200` [`OrgCredits`]: the organization's balance and each key's own, with refill and next refill (needs [`AdminApi::credits`]) |
 //! | `PUT /org/credits`, `PUT /api-keys/{id}/credits` `{"balance", "refill"?: {"every": "never" \| "day" \| "month", "day"?}}` | `200` [`CreditBalance`]; credit operators only ([`AdminApi::credit_operator`]) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes |
@@ -61,8 +62,12 @@ use serde::Deserialize;
 pub use credits::{CreditBalance, Every, KeyCredits, OrgCredits, RefillView, SetCredits};
 pub use error::AdminError;
 pub use openapi::openapi;
-pub use view::{Access, ApiKeyView, KeyPage, Limits, NewSecret, OrgView, Status};
+pub use view::{
+    Access, ActorView, ApiKeyView, AuditEntryView, AuditPage, KeyPage, Limits, NewSecret, OrgView,
+    Status,
+};
 
+use crate::audit::{Actor, AuditQuery};
 use crate::clock::Timestamp;
 use crate::credits::{CreditBackend, Credits};
 use crate::ids::KeyId;
@@ -179,6 +184,7 @@ impl<St: KeyStore, C: Caller> AdminApi<St, C> {
             .route("/api-keys/{id}/enable", post(enable::<St, C>))
             .route("/org", get(org::<St, C>))
             .route("/org/usage", get(usage::<St, C>))
+            .route("/org/audit", get(audit::<St, C>))
             .route(
                 "/org/credits",
                 get(credits::show::<St, C>).put(credits::set_org::<St, C>),
@@ -190,6 +196,13 @@ impl<St: KeyStore, C: Caller> AdminApi<St, C> {
 }
 
 const MAX_PAGE: usize = 100;
+
+impl<St: KeyStore, C> AdminApi<St, C> {
+    /// The manager acting as the calling key: its changes are audited as `Actor::Key`.
+    fn acting_as(&self, caller: &Principal) -> KeyManager<St> {
+        self.manager.as_actor(Actor::Key(caller.key_id().clone()))
+    }
+}
 
 type Shared<St, C> = State<Arc<AdminApi<St, C>>>;
 
@@ -270,7 +283,7 @@ async fn create<St: KeyStore, C: Caller>(
     if let Some(networks) = req.allowed_networks {
         spec = spec.allowed_networks(networks);
     }
-    let created = api.manager.create_for(&caller, spec).await?;
+    let created = api.acting_as(&caller).create_for(&caller, spec).await?;
     let now = api.manager.now();
     Ok((StatusCode::CREATED, Json(NewSecret::of(&created, now))))
 }
@@ -411,7 +424,7 @@ async fn update<St: KeyStore, C: Caller>(
         ));
     }
     let record = api
-        .manager
+        .acting_as(&caller)
         .update_for(&caller, &KeyId::from(id), changes)
         .await?;
     Ok(Json(ApiKeyView::of(&record, api.manager.now())))
@@ -423,7 +436,7 @@ async fn revoke<St: KeyStore, C: Caller>(
     Path(id): Path<String>,
 ) -> Result<Json<ApiKeyView>, AdminError> {
     let record = api
-        .manager
+        .acting_as(&caller)
         .revoke(caller.org_id(), &KeyId::from(id))
         .await?;
     Ok(Json(ApiKeyView::of(&record, api.manager.now())))
@@ -454,10 +467,11 @@ async fn set_disabled<St: KeyStore, C: Caller>(
     disabled: bool,
 ) -> Result<Json<ApiKeyView>, AdminError> {
     let (org, id) = (caller.org_id(), KeyId::from(id));
+    let manager = api.acting_as(&caller);
     let record = if disabled {
-        api.manager.disable(org, &id).await?
+        manager.disable(org, &id).await?
     } else {
-        api.manager.enable(org, &id).await?
+        manager.enable(org, &id).await?
     };
     Ok(Json(ApiKeyView::of(&record, api.manager.now())))
 }
@@ -535,7 +549,7 @@ async fn rotate<St: KeyStore, C: Caller>(
         Rotation::with_grace(overlap)
     };
     let created = api
-        .manager
+        .acting_as(&caller)
         .rotate_for(&caller, &KeyId::from(id), rotation)
         .await?;
     Ok((
@@ -599,4 +613,46 @@ async fn usage<St: KeyStore, C: Caller>(
         .usage(caller.org_id(), from..to, granularity)
         .await?;
     Ok(Json(report))
+}
+
+/// The query of `GET /org/audit`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditLogQuery {
+    /// Entries per page, 1 to 100 (default 50).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page: entries older than it.
+    pub before: Option<String>,
+}
+
+async fn audit<St: KeyStore, C: Caller>(
+    State(api): Shared<St, C>,
+    Acting(caller): Acting,
+    query: Result<Query<AuditLogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditPage>, AdminError> {
+    let Query(query) = query.map_err(|e| AdminError::BadRequest(e.body_text()))?;
+    let limit = match query.limit {
+        None => 50,
+        Some(n @ 1..=MAX_PAGE) => n,
+        Some(_) => {
+            return Err(AdminError::BadRequest(format!(
+                "\"limit\" must be 1 to {MAX_PAGE}"
+            )));
+        }
+    };
+    // One more than the page, to know whether another follows.
+    let mut q = AuditQuery::new().limit(limit + 1);
+    if let Some(before) = query.before {
+        q = q.before(before);
+    }
+    let mut entries = api.manager.audit_log(caller.org_id(), &q).await?;
+    let has_more = entries.len() > limit;
+    entries.truncate(limit);
+    let next_cursor = has_more
+        .then(|| entries.last().map(|e| e.id.clone()))
+        .flatten();
+    Ok(Json(AuditPage {
+        data: entries.iter().map(AuditEntryView::of).collect(),
+        has_more,
+        next_cursor,
+    }))
 }

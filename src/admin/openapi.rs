@@ -4,8 +4,11 @@
 
 use utoipa::OpenApi;
 
-use super::view::{Access, ApiKeyView, KeyPage, Limits, NewSecret, OrgView, Status};
-use super::{CreateKey, ListQuery, RotateKey, UpdateKey, UsageQuery};
+use super::view::{
+    Access, ActorView, ApiKeyView, AuditEntryView, AuditPage, KeyPage, Limits, NewSecret, OrgView,
+    Status,
+};
+use super::{AuditLogQuery, CreateKey, ListQuery, RotateKey, UpdateKey, UsageQuery};
 use super::{CreditBalance, Every, KeyCredits, OrgCredits, RefillView, SetCredits};
 use crate::manage::{KeyUsage, UsageBucket, UsageReport};
 use crate::store::{Granularity, UsageCounts};
@@ -96,6 +99,13 @@ fn org() {}
     ))]
 fn usage() {}
 
+#[utoipa::path(get, path = "/org/audit", params(AuditLogQuery),
+    responses(
+        (status = 200, description = "The organization's audit log, newest first", body = AuditPage),
+        (status = 400, description = "A bad `limit`", body = Problem),
+    ))]
+fn audit() {}
+
 #[utoipa::path(get, path = "/org/credits",
     responses(
         (status = 200, description = "The organization's balance and each key's own, with refills", body = OrgCredits),
@@ -142,6 +152,7 @@ fn set_key_credits() {}
         enable,
         org,
         usage,
+        audit,
         credits,
         set_org_credits,
         set_key_credits
@@ -167,7 +178,10 @@ fn set_key_credits() {}
         CreditBalance,
         RefillView,
         Every,
-        SetCredits
+        SetCredits,
+        AuditPage,
+        AuditEntryView,
+        ActorView
     ))
 )]
 struct Doc;

@@ -13,12 +13,13 @@ use super::error::{DashboardError, manage_problem};
 use super::pages::{self, Frame, NewKeyForm};
 use super::session::{self, Form, SessionData, SignedIn, tokens_match};
 use super::{Base, EXPIRATIONS, OVERLAPS, Shared};
-use crate::admin::{ApiKeyView, CreditBalance, Limits, MANAGE_SCOPE, OrgView};
+use crate::admin::{ApiKeyView, AuditEntryView, CreditBalance, Limits, MANAGE_SCOPE, OrgView};
+use crate::audit::{Actor, AuditQuery};
 use crate::clock::Timestamp;
 use crate::credits::Account;
 use crate::ids::KeyId;
 use crate::key::KeyHash;
-use crate::manage::{ManageError, NewKey, Rotation};
+use crate::manage::{KeyManager, ManageError, NewKey, Rotation};
 use crate::scopes::{Scope, Scopes};
 use crate::store::{Granularity, KeyStatus, KeyStore};
 
@@ -42,10 +43,19 @@ pub(super) fn routes<St: KeyStore>() -> Router<Shared<St>> {
         .route("/keys/{id}/disable", post(disable::<St>))
         .route("/keys/{id}/enable", post(enable::<St>))
         .route("/usage", get(usage::<St>))
+        .route("/activity", get(activity::<St>))
         .fallback(|| async { DashboardError::PageNotFound })
 }
 
 impl SignedIn {
+    /// The manager acting as this user: the audit log names them `Actor::User` by the id of
+    /// the key they signed in with (the dashboard knows people by that key only).
+    fn manager<St: KeyStore>(&self, dashboard: &Shared<St>) -> KeyManager<St> {
+        dashboard
+            .manager
+            .as_actor(Actor::User(self.principal.key_id().to_string()))
+    }
+
     fn frame<'a>(&'a self, base: &'a str) -> Frame<'a> {
         Frame {
             base,
@@ -221,7 +231,11 @@ async fn create<St: KeyStore>(
             .await;
         }
     };
-    match dashboard.manager.create_for(&user.principal, spec).await {
+    match user
+        .manager(&dashboard)
+        .create_for(&user.principal, spec)
+        .await
+    {
         Ok(created) => {
             let view = ApiKeyView::of(&created.record, dashboard.manager.now());
             let page = pages::secret(
@@ -285,8 +299,8 @@ async fn revoke<St: KeyStore>(
     body: Bytes,
 ) -> Page {
     user.check_csrf(&Form::parse(&body))?;
-    let record = dashboard
-        .manager
+    let record = user
+        .manager(&dashboard)
         .revoke(user.principal.org_id(), &KeyId::from(id))
         .await?;
     user.set_notice(format!(
@@ -329,10 +343,11 @@ async fn set_disabled<St: KeyStore>(
 ) -> Page {
     user.check_csrf(&Form::parse(&body))?;
     let (org, id) = (user.principal.org_id(), KeyId::from(id));
+    let manager = user.manager(&dashboard);
     let record = if disabled {
-        dashboard.manager.disable(org, &id).await?
+        manager.disable(org, &id).await?
     } else {
-        dashboard.manager.enable(org, &id).await?
+        manager.enable(org, &id).await?
     };
     let what = if disabled {
         "it is refused from its next request on, until enabled again"
@@ -392,7 +407,7 @@ async fn rotate<St: KeyStore>(
     } else {
         Rotation::with_grace(*grace)
     };
-    let manager = &dashboard.manager;
+    let manager = &user.manager(&dashboard);
     let created = manager
         .rotate_for(&user.principal, &KeyId::from(id), rotation)
         .await?;
@@ -455,4 +470,18 @@ async fn usage<St: KeyStore>(
         &report,
     );
     Ok(page.into_response())
+}
+
+/// The organization's audit log, newest first: who did what to which key, and when.
+async fn activity<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    user: SignedIn,
+) -> Page {
+    let entries = dashboard
+        .manager
+        .audit_log(user.principal.org_id(), &AuditQuery::new().limit(100))
+        .await?;
+    let views: Vec<AuditEntryView> = entries.iter().map(AuditEntryView::of).collect();
+    Ok(pages::activity(&user.frame(&base), &views).into_response())
 }

@@ -23,6 +23,7 @@
 //! | `GET`, `POST /keys/{id}/rotate` | choose the old key's overlap; the answer shows the new secret once |
 //! | `GET`, `POST /keys/{id}/revoke` | a confirmation that says revocation is permanent |
 //! | `GET /usage` | the plan, its limits, current use if the host reports it ([`Dashboard::usage`]), the credit balance, refill and next refill ([`Dashboard::credits`]), and a chart of the last 24 hours of metered requests ([`KeyManager::usage`](crate::KeyManager::usage)) |
+//! | `GET /activity` | the organization's audit log, newest first: who (key, user or system) did what to which key, and when |
 //! | `GET /assets/dashboard.css`, `/assets/dashboard.js`, `/assets/favicon.svg` | the only assets; nothing is loaded from elsewhere |
 //!
 //! What it guarantees:

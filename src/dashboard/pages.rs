@@ -9,7 +9,7 @@ use super::error::Problem;
 use super::{CurrentUsage, EXPIRATIONS, OVERLAPS, home};
 use std::collections::HashMap;
 
-use crate::admin::{Access, ApiKeyView, CreditBalance, Every, OrgView, Status};
+use crate::admin::{Access, ApiKeyView, AuditEntryView, CreditBalance, Every, OrgView, Status};
 use crate::manage::UsageReport;
 use crate::scopes::Scopes;
 
@@ -41,6 +41,7 @@ fn layout(frame: &Frame<'_>, title: &str, body: Markup) -> Markup {
                         nav {
                             a href=(home(base)) { "API Keys" }
                             a href={ (base) "/usage" } { "Usage" }
+                            a href={ (base) "/activity" } { "Activity" }
                         }
                         span.org { (org) }
                         form.signout method="post" action={ (base) "/sign-out" } {
@@ -380,6 +381,56 @@ pub(super) fn rotate(frame: &Frame<'_>, csrf: &str, form_token: &str, key: &ApiK
                     div.actions {
                         button.primary type="submit" { "Rotate key" }
                         a href=(home(base)) { "Cancel" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// An audit action as a person reads it.
+fn action_text(action: &str) -> &str {
+    match action {
+        "key_created" => "Created key",
+        "key_revoked" => "Revoked key",
+        "key_rotated" => "Rotated key",
+        "key_updated" => "Changed key",
+        "key_disabled" => "Disabled key",
+        "key_enabled" => "Enabled key",
+        "plan_changed" => "Changed plan",
+        "credits_set" => "Set credits",
+        other => other,
+    }
+}
+
+/// The Activity page: the organization's audit log, newest first.
+pub(super) fn activity(frame: &Frame<'_>, entries: &[AuditEntryView]) -> Markup {
+    layout(
+        frame,
+        "Activity",
+        html! {
+            h1 { "Activity" }
+            @if entries.is_empty() {
+                p.empty { "Nothing has happened yet." }
+            } @else {
+                table.keys data-table="activity" {
+                    thead { tr {
+                        th { "When" } th { "Who" } th { "What" } th { "Key" }
+                    } }
+                    tbody {
+                        @for e in entries {
+                            tr data-audit-id=(e.id) {
+                                td data-col="when" { (format_time(e.at)) }
+                                td data-col="who" {
+                                    (e.actor.kind)
+                                    @if let Some(id) = &e.actor.id { " " code { (id) } }
+                                }
+                                td data-col="what" data-action=(e.action) { (action_text(&e.action)) }
+                                td data-col="key" {
+                                    @match &e.key_id { Some(k) => code { (k) }, None => "—" }
+                                }
+                            }
+                        }
                     }
                 }
             }

@@ -46,7 +46,7 @@ async fn key_of(
     key: Option<&str>,
 ) -> Result<Option<KeyId>, Failure> {
     let Some(key) = key else { return Ok(None) };
-    let manager = KeyManager::new(store.clone());
+    let manager = manager_for(store.clone());
     manager
         .get(org, &KeyId::from(key))
         .await
@@ -118,6 +118,19 @@ async fn run_credits<B: CreditBackend>(
                 .set(account, balance, refill)
                 .await
                 .map_err(credit_failure)?;
+            let refill_json = match refill {
+                Refill::Never => json!({"every": "never"}),
+                Refill::Daily => json!({"every": "day"}),
+                Refill::Monthly { day } => json!({"every": "month", "day": day}),
+            };
+            manager_for(store.clone())
+                .record_audit(
+                    &org_id,
+                    tower_api_key::AuditAction::CreditsSet,
+                    key_id.as_ref(),
+                    json!({ "balance": balance, "refill": refill_json }),
+                )
+                .await;
             let whose = match &key_id {
                 Some(k) => format!("the key {k} of {org}"),
                 None => org.clone(),

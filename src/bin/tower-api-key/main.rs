@@ -23,9 +23,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_api_key::store::{IpNet, PostgresStore, SqliteStore};
 use tower_api_key::{
-    BoxedStore, Clock, KeyChanges, KeyFormat, KeyHash, KeyId, KeyManager, KeyRecord, KeyStatus,
-    KeyStore, ManageError, Metadata, NewKey, OrgId, Plan, Quota, Rotation, Scopes, StoreError,
-    Timestamp,
+    Actor, BoxedStore, Clock, KeyChanges, KeyFormat, KeyHash, KeyId, KeyManager, KeyRecord,
+    KeyStatus, KeyStore, ManageError, Metadata, NewKey, OrgId, Plan, Quota, Rotation, Scopes,
+    StoreError, Timestamp,
 };
 
 /// The exit codes, as `--help` shows them.
@@ -62,6 +62,9 @@ struct Cli {
         value_name = "URL"
     )]
     store: Option<String>,
+    /// Who is acting, as the audit log names them (a user): default `$USER`.
+    #[arg(long, env = "TOWER_API_KEY_ACTOR", global = true, value_name = "NAME")]
+    actor: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +85,9 @@ enum Command {
     /// Show and set credit balances (an organization's, or one key's, spent first).
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// An organization's audit log, newest first: who created, revoked, rotated or changed
+    /// which key, changed the plan or set credits, and when.
+    Audit(AuditArgs),
     /// An organization's metered requests (accepted, rate limited, scope, session quota), per
     /// minute, hour or day and per key, as the flusher wrote them.
     Usage(UsageArgs),
@@ -221,6 +227,19 @@ enum PlansCommand {
     },
 }
 
+#[derive(Args)]
+struct AuditArgs {
+    /// The organization.
+    #[arg(long)]
+    org: String,
+    /// The newest N entries (1 to 500).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// JSON for scripts (`{"data": [ENTRY, ..]}`) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum CreditsCommand {
     /// An organization's (or with --key, one key's) balance, refill and next refill.
@@ -267,6 +286,7 @@ enum PlanName {
     Enterprise,
 }
 
+mod audit;
 mod credits;
 mod import;
 mod keys;
@@ -274,6 +294,7 @@ mod plans;
 mod store;
 mod usage;
 
+use audit::*;
 use credits::*;
 use import::*;
 use keys::*;
@@ -365,6 +386,7 @@ fn clap_failure(e: &clap::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Outcome {
+    set_actor(cli.actor);
     match cli.command {
         Command::Hash => hash(),
         Command::Migrate => {
@@ -387,6 +409,10 @@ async fn run(cli: Cli) -> Outcome {
             import(store).await
         }
         Command::Credits(cmd) => credits(cmd, cli.store).await,
+        Command::Audit(args) => {
+            let store = migrated_store(cli.store).await?;
+            audit(args, store).await
+        }
         Command::Usage(args) => {
             let store = migrated_store(cli.store).await?;
             usage(args, store).await
