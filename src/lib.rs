@@ -51,6 +51,8 @@
 //!   ([`rate_limit::Policies`]), and [`SessionQuota`] for concurrent-session leases
 //!   ([`rate_limit`]); over Redis (feature `redis`), one limit and one session count shared by
 //!   every replica.
+//! - [`audit`]: who created, revoked, rotated or changed which key, and when; appended by
+//!   [`KeyManager`] after each change.
 //! - [`credits`]: balances a call spends, topped up daily or monthly, in memory, Redis or
 //!   PostgreSQL.
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
