@@ -51,6 +51,8 @@
 //!   ([`rate_limit::Policies`]), and [`SessionQuota`] for concurrent-session leases
 //!   ([`rate_limit`]); over Redis (feature `redis`), one limit and one session count shared by
 //!   every replica.
+//! - [`audit`]: who created, revoked, rotated or changed which key, and when; appended by
+//!   [`KeyManager`] after each change.
 //! - [`credits`]: balances a call spends, topped up daily or monthly, in memory, Redis or
 //!   PostgreSQL.
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
@@ -91,6 +93,7 @@ mod scopes;
 
 #[cfg(feature = "admin")]
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod breaker;
 pub mod client_addr;
@@ -134,6 +137,7 @@ pub use principal::Principal;
 pub use scopes::{InvalidScope, Scope, Scopes};
 
 // Stores and key management.
+pub use audit::{Actor, AuditAction, AuditEntry, AuditQuery};
 pub use manage::{
     CreatedKey, ExpiryPolicy, KeyManager, KeyUsage, ManageError, NewKey, Rotation, UsageBucket,
     UsageReport,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
+use crate::audit::{Actor, AuditAction, AuditEntry, AuditQuery, OnAudit};
 use crate::clock::{Clock, Timestamp};
 use crate::ids::{KeyId, OrgId};
 use crate::key::{ApiKey, KeyFormat, KeyFormats, RngError};
@@ -333,7 +334,22 @@ impl Rotation {
     }
 }
 
+/// The optional audit hook, with a `Debug` that says whether one is set.
+#[derive(Clone, Default)]
+struct AuditHook(Option<OnAudit>);
+
+impl fmt::Debug for AuditHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
 /// Manages keys in a [`KeyStore`].
+///
+/// Every change it makes is written to the store's audit log, as the [`Actor`] the manager
+/// acts for ([`as_actor`](Self::as_actor); [`Actor::System`] by default), *after* the change
+/// succeeded: a failed audit write is logged at error level and neither undoes nor fails the
+/// change (see [`audit`](crate::audit) and the design notes).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -357,6 +373,8 @@ pub struct KeyManager<St> {
     clock: Clock,
     expiry: ExpiryPolicy,
     org_expiry: Arc<HashMap<OrgId, ExpiryPolicy>>,
+    actor: Actor,
+    on_audit: AuditHook,
 }
 
 impl<St: KeyStore> KeyManager<St> {
@@ -369,7 +387,76 @@ impl<St: KeyStore> KeyManager<St> {
             clock: Clock::default(),
             expiry: ExpiryPolicy::default(),
             org_expiry: Arc::default(),
+            actor: Actor::System,
+            on_audit: AuditHook::default(),
         }
+    }
+
+    /// This manager acting as `actor`: a cheap clone (the store and settings are shared) whose
+    /// changes are audited as done by `actor`. The admin API acts as the calling key, the
+    /// dashboard as the signed-in user, the CLI as `--actor`.
+    ///
+    /// ```
+    /// use tower_api_key::{Actor, KeyManager, MemoryStore};
+    /// let manager = KeyManager::new(MemoryStore::new());
+    /// let as_ann = manager.as_actor(Actor::user("ann@example.com"));
+    /// assert_eq!(as_ann.actor(), &Actor::user("ann@example.com"));
+    /// ```
+    pub fn as_actor(&self, actor: Actor) -> Self {
+        Self {
+            actor,
+            ..self.clone()
+        }
+    }
+
+    /// Who this manager's changes are audited as.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// Call `hook` with each audit entry this manager (and its [`as_actor`](Self::as_actor)
+    /// clones) appends, after the store write (also when that write failed: the change
+    /// happened). With the `events` feature, `Events::on_audit` makes one that emits events.
+    pub fn on_audit(mut self, hook: impl Fn(&AuditEntry) + Send + Sync + 'static) -> Self {
+        self.on_audit = AuditHook(Some(Arc::new(hook)));
+        self
+    }
+
+    /// Append an audit entry for a change made outside the manager (the admin API's credits,
+    /// say), as this manager's actor. Never fails: see the [type docs](Self).
+    pub async fn record_audit(
+        &self,
+        org: &OrgId,
+        action: AuditAction,
+        key_id: Option<&KeyId>,
+        detail: serde_json::Value,
+    ) {
+        let entry = AuditEntry::new(
+            self.clock.now(),
+            org.clone(),
+            self.actor.clone(),
+            action,
+            key_id.cloned(),
+            detail,
+        );
+        if let Err(error) = self.store.append_audit(entry.clone()).await {
+            tracing::error!(
+                %error, audit_id = %entry.id, action = %entry.action, org_id = %org,
+                "audit entry not written; the change itself stands"
+            );
+        }
+        if let Some(hook) = &self.on_audit.0 {
+            hook(&entry);
+        }
+    }
+
+    /// The organization's audit log, newest first, a page at a time ([`AuditQuery`]).
+    pub async fn audit_log(
+        &self,
+        org: &OrgId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>, ManageError> {
+        Ok(self.store.audit_log(org, query).await?)
     }
 
     /// The expiry policy of every organization without one of its own (default: none).
@@ -429,7 +516,20 @@ impl<St: KeyStore> KeyManager<St> {
 
     /// Create a key for `org`. The secret is in the result and nowhere else.
     pub async fn create(&self, org: &OrgId, spec: NewKey) -> Result<CreatedKey, ManageError> {
-        self.create_inner(org, spec, None).await
+        let created = self.create_inner(org, spec, None).await?;
+        self.audit_created(&created).await;
+        Ok(created)
+    }
+
+    async fn audit_created(&self, created: &CreatedKey) {
+        let r = &created.record;
+        self.record_audit(
+            &r.org_id,
+            AuditAction::KeyCreated,
+            Some(&r.id),
+            serde_json::json!({ "name": r.name() }),
+        )
+        .await;
     }
 
     /// Create a key on behalf of `actor`, in the actor's organization. Fails with
@@ -443,7 +543,9 @@ impl<St: KeyStore> KeyManager<St> {
         if !actor.scopes().covers(&spec.scopes) {
             return Err(ManageError::ScopeEscalation);
         }
-        self.create_inner(actor.org_id(), spec, None).await
+        let created = self.create_inner(actor.org_id(), spec, None).await?;
+        self.audit_created(&created).await;
+        Ok(created)
     }
 
     async fn create_inner(
@@ -508,6 +610,13 @@ impl<St: KeyStore> KeyManager<St> {
             .await?
             .ok_or(ManageError::NotFound)?;
         tracing::info!(key_id = %id, org_id = %org, "api key revoked");
+        self.record_audit(
+            org,
+            AuditAction::KeyRevoked,
+            Some(id),
+            serde_json::json!({}),
+        )
+        .await;
         Ok(record)
     }
 
@@ -540,6 +649,13 @@ impl<St: KeyStore> KeyManager<St> {
             .await?
             .ok_or(ManageError::NotFound)?;
         tracing::info!(key_id = %id, org_id = %org, disabled, "api key disabled flag set");
+        let action = if disabled {
+            AuditAction::KeyDisabled
+        } else {
+            AuditAction::KeyEnabled
+        };
+        self.record_audit(org, action, Some(id), serde_json::json!({}))
+            .await;
         Ok(record)
     }
 
@@ -578,6 +694,23 @@ impl<St: KeyStore> KeyManager<St> {
             metadata_changed = changes.metadata.is_some(),
             networks_changed = changes.allowed_networks.is_some(), "api key updated"
         );
+        let changed: Vec<&str> = [
+            ("name", changes.name.is_some()),
+            ("scopes", changes.scopes.is_some()),
+            ("disabled", changes.disabled.is_some()),
+            ("metadata", changes.metadata.is_some()),
+            ("allowed_networks", changes.allowed_networks.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        self.record_audit(
+            &current.org_id,
+            AuditAction::KeyUpdated,
+            Some(&current.id),
+            serde_json::json!({ "changed": changed }),
+        )
+        .await;
         Ok(record)
     }
 
@@ -660,6 +793,16 @@ impl<St: KeyStore> KeyManager<St> {
             key_id = %old.id, new_key_id = %created.record.id, org_id = %old.org_id,
             grace_secs = rotation.grace.map_or(0, |g| g.as_secs()), "api key rotated"
         );
+        self.record_audit(
+            &old.org_id,
+            AuditAction::KeyRotated,
+            Some(&old.id),
+            serde_json::json!({
+                "new_key_id": created.record.id,
+                "grace_secs": rotation.grace.map_or(0, |g| g.as_secs()),
+            }),
+        )
+        .await;
         Ok(created)
     }
 
@@ -667,6 +810,13 @@ impl<St: KeyStore> KeyManager<St> {
     pub async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), ManageError> {
         self.store.set_plan(org, plan).await?;
         tracing::info!(org_id = %org, plan = plan.name(), "plan changed");
+        self.record_audit(
+            org,
+            AuditAction::PlanChanged,
+            None,
+            serde_json::json!({ "plan": plan.name() }),
+        )
+        .await;
         Ok(())
     }
 

@@ -726,6 +726,10 @@ async fn the_openapi_document_describes_every_route() {
         "POST /api-keys/{id}/enable",
         "GET /org",
         "GET /org/usage",
+        "GET /org/audit",
+        "GET /org/credits",
+        "PUT /org/credits",
+        "PUT /api-keys/{id}/credits",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -735,11 +739,14 @@ async fn the_openapi_document_describes_every_route() {
         let (method, path) = op.split_once(' ').unwrap();
         let path = format!("/v1{}", path.replace("{id}", "key_unknown"));
         let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let (status, _) = admin
+        let (status, body) = admin
             .call(method, &path, Some(&root), Some(json!({})))
             .await;
+        // Without `.credits(..)` the credit routes exist and say so.
         assert!(
-            status != StatusCode::NOT_FOUND || path.contains("key_unknown"),
+            status != StatusCode::NOT_FOUND
+                || path.contains("key_unknown")
+                || body["code"] == "credits_not_configured",
             "{op}: {status}"
         );
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{op}");
@@ -1046,4 +1053,343 @@ async fn usage_reports_the_callers_organization_only() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["granularity"], "hour");
     assert_eq!(body["total"]["accepted"], 0);
+}
+
+/// An admin API with credits, whose operators are the keys of `org_ops`.
+async fn with_credits() -> (Admin, tower_api_key::credits::Credits) {
+    use tower_api_key::credits::Credits;
+    let store = MemoryStore::new();
+    let manager = KeyManager::new(store.clone());
+    let credits = Credits::new();
+    let api = AdminApi::new(manager.clone())
+        .credits(credits.clone())
+        .credit_operator(|p| p.org_id().as_str() == "org_ops");
+    let app = axum::Router::new()
+        .nest("/v1", api.router())
+        .layer(ApiKeyAuth::new(store));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let admin = Admin {
+        base,
+        http: Client::new(),
+        manager,
+    };
+    (admin, credits)
+}
+
+#[tokio::test]
+async fn credits_are_shown_to_managers_and_set_by_operators_only() {
+    use tower_api_key::credits::{Account, Refill};
+    let (admin, credits) = with_credits().await;
+    let customer = admin.mint("org_a", &["api_keys:manage"]).await;
+    let reader = admin.mint("org_a", &["browser_sessions:read"]).await;
+    let ops = admin.mint("org_ops", &[]).await;
+    let org_a = OrgId::from("org_a");
+
+    // Nothing set: no org balance, no key rows.
+    let (status, shown) = admin
+        .call(Method::GET, "/v1/org/credits", Some(&customer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown, json!({"org_id": "org_a", "org": null, "keys": []}));
+
+    // A customer who manages keys may not top itself up, by org or by key.
+    let top_up = json!({"balance": 1_000_000, "refill": {"every": "day"}});
+    let (status, body) = admin
+        .call(
+            Method::PUT,
+            "/v1/org/credits",
+            Some(&customer),
+            Some(top_up.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("operator_required"))
+    );
+    let keys = admin.manager.list(&org_a).await.unwrap();
+    let key_path = format!("/v1/api-keys/{}/credits", keys[0].id);
+    let (status, body) = admin
+        .call(
+            Method::PUT,
+            &key_path,
+            Some(&customer),
+            Some(top_up.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("operator_required"))
+    );
+    assert_eq!(
+        credits.peek(Account::Org(&org_a)).await.unwrap(),
+        None,
+        "nothing was set"
+    );
+    // Without api_keys:manage, not even shown.
+    let (status, body) = admin
+        .call(Method::GET, "/v1/org/credits", Some(&reader), None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("insufficient_scope"))
+    );
+
+    // The operator sets its own org's balance (the routes act for the caller's organization).
+    let (status, body) = admin
+        .call(
+            Method::PUT,
+            "/v1/org/credits",
+            Some(&ops),
+            Some(json!({"balance": 500, "refill": {"every": "month", "day": 1}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["balance"], 500);
+    assert_eq!(body["refill_amount"], 500);
+    assert_eq!(body["refill"], json!({"every": "month", "day": 1}));
+    let next = body["next_refill_at"].as_u64().unwrap();
+    let now = admin.manager.now().as_unix_secs();
+    assert!(next > now && next <= now + 31 * 86_400, "{next}");
+    assert_eq!(next % 86_400, 0, "refills happen at 00:00 UTC");
+
+    // Bad input: exact codes.
+    for (body, code) in [
+        (
+            json!({"balance": 5, "refill": {"every": "month"}}),
+            "invalid_refill",
+        ),
+        (
+            json!({"balance": 5, "refill": {"every": "month", "day": 29}}),
+            "invalid_refill",
+        ),
+        (
+            json!({"balance": 5, "refill": {"every": "day", "day": 3}}),
+            "invalid_refill",
+        ),
+        (json!({"balance": -1}), "invalid_request"),
+        (json!({"amount": 5}), "invalid_request"),
+    ] {
+        let (status, problem) = admin
+            .call(
+                Method::PUT,
+                "/v1/org/credits",
+                Some(&ops),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{body}"
+        );
+    }
+
+    // A key's own balance: set by the operator on one of its keys, shown in GET.
+    let ops_keys = admin.manager.list(&OrgId::from("org_ops")).await.unwrap();
+    let (status, body) = admin
+        .call(
+            Method::PUT,
+            &format!("/v1/api-keys/{}/credits", ops_keys[0].id),
+            Some(&ops),
+            Some(json!({"balance": 40})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["refill"], json!({"every": "never", "day": null}));
+    assert_eq!(body["next_refill_at"], Value::Null);
+    // Another org's key is not found, even for an operator.
+    let (status, body) = admin
+        .call(
+            Method::PUT,
+            &key_path,
+            Some(&ops),
+            Some(json!({"balance": 1})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("key_not_found"))
+    );
+
+    let (status, shown) = admin
+        .call(Method::GET, "/v1/org/credits", Some(&ops), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["org"]["balance"], 500);
+    assert_eq!(shown["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["keys"][0]["key_id"], ops_keys[0].id.as_str());
+    assert_eq!(shown["keys"][0]["credits"]["balance"], 40);
+    // Both sets are in the operator org's audit log, as the operator key.
+    let (_, log) = admin
+        .call(Method::GET, "/v1/org/audit?limit=2", Some(&ops), None)
+        .await;
+    let ops_key = json!({"type": "key", "id": ops_keys[0].id.as_str()});
+    assert_eq!(log["data"][0]["action"], "credits_set");
+    assert_eq!(log["data"][0]["key_id"], ops_keys[0].id.as_str());
+    assert_eq!(log["data"][0]["actor"], ops_key);
+    assert_eq!(log["data"][1]["action"], "credits_set");
+    assert_eq!(log["data"][1]["key_id"], Value::Null);
+    assert_eq!(
+        log["data"][1]["detail"],
+        json!({"balance": 500, "refill": {"every": "month", "day": 1}})
+    );
+
+    // The customer's org still has nothing; spending shows in its balance once set.
+    credits
+        .set(Account::Org(&org_a), 10, Refill::Daily)
+        .await
+        .unwrap();
+    credits.spend_for(&org_a, &keys[0].id, 3).await.unwrap();
+    let (_, shown) = admin
+        .call(Method::GET, "/v1/org/credits", Some(&customer), None)
+        .await;
+    assert_eq!(shown["org"]["balance"], 7);
+    assert_eq!(shown["org"]["refill_amount"], 10);
+    assert_eq!(shown["keys"], json!([]));
+}
+
+#[tokio::test]
+async fn credit_routes_without_credits_are_404_credits_not_configured() {
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    let id = admin.manager.list(&OrgId::from("org_a")).await.unwrap()[0]
+        .id
+        .clone();
+    for (method, path) in [
+        (Method::GET, "/v1/org/credits".to_owned()),
+        (Method::PUT, "/v1/org/credits".to_owned()),
+        (Method::PUT, format!("/v1/api-keys/{id}/credits")),
+    ] {
+        let (status, body) = admin
+            .call(
+                method.clone(),
+                &path,
+                Some(&root),
+                Some(json!({"balance": 5})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("credits_not_configured")),
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_names_the_calling_key_newest_first_and_per_organization() {
+    use tower_api_key::{Actor, Plan};
+    let admin = Admin::start().await;
+    let root = admin.mint("org_a", &[]).await;
+    let other = admin.mint("org_b", &[]).await;
+    let org_a = OrgId::from("org_a");
+    let root_id = admin.manager.list(&org_a).await.unwrap()[0].id.clone();
+    // The bootstrap key was minted by the manager itself, as the system.
+    let (status, log) = admin
+        .call(Method::GET, "/v1/org/audit", Some(&root), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(log["data"].as_array().unwrap().len(), 1);
+    assert_eq!(log["data"][0]["action"], "key_created");
+    assert_eq!(
+        log["data"][0]["actor"],
+        json!({"type": "system", "id": null})
+    );
+
+    let (_, created) = admin
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            Some(&root),
+            Some(json!({"name": "ci", "scopes": ["browser_sessions:read"]})),
+        )
+        .await;
+    let ci = created["api_key"]["id"].as_str().unwrap().to_owned();
+    let (_, rotated) = admin
+        .call(
+            Method::POST,
+            &format!("/v1/api-keys/{ci}/rotate"),
+            Some(&root),
+            None,
+        )
+        .await;
+    let ci2 = rotated["api_key"]["id"].as_str().unwrap().to_owned();
+    let (status, _) = admin
+        .call(
+            Method::DELETE,
+            &format!("/v1/api-keys/{ci2}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The admin API has no plan route: a host's billing code changes plans through the
+    // manager, acting as whoever it names.
+    admin
+        .manager
+        .as_actor(Actor::Key(root_id.clone()))
+        .set_plan(&org_a, Plan::Paid)
+        .await
+        .unwrap();
+
+    let (status, log) = admin
+        .call(Method::GET, "/v1/org/audit?limit=4", Some(&root), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let entries = log["data"].as_array().unwrap();
+    let summary: Vec<(&str, Option<&str>)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["key_id"].as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("plan_changed", None),
+            ("key_revoked", Some(ci2.as_str())),
+            ("key_rotated", Some(ci.as_str())),
+            ("key_created", Some(ci.as_str())),
+        ]
+    );
+    for e in entries {
+        assert_eq!(
+            e["actor"],
+            json!({"type": "key", "id": root_id.as_str()}),
+            "{e}"
+        );
+    }
+    assert_eq!(entries[0]["detail"], json!({"plan": "paid"}));
+    assert_eq!(entries[2]["detail"]["new_key_id"], ci2.as_str());
+    // Paging: the next page holds the bootstrap key's creation, and nothing follows it.
+    assert_eq!(log["has_more"], true);
+    let cursor = log["next_cursor"].as_str().unwrap();
+    assert_eq!(cursor, entries[3]["id"].as_str().unwrap());
+    let (_, next) = admin
+        .call(
+            Method::GET,
+            &format!("/v1/org/audit?limit=4&before={cursor}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(next["data"].as_array().unwrap().len(), 1);
+    assert_eq!(next["data"][0]["key_id"], root_id.as_str());
+    assert_eq!(next["has_more"], false);
+    assert_eq!(next["next_cursor"], Value::Null);
+
+    // Another organization sees only its own bootstrap entry.
+    let (_, theirs) = admin
+        .call(Method::GET, "/v1/org/audit", Some(&other), None)
+        .await;
+    let theirs = theirs["data"].as_array().unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_ne!(theirs[0]["key_id"], root_id.as_str());
+    let (status, problem) = admin
+        .call(Method::GET, "/v1/org/audit?limit=0", Some(&root), None)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
 }

@@ -787,3 +787,252 @@ fn usage_reads_the_metered_buckets() {
     );
     assert!(err.contains("usage range"), "{err}");
 }
+
+/// `credits show` and `credits set`: an organization's and a key's balance in the store's
+/// database, refills as flags, a key of another organization not found, bad flags usage errors.
+fn credits(store: &str) {
+    ok(store, &["migrate"], "");
+    let key = secret(&ok(
+        store,
+        &["keys", "create", "--org", "org_c", "--name", "metered"],
+        "",
+    ));
+    let list: Value =
+        serde_json::from_str(&ok(store, &["keys", "list", "--org", "org_c", "--json"], "").stdout)
+            .unwrap();
+    let id = list["data"][0]["id"].as_str().unwrap().to_owned();
+    assert!(!id.is_empty() && !key.is_empty());
+
+    let none: Value = serde_json::from_str(
+        &ok(store, &["credits", "show", "--org", "org_c", "--json"], "").stdout,
+    )
+    .unwrap();
+    assert_eq!(none["balance"], Value::Null);
+
+    let set = ok(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_c",
+            "--balance",
+            "1000",
+            "--refill",
+            "1000",
+            "--every",
+            "month",
+            "--day",
+            "1",
+        ],
+        "",
+    );
+    assert_eq!(set.stdout, "", "set prints nothing on stdout");
+    assert!(set.stderr.contains("1000 credits"), "{set:?}");
+    let org: Value = serde_json::from_str(
+        &ok(store, &["credits", "show", "--org", "org_c", "--json"], "").stdout,
+    )
+    .unwrap();
+    assert_eq!(org["balance"], 1000);
+    assert_eq!(org["refill_amount"], 1000);
+    assert_eq!(org["refill"]["every"], "month");
+    assert_eq!(org["refill"]["day"], 1);
+    let next = org["next_refill_at"].as_u64().unwrap();
+    assert!(next > unix_now() && next % 86_400 == 0, "{next}");
+
+    ok(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_c",
+            "--key",
+            &id,
+            "--balance",
+            "5",
+            "--every",
+            "day",
+        ],
+        "",
+    );
+    let text = ok(
+        store,
+        &["credits", "show", "--org", "org_c", "--key", &id],
+        "",
+    )
+    .stdout;
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .split_once(':')
+            .unwrap()
+            .1
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(line("balance"), "5");
+    assert_eq!(line("refill"), "to 5 every day at 00:00 UTC");
+    assert_eq!(line("key"), id);
+
+    // A key of another organization is not found; bad refills are usage errors.
+    let err = fails(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_other",
+            "--key",
+            &id,
+            "--balance",
+            "5",
+        ],
+        2,
+    );
+    assert!(err.contains(&id), "{err}");
+    let err = fails(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_c",
+            "--balance",
+            "5",
+            "--every",
+            "month",
+            "--day",
+            "30",
+        ],
+        1,
+    );
+    assert!(err.contains("--day 30"), "{err}");
+    let err = fails(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_c",
+            "--balance",
+            "5",
+            "--every",
+            "month",
+        ],
+        1,
+    );
+    assert!(err.contains("--day"), "{err}");
+    let err = fails(
+        store,
+        &[
+            "credits",
+            "set",
+            "--org",
+            "org_c",
+            "--balance",
+            "5",
+            "--refill",
+            "9",
+            "--every",
+            "day",
+        ],
+        1,
+    );
+    assert!(err.contains("--refill must equal --balance"), "{err}");
+    // The org's balance is unchanged by the refused sets.
+    let org: Value = serde_json::from_str(
+        &ok(store, &["credits", "show", "--org", "org_c", "--json"], "").stdout,
+    )
+    .unwrap();
+    assert_eq!(org["balance"], 1000);
+}
+
+#[test]
+fn sqlite_credits_show_and_set() {
+    let db = TempDb::new();
+    credits(&db.url());
+}
+
+#[test]
+fn postgres_credits_show_and_set() {
+    let Some(url) = common::pg::database_url("postgres_credits_show_and_set") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let guard = rt.block_on(common::pg::empty_schema(&url));
+    let store = common::pg::url_in_schema(&url, guard.schema());
+    credits(&store);
+}
+
+/// `audit`: the CLI's own changes, recorded as the `--actor` user (default `$USER`), newest
+/// first, one organization's only.
+#[test]
+fn audit_shows_a_cli_revocation_with_the_actor_name() {
+    let db = TempDb::new();
+    let url = db.url();
+    ok(&url, &["migrate"], "");
+    let key = secret(&ok(
+        &url,
+        &[
+            "--actor", "ann", "keys", "create", "--org", "org_x", "--name", "ci",
+        ],
+        "",
+    ));
+    assert!(!key.is_empty());
+    ok(
+        &url,
+        &["keys", "create", "--org", "org_y", "--name", "other"],
+        "",
+    );
+    let list: Value =
+        serde_json::from_str(&ok(&url, &["keys", "list", "--org", "org_x", "--json"], "").stdout)
+            .unwrap();
+    let id = list["data"][0]["id"].as_str().unwrap().to_owned();
+    ok(&url, &["keys", "revoke", &id, "--actor", "ops-bob"], "");
+    // Without --actor: $USER (the store variable and actor variable unset).
+    let out = Command::new(BIN)
+        .args(["--store", &url, "keys", "disable", &id])
+        .env_remove("TOWER_API_KEY_STORE")
+        .env_remove("TOWER_API_KEY_ACTOR")
+        .env("USER", "carol")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let json: Value =
+        serde_json::from_str(&ok(&url, &["audit", "--org", "org_x", "--json"], "").stdout).unwrap();
+    let entries = json["data"].as_array().unwrap();
+    let summary: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["actor"]["type"].as_str().unwrap(),
+                e["actor"]["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("key_disabled", "user", "carol"),
+            ("key_revoked", "user", "ops-bob"),
+            ("key_created", "user", "ann"),
+        ]
+    );
+    assert!(entries.iter().all(|e| e["key_id"] == id.as_str()));
+    let table = ok(&url, &["audit", "--org", "org_x", "--limit", "2"], "").stdout;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two entries: {table}");
+    assert!(
+        lines[2].contains("user ops-bob") && lines[2].contains("key_revoked"),
+        "{table}"
+    );
+    assert!(lines[2].contains(&id), "{table}");
+    assert!(!table.contains(&key), "never a secret: {table}");
+    let err = fails(&url, &["audit", "--org", "org_x", "--limit", "0"], 1);
+    assert!(err.contains("--limit"), "{err}");
+}

@@ -1244,3 +1244,118 @@ async fn the_usage_page_charts_the_last_day_of_metered_requests() {
     assert!(!page.html.contains("key_chart_b"));
     assert!(!page.html.contains("<script>"), "no inline script");
 }
+
+#[tokio::test]
+async fn credit_balances_show_on_the_usage_page_and_in_key_rows() {
+    use tower_api_key::credits::{Account, Credits, Refill};
+    use tower_api_key::{Clock, Timestamp};
+    // 2026-03-14 12:00 UTC: a refill on the 15th is next at 2026-03-15 00:00 UTC.
+    let (clock, _manual) = Clock::manual(Timestamp::from_unix_secs(1_773_489_600));
+    let credits = Credits::new().clock(clock);
+    let shown = credits.clone();
+    let app = App::start_with(move |d| d.credits(shown)).await;
+    let org = OrgId::from("org_a");
+    let (client, signed_in_id) = app.signed_in("org_a", &[MANAGE]).await;
+    let (_, other_id) = app.mint("org_a", &["browser_sessions:read"]).await;
+
+    // No balance yet: the Usage page says so, and the keys page has no Credits column.
+    let dd = |page: &Page, field: &str| {
+        let marker = format!("data-field=\"{field}\">");
+        let at = page
+            .html
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {field}"))
+            + marker.len();
+        strip_tags(page.html[at..].split("</dd>").next().unwrap())
+    };
+    let page = app.get(&client, "/dashboard/usage").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        dd(&page, "credit-balance").starts_with("No credit balance"),
+        "{}",
+        page.html
+    );
+    let keys = app.get(&client, "/dashboard").await;
+    assert!(!keys.html.contains("data-col=\"credits\""), "{}", keys.html);
+
+    credits
+        .set(Account::Org(&org), 1_000, Refill::Monthly { day: 15 })
+        .await
+        .unwrap();
+    credits
+        .spend_for(&org, &KeyId::from(other_id.as_str()), 250)
+        .await
+        .unwrap();
+    let key = KeyId::from(other_id.as_str());
+    credits
+        .set(
+            Account::Key {
+                org: &org,
+                key: &key,
+            },
+            40,
+            Refill::Daily,
+        )
+        .await
+        .unwrap();
+
+    let page = app.get(&client, "/dashboard/usage").await;
+    assert_eq!(dd(&page, "credit-balance"), "750");
+    assert_eq!(dd(&page, "credit-refill"), "To 1000 monthly, on day 15");
+    assert_eq!(dd(&page, "credit-next-refill"), "2026-03-15 00:00 UTC");
+
+    let keys = app.get(&client, "/dashboard").await;
+    assert_eq!(keys.cell(&other_id, "credits"), "40 · refilled to 40 daily");
+    assert_eq!(keys.cell(&signed_in_id, "credits"), "Organization's");
+}
+
+#[tokio::test]
+async fn the_activity_page_shows_a_revocation_by_the_signed_in_user() {
+    let app = App::start().await;
+    let (client, user_key) = app.signed_in("org_a", &[MANAGE]).await;
+    let (_, victim) = app.mint("org_a", &["browser_sessions:read"]).await;
+    let (_, elsewhere) = app.mint("org_b", &["browser_sessions:read"]).await;
+    app.manager
+        .revoke(&OrgId::from("org_b"), &KeyId::from(elsewhere.as_str()))
+        .await
+        .unwrap();
+
+    let form = app
+        .get(&client, &format!("/dashboard/keys/{victim}/revoke"))
+        .await;
+    let page = app
+        .post(
+            &client,
+            &format!("/dashboard/keys/{victim}/revoke"),
+            &[("csrf", &form.field("csrf"))],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+
+    let keys = app.get(&client, "/dashboard").await;
+    assert!(
+        keys.html.contains("href=\"/dashboard/activity\""),
+        "the nav links the Activity page"
+    );
+    let page = app.get(&client, "/dashboard/activity").await;
+    assert_eq!(page.status, StatusCode::OK);
+    // Newest first: the revocation, then the two keys minted by the system.
+    let rows: Vec<&str> = page.html.split("data-audit-id=").skip(1).collect();
+    assert_eq!(rows.len(), 3, "{}", page.html);
+    let cell = |row: &str, col: &str| {
+        let marker = format!("data-col=\"{col}\"");
+        let at = row.find(&marker).unwrap();
+        let start = row[at..].find('>').unwrap() + at + 1;
+        strip_tags(&row[start..start + row[start..].find("</td>").unwrap()])
+    };
+    assert_eq!(cell(rows[0], "what"), "Revoked key");
+    assert_eq!(cell(rows[0], "who"), format!("user {user_key}"));
+    assert_eq!(cell(rows[0], "key"), victim);
+    assert!(cell(rows[0], "when").ends_with(" UTC"));
+    assert_eq!(cell(rows[1], "what"), "Created key");
+    assert_eq!(cell(rows[1], "who"), "system");
+    assert!(
+        !page.html.contains(&elsewhere),
+        "another organization's entries stay out"
+    );
+}

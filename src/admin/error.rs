@@ -22,6 +22,20 @@ pub enum AdminError {
     /// The key manager refused or failed (not found, scope escalation, revoked, store down…).
     #[error(transparent)]
     Manage(#[from] ManageError),
+    /// A credit route, but no [`Credits`](crate::credits::Credits) were given to the API
+    /// ([`AdminApi::credits`](super::AdminApi::credits)). `404 credits_not_configured`.
+    #[error("credits are not configured on this API")]
+    CreditsNotConfigured,
+    /// Setting credits, by a caller who is no credit operator
+    /// ([`AdminApi::credit_operator`](super::AdminApi::credit_operator)). `403 operator_required`.
+    #[error("setting credits is reserved to operators")]
+    OperatorRequired,
+    /// The refill asked for is invalid; the message says why. `400 invalid_refill`.
+    #[error("{0}")]
+    InvalidRefill(String),
+    /// The credit backend failed. `503 credits_unavailable`.
+    #[error("the credit backend is temporarily unavailable; retry later")]
+    CreditsUnavailable(#[source] crate::credits::CreditError),
 }
 
 impl AdminError {
@@ -30,8 +44,11 @@ impl AdminError {
         match self {
             AdminError::Unauthenticated => StatusCode::UNAUTHORIZED,
             AdminError::MissingScope => StatusCode::FORBIDDEN,
-            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::BadRequest(_) | AdminError::InvalidRefill(_) => StatusCode::BAD_REQUEST,
             AdminError::Manage(e) => e.status(),
+            AdminError::CreditsNotConfigured => StatusCode::NOT_FOUND,
+            AdminError::OperatorRequired => StatusCode::FORBIDDEN,
+            AdminError::CreditsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -42,6 +59,10 @@ impl AdminError {
             AdminError::MissingScope => "insufficient_scope",
             AdminError::BadRequest(_) => "invalid_request",
             AdminError::Manage(e) => e.code(),
+            AdminError::CreditsNotConfigured => "credits_not_configured",
+            AdminError::OperatorRequired => "operator_required",
+            AdminError::InvalidRefill(_) => "invalid_refill",
+            AdminError::CreditsUnavailable(_) => "credits_unavailable",
         }
     }
 }
@@ -50,6 +71,9 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         if let AdminError::Manage(e) = self {
             return e.into_response();
+        }
+        if let AdminError::CreditsUnavailable(e) = &self {
+            tracing::warn!(error = %e, "admin API: credit backend failed");
         }
         let status = self.status();
         let mut body = serde_json::json!({

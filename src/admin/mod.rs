@@ -26,6 +26,9 @@
 //! | `POST /api-keys/{id}/rotate` `{"overlap": "now" \| "1h" \| "24h" \| "7d" \| SECONDS}` | `201 {"key": SECRET, "api_key": KEY}` |
 //! | `GET /org` | `200 {"org_id", "plan", "limits"}` |
 //! | `GET /org/usage?from=SECS&to=SECS&granularity=minute\|hour\|day` | `200` [`UsageReport`]: requests by outcome per key and in total (default: the last 24 hours by hour) |
+//! | `GET /org/audit?limit=50&before=ID` | `200 {"data": [ENTRY..], "has_more", "next_cursor"}`: the audit log, newest first ([`AuditEntryView`]) |
+//! | `GET /org/credits` | `200` [`OrgCredits`]: the organization's balance and each key's own, with refill and next refill (needs [`AdminApi::credits`]) |
+//! | `PUT /org/credits`, `PUT /api-keys/{id}/credits` `{"balance", "refill"?: {"every": "never" \| "day" \| "month", "day"?}}` | `200` [`CreditBalance`]; credit operators only ([`AdminApi::credit_operator`]) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes |
 //!
 //! `KEY` is always the same object, [`ApiKeyView`]; a key with every permission shows
@@ -38,6 +41,7 @@
 //! [`ApiKeyAuth`](crate::ApiKeyAuth) put in the request ([`FromExtensions`]); a dashboard with
 //! signed-in users implements [`Caller`] over its session.
 
+pub(crate) mod credits;
 mod error;
 mod openapi;
 mod view;
@@ -52,14 +56,20 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
 
+pub use credits::{CreditBalance, Every, KeyCredits, OrgCredits, RefillView, SetCredits};
 pub use error::AdminError;
 pub use openapi::openapi;
-pub use view::{Access, ApiKeyView, KeyPage, Limits, NewSecret, OrgView, Status};
+pub use view::{
+    Access, ActorView, ApiKeyView, AuditEntryView, AuditPage, KeyPage, Limits, NewSecret, OrgView,
+    Status,
+};
 
+use crate::audit::{Actor, AuditQuery};
 use crate::clock::Timestamp;
+use crate::credits::{CreditBackend, Credits};
 use crate::ids::KeyId;
 use crate::manage::{KeyManager, NewKey, Rotation, UsageReport};
 use crate::principal::Principal;
@@ -96,6 +106,7 @@ pub struct AdminApi<St, C = FromExtensions> {
     manager: KeyManager<St>,
     caller: C,
     page_size: usize,
+    credit_settings: credits::CreditSettings,
 }
 
 impl<St: KeyStore> AdminApi<St> {
@@ -105,6 +116,7 @@ impl<St: KeyStore> AdminApi<St> {
             manager,
             caller: FromExtensions,
             page_size: 20,
+            credit_settings: credits::CreditSettings::default(),
         }
     }
 }
@@ -116,7 +128,38 @@ impl<St: KeyStore, C: Caller> AdminApi<St, C> {
             manager: self.manager,
             caller,
             page_size: self.page_size,
+            credit_settings: self.credit_settings,
         }
+    }
+
+    /// Show and set credits ([`Credits`]) through `GET`/`PUT /org/credits` and
+    /// `PUT /api-keys/{id}/credits`. Without it those routes answer
+    /// `404 credits_not_configured`.
+    pub fn credits<B: CreditBackend>(mut self, credits: Credits<B>) -> Self {
+        self.credit_settings.credits = Some(Arc::new(credits));
+        self
+    }
+
+    /// Who may set credits (`PUT`), decided from the caller's [`Principal`]; by default
+    /// nobody may (`403 operator_required`). Why: customers must not top themselves up with
+    /// a key that merely manages keys, so the host names its operators.
+    ///
+    /// ```
+    /// use tower_api_key::admin::AdminApi;
+    /// use tower_api_key::credits::Credits;
+    /// use tower_api_key::{KeyManager, MemoryStore};
+    ///
+    /// let api = AdminApi::new(KeyManager::new(MemoryStore::new()))
+    ///     .credits(Credits::new())
+    ///     .credit_operator(|p| p.org_id().as_str() == "org_operator");
+    /// # let _: axum::Router = api.router();
+    /// ```
+    pub fn credit_operator(
+        mut self,
+        operator: impl Fn(&Principal) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.credit_settings.operator = Arc::new(operator);
+        self
     }
 
     /// The page size of `GET /api-keys` when the request gives no `limit` (default 20; a
@@ -141,12 +184,25 @@ impl<St: KeyStore, C: Caller> AdminApi<St, C> {
             .route("/api-keys/{id}/enable", post(enable::<St, C>))
             .route("/org", get(org::<St, C>))
             .route("/org/usage", get(usage::<St, C>))
+            .route("/org/audit", get(audit::<St, C>))
+            .route(
+                "/org/credits",
+                get(credits::show::<St, C>).put(credits::set_org::<St, C>),
+            )
+            .route("/api-keys/{id}/credits", put(credits::set_key::<St, C>))
             .route("/openapi.json", get(|| async { Json(openapi()) }))
             .with_state(Arc::new(self))
     }
 }
 
 const MAX_PAGE: usize = 100;
+
+impl<St: KeyStore, C> AdminApi<St, C> {
+    /// The manager acting as the calling key: its changes are audited as `Actor::Key`.
+    fn acting_as(&self, caller: &Principal) -> KeyManager<St> {
+        self.manager.as_actor(Actor::Key(caller.key_id().clone()))
+    }
+}
 
 type Shared<St, C> = State<Arc<AdminApi<St, C>>>;
 
@@ -227,7 +283,7 @@ async fn create<St: KeyStore, C: Caller>(
     if let Some(networks) = req.allowed_networks {
         spec = spec.allowed_networks(networks);
     }
-    let created = api.manager.create_for(&caller, spec).await?;
+    let created = api.acting_as(&caller).create_for(&caller, spec).await?;
     let now = api.manager.now();
     Ok((StatusCode::CREATED, Json(NewSecret::of(&created, now))))
 }
@@ -368,7 +424,7 @@ async fn update<St: KeyStore, C: Caller>(
         ));
     }
     let record = api
-        .manager
+        .acting_as(&caller)
         .update_for(&caller, &KeyId::from(id), changes)
         .await?;
     Ok(Json(ApiKeyView::of(&record, api.manager.now())))
@@ -380,7 +436,7 @@ async fn revoke<St: KeyStore, C: Caller>(
     Path(id): Path<String>,
 ) -> Result<Json<ApiKeyView>, AdminError> {
     let record = api
-        .manager
+        .acting_as(&caller)
         .revoke(caller.org_id(), &KeyId::from(id))
         .await?;
     Ok(Json(ApiKeyView::of(&record, api.manager.now())))
@@ -411,10 +467,11 @@ async fn set_disabled<St: KeyStore, C: Caller>(
     disabled: bool,
 ) -> Result<Json<ApiKeyView>, AdminError> {
     let (org, id) = (caller.org_id(), KeyId::from(id));
+    let manager = api.acting_as(&caller);
     let record = if disabled {
-        api.manager.disable(org, &id).await?
+        manager.disable(org, &id).await?
     } else {
-        api.manager.enable(org, &id).await?
+        manager.enable(org, &id).await?
     };
     Ok(Json(ApiKeyView::of(&record, api.manager.now())))
 }
@@ -492,7 +549,7 @@ async fn rotate<St: KeyStore, C: Caller>(
         Rotation::with_grace(overlap)
     };
     let created = api
-        .manager
+        .acting_as(&caller)
         .rotate_for(&caller, &KeyId::from(id), rotation)
         .await?;
     Ok((
@@ -556,4 +613,46 @@ async fn usage<St: KeyStore, C: Caller>(
         .usage(caller.org_id(), from..to, granularity)
         .await?;
     Ok(Json(report))
+}
+
+/// The query of `GET /org/audit`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditLogQuery {
+    /// Entries per page, 1 to 100 (default 50).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page: entries older than it.
+    pub before: Option<String>,
+}
+
+async fn audit<St: KeyStore, C: Caller>(
+    State(api): Shared<St, C>,
+    Acting(caller): Acting,
+    query: Result<Query<AuditLogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditPage>, AdminError> {
+    let Query(query) = query.map_err(|e| AdminError::BadRequest(e.body_text()))?;
+    let limit = match query.limit {
+        None => 50,
+        Some(n @ 1..=MAX_PAGE) => n,
+        Some(_) => {
+            return Err(AdminError::BadRequest(format!(
+                "\"limit\" must be 1 to {MAX_PAGE}"
+            )));
+        }
+    };
+    // One more than the page, to know whether another follows.
+    let mut q = AuditQuery::new().limit(limit + 1);
+    if let Some(before) = query.before {
+        q = q.before(before);
+    }
+    let mut entries = api.manager.audit_log(caller.org_id(), &q).await?;
+    let has_more = entries.len() > limit;
+    entries.truncate(limit);
+    let next_cursor = has_more
+        .then(|| entries.last().map(|e| e.id.clone()))
+        .flatten();
+    Ok(Json(AuditPage {
+        data: entries.iter().map(AuditEntryView::of).collect(),
+        has_more,
+        next_cursor,
+    }))
 }

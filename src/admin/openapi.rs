@@ -4,8 +4,12 @@
 
 use utoipa::OpenApi;
 
-use super::view::{Access, ApiKeyView, KeyPage, Limits, NewSecret, OrgView, Status};
-use super::{CreateKey, ListQuery, RotateKey, UpdateKey, UsageQuery};
+use super::view::{
+    Access, ActorView, ApiKeyView, AuditEntryView, AuditPage, KeyPage, Limits, NewSecret, OrgView,
+    Status,
+};
+use super::{AuditLogQuery, CreateKey, ListQuery, RotateKey, UpdateKey, UsageQuery};
+use super::{CreditBalance, Every, KeyCredits, OrgCredits, RefillView, SetCredits};
 use crate::manage::{KeyUsage, UsageBucket, UsageReport};
 use crate::store::{Granularity, UsageCounts};
 
@@ -95,6 +99,42 @@ fn org() {}
     ))]
 fn usage() {}
 
+#[utoipa::path(get, path = "/org/audit", params(AuditLogQuery),
+    responses(
+        (status = 200, description = "The organization's audit log, newest first", body = AuditPage),
+        (status = 400, description = "A bad `limit`", body = Problem),
+    ))]
+fn audit() {}
+
+#[utoipa::path(get, path = "/org/credits",
+    responses(
+        (status = 200, description = "The organization's balance and each key's own, with refills", body = OrgCredits),
+        (status = 404, description = "Credits are not configured (`credits_not_configured`)", body = Problem),
+        (status = 503, description = "The credit backend failed (`credits_unavailable`)", body = Problem),
+    ))]
+fn credits() {}
+
+#[utoipa::path(put, path = "/org/credits", request_body = SetCredits,
+    responses(
+        (status = 200, description = "The organization's new balance", body = CreditBalance),
+        (status = 400, description = "Invalid body (`invalid_request`) or refill (`invalid_refill`)", body = Problem),
+        (status = 403, description = "The caller is no credit operator (`operator_required`)", body = Problem),
+        (status = 404, description = "Credits are not configured (`credits_not_configured`)", body = Problem),
+        (status = 503, description = "The credit backend failed (`credits_unavailable`)", body = Problem),
+    ))]
+fn set_org_credits() {}
+
+#[utoipa::path(put, path = "/api-keys/{id}/credits", request_body = SetCredits,
+    params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The key's new balance (spent before the organization's)", body = CreditBalance),
+        (status = 400, description = "Invalid body (`invalid_request`) or refill (`invalid_refill`)", body = Problem),
+        (status = 403, description = "The caller is no credit operator (`operator_required`)", body = Problem),
+        (status = 404, description = "No such key (`key_not_found`), or credits are not configured (`credits_not_configured`)", body = Problem),
+        (status = 503, description = "The credit backend failed (`credits_unavailable`)", body = Problem),
+    ))]
+fn set_key_credits() {}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -102,7 +142,20 @@ fn usage() {}
         description = "Create, list, disable, enable, revoke and rotate API keys."
     ),
     paths(
-        create, list, show, update, revoke, rotate, disable, enable, org, usage
+        create,
+        list,
+        show,
+        update,
+        revoke,
+        rotate,
+        disable,
+        enable,
+        org,
+        usage,
+        audit,
+        credits,
+        set_org_credits,
+        set_key_credits
     ),
     components(schemas(
         ApiKeyView,
@@ -119,7 +172,16 @@ fn usage() {}
         KeyUsage,
         UsageBucket,
         UsageCounts,
-        Granularity
+        Granularity,
+        OrgCredits,
+        KeyCredits,
+        CreditBalance,
+        RefillView,
+        Every,
+        SetCredits,
+        AuditPage,
+        AuditEntryView,
+        ActorView
     ))
 )]
 struct Doc;

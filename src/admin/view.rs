@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::audit::{Actor, AuditEntry};
 use crate::clock::Timestamp;
 use crate::manage::CreatedKey;
 use crate::store::{KeyRecord, KeyStatus};
@@ -171,4 +172,68 @@ pub struct Limits {
     pub window_secs: u64,
     /// Sessions that may be open at once.
     pub concurrent_sessions: u32,
+}
+
+/// Who did something, as the audit log shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ActorView {
+    /// `key`, `user` or `system`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The key id or the user's name; `null` for the system.
+    pub id: Option<String>,
+}
+
+/// One audit log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntryView {
+    /// The entry's id (`aud_…`), also the paging cursor.
+    pub id: String,
+    /// Unix seconds.
+    pub at: u64,
+    /// Who did it.
+    pub actor: ActorView,
+    /// `key_created`, `key_revoked`, `key_rotated`, `key_updated`, `key_disabled`,
+    /// `key_enabled`, `plan_changed` or `credits_set`.
+    pub action: String,
+    /// The key concerned, if any.
+    pub key_id: Option<String>,
+    /// What changed (e.g. `{"new_key_id": …}` for a rotation, `{"plan": …}`).
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+impl AuditEntryView {
+    /// The view of `entry`.
+    pub fn of(entry: &AuditEntry) -> Self {
+        Self {
+            id: entry.id.clone(),
+            at: entry.at.as_unix_secs(),
+            actor: ActorView::of(&entry.actor),
+            action: entry.action.as_str().to_owned(),
+            key_id: entry.key_id.as_ref().map(ToString::to_string),
+            detail: entry.detail.clone(),
+        }
+    }
+}
+
+impl ActorView {
+    /// The view of `actor`.
+    pub fn of(actor: &Actor) -> Self {
+        Self {
+            kind: actor.kind().to_owned(),
+            id: actor.id().map(str::to_owned),
+        }
+    }
+}
+
+/// A page of the audit log, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    /// The entries of this page.
+    pub data: Vec<AuditEntryView>,
+    /// Whether older entries follow.
+    pub has_more: bool,
+    /// Pass as `before` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }

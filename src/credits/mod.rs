@@ -515,6 +515,12 @@ impl<B: CreditBackend> Credits<B> {
     pub async fn peek(&self, account: Account<'_>) -> Result<Option<Balance>, CreditError> {
         self.backend.peek(account, self.clock.now()).await
     }
+
+    /// The time by this handle's clock: with [`Refill::secs_to_next`], when a balance is
+    /// next topped up (the admin API and dashboard show it).
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
 }
 
 #[cfg(test)]

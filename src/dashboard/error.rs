@@ -39,6 +39,9 @@ pub enum DashboardError {
     /// The request has no session: the dashboard's router was taken apart. `500`.
     #[error("no session layer in front of the dashboard")]
     NoSessionLayer,
+    /// The credit backend failed. `503`.
+    #[error("the credit backend failed: {0}")]
+    Credits(#[from] crate::credits::CreditError),
 }
 
 impl From<crate::store::StoreError> for DashboardError {
@@ -70,7 +73,9 @@ impl DashboardError {
             DashboardError::PageNotFound => StatusCode::NOT_FOUND,
             DashboardError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DashboardError::Manage(e) => e.status(),
-            DashboardError::Session(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DashboardError::Session(_) | DashboardError::Credits(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             DashboardError::Rng(_) | DashboardError::NoSessionLayer => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -113,6 +118,13 @@ impl DashboardError {
             DashboardError::NoSessionLayer => {
                 tracing::error!("dashboard: request without a session");
                 ("Internal error", "Something went wrong on our side.".into())
+            }
+            DashboardError::Credits(e) => {
+                tracing::warn!(error = %e, "dashboard: credit backend failed");
+                (
+                    "Temporarily unavailable",
+                    "Credit balances are temporarily unavailable; retry in a moment.".into(),
+                )
             }
         };
         Problem {

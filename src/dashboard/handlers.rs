@@ -13,11 +13,13 @@ use super::error::{DashboardError, manage_problem};
 use super::pages::{self, Frame, NewKeyForm};
 use super::session::{self, Form, SessionData, SignedIn, tokens_match};
 use super::{Base, EXPIRATIONS, OVERLAPS, Shared};
-use crate::admin::{ApiKeyView, Limits, MANAGE_SCOPE, OrgView};
+use crate::admin::{ApiKeyView, AuditEntryView, CreditBalance, Limits, MANAGE_SCOPE, OrgView};
+use crate::audit::{Actor, AuditQuery};
 use crate::clock::Timestamp;
+use crate::credits::Account;
 use crate::ids::KeyId;
 use crate::key::KeyHash;
-use crate::manage::{ManageError, NewKey, Rotation};
+use crate::manage::{KeyManager, ManageError, NewKey, Rotation};
 use crate::scopes::{Scope, Scopes};
 use crate::store::{Granularity, KeyStatus, KeyStore};
 
@@ -41,10 +43,19 @@ pub(super) fn routes<St: KeyStore>() -> Router<Shared<St>> {
         .route("/keys/{id}/disable", post(disable::<St>))
         .route("/keys/{id}/enable", post(enable::<St>))
         .route("/usage", get(usage::<St>))
+        .route("/activity", get(activity::<St>))
         .fallback(|| async { DashboardError::PageNotFound })
 }
 
 impl SignedIn {
+    /// The manager acting as this user: the audit log names them `Actor::User` by the id of
+    /// the key they signed in with (the dashboard knows people by that key only).
+    fn manager<St: KeyStore>(&self, dashboard: &Shared<St>) -> KeyManager<St> {
+        dashboard
+            .manager
+            .as_actor(Actor::User(self.principal.key_id().to_string()))
+    }
+
     fn frame<'a>(&'a self, base: &'a str) -> Frame<'a> {
         Frame {
             base,
@@ -138,7 +149,19 @@ async fn list<St: KeyStore>(
     let records = dashboard.manager.list(user.principal.org_id()).await?;
     let now = dashboard.manager.now();
     let views: Vec<ApiKeyView> = records.iter().map(|r| ApiKeyView::of(r, now)).collect();
-    Ok(pages::keys(&user.frame(&base), &views, notice.as_deref()).into_response())
+    // Each key's own balance, when credits are shown (one peek a key: a page, not a request path).
+    let mut key_credits = std::collections::HashMap::new();
+    if let Some(credits) = &dashboard.credits {
+        let org = user.principal.org_id();
+        let now = credits.now();
+        for r in &records {
+            let account = Account::Key { org, key: &r.id };
+            if let Some(b) = credits.peek(account).await? {
+                key_credits.insert(r.id.to_string(), CreditBalance::of(&b, now));
+            }
+        }
+    }
+    Ok(pages::keys(&user.frame(&base), &views, &key_credits, notice.as_deref()).into_response())
 }
 
 async fn new_key_form<St: KeyStore>(
@@ -208,7 +231,11 @@ async fn create<St: KeyStore>(
             .await;
         }
     };
-    match dashboard.manager.create_for(&user.principal, spec).await {
+    match user
+        .manager(&dashboard)
+        .create_for(&user.principal, spec)
+        .await
+    {
         Ok(created) => {
             let view = ApiKeyView::of(&created.record, dashboard.manager.now());
             let page = pages::secret(
@@ -272,8 +299,8 @@ async fn revoke<St: KeyStore>(
     body: Bytes,
 ) -> Page {
     user.check_csrf(&Form::parse(&body))?;
-    let record = dashboard
-        .manager
+    let record = user
+        .manager(&dashboard)
         .revoke(user.principal.org_id(), &KeyId::from(id))
         .await?;
     user.set_notice(format!(
@@ -316,10 +343,11 @@ async fn set_disabled<St: KeyStore>(
 ) -> Page {
     user.check_csrf(&Form::parse(&body))?;
     let (org, id) = (user.principal.org_id(), KeyId::from(id));
+    let manager = user.manager(&dashboard);
     let record = if disabled {
-        dashboard.manager.disable(org, &id).await?
+        manager.disable(org, &id).await?
     } else {
-        dashboard.manager.enable(org, &id).await?
+        manager.enable(org, &id).await?
     };
     let what = if disabled {
         "it is refused from its next request on, until enabled again"
@@ -379,7 +407,7 @@ async fn rotate<St: KeyStore>(
     } else {
         Rotation::with_grace(*grace)
     };
-    let manager = &dashboard.manager;
+    let manager = &user.manager(&dashboard);
     let created = manager
         .rotate_for(&user.principal, &KeyId::from(id), rotation)
         .await?;
@@ -425,5 +453,35 @@ async fn usage<St: KeyStore>(
             Granularity::Hour,
         )
         .await?;
-    Ok(pages::usage(&user.frame(&base), &view, current.as_ref(), &report).into_response())
+    let credits = match &dashboard.credits {
+        Some(credits) => Some(
+            credits
+                .peek(Account::Org(org))
+                .await?
+                .map(|b| CreditBalance::of(&b, credits.now())),
+        ),
+        None => None,
+    };
+    let page = pages::usage(
+        &user.frame(&base),
+        &view,
+        current.as_ref(),
+        credits.as_ref(),
+        &report,
+    );
+    Ok(page.into_response())
+}
+
+/// The organization's audit log, newest first: who did what to which key, and when.
+async fn activity<St: KeyStore>(
+    State(dashboard): State<Shared<St>>,
+    Extension(Base(base)): Extension<Base>,
+    user: SignedIn,
+) -> Page {
+    let entries = dashboard
+        .manager
+        .audit_log(user.principal.org_id(), &AuditQuery::new().limit(100))
+        .await?;
+    let views: Vec<AuditEntryView> = entries.iter().map(AuditEntryView::of).collect();
+    Ok(pages::activity(&user.frame(&base), &views).into_response())
 }

@@ -22,7 +22,8 @@
 //! | `GET /keys/new`, `POST /keys` | the create form; the answer shows the secret once |
 //! | `GET`, `POST /keys/{id}/rotate` | choose the old key's overlap; the answer shows the new secret once |
 //! | `GET`, `POST /keys/{id}/revoke` | a confirmation that says revocation is permanent |
-//! | `GET /usage` | the plan, its limits, current use if the host reports it ([`Dashboard::usage`]), and a chart of the last 24 hours of metered requests ([`KeyManager::usage`](crate::KeyManager::usage)) |
+//! | `GET /usage` | the plan, its limits, current use if the host reports it ([`Dashboard::usage`]), the credit balance, refill and next refill ([`Dashboard::credits`]), and a chart of the last 24 hours of metered requests ([`KeyManager::usage`](crate::KeyManager::usage)) |
+//! | `GET /activity` | the organization's audit log, newest first: who (key, user or system) did what to which key, and when |
 //! | `GET /assets/dashboard.css`, `/assets/dashboard.js`, `/assets/favicon.svg` | the only assets; nothing is loaded from elsewhere |
 //!
 //! What it guarantees:
@@ -66,6 +67,8 @@ use tower_sessions::{Expiry, SessionManagerLayer, SessionStore};
 pub use catalogue::{ScopeCatalogue, ScopeInfo};
 pub use error::DashboardError;
 
+use crate::admin::credits::SharedCredits;
+use crate::credits::{CreditBackend, Credits};
 use crate::ids::OrgId;
 use crate::manage::KeyManager;
 use crate::store::KeyStore;
@@ -139,6 +142,7 @@ pub struct Dashboard<St, Ss = tower_sessions::MemoryStore> {
     secure_cookies: bool,
     session_ttl: Duration,
     usage: Option<UsageFn>,
+    credits: Option<SharedCredits>,
 }
 
 impl<St, Ss: std::fmt::Debug> std::fmt::Debug for Dashboard<St, Ss> {
@@ -149,6 +153,7 @@ impl<St, Ss: std::fmt::Debug> std::fmt::Debug for Dashboard<St, Ss> {
             .field("secure_cookies", &self.secure_cookies)
             .field("session_ttl", &self.session_ttl)
             .field("usage", &self.usage.is_some())
+            .field("credits", &self.credits.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +169,7 @@ impl<St: KeyStore> Dashboard<St> {
             secure_cookies: true,
             session_ttl: Duration::from_secs(8 * 3600),
             usage: None,
+            credits: None,
         }
     }
 }
@@ -179,7 +185,16 @@ impl<St: KeyStore, Ss: SessionStore + Clone> Dashboard<St, Ss> {
             secure_cookies: self.secure_cookies,
             session_ttl: self.session_ttl,
             usage: self.usage,
+            credits: self.credits,
         }
+    }
+
+    /// Show credit balances ([`Credits`]): the organization's balance, refill and next refill
+    /// on the Usage page, and a Credits column on the keys page for keys with a balance of
+    /// their own. Read only: setting credits is for operators (the admin API or the CLI).
+    pub fn credits<B: CreditBackend>(mut self, credits: Credits<B>) -> Self {
+        self.credits = Some(Arc::new(credits));
+        self
     }
 
     /// The permissions the create form offers (default: [`ScopeCatalogue::default`]).
@@ -237,6 +252,7 @@ impl<St: KeyStore, Ss: SessionStore + Clone> Dashboard<St, Ss> {
             manager: self.manager,
             catalogue: self.catalogue,
             usage: self.usage,
+            credits: self.credits,
         });
         handlers::routes::<St>()
             .with_state(shared)
@@ -251,6 +267,7 @@ pub(crate) struct Inner<St> {
     manager: KeyManager<St>,
     catalogue: ScopeCatalogue,
     usage: Option<UsageFn>,
+    credits: Option<SharedCredits>,
 }
 
 type Shared<St> = Arc<Inner<St>>;

@@ -7,7 +7,9 @@ use maud::{DOCTYPE, Markup, html};
 use super::catalogue::ScopeCatalogue;
 use super::error::Problem;
 use super::{CurrentUsage, EXPIRATIONS, OVERLAPS, home};
-use crate::admin::{Access, ApiKeyView, OrgView, Status};
+use std::collections::HashMap;
+
+use crate::admin::{Access, ApiKeyView, AuditEntryView, CreditBalance, Every, OrgView, Status};
 use crate::manage::UsageReport;
 use crate::scopes::Scopes;
 
@@ -39,6 +41,7 @@ fn layout(frame: &Frame<'_>, title: &str, body: Markup) -> Markup {
                         nav {
                             a href=(home(base)) { "API Keys" }
                             a href={ (base) "/usage" } { "Usage" }
+                            a href={ (base) "/activity" } { "Activity" }
                         }
                         span.org { (org) }
                         form.signout method="post" action={ (base) "/sign-out" } {
@@ -155,8 +158,25 @@ pub(super) fn sign_in(frame: &Frame<'_>, csrf: &str, error: Option<&str>) -> Mar
     )
 }
 
-pub(super) fn keys(frame: &Frame<'_>, keys: &[ApiKeyView], notice: Option<&str>) -> Markup {
+/// A balance as a cell reads it: `750 · refilled to 1000 daily`.
+fn credit_text(c: &CreditBalance) -> String {
+    let every = match (c.refill.every, c.refill.day) {
+        (Every::Never, _) => return format!("{} (never refilled)", c.balance),
+        (Every::Day, _) => "daily".to_owned(),
+        (Every::Month, Some(day)) => format!("monthly on day {day}"),
+        (Every::Month, None) => "monthly".to_owned(),
+    };
+    format!("{} · refilled to {} {every}", c.balance, c.refill_amount)
+}
+
+pub(super) fn keys(
+    frame: &Frame<'_>,
+    keys: &[ApiKeyView],
+    credits: &HashMap<String, CreditBalance>,
+    notice: Option<&str>,
+) -> Markup {
     let base = frame.base;
+    let credit_column = !credits.is_empty();
     layout(
         frame,
         "API Keys",
@@ -172,7 +192,9 @@ pub(super) fn keys(frame: &Frame<'_>, keys: &[ApiKeyView], notice: Option<&str>)
                 table.keys {
                     thead { tr {
                         th { "Name" } th { "Key" } th { "Permissions" } th { "Created" }
-                        th { "Expires" } th { "Last used" } th { "Status" } th { span.sr { "Actions" } }
+                        th { "Expires" } th { "Last used" }
+                        @if credit_column { th { "Credits" } }
+                        th { "Status" } th { span.sr { "Actions" } }
                     } }
                     tbody {
                         @for key in keys {
@@ -189,6 +211,14 @@ pub(super) fn keys(frame: &Frame<'_>, keys: &[ApiKeyView], notice: Option<&str>)
                                 }
                                 td data-col="last-used" {
                                     @match key.last_used_at { Some(t) => (format_time(t)), None => "Never" }
+                                }
+                                @if credit_column {
+                                    td data-col="credits" {
+                                        @match credits.get(&key.id) {
+                                            Some(c) => (credit_text(c)),
+                                            None => "Organization's",
+                                        }
+                                    }
                                 }
                                 td data-col="status" { (status(key)) }
                                 td.actions {
@@ -358,6 +388,56 @@ pub(super) fn rotate(frame: &Frame<'_>, csrf: &str, form_token: &str, key: &ApiK
     )
 }
 
+/// An audit action as a person reads it.
+fn action_text(action: &str) -> &str {
+    match action {
+        "key_created" => "Created key",
+        "key_revoked" => "Revoked key",
+        "key_rotated" => "Rotated key",
+        "key_updated" => "Changed key",
+        "key_disabled" => "Disabled key",
+        "key_enabled" => "Enabled key",
+        "plan_changed" => "Changed plan",
+        "credits_set" => "Set credits",
+        other => other,
+    }
+}
+
+/// The Activity page: the organization's audit log, newest first.
+pub(super) fn activity(frame: &Frame<'_>, entries: &[AuditEntryView]) -> Markup {
+    layout(
+        frame,
+        "Activity",
+        html! {
+            h1 { "Activity" }
+            @if entries.is_empty() {
+                p.empty { "Nothing has happened yet." }
+            } @else {
+                table.keys data-table="activity" {
+                    thead { tr {
+                        th { "When" } th { "Who" } th { "What" } th { "Key" }
+                    } }
+                    tbody {
+                        @for e in entries {
+                            tr data-audit-id=(e.id) {
+                                td data-col="when" { (format_time(e.at)) }
+                                td data-col="who" {
+                                    (e.actor.kind)
+                                    @if let Some(id) = &e.actor.id { " " code { (id) } }
+                                }
+                                td data-col="what" data-action=(e.action) { (action_text(&e.action)) }
+                                td data-col="key" {
+                                    @match &e.key_id { Some(k) => code { (k) }, None => "—" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
 /// The window as the end of "100 per …".
 fn window(secs: u64) -> String {
     match secs {
@@ -374,6 +454,7 @@ pub(super) fn usage(
     frame: &Frame<'_>,
     org: &OrgView,
     current: Option<&CurrentUsage>,
+    credits: Option<&Option<CreditBalance>>,
     report: &UsageReport,
 ) -> Markup {
     let limits = &org.limits;
@@ -399,6 +480,30 @@ pub(super) fn usage(
                     @if let Some(n) = current.open_sessions {
                         dt { "Open sessions" } dd data-field="current-sessions" {
                             (n) " of " (limits.concurrent_sessions)
+                        }
+                    }
+                }
+            }
+            @if let Some(credits) = credits {
+                h2 { "Credits" }
+                dl.summary.card data-section="credits" {
+                    @match credits {
+                        Some(c) => {
+                            dt { "Balance" } dd data-field="credit-balance" { (c.balance) }
+                            dt { "Refill" } dd data-field="credit-refill" {
+                                @match (c.refill.every, c.refill.day) {
+                                    (Every::Never, _) => "Never",
+                                    (Every::Day, _) => { "To " (c.refill_amount) " daily" },
+                                    (Every::Month, Some(d)) => { "To " (c.refill_amount) " monthly, on day " (d) },
+                                    (Every::Month, None) => { "To " (c.refill_amount) " monthly" },
+                                }
+                            }
+                            dt { "Next refill" } dd data-field="credit-next-refill" {
+                                @match c.next_refill_at { Some(t) => (format_time(t)), None => "Never" }
+                            }
+                        }
+                        None => {
+                            dt { "Balance" } dd data-field="credit-balance" { "No credit balance: calls are not metered in credits" }
                         }
                     }
                 }

@@ -46,32 +46,15 @@ use tokio::task::JoinSet;
 use crate::clock::{Clock, Timestamp};
 use crate::ids::{KeyId, OrgId};
 
+mod audit;
 mod sink;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
 pub use sink::{BoxedSink, DynEventSink, EventSink, RecentEvents, SinkError, TracingSink};
 
-/// Who did something: a key (through the admin API), a person (through the dashboard or the
-/// CLI), or the system itself (a rotation's grace period ending, a leak report).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", content = "id", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Actor {
-    /// An API key, by id.
-    Key(KeyId),
-    /// A person, by the name the host signs them in with.
-    User(String),
-    /// The library or the host on its own.
-    System,
-}
-
-impl Actor {
-    /// A person, by name.
-    pub fn user(name: impl Into<String>) -> Self {
-        Self::User(name.into())
-    }
-}
+/// Who did something (moved to [`audit`](crate::audit); re-exported here).
+pub use crate::audit::Actor;
 
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -764,4 +764,16 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
             .claim_expiry_reminders(now, until, limit)
             .await
     }
+
+    async fn append_audit(&self, entry: crate::audit::AuditEntry) -> Result<(), StoreError> {
+        self.inner.store.append_audit(entry).await
+    }
+
+    async fn audit_log(
+        &self,
+        org: &OrgId,
+        query: &crate::audit::AuditQuery,
+    ) -> Result<Vec<crate::audit::AuditEntry>, StoreError> {
+        self.inner.store.audit_log(org, query).await
+    }
 }

@@ -1,12 +1,13 @@
 //! The embedded in-memory store.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::{Ready, ready};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::audit::{AuditEntry, AuditQuery};
 use crate::clock::Timestamp;
 use crate::ids::{KeyId, OrgId};
 use crate::key::{KeyHash, KeyHashBuilder};
@@ -106,6 +107,9 @@ struct Inner {
     /// Usage buckets, by organization, granularity, start and key: written once per flush,
     /// behind a mutex of its own so that neither the request path nor management waits on it.
     usage: Mutex<UsageBuckets>,
+    /// The audit log, per organization, oldest first, the last [`MemoryStore::AUDIT_KEPT`]
+    /// entries each.
+    audit: Mutex<HashMap<OrgId, VecDeque<AuditEntry>>>,
 }
 
 /// Usage buckets of a [`MemoryStore`], ordered so that one organization's range is one scan.
@@ -180,6 +184,10 @@ impl MemoryStore {
         Self::with_default_plan(Plan::Free)
     }
 
+    /// The audit entries kept per organization: the newest 1,000 (memory stays bounded; a
+    /// durable log is the SQL stores' job).
+    pub const AUDIT_KEPT: usize = 1_000;
+
     /// An empty store whose organizations default to `plan`.
     pub fn with_default_plan(plan: Plan) -> Self {
         Self {
@@ -194,6 +202,7 @@ impl MemoryStore {
                 admin: Mutex::new(Admin::default()),
                 default_plan: Arc::new(plan),
                 usage: Mutex::new(BTreeMap::new()),
+                audit: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -531,11 +540,78 @@ impl KeyStore for MemoryStore {
     ) -> Result<Vec<KeyRecord>, StoreError> {
         Ok(self.claim_reminders_sync(now, until, limit))
     }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        // The log is appended to whole: a poisoned lock still holds a consistent one.
+        let mut audit = self
+            .inner
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let log = audit.entry(entry.org_id.clone()).or_default();
+        if log.len() >= Self::AUDIT_KEPT {
+            log.pop_front();
+        }
+        // Ids sort by time: keep the log ordered even if an entry arrives late.
+        let at = log.partition_point(|e| e.id < entry.id);
+        log.insert(at, entry);
+        Ok(())
+    }
+
+    async fn audit_log(
+        &self,
+        org: &OrgId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let audit = self
+            .inner
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(audit.get(org).map_or_else(Vec::new, |log| {
+            log.iter()
+                .rev()
+                .filter(|e| query.admits(e))
+                .take(query.limit)
+                .cloned()
+                .collect()
+        }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_audit_log_keeps_the_newest_entries_per_org() {
+        use crate::audit::{Actor, AuditAction};
+        let store = MemoryStore::new();
+        let org = OrgId::from("org_a");
+        let mut ids = Vec::new();
+        block_on(async {
+            for i in 0..(MemoryStore::AUDIT_KEPT as u64 + 5) {
+                let e = AuditEntry::new(
+                    Timestamp::from_unix_secs(i),
+                    org.clone(),
+                    Actor::System,
+                    AuditAction::KeyCreated,
+                    None,
+                    serde_json::json!({}),
+                );
+                ids.push(e.id.clone());
+                store.append_audit(e).await.unwrap();
+            }
+            let log = store
+                .audit_log(&org, &AuditQuery::new().limit(AuditQuery::MAX_LIMIT))
+                .await
+                .unwrap();
+            assert_eq!(log[0].id, *ids.last().unwrap(), "newest first");
+            let kept = store.inner.audit.lock().unwrap();
+            assert_eq!(kept[&org].len(), MemoryStore::AUDIT_KEPT);
+            assert_eq!(kept[&org][0].id, ids[5], "the five oldest were dropped");
+        });
+    }
     use crate::scopes::Scopes;
 
     fn record(org: &str, i: usize) -> KeyRecord {

@@ -43,6 +43,7 @@ use serde::ser::SerializeStruct;
 
 pub use crate::client_addr::IpNet;
 
+use crate::audit::{AuditEntry, AuditQuery};
 use crate::clock::Timestamp;
 use crate::ids::{KeyId, OrgId};
 use crate::key::KeyHash;
@@ -608,6 +609,29 @@ pub trait KeyStore: Clone + Send + Sync + 'static {
         until: Timestamp,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+
+    /// Append an entry to the audit log ([`KeyManager`](crate::KeyManager) does, after each
+    /// change it makes). The default keeps nothing (logged at debug level): a store that
+    /// cannot keep an audit log still manages keys; [`audit_log`](Self::audit_log) then lists
+    /// nothing.
+    fn append_audit(
+        &self,
+        entry: AuditEntry,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        tracing::debug!(audit_id = %entry.id, action = %entry.action, "audit entry not kept: this store has no audit log");
+        std::future::ready(Ok(()))
+    }
+
+    /// The organization's audit entries, newest first (greatest id first): at most
+    /// `query.limit`, older than `query.before` if given. The default lists nothing.
+    fn audit_log(
+        &self,
+        org: &OrgId,
+        query: &AuditQuery,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>, StoreError>> + Send {
+        let _ = (org, query);
+        std::future::ready(Ok(Vec::new()))
+    }
 }
 
 /// A boxed future, as used by [`DynKeyStore`].
@@ -656,6 +680,12 @@ pub trait DynKeyStore: Send + Sync + 'static {
         until: Timestamp,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>>;
+    fn append_audit(&self, entry: AuditEntry) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn audit_log<'a>(
+        &'a self,
+        org: &'a OrgId,
+        query: &'a AuditQuery,
+    ) -> BoxFuture<'a, Result<Vec<AuditEntry>, StoreError>>;
 }
 
 impl<T: KeyStore> DynKeyStore for T {
@@ -726,6 +756,16 @@ impl<T: KeyStore> DynKeyStore for T {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>> {
         Box::pin(KeyStore::claim_expiry_reminders(self, now, until, limit))
+    }
+    fn append_audit(&self, entry: AuditEntry) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(KeyStore::append_audit(self, entry))
+    }
+    fn audit_log<'a>(
+        &'a self,
+        org: &'a OrgId,
+        query: &'a AuditQuery,
+    ) -> BoxFuture<'a, Result<Vec<AuditEntry>, StoreError>> {
+        Box::pin(KeyStore::audit_log(self, org, query))
     }
 }
 
@@ -817,6 +857,16 @@ impl KeyStore for BoxedStore {
         limit: usize,
     ) -> Result<Vec<KeyRecord>, StoreError> {
         self.0.claim_expiry_reminders(now, until, limit).await
+    }
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.0.append_audit(entry).await
+    }
+    async fn audit_log(
+        &self,
+        org: &OrgId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.0.audit_log(org, query).await
     }
 }
 

@@ -206,6 +206,45 @@ macro_rules! key_columns {
 }
 pub(crate) use key_columns;
 
+/// An audit row as both SQL stores read it back.
+pub(crate) struct AuditRow {
+    pub(crate) id: String,
+    pub(crate) org_id: String,
+    pub(crate) at: i64,
+    pub(crate) actor_type: String,
+    pub(crate) actor_id: Option<String>,
+    pub(crate) action: String,
+    pub(crate) key_id: Option<String>,
+    pub(crate) detail: String,
+}
+
+impl AuditRow {
+    pub(crate) fn into_entry(self) -> Result<crate::audit::AuditEntry, StoreError> {
+        use crate::audit::{Actor, AuditAction, AuditEntry};
+        let corrupt = |what| StoreError::unavailable(CorruptRow(what));
+        let actor = Actor::from_parts(&self.actor_type, self.actor_id.as_deref())
+            .ok_or_else(|| corrupt("unknown audit actor"))?;
+        let action =
+            AuditAction::parse(&self.action).ok_or_else(|| corrupt("unknown audit action"))?;
+        let detail =
+            serde_json::from_str(&self.detail).map_err(|_| corrupt("audit detail is not JSON"))?;
+        Ok(AuditEntry::from_parts(
+            self.id,
+            ts_from_db(self.at),
+            OrgId::from(self.org_id),
+            actor,
+            action,
+            self.key_id.map(KeyId::from),
+            detail,
+        ))
+    }
+}
+
+/// An audit page's `LIMIT`, as the database takes it.
+pub(crate) fn audit_limit(query: &crate::audit::AuditQuery) -> i64 {
+    i64::try_from(query.limit.min(crate::audit::AuditQuery::MAX_LIMIT)).unwrap_or(500)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

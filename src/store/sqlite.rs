@@ -28,14 +28,16 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
+use crate::audit::{AuditEntry, AuditQuery};
 use crate::clock::Timestamp;
 use crate::ids::{KeyId, OrgId};
 use crate::key::KeyHash;
 use crate::plan::Plan;
 
 use super::sql::{
-    KeyRow, Migration, key_columns, map_err, metadata_to_db, networks_from_db, networks_to_db,
-    opt_ts_to_db, plan_from_db, plan_to_db, scopes_from_db, ts_from_db, ts_to_db,
+    AuditRow, KeyRow, Migration, audit_limit, key_columns, map_err, metadata_to_db,
+    networks_from_db, networks_to_db, opt_ts_to_db, plan_from_db, plan_to_db, scopes_from_db,
+    ts_from_db, ts_to_db,
 };
 use super::{
     BoxFuture, Granularity, IpNet, KeyChanges, KeyRecord, KeyStore, LookupResult, StoreError,
@@ -67,6 +69,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "usage",
         sql: include_str!("../../migrations/sqlite/0004_usage.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "audit",
+        sql: include_str!("../../migrations/sqlite/0005_audit.sql"),
     },
 ];
 
@@ -555,6 +562,60 @@ impl KeyStore for SqliteStore {
         .map_err(map_err)?;
         rows.iter().map(record).collect()
     }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_key_audit_log \
+                 (id, org_id, at, actor_type, actor_id, action, key_id, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(entry.id.as_str())
+        .bind(entry.org_id.as_str())
+        .bind(ts_to_db(entry.at))
+        .bind(entry.actor.kind())
+        .bind(entry.actor.id())
+        .bind(entry.action.as_str())
+        .bind(entry.key_id.as_ref().map(KeyId::as_str))
+        .bind(entry.detail.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn audit_log(
+        &self,
+        org: &OrgId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, org_id, at, actor_type, actor_id, action, key_id, detail \
+             FROM api_key_audit_log \
+             WHERE org_id = ?1 AND (?2 IS NULL OR id < ?2) \
+             ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(org.as_str())
+        .bind(query.before.as_deref())
+        .bind(audit_limit(query))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(audit_entry).collect()
+    }
+}
+
+fn audit_entry(row: &SqliteRow) -> Result<AuditEntry, StoreError> {
+    AuditRow {
+        id: row.try_get("id").map_err(map_err)?,
+        org_id: row.try_get("org_id").map_err(map_err)?,
+        at: row.try_get("at").map_err(map_err)?,
+        actor_type: row.try_get("actor_type").map_err(map_err)?,
+        actor_id: row.try_get("actor_id").map_err(map_err)?,
+        action: row.try_get("action").map_err(map_err)?,
+        key_id: row.try_get("key_id").map_err(map_err)?,
+        detail: row.try_get("detail").map_err(map_err)?,
+    }
+    .into_entry()
 }
 
 /// A usage batch as the JSON array `record_usage` reads:

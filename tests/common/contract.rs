@@ -90,6 +90,7 @@ pub async fn run_all<S: KeyStore>(store: &S) {
     expiry_reminders_are_claimed_once(store).await;
     usage_adds_up_in_three_granularities(store).await;
     usage_prunes_one_granularity(store).await;
+    audit_log_is_per_org_newest_first_and_pages(store).await;
 }
 
 fn metadata(v: serde_json::Value) -> tower_api_key::Metadata {
@@ -1007,5 +1008,79 @@ pub async fn usage_prunes_one_granularity<S: KeyStore>(store: &S) {
             .unwrap()
             .len(),
         2
+    );
+}
+
+/// The audit log: every field round-trips, newest first (greatest id first), `limit` and
+/// `before` page through it, and an organization sees only its own entries.
+pub async fn audit_log_is_per_org_newest_first_and_pages<S: KeyStore>(store: &S) {
+    use tower_api_key::{Actor, AuditAction, AuditEntry, AuditQuery};
+    let tag = tag();
+    let (a, b) = (org("audit", &tag, 1), org("audit", &tag, 2));
+    let key = KeyId::generate().unwrap();
+    let actors = [
+        Actor::Key(KeyId::from("key_admin")),
+        Actor::user("ann@example.com"),
+        Actor::System,
+    ];
+    let mut written = Vec::new();
+    for i in 0..5u64 {
+        let entry = AuditEntry::new(
+            at(i),
+            a.clone(),
+            actors[i as usize % 3].clone(),
+            AuditAction::ALL[i as usize],
+            (i % 2 == 0).then(|| key.clone()),
+            serde_json::json!({ "n": i, "plan": "paid" }),
+        );
+        store.append_audit(entry.clone()).await.unwrap();
+        written.push(entry);
+    }
+    let other = AuditEntry::new(
+        at(9),
+        b.clone(),
+        Actor::System,
+        AuditAction::PlanChanged,
+        None,
+        serde_json::json!({}),
+    );
+    store.append_audit(other.clone()).await.unwrap();
+
+    let newest_first: Vec<AuditEntry> = written.iter().rev().cloned().collect();
+    let all = store.audit_log(&a, &AuditQuery::new()).await.unwrap();
+    assert_eq!(all, newest_first, "every field, newest first");
+
+    let page1 = store
+        .audit_log(&a, &AuditQuery::new().limit(2))
+        .await
+        .unwrap();
+    assert_eq!(page1, newest_first[..2]);
+    let page2 = store
+        .audit_log(&a, &AuditQuery::new().limit(2).before(page1[1].id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(page2, newest_first[2..4]);
+    let page3 = store
+        .audit_log(&a, &AuditQuery::new().limit(2).before(page2[1].id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(page3, newest_first[4..]);
+    let past_the_end = store
+        .audit_log(&a, &AuditQuery::new().before(page3[0].id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(past_the_end, Vec::<AuditEntry>::new());
+
+    assert_eq!(
+        store.audit_log(&b, &AuditQuery::new()).await.unwrap(),
+        vec![other],
+        "another organization sees only its own"
+    );
+    assert_eq!(
+        store
+            .audit_log(&org("audit", &tag, 3), &AuditQuery::new())
+            .await
+            .unwrap(),
+        Vec::<AuditEntry>::new()
     );
 }

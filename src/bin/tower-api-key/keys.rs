@@ -67,7 +67,7 @@ pub(super) async fn keys(cmd: KeysCommand, store: BoxedStore) -> Outcome {
             let record = get(&store, &id).await?;
             let now = Timestamp::now();
             let was_revoked = record.is_revoked(now);
-            let manager = KeyManager::new(store).clock(Clock::system());
+            let manager = manager_for(store).clock(Clock::system());
             let revoked = manager
                 .revoke(&record.org_id, &record.id)
                 .await
@@ -97,9 +97,7 @@ pub(super) async fn keys(cmd: KeysCommand, store: BoxedStore) -> Outcome {
                 .transpose()?;
             let record = get(&store, &id).await?;
             let format = format_of(&record)?;
-            let manager = KeyManager::new(store)
-                .formats(format)
-                .clock(Clock::system());
+            let manager = manager_for(store).formats(format).clock(Clock::system());
             let rotation = overlap.map_or_else(Rotation::immediate, Rotation::with_grace);
             let created = manager
                 .rotate(&record.org_id, &record.id, rotation)
@@ -127,7 +125,7 @@ pub(super) async fn keys(cmd: KeysCommand, store: BoxedStore) -> Outcome {
 
 async fn set_disabled(store: &BoxedStore, id: &str, disabled: bool) -> Outcome {
     let record = get(store, id).await?;
-    let manager = KeyManager::new(store.clone()).clock(Clock::system());
+    let manager = manager_for(store.clone()).clock(Clock::system());
     let result = if disabled {
         manager.disable(&record.org_id, &record.id).await
     } else {
@@ -168,7 +166,7 @@ async fn update(args: UpdateArgs, store: BoxedStore) -> Outcome {
         ));
     }
     let record = get(&store, &args.id).await?;
-    let manager = KeyManager::new(store).clock(Clock::system());
+    let manager = manager_for(store).clock(Clock::system());
     let updated = manager
         .update(&record.org_id, &record.id, changes)
         .await
@@ -230,9 +228,7 @@ pub(super) async fn create(args: CreateArgs, store: BoxedStore) -> Outcome {
         .unwrap_or_else(|| environment_of(&args.prefix));
     let format =
         KeyFormat::new(&args.prefix, &environment).map_err(|e| Failure::usage(e.to_string()))?;
-    let manager = KeyManager::new(store)
-        .formats(format)
-        .clock(Clock::system());
+    let manager = manager_for(store).formats(format).clock(Clock::system());
     let mut spec = NewKey::new(args.name)
         .scopes(scopes)
         .allowed_networks(parse_cidrs(&args.allow_cidrs)?);

@@ -23,9 +23,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_api_key::store::{IpNet, PostgresStore, SqliteStore};
 use tower_api_key::{
-    BoxedStore, Clock, KeyChanges, KeyFormat, KeyHash, KeyId, KeyManager, KeyRecord, KeyStatus,
-    KeyStore, ManageError, Metadata, NewKey, OrgId, Plan, Quota, Rotation, Scopes, StoreError,
-    Timestamp,
+    Actor, BoxedStore, Clock, KeyChanges, KeyFormat, KeyHash, KeyId, KeyManager, KeyRecord,
+    KeyStatus, KeyStore, ManageError, Metadata, NewKey, OrgId, Plan, Quota, Rotation, Scopes,
+    StoreError, Timestamp,
 };
 
 /// The exit codes, as `--help` shows them.
@@ -62,6 +62,9 @@ struct Cli {
         value_name = "URL"
     )]
     store: Option<String>,
+    /// Who is acting, as the audit log names them (a user): default `$USER`.
+    #[arg(long, env = "TOWER_API_KEY_ACTOR", global = true, value_name = "NAME")]
+    actor: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +82,12 @@ enum Command {
     Plans(PlansCommand),
     /// Read one key on stdin and print the form it is stored under (hex SHA-256), for `import`.
     Hash,
+    /// Show and set credit balances (an organization's, or one key's, spent first).
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+    /// An organization's audit log, newest first: who created, revoked, rotated or changed
+    /// which key, changed the plan or set credits, and when.
+    Audit(AuditArgs),
     /// An organization's metered requests (accepted, rate limited, scope, session quota), per
     /// minute, hour or day and per key, as the flusher wrote them.
     Usage(UsageArgs),
@@ -218,6 +227,58 @@ enum PlansCommand {
     },
 }
 
+#[derive(Args)]
+struct AuditArgs {
+    /// The organization.
+    #[arg(long)]
+    org: String,
+    /// The newest N entries (1 to 500).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// JSON for scripts (`{"data": [ENTRY, ..]}`) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum CreditsCommand {
+    /// An organization's (or with --key, one key's) balance, refill and next refill.
+    Show {
+        /// The organization.
+        #[arg(long)]
+        org: String,
+        /// One key of the organization (`key_…`): its own balance.
+        #[arg(long)]
+        key: Option<String>,
+        /// JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give an organization (or with --key, one key) a balance, optionally refilled.
+    Set {
+        /// The organization.
+        #[arg(long)]
+        org: String,
+        /// One key of the organization (`key_…`): a balance of its own, spent before the
+        /// organization's.
+        #[arg(long)]
+        key: Option<String>,
+        /// The balance.
+        #[arg(long)]
+        balance: u64,
+        /// What each refill tops the balance up to: the balance (the backends refill to the
+        /// amount set).
+        #[arg(long, requires = "every")]
+        refill: Option<u64>,
+        /// Refill every day (00:00 UTC) or every month (on --day, 00:00 UTC); default: never.
+        #[arg(long, value_enum)]
+        every: Option<EveryArg>,
+        /// With `--every month`: the day of the month, 1 to 28.
+        #[arg(long)]
+        day: Option<u8>,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum PlanName {
     Free,
@@ -225,12 +286,16 @@ enum PlanName {
     Enterprise,
 }
 
+mod audit;
+mod credits;
 mod import;
 mod keys;
 mod plans;
 mod store;
 mod usage;
 
+use audit::*;
+use credits::*;
 use import::*;
 use keys::*;
 use plans::*;
@@ -321,6 +386,7 @@ fn clap_failure(e: &clap::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Outcome {
+    set_actor(cli.actor);
     match cli.command {
         Command::Hash => hash(),
         Command::Migrate => {
@@ -341,6 +407,11 @@ async fn run(cli: Cli) -> Outcome {
         Command::Import => {
             let store = migrated_store(cli.store).await?;
             import(store).await
+        }
+        Command::Credits(cmd) => credits(cmd, cli.store).await,
+        Command::Audit(args) => {
+            let store = migrated_store(cli.store).await?;
+            audit(args, store).await
         }
         Command::Usage(args) => {
             let store = migrated_store(cli.store).await?;

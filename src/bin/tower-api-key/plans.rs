@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) async fn plans(cmd: PlansCommand, store: BoxedStore) -> Outcome {
-    let manager = KeyManager::new(store);
+    let manager = manager_for(store);
     match cmd {
         PlansCommand::Set {
             org,

@@ -9,6 +9,11 @@ pub(super) fn store_url(store: Option<String>) -> Result<String, Failure> {
 }
 
 pub(super) async fn migrated_store(store: Option<String>) -> Result<BoxedStore, Failure> {
+    Ok(migrated(store).await?.boxed())
+}
+
+/// The store, opened and checked to be migrated.
+pub(super) async fn migrated(store: Option<String>) -> Result<Store, Failure> {
     let url = store_url(store)?;
     let store = Store::open(&url, false).await?;
     if !store
@@ -18,7 +23,7 @@ pub(super) async fn migrated_store(store: Option<String>) -> Result<BoxedStore, 
     {
         return Err(not_migrated(&url));
     }
-    Ok(store.boxed())
+    Ok(store)
 }
 
 pub(super) fn not_migrated(url: &str) -> Failure {
