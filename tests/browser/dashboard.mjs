@@ -164,6 +164,14 @@ try {
     equal(await apiStatus(secret), 401, "API status with the revoked key");
   });
 
+  await check("Activity lists the revocation first, by the signed-in person", async () => {
+    await page.click('nav a:has-text("Activity")');
+    equal(new URL(page.url()).pathname, "/dashboard/activity", "Activity link goes to");
+    const first = page.locator('table[data-table="activity"] tbody tr').first();
+    equal(await first.locator('td[data-col="what"]').getAttribute("data-action"), "key_revoked", "newest action");
+    assert((await first.locator('td[data-col="who"]').innerText()).startsWith("user"), "done by a user");
+  });
+
   await check("rotate with a 1 hour overlap: the old and the new key both work", async () => {
     const old = await createKey(page, "worker", ["browser_sessions:read"]);
     await page.goto(`${BASE}/dashboard`);
