@@ -105,6 +105,7 @@ pub mod last_used;
 #[cfg(feature = "leaks")]
 pub mod leaks;
 pub mod manage;
+pub mod observe;
 pub mod principal;
 pub mod rate_limit;
 pub mod reject;

@@ -313,6 +313,8 @@ pub(crate) struct Limiter<B> {
     error_log: throttle::LogThrottle,
     /// Counts refusals by key when usage metering is on.
     meter: UsageMeter,
+    /// Told when an organization's use crosses a level.
+    observe: Option<crate::observe::Observe>,
 }
 
 /// What a backend check was asked, kept for the fallback when it fails.
@@ -383,6 +385,13 @@ impl<B> Limiter<B> {
     pub(crate) fn set_meter_if_off(&mut self, meter: &UsageMeter) {
         if !self.meter.is_on() {
             self.meter = meter.clone();
+        }
+    }
+
+    /// Report usage levels to `observe` (the stack gives its own, unless one is set).
+    pub(crate) fn set_observe_if_off(&mut self, observe: &crate::observe::Observe) {
+        if self.observe.is_none() {
+            self.observe = Some(observe.clone());
         }
     }
 }
@@ -776,6 +785,7 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
                 unavailable_retry_after: 1,
                 error_log: throttle::LogThrottle::default(),
                 meter: UsageMeter::new(None),
+                observe: None,
             }),
         }
     }
