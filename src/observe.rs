@@ -174,7 +174,6 @@ impl Observe {
         &*self.observer
     }
 
-    #[allow(dead_code)] // wired into the limiters with the signals
     /// After a decision that admitted `cost` units and left `remaining` of `limit`: report
     /// every level the use crossed. Arithmetic only, unless a level was crossed.
     #[inline]

@@ -120,6 +120,7 @@ pub use crate::headers::{
 use crate::clock::{Clock, Timestamp};
 use crate::future::{inner_accessors, poll_now, take_ready};
 use crate::headers::{DraftFields, DraftItem, LimitHeaders, Refund};
+use crate::observe::UsageUnit;
 use crate::plan::{Plan, Quota};
 use crate::principal::Principal;
 use crate::reject::{Rejection, Responder, ResponseBody, missing_principal};
@@ -396,6 +397,28 @@ impl<B> Limiter<B> {
     }
 }
 
+/// Report the usage levels an admitted single-policy decision crossed.
+#[inline]
+fn observe_one(
+    observe: &crate::observe::Observe,
+    principal: Option<&Principal>,
+    args: &CheckArgs,
+    d: &Decision,
+) {
+    if let (Some(p), Selected::One(gcra)) = (principal, &args.selected) {
+        observe.usage(
+            p.org_id(),
+            p.plan().name(),
+            UsageUnit::Requests,
+            d.info.limit,
+            d.info.remaining,
+            u64::from(args.cost),
+            gcra.period(),
+            args.now,
+        );
+    }
+}
+
 /// `t` of the IETF `RateLimit` field for one policy: for a policy that refused the request,
 /// when it admits it again (so `Retry-After` is never earlier); otherwise the seconds until
 /// its allowance is whole again.
@@ -478,6 +501,9 @@ impl<B: RateLimitBackend> Limiter<B> {
     ) -> Outcome {
         match result {
             Answer::One(Ok(d)) if d.allowed && draft.is_none() && !self.refund => {
+                if let Some(observe) = &self.observe {
+                    observe_one(observe, principal, args, &d);
+                }
                 Outcome::Admit(Some(LimitHeaders {
                     info: Some(d.info),
                     draft: None,
@@ -525,6 +551,9 @@ impl<B: RateLimitBackend> Limiter<B> {
                         },
                     ])
                 });
+                if let (Some(observe), true) = (&self.observe, d.allowed) {
+                    observe_one(observe, principal, args, &d);
+                }
                 let verdict = Verdict {
                     allowed: d.allowed,
                     info: d.info,
@@ -584,6 +613,22 @@ impl<B: RateLimitBackend> Limiter<B> {
                 .map(|(p, _)| p.name().as_str().to_owned())
                 .collect()
         };
+        if let (Some(observe), Some(p), true, Spend::Commit) =
+            (&self.observe, principal, decisions.allowed(), args.spend)
+        {
+            for (policy, d) in set.rates().iter().zip(decisions.each()) {
+                observe.usage(
+                    p.org_id(),
+                    policy.name().as_str(),
+                    UsageUnit::Requests,
+                    d.info.limit,
+                    d.info.remaining,
+                    u64::from(args.cost),
+                    policy.gcra().period(),
+                    args.now,
+                );
+            }
+        }
         let verdict = Verdict {
             allowed: decisions.allowed(),
             info: decisions.info(),
@@ -877,6 +922,16 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
     /// ```
     pub fn meter(self, meter: UsageMeter) -> Self {
         self.map(|s| s.meter = meter)
+    }
+
+    /// Tell `observe` when an organization's use of a request policy crosses one of its
+    /// levels (80, 90 and 100 % by default), from the remaining cells of the decision just
+    /// made: no extra lookup, and no call at all unless a level is crossed. With feature
+    /// `events`, [`Events::signals`](crate::events::Events::signals) turns the crossings into
+    /// `usage_threshold` events, once per level and window.
+    pub fn observe(self, observe: impl Into<crate::observe::Observe>) -> Self {
+        let observe = observe.into();
+        self.map(|s| s.observe = Some(observe))
     }
 
     /// The backend (e.g. to [`peek`](MemoryRateLimiter::peek) or sweep it).
