@@ -20,6 +20,7 @@
 //! A store whose lookup is ready at once (the in-memory store, a cache hit) is decided inside
 //! `call`; only a lookup that really waits takes a waiting state, bounded by the store timeout.
 
+pub(crate) mod counts;
 pub(crate) mod extract;
 mod future;
 mod guard;
@@ -45,6 +46,7 @@ use crate::observe::{DeadKey, Observe};
 use crate::principal::Principal;
 use crate::reject::{InvalidKey, Rejection, Responder, ResponseBody};
 use crate::store::{KeyRecord, KeyStore, LookupResult, StoreError};
+use counts::AuthCounts;
 use extract::Credential;
 use guard::Attempt;
 pub(crate) use guard::InvalidKeyGuard;
@@ -102,6 +104,8 @@ pub(crate) struct Authenticator<St> {
     pub(crate) guard: Option<Arc<InvalidKeyGuard>>,
     /// Told about dead keys and guessing bursts.
     pub(crate) observe: Option<Observe>,
+    /// Decisions and waited lookups, for telemetry.
+    pub(crate) counts: Arc<AuthCounts>,
 }
 
 /// How a request's authentication starts: refused before any lookup, decided by a lookup that
@@ -125,6 +129,15 @@ impl<St: KeyStore> Authenticator<St> {
     /// and [`ApiKeyStack`](crate::ApiKeyStack).
     #[inline]
     pub(crate) fn begin<B>(&self, req: &Request<B>) -> Begin<St::Lookup> {
+        let begin = self.begin_uncounted(req);
+        if let Begin::Refuse(rejection) = &begin {
+            self.counts.refused(rejection);
+        }
+        begin
+    }
+
+    #[inline]
+    fn begin_uncounted<B>(&self, req: &Request<B>) -> Begin<St::Lookup> {
         if key_in_query(req.uri(), &self.formats) {
             tracing::debug!(reason = "key_in_query", "api key refused");
             return Begin::Refuse(Rejection::KeyInQuery);
@@ -171,6 +184,30 @@ impl<St> Authenticator<St> {
         now: Timestamp,
         req: &Request<B>,
     ) -> Result<Principal, Rejection> {
+        let decision = self.decide_uncounted(result, hash, now, req);
+        match &decision {
+            Ok(_) => self.counts.accepted(),
+            Err(rejection) => self.counts.refused(rejection),
+        }
+        decision
+    }
+
+    /// A lookup that waited for the store since `started` answered `result`.
+    pub(crate) fn waited(&self, started: std::time::Instant, result: &LookupResult) {
+        self.counts.waited(started.elapsed(), result);
+    }
+
+    #[inline]
+    fn decide_uncounted<B>(
+        &self,
+        result: LookupResult,
+        hash: &KeyHash,
+        now: Timestamp,
+        req: &Request<B>,
+    ) -> Result<Principal, Rejection> {
+        if let Err(error) = &result {
+            self.counts.lookup_error(error);
+        }
         let stored = match result {
             Ok(Some(stored)) if stored.record.hash.ct_eq(hash) => stored,
             Ok(_) => {
@@ -368,6 +405,7 @@ impl<St: KeyStore> ApiKeyAuthLayer<St> {
                 client_addr: ClientAddr::default(),
                 guard: None,
                 observe: None,
+                counts: Arc::default(),
             }),
         }
     }
@@ -470,6 +508,12 @@ impl<St: KeyStore> ApiKeyAuthLayer<St> {
     /// The store.
     pub fn store(&self) -> &St {
         &self.shared.store
+    }
+
+    /// The decision counters, for telemetry.
+    #[allow(dead_code)] // read by `Telemetry` (feature `metrics`)
+    pub(crate) fn counts(&self) -> &Arc<AuthCounts> {
+        &self.shared.counts
     }
 }
 

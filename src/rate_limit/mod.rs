@@ -316,6 +316,33 @@ pub(crate) struct Limiter<B> {
     meter: UsageMeter,
     /// Told when an organization's use crosses a level.
     observe: Option<crate::observe::Observe>,
+    /// Decisions by plan and result, for telemetry.
+    counts: Arc<LimitCounts>,
+}
+
+/// The `plan` label of the rate-limit counters, by index.
+pub(crate) const PLANS: [&str; 3] = ["free", "paid", "enterprise"];
+/// The `result` label of the rate-limit counters, by index: admitted, refused (429), no
+/// decision because the backend failed.
+pub(crate) const LIMIT_RESULTS: [&str; 3] = ["accepted", "refused", "error"];
+
+/// Rate-limit decisions by plan and result: plain atomics, read by
+/// [`Telemetry`](crate::telemetry).
+#[derive(Debug, Default)]
+pub(crate) struct LimitCounts {
+    pub(crate) by_plan: [[std::sync::atomic::AtomicU64; LIMIT_RESULTS.len()]; PLANS.len()],
+}
+
+impl LimitCounts {
+    #[inline]
+    fn add(&self, principal: Option<&Principal>, result: usize) {
+        let plan = match principal.map(Principal::plan) {
+            Some(Plan::Paid) => 1,
+            Some(Plan::Enterprise(_)) => 2,
+            _ => 0,
+        };
+        self.by_plan[plan][result].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What a backend check was asked, kept for the fallback when it fails.
@@ -380,6 +407,12 @@ impl<B> Limiter<B> {
     /// The clock the limiter reads.
     pub(crate) fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// Decisions by plan and result.
+    #[allow(dead_code)] // read by `Telemetry` (feature `metrics`)
+    pub(crate) fn counts(&self) -> &Arc<LimitCounts> {
+        &self.counts
     }
 
     /// Count refusals with `meter` (the stack gives its recorder's, unless one is set).
@@ -501,6 +534,7 @@ impl<B: RateLimitBackend> Limiter<B> {
     ) -> Outcome {
         match result {
             Answer::One(Ok(d)) if d.allowed && draft.is_none() && !self.refund => {
+                self.counts.add(principal, 0);
                 if let Some(observe) = &self.observe {
                     observe_one(observe, principal, args, &d);
                 }
@@ -658,6 +692,7 @@ impl<B: RateLimitBackend> Limiter<B> {
             draft,
             refund: None,
         };
+        self.counts.add(principal, if allowed { 0 } else { 1 });
         if allowed {
             if self.refund && args.spend == Spend::Commit && args.cost > 0 {
                 headers.refund = principal.map(|p| self.refund_of(p, args));
@@ -735,7 +770,10 @@ impl<B: RateLimitBackend> Limiter<B> {
                 }
                 match fallback {
                     Some(answer) => self.outcome(answer, principal, args, draft, request_headers),
-                    None => Outcome::Admit(None),
+                    None => {
+                        self.counts.add(principal, 2);
+                        Outcome::Admit(None)
+                    }
                 }
             }
             OnBackendError::FailClosed => {
@@ -747,6 +785,7 @@ impl<B: RateLimitBackend> Limiter<B> {
                         "rate-limit backend failed; answering 503"
                     );
                 }
+                self.counts.add(principal, 2);
                 // An open breaker knows when it will try again; otherwise the layer's default.
                 let retry_after = match &error {
                     RateLimitError::CircuitOpen(refused) => refused.retry_after_secs(),
@@ -831,6 +870,7 @@ impl<B: RateLimitBackend> OrgRateLimitLayer<B> {
                 error_log: throttle::LogThrottle::default(),
                 meter: UsageMeter::new(None),
                 observe: None,
+                counts: Arc::default(),
             }),
         }
     }

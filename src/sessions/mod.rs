@@ -300,7 +300,7 @@ impl<B: SessionBackend> SessionQuota<B> {
 
     /// Acquires granted and refused (at the limit) so far.
     #[allow(dead_code)] // read by `Telemetry` (feature `metrics`)
-    pub(crate) fn counts(&self) -> &SessionCounts {
+    pub(crate) fn counts(&self) -> &Arc<SessionCounts> {
         &self.counts
     }
 

@@ -284,6 +284,20 @@ impl<St: KeyStore, B: RateLimitBackend> ApiKeyStackLayer<St, B> {
     pub fn store(&self) -> &St {
         &self.shared.auth.store
     }
+
+    /// The authentication's and the rate limit's counters, for telemetry.
+    #[allow(dead_code)] // read by `Telemetry` (feature `metrics`)
+    pub(crate) fn counts(
+        &self,
+    ) -> (
+        &Arc<crate::auth::counts::AuthCounts>,
+        Option<&Arc<crate::rate_limit::LimitCounts>>,
+    ) {
+        (
+            &self.shared.auth.counts,
+            self.shared.limit.as_ref().map(|l| l.counts()),
+        )
+    }
 }
 
 impl<S, St, B> Layer<S> for ApiKeyStackLayer<St, B> {
