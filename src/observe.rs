@@ -189,10 +189,37 @@ impl Observe {
         window: Duration,
         now: Timestamp,
     ) {
+        let Some(&lowest) = self.levels.first() else {
+            return;
+        };
         if limit == 0 || cost == 0 {
             return;
         }
+        // Percent of cells: at most 100 · 2^64, in u128 (two multiplications).
         let used = u128::from(limit - remaining.min(limit)) * 100;
+        let limit128 = u128::from(limit);
+        // The usual request: below the lowest level, nothing can have been crossed.
+        if used < u128::from(lowest) * limit128 {
+            return;
+        }
+        self.crossings(org, policy, unit, limit, used, cost, window, now);
+    }
+
+    /// The levels `used` (percent of cells after the decision) reached with this decision.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn crossings(
+        &self,
+        org: &OrgId,
+        policy: &str,
+        unit: UsageUnit,
+        limit: u64,
+        used: u128,
+        cost: u64,
+        window: Duration,
+        now: Timestamp,
+    ) {
         let before = used.saturating_sub(u128::from(cost) * 100);
         let limit128 = u128::from(limit);
         for &level in self.levels.iter() {
@@ -203,8 +230,6 @@ impl Observe {
         }
     }
 
-    #[cold]
-    #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn crossed(
         &self,

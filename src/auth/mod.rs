@@ -129,31 +129,24 @@ impl<St: KeyStore> Authenticator<St> {
     /// and [`ApiKeyStack`](crate::ApiKeyStack).
     #[inline]
     pub(crate) fn begin<B>(&self, req: &Request<B>) -> Begin<St::Lookup> {
-        let begin = self.begin_uncounted(req);
-        if let Begin::Refuse(rejection) = &begin {
-            self.counts.refused(rejection);
-        }
-        begin
-    }
-
-    #[inline]
-    fn begin_uncounted<B>(&self, req: &Request<B>) -> Begin<St::Lookup> {
         if key_in_query(req.uri(), &self.formats) {
             tracing::debug!(reason = "key_in_query", "api key refused");
-            return Begin::Refuse(Rejection::KeyInQuery);
+            return Begin::Refuse(self.counted(Rejection::KeyInQuery));
         }
         let key = match extract::credential(req.headers(), self.header.as_ref()) {
             Credential::Key(k) => k,
             Credential::Missing => {
                 tracing::debug!(reason = "missing", "api key refused");
-                return Begin::Refuse(Rejection::MissingKey);
+                return Begin::Refuse(self.counted(Rejection::MissingKey));
             }
             Credential::Bad => {
-                return Begin::Refuse(self.guarded(log_invalid(InvalidKey::BadHeader), req, None));
+                let rejection = self.guarded(log_invalid(InvalidKey::BadHeader), req, None);
+                return Begin::Refuse(self.counted(rejection));
             }
         };
         if let Err(e) = self.formats.check(key) {
-            return Begin::Refuse(self.guarded(log_invalid(InvalidKey::Malformed(e)), req, None));
+            let rejection = self.guarded(log_invalid(InvalidKey::Malformed(e)), req, None);
+            return Begin::Refuse(self.counted(rejection));
         }
         let hash = KeyHash::of(key);
         let mut lookup = self.store.find_by_hash(&hash);
@@ -165,6 +158,14 @@ impl<St: KeyStore> Authenticator<St> {
 }
 
 impl<St> Authenticator<St> {
+    /// Count a refusal made before any lookup; returns it.
+    #[cold]
+    #[inline(never)]
+    fn counted(&self, rejection: Rejection) -> Rejection {
+        self.counts.refused(&rejection);
+        rejection
+    }
+
     /// Turn a lookup result for `req` into a principal or a rejection, logging the decision.
     pub(crate) fn decide<B>(
         &self,
