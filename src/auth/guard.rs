@@ -6,8 +6,8 @@
 //! Bounds: the attempts live in an [`AddrRateLimit`] (IPv4 per address, IPv6 per `/64`), whose
 //! entries disappear once idle (allowance whole again, at most `per` after the last attempt) by
 //! the limiter's sweep; besides, at most [`MAX_ADDRESSES`] addresses are tracked at once: when
-//! the table is full after a sweep, attempts from new addresses are not counted (they still get
-//! 401). The blocked addresses are a second map, filled only when a block starts and pruned of
+//! the table is full after a sweep (at most one a second), attempts from new addresses are not
+//! counted (they still get 401; an address already blocked stays blocked). The blocked addresses are a second map, filled only when a block starts and pruned of
 //! ended blocks at the same time, so it never holds more entries than the first.
 
 use std::net::IpAddr;
@@ -30,6 +30,9 @@ pub(crate) struct InvalidKeyGuard {
     /// The latest end of any block, Unix ns: while the clock is past it, no address is blocked
     /// and an accepted key costs one atomic load.
     blocked_until: AtomicU64,
+    /// Unix ns of the last sweep of a full table: at most one a second, so a flood of new
+    /// addresses cannot make every attempt walk the table.
+    swept_at: AtomicU64,
 }
 
 /// What an invalid attempt led to.
@@ -51,6 +54,7 @@ impl InvalidKeyGuard {
             attempts: AddrRateLimit::new(attempts, per),
             blocked: papaya::HashMap::builder().hasher(Hasher::default()).build(),
             blocked_until: AtomicU64::new(0),
+            swept_at: AtomicU64::new(0),
         }
     }
 
@@ -85,9 +89,25 @@ impl InvalidKeyGuard {
     pub(crate) fn attempt(&self, ip: IpAddr, now: Timestamp) -> Attempt {
         let limiter = self.attempts.limiter();
         if limiter.len() >= MAX_ADDRESSES {
-            limiter.sweep(now);
-            self.prune(now);
+            let last = self.swept_at.load(Ordering::Relaxed);
+            let now_ns = now.as_unix_nanos();
+            if now_ns.saturating_sub(last) >= 1_000_000_000
+                && self
+                    .swept_at
+                    .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                limiter.sweep(now);
+                self.prune(now);
+            }
             if limiter.len() >= MAX_ADDRESSES {
+                // An address blocked already stays blocked; others are not counted.
+                if let Some(retry_after) = self.blocked_slow(ip, now) {
+                    return Attempt::Blocked {
+                        retry_after,
+                        new_block: false,
+                    };
+                }
                 tracing::debug!("invalid-key guard table full; attempt not counted");
                 return Attempt::Counted;
             }
@@ -163,6 +183,42 @@ mod tests {
         ));
         assert_eq!(guard.blocked(|| Some(ip), t(1)), Some(29));
         assert_eq!(guard.blocked(|| Some(ip), t(30)), None);
+    }
+
+    #[test]
+    fn a_full_table_counts_no_new_address_but_keeps_blocks_until_a_sweep_frees_it() {
+        let guard = InvalidKeyGuard::new(1, Duration::from_secs(60));
+        let blocked: IpAddr = "203.0.113.7".parse().unwrap();
+        assert!(matches!(guard.attempt(blocked, t(0)), Attempt::Counted));
+        assert!(matches!(
+            guard.attempt(blocked, t(0)),
+            Attempt::Blocked { .. }
+        ));
+        for i in 1..MAX_ADDRESSES as u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(matches!(guard.attempt(ip, t(0)), Attempt::Counted));
+        }
+        assert_eq!(guard.attempts.limiter().len(), MAX_ADDRESSES);
+        let new: IpAddr = "198.51.100.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(matches!(guard.attempt(new, t(1)), Attempt::Counted));
+        }
+        assert!(matches!(
+            guard.attempt(blocked, t(1)),
+            Attempt::Blocked {
+                new_block: false,
+                ..
+            }
+        ));
+        // A minute later every entry is idle: the sweep empties the table.
+        assert!(matches!(guard.attempt(new, t(61)), Attempt::Counted));
+        assert!(matches!(
+            guard.attempt(new, t(61)),
+            Attempt::Blocked {
+                new_block: true,
+                ..
+            }
+        ));
     }
 
     #[test]
