@@ -54,6 +54,9 @@
 //! - [`credits`]: balances a call spends, topped up daily or monthly, in memory, Redis or
 //!   PostgreSQL.
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
+//! - [`observe`]: what the request path reports on its rare transitions (usage levels crossed,
+//!   invalid-key bursts, dead keys), and the brute-force guard
+//!   ([`ApiKeyAuthLayer::invalid_key_limit`]); with `events`, as events and webhooks.
 //! - `leaks` (feature `leaks`): the pattern secret scanners look for, GitHub's secret-scanning
 //!   receiver and a public endpoint that revoke leaked keys.
 //!
