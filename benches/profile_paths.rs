@@ -13,6 +13,8 @@
 //!   'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][0])')
 //! valgrind --tool=callgrind "$BIN" malformed 200000
 //! valgrind --tool=callgrind "$BIN" none 200000
+//! # the cost of observing (BENCHMARKS.md): build with `--features events,metrics`, then
+//! valgrind --tool=callgrind "$BIN" fused-observed 100000   # and 50000, and `fused`, `none`
 //! perf record -e cpu-clock "$BIN" fused 10000000
 //! cargo bench --bench profile_paths -- accept 2000   # or build and run in one go
 //! ```
@@ -33,6 +35,10 @@
 //! - `fused`, `fused-malformed`: the same stack as one service, `ApiKeyStack`;
 //! - `fused-metered`: `fused` with usage metering on (`meter_usage(true)`): the cost of
 //!   counting each request by outcome (no flusher runs, so every request is counted in place);
+//! - `fused-observed` (with `--features events`): `fused` with everything observing on: usage
+//!   metering, the invalid-key guard (`invalid_key_limit`), the signals observer
+//!   (`Events::signals`, usage levels checked on every decision) and, with `metrics` too, a
+//!   `Telemetry` over the stack (its counters are plain atomics, always counted);
 //! - `fused-nolimit`: `ApiKeyStack` without its rate limit (subtract it to get the limit's cost);
 //! - `fused-p1`, `fused-p2`, `fused-p3`: `ApiKeyStack` with 1, 2 or 3 named request policies
 //!   (`QuotaPolicy::policies`, the several-policy path) instead of the plan's one;
@@ -77,6 +83,8 @@ fn main() {
     let mut fused = fused_stack_layer(&fx.store).layer(Hello);
     let mut metered = fused_stack_layer_metered(&fx.store).layer(Hello);
     let mut fused_nolimit = fused_unlimited_layer(&fx.store).layer(Hello);
+    #[cfg(feature = "events")]
+    let mut observed = observed::layer(&fx.store).layer(Hello);
     let mut fused_p: Vec<_> = (1..=3)
         .map(|k| fused_policies_layer(&fx.store, k).layer(Hello))
         .collect();
@@ -96,6 +104,8 @@ fn main() {
         "fused-metered" => (200, Box::new(|| run(&mut metered, request(fx.hot)))),
         "fused-malformed" => (401, Box::new(|| run(&mut fused, request(fx.malformed)))),
         "fused-nolimit" => (200, Box::new(|| run(&mut fused_nolimit, request(fx.hot)))),
+        #[cfg(feature = "events")]
+        "fused-observed" => (200, Box::new(|| run(&mut observed, request(fx.hot)))),
         p @ ("fused-p1" | "fused-p2" | "fused-p3") => {
             let k = usize::from(p.as_bytes()[7] - b'1');
             let svc = &mut fused_p[k];
@@ -124,4 +134,46 @@ fn main() {
 fn with_query<B>(mut req: http::Request<B>) -> http::Request<B> {
     *req.uri_mut() = http::Uri::from_static("/v1/browsers?page=2&per_page=50&sort=created_at");
     req
+}
+
+/// The fused stack with everything that observes the request path turned on.
+#[cfg(feature = "events")]
+mod observed {
+    use std::time::Duration;
+
+    use tower_api_key::events::{Events, TracingSink};
+    use tower_api_key::{
+        ApiKeyStackLayer, LastUsedRecorder, MemoryStore, OrgRateLimit, ScopeGuard,
+    };
+
+    use super::support::{REQUIRED, auth_layer};
+
+    /// `fused_stack_layer` plus metering, the invalid-key guard, the signals observer and (with
+    /// `metrics`) a telemetry collector over it. The events' delivery task never runs: the loop
+    /// emits nothing (the hot key's plan is never near a level).
+    pub fn layer(store: &MemoryStore) -> ApiKeyStackLayer<MemoryStore> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime");
+        let (events, delivery) = {
+            let _in = rt.enter();
+            Events::builder().sink(TracingSink).start()
+        };
+        // Kept for the process's life: the queues stay open.
+        std::mem::forget((rt, delivery));
+        let signals = events.signals();
+        let layer = auth_layer(store)
+            .invalid_key_limit(20, Duration::from_secs(60))
+            .rate_limit(OrgRateLimit::new())
+            .record_last_used(LastUsedRecorder::new(store.clone()).meter_usage(true))
+            .scope_guard(ScopeGuard::require(REQUIRED))
+            .observe(&signals);
+        #[cfg(feature = "metrics")]
+        std::mem::forget(
+            tower_api_key::telemetry::Telemetry::new()
+                .stack(&layer)
+                .events(&events),
+        );
+        layer
+    }
 }

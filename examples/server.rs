@@ -7,6 +7,9 @@
 //! cargo run --example server --features sqlite -- --store sqlite://keys.db
 //! cargo run --example server --features postgres -- --store postgres://postgres@127.0.0.1/test
 //! cargo run --example server --features redis -- --redis redis://127.0.0.1:6379 --redis-fail open
+//! cargo run --example server -- --invalid-keys-per-minute 20 --trusted-proxy 10.0.0.0/8
+//! WEBHOOK_SECRET=whsec_… cargo run --example server --features webhook -- --webhook-url https://hooks.example.com/api-keys
+//! cargo run --example server --features metrics      # GET /metrics, Prometheus text format
 //! RUST_LOG=tower_api_key=debug cargo run --example server
 //! ```
 //!
@@ -24,6 +27,7 @@
 //! | `GET /v1/org/usage?from=&to=&granularity=` (metered requests per key) | `api_keys:manage` |
 //! | `POST` / `GET /v1/api-keys`, `DELETE /v1/api-keys/{id}`, `POST /v1/api-keys/{id}/rotate` | `api_keys:manage` |
 //! | `GET /healthz`, `POST /dev/seed` | none (no key) |
+//! | `GET /metrics` (feature `metrics`; serve it on an internal port in production) | none (no key) |
 //! | `POST /security/secret-scanning` (GitHub's signed reports), `POST /credentials/revoke` | none: see `tower_api_key::leaks` |
 
 use std::collections::HashMap;
@@ -41,8 +45,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower_api_key::admin::{AdminApi, NewSecret};
+use tower_api_key::client_addr::{ClientAddr, IpNet};
 use tower_api_key::dashboard::{CurrentUsage, Dashboard};
 use tower_api_key::leaks::{Leaks, ScanningKeys};
+use tower_api_key::observe::Observe;
 #[cfg(feature = "redis")]
 use tower_api_key::rate_limit::OnBackendError;
 use tower_api_key::rate_limit::RateLimitBackend;
@@ -540,11 +546,32 @@ struct Options {
     redis_fail_open: bool,
     scanning_keys: Option<String>,
     server: Server,
+    invalid_keys_per_minute: u32,
+    trusted_proxies: Vec<IpNet>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
+}
+
+/// What the request path reports, and to whom: the brute-force guard, the proxies whose
+/// forwarding headers name the client, the signals observer, the metrics endpoint.
+struct Observability {
+    invalid_keys_per_minute: u32,
+    trusted_proxies: Vec<IpNet>,
+    observe: Option<Observe>,
+    /// Where leaked keys are reported too.
+    #[cfg(feature = "events")]
+    events: Option<tower_api_key::events::Events>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<(
+        metrics_exporter_prometheus::PrometheusHandle,
+        tower_api_key::telemetry::Telemetry,
+    )>,
 }
 
 const USAGE: &str = "usage: server [--addr HOST:PORT] [--store URL] [--redis URL [--redis-fail open|closed]]
               [--no-dev-seed] [--scanning-keys FILE] [--flush-interval-ms N] [--drain-deadline-ms N]
-              [--header-read-timeout-ms N] [--idle-timeout-ms N]
+              [--header-read-timeout-ms N] [--idle-timeout-ms N] [--invalid-keys-per-minute N]
+              [--trusted-proxy CIDR]... [--webhook-url URL [--webhook-secret whsec_…]]
 
   --addr                    where to listen (default 127.0.0.1:3000; port 0 picks a free one)
   --store                   memory:// (default), sqlite://FILE (feature sqlite), postgres://… (feature postgres)
@@ -557,7 +584,14 @@ const USAGE: &str = "usage: server [--addr HOST:PORT] [--store URL] [--redis URL
   --flush-interval-ms       how often last-used times are written to the store (default 5000)
   --drain-deadline-ms       how long a shutdown waits for in-flight requests (default 10000)
   --header-read-timeout-ms  how long a client may take to send a request head (default 10000)
-  --idle-timeout-ms         how long a connection may stay silent (default 60000)";
+  --idle-timeout-ms         how long a connection may stay silent (default 60000)
+  --invalid-keys-per-minute invalid keys a client address may send per minute before it is
+                            refused with 429 too_many_invalid_keys (default 20; 0: no limit)
+  --trusted-proxy           a reverse proxy (CIDR) whose Forwarded / X-Forwarded-For names the
+                            client; repeatable (default: none, the TCP peer is the client)
+  --webhook-url             POST events (usage thresholds, invalid-key bursts, dead keys, leaked
+                            keys) there, signed (feature webhook)
+  --webhook-secret          the whsec_… signing secret (default: env WEBHOOK_SECRET)";
 
 fn millis(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<Duration, String> {
     let v = args
@@ -577,6 +611,10 @@ fn options() -> Result<Options, String> {
         redis_fail_open: false,
         scanning_keys: None,
         server: Server::new(),
+        invalid_keys_per_minute: 20,
+        trusted_proxies: Vec::new(),
+        webhook_url: None,
+        webhook_secret: std::env::var("WEBHOOK_SECRET").ok(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -617,6 +655,33 @@ fn options() -> Result<Options, String> {
                 Some("closed") => opts.redis_fail_open = false,
                 _ => return Err("--redis-fail needs open or closed".to_owned()),
             },
+            "--invalid-keys-per-minute" => {
+                let v = args
+                    .next()
+                    .ok_or("--invalid-keys-per-minute needs a number")?;
+                opts.invalid_keys_per_minute = v
+                    .parse()
+                    .map_err(|e| format!("bad --invalid-keys-per-minute {v:?}: {e}"))?;
+            }
+            "--trusted-proxy" => {
+                let v = args
+                    .next()
+                    .ok_or("--trusted-proxy needs a CIDR, e.g. 10.0.0.0/8")?;
+                let net = v
+                    .parse::<IpNet>()
+                    .or_else(|_| v.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|e| format!("bad --trusted-proxy {v:?}: {e}"))?;
+                opts.trusted_proxies.push(net);
+            }
+            "--webhook-url" => {
+                opts.webhook_url = Some(args.next().ok_or("--webhook-url needs a URL")?);
+            }
+            "--webhook-secret" => {
+                opts.webhook_secret = Some(
+                    args.next()
+                        .ok_or("--webhook-secret needs a whsec_… secret")?,
+                );
+            }
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
@@ -629,6 +694,7 @@ fn app<B: RateLimitBackend>(
     with_dev_seed: bool,
     limit: OrgRateLimitLayer<B>,
     scanning_keys: ScanningKeys,
+    observability: Observability,
 ) -> Router {
     let store = state.manager.store().clone();
     // Each route's scope, checked inside the one-service stack below (a per-route
@@ -669,10 +735,35 @@ fn app<B: RateLimitBackend>(
     // The whole stack as one service: ApiKeyAuth, the org's rate limit (the X-RateLimit-* trio
     // and the IETF RateLimit-Policy / RateLimit fields), last-used marks and the scope rules
     // (see `tower_api_key::stack`).
-    let stack = ApiKeyAuth::new(store)
+    // Behind your own proxies, the client is the address they forwarded; the brute-force guard
+    // (and keys restricted to client networks) read it.
+    let mut auth = ApiKeyAuth::new(store)
+        .client_addr(ClientAddr::trusted_proxies(observability.trusted_proxies));
+    if observability.invalid_keys_per_minute > 0 {
+        auth = auth.invalid_key_limit(
+            observability.invalid_keys_per_minute,
+            Duration::from_secs(60),
+        );
+    }
+    let mut stack = auth
         .rate_limit(limit.draft_headers(true))
         .record_last_used(state.recorder.clone())
         .scope_guard(ScopeGuard::rules(scopes));
+    // Usage thresholds, invalid-key bursts and dead keys, as events (`--webhook-url`).
+    if let Some(observe) = observability.observe {
+        stack = stack.observe(observe);
+    }
+    #[cfg(feature = "metrics")]
+    let metrics = observability.metrics.map(|(handle, telemetry)| {
+        let telemetry = telemetry.stack(&stack);
+        move || async move {
+            telemetry.publish();
+            (
+                [("content-type", "text/plain; version=0.0.4")],
+                handle.render(),
+            )
+        }
+    });
     let api = Router::new()
         .route("/v1/browsers", post(create_browser))
         .route("/v1/browsers/{id}", get(get_browser).delete(delete_browser))
@@ -693,6 +784,10 @@ fn app<B: RateLimitBackend>(
     if with_dev_seed {
         open = open.route("/dev/seed", post(dev_seed));
     }
+    #[cfg(feature = "metrics")]
+    if let Some(metrics) = metrics {
+        open = open.route("/metrics", get(metrics));
+    }
     // Leaked keys: GitHub's secret scanning reports keys found in public code (signed with the
     // keys of `--scanning-keys`), and anyone who finds one can revoke it. Either way the key is
     // revoked at once on every replica, and reported (the `key_leaked` event, and this hook).
@@ -702,6 +797,11 @@ fn app<B: RateLimitBackend>(
             "a leaked key was revoked: tell the organization's owners where it was found"
         );
     });
+    #[cfg(feature = "events")]
+    let leaks = match observability.events {
+        Some(events) => leaks.events(events),
+        None => leaks,
+    };
     let open = open
         .route(
             "/security/secret-scanning",
@@ -776,6 +876,105 @@ type Limiter = tower_api_key::RedisRateLimiter;
 #[cfg(not(feature = "redis"))]
 type Limiter = std::convert::Infallible;
 
+/// The events pipeline behind `--webhook-url`: the signals observer, its flusher, and the
+/// delivery to drain at shutdown.
+#[cfg_attr(not(feature = "webhook"), allow(dead_code))] // made only with feature webhook
+struct Signalling {
+    observe: Observe,
+    #[cfg(feature = "events")]
+    events: tower_api_key::events::Events,
+    #[cfg(feature = "webhook")]
+    flusher: tokio::task::JoinHandle<()>,
+    #[cfg(feature = "webhook")]
+    signals: tower_api_key::events::Signals,
+    #[cfg(feature = "webhook")]
+    delivery: tower_api_key::events::Delivery,
+}
+
+impl Signalling {
+    /// Report the dead keys still counted, then deliver what is queued (at most 5 s).
+    async fn shutdown(self) {
+        #[cfg(feature = "webhook")]
+        {
+            self.flusher.abort();
+            self.signals.flush();
+            if !self.delivery.shutdown(Duration::from_secs(5)).await {
+                eprintln!("some events were not delivered before the deadline");
+            }
+        }
+    }
+}
+
+#[cfg(feature = "webhook")]
+fn webhook_signals(opts: &Options) -> Result<Option<Signalling>, String> {
+    use tower_api_key::events::{Events, webhook::WebhookSink};
+    let Some(url) = &opts.webhook_url else {
+        return Ok(None);
+    };
+    let secret = opts
+        .webhook_secret
+        .as_deref()
+        .ok_or("--webhook-url needs --webhook-secret or WEBHOOK_SECRET")?;
+    let sink =
+        WebhookSink::new(url, secret).map_err(|e| format!("bad --webhook-url or secret: {e}"))?;
+    let (events, delivery) = Events::builder().sink(sink).start();
+    let signals = events.signals();
+    // Dead keys presented are counted per key and reported once per flush interval.
+    let flusher = signals.spawn_flusher(opts.flush_interval);
+    Ok(Some(Signalling {
+        observe: Observe::from(&signals),
+        events,
+        flusher,
+        signals,
+        delivery,
+    }))
+}
+
+#[cfg(not(feature = "webhook"))]
+fn webhook_signals(opts: &Options) -> Result<Option<Signalling>, String> {
+    match opts.webhook_url {
+        Some(_) => Err("--webhook-url needs the example built with --features webhook".to_owned()),
+        None => Ok(None),
+    }
+}
+
+/// The Prometheus recorder and what `/metrics` publishes before each scrape (the stack is
+/// added in `app`).
+#[cfg(feature = "metrics")]
+fn prometheus(
+    state: &AppState,
+    signals: Option<&Signalling>,
+) -> (
+    metrics_exporter_prometheus::PrometheusHandle,
+    tower_api_key::telemetry::Telemetry,
+) {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use tower_api_key::telemetry::{LOOKUP_BUCKETS, Telemetry};
+    let builder = PrometheusBuilder::new().set_buckets_for_metric(
+        Matcher::Full("tower_api_key_store_lookup_duration_seconds".into()),
+        LOOKUP_BUCKETS,
+    );
+    // Fixed, non-empty buckets: this cannot fail; fall back to summaries if it ever did.
+    let recorder = builder
+        .unwrap_or_else(|_| PrometheusBuilder::new())
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        eprintln!("a metrics recorder was already installed; /metrics shows only its own");
+    }
+    let telemetry = Telemetry::new()
+        .sessions(&state.quota)
+        .last_used(&state.recorder);
+    #[cfg(feature = "events")]
+    let telemetry = match signals {
+        Some(s) => telemetry.events(&s.events),
+        None => telemetry,
+    };
+    #[cfg(not(feature = "events"))]
+    let _ = signals;
+    (handle, telemetry)
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -822,11 +1021,33 @@ async fn main() {
     // by one flusher; `/v1/usage` and the dashboard read them back.
     let recorder = LastUsedRecorder::new(store.clone()).meter_usage(true);
     let flusher = recorder.spawn_flusher(opts.flush_interval);
+    let mut quota = SessionQuota::with_backend(sessions);
+    // Events (feature webhook): signals and leaked keys POSTed, signed, to `--webhook-url`.
+    let signals = match webhook_signals(&opts) {
+        Ok(s) => s,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    let observe = signals.as_ref().map(|s| s.observe.clone());
+    if let Some(observe) = &observe {
+        quota = quota.observe(observe.clone());
+    }
     let state = AppState {
         manager: KeyManager::new(store),
         recorder,
-        quota: SessionQuota::with_backend(sessions),
+        quota,
         sessions: Arc::default(),
+    };
+    let observability = Observability {
+        invalid_keys_per_minute: opts.invalid_keys_per_minute,
+        trusted_proxies: opts.trusted_proxies.clone(),
+        observe,
+        #[cfg(feature = "events")]
+        events: signals.as_ref().map(|s| s.events.clone()),
+        #[cfg(feature = "metrics")]
+        metrics: Some(prometheus(&state, signals.as_ref())),
     };
     let listener = match tokio::net::TcpListener::bind(opts.addr).await {
         Ok(l) => l,
@@ -852,10 +1073,16 @@ async fn main() {
                 OnBackendError::FailClosed
             };
             let limit = OrgRateLimit::with_backend(limiter).on_backend_error(on_error);
-            app(state, opts.dev_seed, limit, scanning_keys)
+            app(state, opts.dev_seed, limit, scanning_keys, observability)
         }
         // Without `redis`, `Limiter` has no values: this arm is the only one.
-        _ => app(state, opts.dev_seed, OrgRateLimit::new(), scanning_keys),
+        _ => app(
+            state,
+            opts.dev_seed,
+            OrgRateLimit::new(),
+            scanning_keys,
+            observability,
+        ),
     };
     // Until SIGINT or SIGTERM; then in-flight requests get the drain deadline to finish.
     let served = opts.server.serve(listener, app, shutdown_signal()).await;
@@ -863,6 +1090,9 @@ async fn main() {
     if let Err(e) = flusher.shutdown().await {
         eprintln!("could not flush last-used times: {e}");
         std::process::exit(1);
+    }
+    if let Some(signals) = signals {
+        signals.shutdown().await;
     }
     match served {
         Ok(served) => tracing::info!("{served}"),

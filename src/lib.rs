@@ -56,6 +56,9 @@
 //! - [`credits`]: balances a call spends, topped up daily or monthly, in memory, Redis or
 //!   PostgreSQL.
 //! - [`Clock`]: injectable time, so expiry is testable without sleeping.
+//! - [`observe`]: what the request path reports on its rare transitions (usage levels crossed,
+//!   invalid-key bursts, dead keys), and the brute-force guard
+//!   ([`ApiKeyAuthLayer::invalid_key_limit`]); with `events`, as events and webhooks.
 //! - `leaks` (feature `leaks`): the pattern secret scanners look for, GitHub's secret-scanning
 //!   receiver and a public endpoint that revoke leaked keys.
 //!
@@ -108,6 +111,7 @@ pub mod last_used;
 #[cfg(feature = "leaks")]
 pub mod leaks;
 pub mod manage;
+pub mod observe;
 pub mod principal;
 pub mod rate_limit;
 pub mod reject;

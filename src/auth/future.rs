@@ -22,6 +22,8 @@ pub struct Lookup<S, St: KeyStore, ReqBody> {
     shared: Arc<Authenticator<St>>,
     /// The request and the inner service made ready for it; taken once the lookup answers.
     call: Option<(Request<ReqBody>, S)>,
+    /// When the lookup started waiting, for the lookup-duration metric.
+    started: std::time::Instant,
 }
 
 impl<S, St: KeyStore, ReqBody> Lookup<S, St, ReqBody> {
@@ -37,6 +39,7 @@ impl<S, St: KeyStore, ReqBody> Lookup<S, St, ReqBody> {
             hash,
             shared,
             call: Some((req, inner)),
+            started: std::time::Instant::now(),
         }
     }
 }
@@ -49,6 +52,7 @@ where
     fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Next<S::Future, Self>> {
         let result =
             ready!(self.wait.poll(cx, self.shared.timeout)).unwrap_or(Err(StoreError::Timeout));
+        self.shared.waited(self.started, &result);
         let Some((mut req, mut inner)) = self.call.take() else {
             return Poll::Ready(Next::Refuse(already_decided()));
         };

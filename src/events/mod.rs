@@ -47,10 +47,12 @@ use crate::clock::{Clock, Timestamp};
 use crate::ids::{KeyId, OrgId};
 
 mod audit;
+mod signals;
 mod sink;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
+pub use signals::{Signals, UNAUTHENTICATED};
 pub use sink::{BoxedSink, DynEventSink, EventSink, RecentEvents, SinkError, TracingSink};
 
 /// Who did something (moved to [`audit`](crate::audit); re-exported here).
@@ -123,6 +125,27 @@ pub enum EventKind {
         /// When it expires, in Unix seconds.
         expires_at: u64,
     },
+    /// The organization's use of a quota crossed a level ([`Signals`]).
+    UsageThreshold {
+        /// The policy's name (the plan's for a single request policy, `sessions`).
+        policy: String,
+        /// `requests` or `sessions`.
+        unit: &'static str,
+        /// The level crossed, in percent.
+        percent: u8,
+        /// The quota's limit.
+        limit: u64,
+        /// The window the level is reported once in, in seconds.
+        window_secs: u64,
+    },
+    /// A client address started to be blocked for sending too many invalid keys
+    /// ([`Signals`]); its organization is [`UNAUTHENTICATED`].
+    InvalidKeyBurst {
+        /// The client address (an IPv6 client is blocked by its `/64`).
+        client: String,
+        /// Invalid keys counted when the block started.
+        attempts: u64,
+    },
 }
 
 impl EventKind {
@@ -137,6 +160,8 @@ impl EventKind {
             Self::KeyLeaked { .. } => "key_leaked",
             Self::DeadKeyPresented { .. } => "dead_key_presented",
             Self::KeyExpiring { .. } => "key_expiring",
+            Self::UsageThreshold { .. } => "usage_threshold",
+            Self::InvalidKeyBurst { .. } => "invalid_key_burst",
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, Notify};
@@ -52,6 +53,41 @@ pub(super) struct Flush<St> {
     pub(super) list: Arc<MarkList>,
     /// Also serializes flushes, so batches reach the store one at a time.
     pending: Mutex<Pending>,
+    /// Flushes done, failed, and their timing, for [`FlushStats`].
+    stats: FlushCounters,
+}
+
+#[derive(Debug, Default)]
+struct FlushCounters {
+    flushes: AtomicU64,
+    failures: AtomicU64,
+    last_duration_ns: AtomicU64,
+    /// Unix ns of the start of the last flush that succeeded; 0 before the first.
+    last_success_ns: AtomicU64,
+}
+
+/// How the flushes of a [`LastUsedRecorderLayer`](super::LastUsedRecorderLayer) went: for
+/// metrics ([`Telemetry::last_used`](crate::telemetry)) and health checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlushStats {
+    /// Flushes that wrote everything they drained.
+    pub flushes: u64,
+    /// Flushes the store refused (their marks and counts were kept for the next).
+    pub failures: u64,
+    /// How long the last flush took.
+    pub last_duration: Duration,
+    /// When the last successful flush started (marks made before it are in the store).
+    pub last_success: Option<Timestamp>,
+}
+
+impl FlushStats {
+    /// How far the store lags behind the marks at `now`: the time since the last successful
+    /// flush started (zero before the first).
+    pub fn lag(&self, now: Timestamp) -> Duration {
+        self.last_success
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
 }
 
 impl<St> fmt::Debug for Flush<St> {
@@ -68,7 +104,43 @@ impl<St: KeyStore> Flush<St> {
             store,
             list,
             pending: Mutex::new(Pending::default()),
+            stats: FlushCounters::default(),
         }
+    }
+
+    /// The flushes so far.
+    pub(super) fn stats(&self) -> FlushStats {
+        let s = &self.stats;
+        let last = s.last_success_ns.load(Ordering::Relaxed);
+        FlushStats {
+            flushes: s.flushes.load(Ordering::Relaxed),
+            failures: s.failures.load(Ordering::Relaxed),
+            last_duration: Duration::from_nanos(s.last_duration_ns.load(Ordering::Relaxed)),
+            last_success: (last > 0).then(|| Timestamp::from_unix_nanos(last)),
+        }
+    }
+
+    /// [`flush_once`](Self::flush_once), counted in the stats.
+    pub(super) async fn flush(&self, config: &Recorder) -> Result<usize, FlushError> {
+        let started = Instant::now();
+        let at = config.clock.now();
+        let result = self.flush_once(config).await;
+        let s = &self.stats;
+        s.last_duration_ns.store(
+            crate::clock::duration_nanos(started.elapsed()),
+            Ordering::Relaxed,
+        );
+        match &result {
+            Ok(_) => {
+                s.flushes.fetch_add(1, Ordering::Relaxed);
+                s.last_success_ns
+                    .store(at.as_unix_nanos(), Ordering::Relaxed);
+            }
+            Err(_) => {
+                s.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
     }
 
     /// Drain the list and write every pending mark in one [`KeyStore::touch_last_used`] call
@@ -76,7 +148,7 @@ impl<St: KeyStore> Flush<St> {
     /// the minute of the flush that drained them.
     ///
     /// Cancel-safe: marks and counts leave `pending` only once the store has accepted them.
-    pub(super) async fn flush(&self, config: &Recorder) -> Result<usize, FlushError> {
+    async fn flush_once(&self, config: &Recorder) -> Result<usize, FlushError> {
         let timeout = config.flush_timeout;
         let now = config.clock.now();
         let minute = Granularity::Minute.bucket(now);

@@ -80,7 +80,7 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-pub use flusher::{FlushError, FlusherHandle};
+pub use flusher::{FlushError, FlushStats, FlusherHandle};
 
 use crate::clock::{Clock, Timestamp, duration_nanos};
 use crate::future::inner_accessors;
@@ -315,6 +315,11 @@ impl<St: KeyStore> LastUsedRecorderLayer<St> {
     /// waits for one in progress.
     pub async fn flush(&self) -> Result<usize, FlushError> {
         self.flush.flush(&self.core).await
+    }
+
+    /// How the flushes went so far: count, failures, last duration, last success.
+    pub fn flush_stats(&self) -> FlushStats {
+        self.flush.stats()
     }
 
     /// Whether no mark is waiting to be written.

@@ -53,8 +53,22 @@ impl AddrRateLimit {
 
     /// Spend one request of `ip`'s allowance. Refused decisions carry the `Retry-After`.
     pub fn check(&self, ip: IpAddr) -> Decision {
-        self.limiter
-            .decide(&bucket(ip), &self.gcra, 1, self.clock.now())
+        self.check_at(ip, self.clock.now())
+    }
+
+    /// [`check`](Self::check) at `now`, read by the caller.
+    pub(crate) fn check_at(&self, ip: IpAddr, now: crate::clock::Timestamp) -> Decision {
+        self.limiter.decide(&bucket(ip), &self.gcra, 1, now)
+    }
+
+    /// Addresses with state now, and the limiter holding it (to sweep it).
+    pub(crate) fn limiter(&self) -> &MemoryRateLimiter {
+        &self.limiter
+    }
+
+    /// The GCRA each address gets.
+    pub(crate) fn gcra(&self) -> &Gcra {
+        &self.gcra
     }
 }
 

@@ -11,6 +11,7 @@
 //! | organization over one of its request policies | 429 + `Retry-After` | `rate_limited` | 8 `RESOURCE_EXHAUSTED` |
 //! | key's or organization's credits less than the call's cost | 429 (+ `Retry-After` until the refill) | `credits_exhausted` | 8 `RESOURCE_EXHAUSTED` |
 //! | organization at its concurrent-session quota | 429 + `Retry-After` | `session_limit_exceeded` | 8 `RESOURCE_EXHAUSTED` |
+//! | too many invalid keys from one client address ([`invalid_key_limit`](crate::ApiKeyAuthLayer::invalid_key_limit)); while it lasts, valid keys from there too | 429 + `Retry-After` | `too_many_invalid_keys` | 8 `RESOURCE_EXHAUSTED` |
 //! | a layer found no `Principal` (misconfigured stack) | 500 | `auth_layer_missing` | 13 `INTERNAL` |
 //!
 //! HTTP bodies are `application/problem+json` (RFC 9457) with a stable `code` member:

@@ -94,6 +94,14 @@ pub enum Rejection {
         /// Seconds after which a slot may be free (lease expiry).
         retry_after: u64,
     },
+    /// Too many invalid keys came from this client address
+    /// ([`ApiKeyAuthLayer::invalid_key_limit`](crate::ApiKeyAuthLayer::invalid_key_limit)):
+    /// `429 too_many_invalid_keys`, gRPC 8. While it lasts, even a valid key from the address
+    /// is refused, so that guessing cannot go on.
+    TooManyInvalidKeys {
+        /// Seconds until the address may try again.
+        retry_after: u64,
+    },
     /// A layer that needs a [`Principal`](crate::Principal) found none: `ApiKeyAuth` is not in
     /// front of it. Fails closed.
     MissingPrincipal {
@@ -114,7 +122,8 @@ impl Rejection {
             Rejection::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::RateLimited { .. }
             | Rejection::CreditsExhausted { .. }
-            | Rejection::SessionLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Rejection::SessionLimit { .. }
+            | Rejection::TooManyInvalidKeys { .. } => StatusCode::TOO_MANY_REQUESTS,
             Rejection::MissingPrincipal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,6 +141,7 @@ impl Rejection {
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::CreditsExhausted { .. } => "credits_exhausted",
             Rejection::SessionLimit { .. } => "session_limit_exceeded",
+            Rejection::TooManyInvalidKeys { .. } => "too_many_invalid_keys",
             Rejection::MissingPrincipal { .. } => "auth_layer_missing",
         }
     }
@@ -147,7 +157,8 @@ impl Rejection {
             Rejection::StoreUnavailable { .. } => 14,
             Rejection::RateLimited { .. }
             | Rejection::CreditsExhausted { .. }
-            | Rejection::SessionLimit { .. } => 8,
+            | Rejection::SessionLimit { .. }
+            | Rejection::TooManyInvalidKeys { .. } => 8,
             Rejection::MissingPrincipal { .. } => 13,
         }
     }
@@ -178,6 +189,10 @@ impl Rejection {
             Rejection::SessionLimit { limit, .. } => {
                 format!("Concurrent session limit of {limit} reached; end a session first").into()
             }
+            Rejection::TooManyInvalidKeys { retry_after } => format!(
+                "Too many invalid API keys from this address; retry after {retry_after} seconds"
+            )
+            .into(),
             Rejection::MissingPrincipal { layer } => format!(
                 "Server misconfiguration: {layer} found no authenticated principal \
                  (is ApiKeyAuth in front of it?)"
@@ -192,7 +207,8 @@ impl Rejection {
             Rejection::RateLimited { info, .. } => Some(info.retry_after.max(1)),
             Rejection::CreditsExhausted { retry_after, .. } => retry_after.map(|s| s.max(1)),
             Rejection::SessionLimit { retry_after, .. }
-            | Rejection::StoreUnavailable { retry_after } => Some((*retry_after).max(1)),
+            | Rejection::StoreUnavailable { retry_after }
+            | Rejection::TooManyInvalidKeys { retry_after } => Some((*retry_after).max(1)),
             _ => None,
         }
     }

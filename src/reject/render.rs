@@ -172,7 +172,8 @@ fn problem_in(rejection: &Rejection, realm: &str, mut headers: HeaderMap) -> Res
             Rejection::RateLimited { info, .. } => Some(info.retry_after),
             Rejection::CreditsExhausted { retry_after, .. } => *retry_after,
             Rejection::SessionLimit { retry_after, .. }
-            | Rejection::StoreUnavailable { retry_after } => Some(*retry_after),
+            | Rejection::StoreUnavailable { retry_after }
+            | Rejection::TooManyInvalidKeys { retry_after } => Some(*retry_after),
             _ => None,
         },
         limit,

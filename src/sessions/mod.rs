@@ -40,12 +40,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::clock::{Clock, Timestamp};
 use crate::ids::OrgId;
+use crate::observe::{Observe, UsageUnit};
 use crate::principal::Principal;
 use crate::rate_limit::QuotaPolicy;
 use crate::rate_limit::gcra::ceil_duration_secs;
@@ -225,6 +226,14 @@ pub trait SessionBackend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<u32, SessionError>> + Send;
 }
 
+/// The dedup window of a session level: the lease's duration, at least a second.
+fn lease_window(lease: &SessionLease, now: Timestamp) -> Duration {
+    lease
+        .expires_at()
+        .saturating_duration_since(now)
+        .max(Duration::from_secs(1))
+}
+
 /// The session-quota handle handlers use. Cheap to clone; clones share the leases.
 ///
 /// The limit comes from the caller's plan through the same [`QuotaPolicy`] as the request rate
@@ -234,6 +243,15 @@ pub struct SessionQuota<B = MemorySessions> {
     backend: B,
     policy: QuotaPolicy,
     clock: Clock,
+    observe: Option<Observe>,
+    counts: Arc<SessionCounts>,
+}
+
+/// Session-quota decisions, counted for [`Telemetry`](crate::telemetry).
+#[derive(Debug, Default)]
+pub(crate) struct SessionCounts {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused: AtomicU64,
 }
 
 impl<B: fmt::Debug> fmt::Debug for SessionQuota<B> {
@@ -266,7 +284,24 @@ impl<B: SessionBackend> SessionQuota<B> {
             backend,
             policy: QuotaPolicy::default(),
             clock: Clock::default(),
+            observe: None,
+            counts: Arc::default(),
         }
+    }
+
+    /// Tell `observe` when an organization's live sessions cross one of its levels (80, 90,
+    /// 100 % of the limit by default), from the count the acquire returns (no extra lookup).
+    /// A session quota has no window: [`Events::signals`](crate::events::Events::signals)
+    /// reports each level at most once per lease duration.
+    pub fn observe(mut self, observe: impl Into<Observe>) -> Self {
+        self.observe = Some(observe.into());
+        self
+    }
+
+    /// Acquires granted and refused (at the limit) so far.
+    #[allow(dead_code)] // read by `Telemetry` (feature `metrics`)
+    pub(crate) fn counts(&self) -> &Arc<SessionCounts> {
+        &self.counts
     }
 
     /// Where each organization's limit comes from (default: its plan).
@@ -318,12 +353,34 @@ impl<B: SessionBackend> SessionQuota<B> {
         session_id: &str,
         lease: Duration,
     ) -> Result<SessionLease, SessionError> {
+        let now = self.clock.now();
         let result = self
             .backend
-            .acquire(org, session_id, limit, lease, self.clock.now())
+            .acquire(org, session_id, limit, lease, now)
             .await;
-        if let Err(SessionError::LimitReached { limit, retry_after }) = &result {
-            tracing::debug!(org_id = %org, limit, retry_after, "concurrent session limit reached");
+        match &result {
+            Ok(lease) => {
+                self.counts.accepted.fetch_add(1, Ordering::Relaxed);
+                if let Some(observe) = &self.observe {
+                    let limit = u64::from(lease.limit());
+                    let active = u64::from(lease.active()).min(limit);
+                    observe.usage(
+                        org,
+                        "sessions",
+                        UsageUnit::Sessions,
+                        limit,
+                        limit - active,
+                        1,
+                        lease_window(lease, now),
+                        now,
+                    );
+                }
+            }
+            Err(SessionError::LimitReached { limit, retry_after }) => {
+                self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(org_id = %org, limit, retry_after, "concurrent session limit reached");
+            }
+            Err(_) => {}
         }
         result
     }

@@ -39,6 +39,8 @@ enum State<S, St: KeyStore, ReqBody, B: RateLimitBackend> {
         hash: KeyHash,
         /// Taken once the lookup answers.
         call: Option<(Request<ReqBody>, S)>,
+        /// When the lookup started waiting, for the lookup-duration metric.
+        started: std::time::Instant,
     },
     Check {
         check: LimitCheck<B::Check>,
@@ -63,6 +65,7 @@ impl<S, St: KeyStore, ReqBody, B: RateLimitBackend> Waiting<S, St, ReqBody, B> {
                 wait: Timed::new(lookup),
                 hash,
                 call: Some((req, inner)),
+                started: std::time::Instant::now(),
             },
         }
     }
@@ -99,9 +102,15 @@ where
     fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Next<S::Future, Self>> {
         let shared = &self.shared;
         match &mut self.state {
-            State::Lookup { wait, hash, call } => {
+            State::Lookup {
+                wait,
+                hash,
+                call,
+                started,
+            } => {
                 let result =
                     ready!(wait.poll(cx, shared.auth.timeout)).unwrap_or(Err(StoreError::Timeout));
+                shared.auth.waited(*started, &result);
                 let Some((mut req, mut inner)) = call.take() else {
                     return Poll::Ready(Next::Refuse(already_decided()));
                 };

@@ -124,6 +124,9 @@ impl<St, B> Stages<St, B> {
         if let (Some(limit), Some(recorder)) = (&mut self.limit, &self.recorder) {
             limit.set_meter_if_off(recorder.meter());
         }
+        if let (Some(limit), Some(observe)) = (&mut self.limit, &self.auth.observe) {
+            limit.set_observe_if_off(observe);
+        }
     }
 
     fn stages(&self) -> Vec<&'static str> {
@@ -261,9 +264,39 @@ impl<St: KeyStore, B: RateLimitBackend> ApiKeyStackLayer<St, B> {
         self.map(|s| s.guard = Some(guard))
     }
 
+    /// Block addresses sending too many invalid keys: as
+    /// [`ApiKeyAuthLayer::invalid_key_limit`].
+    pub fn invalid_key_limit(self, attempts: u32, per: std::time::Duration) -> Self {
+        let guard = Arc::new(crate::auth::InvalidKeyGuard::new(attempts, per));
+        self.map(|s| s.auth.guard = Some(guard))
+    }
+
+    /// Tell `observe` about dead keys and guessing bursts (as [`ApiKeyAuthLayer::observe`])
+    /// and about the rate limit's usage levels (as
+    /// [`OrgRateLimitLayer::observe`](crate::OrgRateLimitLayer::observe)), unless the rate
+    /// limit was given an observer of its own.
+    pub fn observe(self, observe: impl Into<crate::observe::Observe>) -> Self {
+        let observe = observe.into();
+        self.map(|s| s.auth.observe = Some(observe))
+    }
+
     /// The store.
     pub fn store(&self) -> &St {
         &self.shared.auth.store
+    }
+
+    /// The authentication's and the rate limit's counters, for telemetry.
+    #[allow(dead_code)] // read by `Telemetry` (feature `metrics`)
+    pub(crate) fn counts(
+        &self,
+    ) -> (
+        &Arc<crate::auth::counts::AuthCounts>,
+        Option<&Arc<crate::rate_limit::LimitCounts>>,
+    ) {
+        (
+            &self.shared.auth.counts,
+            self.shared.limit.as_ref().map(|l| l.counts()),
+        )
     }
 }
 

@@ -166,6 +166,8 @@ pub struct CacheStats {
     pub negative_entries: usize,
     /// Backend lookups in flight now (each shared by all callers of its hash).
     pub in_flight: usize,
+    /// Lookups answered from the cache (known keys and unknown hashes).
+    pub hits: u64,
     /// Lookups that were not answered from the cache.
     pub misses: u64,
     /// Queries sent to the backend (≤ misses, thanks to single flight).
@@ -284,6 +286,7 @@ struct Inner<S> {
     /// One sweeper at a time, per map.
     sweeping_positive: AtomicBool,
     sweeping_negative: AtomicBool,
+    hits: AtomicU64,
     misses: AtomicU64,
     backend_lookups: AtomicU64,
     invalidations: AtomicU64,
@@ -313,6 +316,7 @@ impl<S: KeyStore> CachedStore<S> {
                 epoch: AtomicU64::new(0),
                 sweeping_positive: AtomicBool::new(false),
                 sweeping_negative: AtomicBool::new(false),
+                hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 backend_lookups: AtomicU64::new(0),
                 invalidations: AtomicU64::new(0),
@@ -385,6 +389,7 @@ impl<S> CachedStore<S> {
             entries: i.positive.len(),
             negative_entries: i.negative.len(),
             in_flight: i.inflight().len(),
+            hits: i.hits.load(Ordering::Relaxed),
             misses: i.misses.load(Ordering::Relaxed),
             backend_lookups: i.backend_lookups.load(Ordering::Relaxed),
             invalidations: i.invalidations.load(Ordering::Relaxed),
@@ -670,10 +675,12 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         let now = inner.config.clock.now();
         if let Some(entry) = inner.positive.pin().get(hash) {
             if entry.expires > now {
+                inner.hits.fetch_add(1, Ordering::Relaxed);
                 return CachedLookup(LookupState::Ready(Ok(Some(entry.stored.clone()))));
             }
         } else if let Some(expires) = inner.negative.pin().get(hash) {
             if *expires > now {
+                inner.hits.fetch_add(1, Ordering::Relaxed);
                 return CachedLookup(LookupState::Ready(Ok(None)));
             }
         }

@@ -31,6 +31,9 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
             ("admin", cfg!(feature = "admin")),
             ("dashboard", cfg!(feature = "dashboard")),
             ("leaks", cfg!(feature = "leaks")),
+            ("events", cfg!(feature = "events")),
+            ("webhook", cfg!(feature = "webhook")),
+            ("metrics", cfg!(feature = "metrics")),
         ]
         .into_iter()
         .filter_map(|(f, on)| on.then_some(f))

@@ -1,0 +1,215 @@
+//! The example server's observability, end to end: the brute-force guard on the real binary,
+//! the invalid-key burst delivered signed to a webhook receiver run here, and `GET /metrics`
+//! with exact counters that `promtool check metrics` accepts.
+
+mod common;
+#[path = "common/server.rs"]
+mod server;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use server::ExampleServer;
+use sha2::Sha256;
+use tokio::sync::mpsc;
+
+const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tzLTEyMzQ=";
+
+/// The body of a delivery whose Standard Webhooks signature checks out, else an error.
+fn verified(headers: &HeaderMap, body: &[u8]) -> Result<Value, String> {
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(format!("missing {name}"))
+    };
+    let (id, ts, sig) = (
+        h("webhook-id")?,
+        h("webhook-timestamp")?,
+        h("webhook-signature")?,
+    );
+    let key = BASE64
+        .decode(SECRET.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    let sig = BASE64
+        .decode(sig.strip_prefix("v1,").ok_or("no v1 signature")?)
+        .map_err(|e| e.to_string())?;
+    mac.verify_slice(&sig).map_err(|_| "bad signature")?;
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+/// The value of the sample `name{labels}` (labels as rendered, `""` for none).
+fn sample(text: &str, name: &str, labels: &str) -> f64 {
+    let series = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+/// `promtool check metrics` on `text`; required when `PROMTOOL` is set (CI), else run when
+/// found on the PATH.
+fn promtool_check(text: &str) {
+    let promtool = std::env::var("PROMTOOL").ok();
+    let program = promtool.as_deref().unwrap_or("promtool");
+    let child = Command::new(program)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if promtool.is_none() => {
+            eprintln!("promtool not found ({e}); set PROMTOOL to require it");
+            return;
+        }
+        Err(e) => panic!("PROMTOOL={program} cannot run: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn guessing_keys_is_blocked_reported_to_the_webhook_and_counted_in_metrics() {
+    // The webhook receiver: every verified delivery goes into the channel.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<Value, String>>();
+    let hooks = Router::new()
+        .route(
+            "/hooks",
+            post(
+                |State(tx): State<mpsc::UnboundedSender<Result<Value, String>>>,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    let _ = tx.send(verified(&headers, &body));
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let receiver = tokio::spawn(async move { axum::serve(listener, hooks).await });
+
+    let srv = ExampleServer::start(&[
+        "--invalid-keys-per-minute",
+        "2",
+        "--webhook-url",
+        &hook_url,
+        "--webhook-secret",
+        SECRET,
+    ]);
+    let http = Client::new();
+    let seeded: Value = http
+        .post(srv.url("/dev/seed"))
+        .json(&json!({"scopes": ["org:billing"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = seeded["key"].as_str().expect("seeded key").to_owned();
+    let get = |auth: String| http.get(srv.url("/v1/usage")).bearer_auth(auth).send();
+    assert_eq!(get(key.clone()).await.unwrap().status(), StatusCode::OK);
+
+    let mut codes = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..3 {
+        let res = get("br_live_nope".to_owned()).await.unwrap();
+        let status = res.status().as_u16();
+        if status == 429 {
+            retry_after = res
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+        }
+        let body: Value = res.json().await.unwrap();
+        codes.push((status, body["code"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(
+        codes,
+        [
+            (401, "invalid_api_key".to_owned()),
+            (401, "invalid_api_key".to_owned()),
+            (429, "too_many_invalid_keys".to_owned()),
+        ]
+    );
+    assert_eq!(retry_after.as_deref(), Some("30"));
+    // The valid key is refused too while its address is blocked.
+    assert_eq!(
+        get(key).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no webhook delivery within 10 s")
+        .expect("receiver channel open")
+        .expect("delivery signed with the secret");
+    assert_eq!(event["type"], "invalid_key_burst");
+    assert_eq!(event["org_id"], "_unauthenticated");
+    assert_eq!(event["client"], "127.0.0.1");
+    assert_eq!(event["attempts"], 3);
+
+    let text = http
+        .get(srv.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let auth = |result: &str, reason: &str| {
+        sample(
+            &text,
+            "tower_api_key_auth_decisions_total",
+            &format!(r#"result="{result}",reason="{reason}""#),
+        )
+    };
+    assert_eq!(auth("accepted", "none"), 1.0);
+    assert_eq!(auth("refused", "malformed"), 2.0);
+    assert_eq!(auth("refused", "too_many_invalid_keys"), 2.0);
+    assert_eq!(
+        sample(
+            &text,
+            "tower_api_key_rate_limit_decisions_total",
+            r#"result="accepted",plan="free""#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "tower_api_key_events_total", r#"result="emitted""#),
+        1.0
+    );
+    promtool_check(&text);
+    receiver.abort();
+}
