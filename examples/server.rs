@@ -589,8 +589,9 @@ const USAGE: &str = "usage: server [--addr HOST:PORT] [--store URL] [--redis URL
                             refused with 429 too_many_invalid_keys (default 20; 0: no limit)
   --trusted-proxy           a reverse proxy (CIDR) whose Forwarded / X-Forwarded-For names the
                             client; repeatable (default: none, the TCP peer is the client)
-  --webhook-url             POST events (usage thresholds, invalid-key bursts, dead keys, leaked
-                            keys) there, signed (feature webhook)
+  --webhook-url             POST events (key changes with who made them, usage thresholds,
+                            invalid-key bursts, dead keys, leaked keys) there, signed (feature
+                            webhook)
   --webhook-secret          the whsec_… signing secret (default: env WEBHOOK_SECRET)";
 
 fn millis(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<Duration, String> {
@@ -1034,8 +1035,16 @@ async fn main() {
     if let Some(observe) = &observe {
         quota = quota.observe(observe.clone());
     }
+    // Key created / revoked / rotated / changed and plan changes, with who did it (the audit
+    // log), reach the webhook as events too.
+    #[cfg_attr(not(feature = "events"), allow(unused_mut))]
+    let mut manager = KeyManager::new(store);
+    #[cfg(feature = "events")]
+    if let Some(s) = &signals {
+        manager = manager.on_audit(s.events.on_audit());
+    }
     let state = AppState {
-        manager: KeyManager::new(store),
+        manager,
         recorder,
         quota,
         sessions: Arc::default(),

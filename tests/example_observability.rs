@@ -1,6 +1,6 @@
 //! The example server's observability, end to end: the brute-force guard on the real binary,
-//! the invalid-key burst delivered signed to a webhook receiver run here, and `GET /metrics`
-//! with exact counters that `promtool check metrics` accepts.
+//! a key's creation and the invalid-key burst delivered signed to a webhook receiver run here,
+//! and `GET /metrics` with exact counters that `promtool check metrics` accepts.
 
 mod common;
 #[path = "common/server.rs"]
@@ -99,7 +99,7 @@ fn promtool_check(text: &str) {
 }
 
 #[tokio::test]
-async fn guessing_keys_is_blocked_reported_to_the_webhook_and_counted_in_metrics() {
+async fn key_changes_and_guessing_reach_the_webhook_and_guessing_is_blocked_and_counted() {
     // The webhook receiver: every verified delivery goes into the channel.
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<Value, String>>();
     let hooks = Router::new()
@@ -170,11 +170,20 @@ async fn guessing_keys_is_blocked_reported_to_the_webhook_and_counted_in_metrics
         StatusCode::TOO_MANY_REQUESTS
     );
 
-    let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("no webhook delivery within 10 s")
-        .expect("receiver channel open")
-        .expect("delivery signed with the secret");
+    let mut next_event = async || {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("no webhook delivery within 10 s")
+            .expect("receiver channel open")
+            .expect("delivery signed with the secret")
+    };
+    // The seeded key's creation comes first (the audit log's event, done by the system)...
+    let created = next_event().await;
+    assert_eq!(created["type"], "key_created");
+    assert_eq!(created["key_id"], seeded["api_key"]["id"]);
+    assert_eq!(created["actor"], json!({"type": "system"}));
+    // ...then the block.
+    let event = next_event().await;
     assert_eq!(event["type"], "invalid_key_burst");
     assert_eq!(event["org_id"], "_unauthenticated");
     assert_eq!(event["client"], "127.0.0.1");
@@ -208,7 +217,7 @@ async fn guessing_keys_is_blocked_reported_to_the_webhook_and_counted_in_metrics
     );
     assert_eq!(
         sample(&text, "tower_api_key_events_total", r#"result="emitted""#),
-        1.0
+        2.0
     );
     promtool_check(&text);
     receiver.abort();
