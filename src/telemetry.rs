@@ -5,7 +5,7 @@
 //! request); a [`Telemetry`] collector publishes them through the facade when asked
 //! ([`publish`](Telemetry::publish), e.g. right before an exporter renders) or every interval
 //! ([`spawn`](Telemetry::spawn)). Labels have bounded cardinality only: never a key, never a
-//! key id, never an organization.
+//! key id, and an organization only where you opt in ([`usage_by_org`](Telemetry::usage_by_org)).
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
@@ -17,6 +17,7 @@
 //! | `tower_api_key_last_used_flushes_total` | counter | `result` = `ok` \| `error` | last-used and usage flushes ([`last_used`](Telemetry::last_used)) |
 //! | `tower_api_key_last_used_flush_duration_seconds` | gauge | | how long the last flush took |
 //! | `tower_api_key_last_used_flush_lag_seconds` | gauge | | time since the last successful flush started: how far the store lags behind |
+//! | `tower_api_key_org_requests_total` | counter | `org_id`; `outcome` = `accepted` \| `rate_limited` \| `scope` \| `session_quota` | requests per organization as written by the usage flusher; only with [`usage_by_org`](Telemetry::usage_by_org), the one opt-in label |
 //! | `tower_api_key_cache_hits_total` | counter | | key lookups [`CachedStore`] answered from memory (known keys and unknown hashes) |
 //! | `tower_api_key_cache_misses_total` | counter | | key lookups [`CachedStore`] could not answer from memory |
 //! | `tower_api_key_cache_backend_lookups_total` | counter | | lookups sent to the store behind the cache (single flight: ≤ misses) |
@@ -35,10 +36,13 @@
 //! buckets (e.g. `PrometheusBuilder::set_buckets_for_metric`) and its bucket counts are exact;
 //! its `_sum` is then an upper bound.
 //!
-//! No `org` label: an organization label would need a per-organization map looked up (and
-//! grown) on the request path, which is the lock or allocation the counters avoid, and would
-//! multiply the series by the organizations. Per-organization figures are in the usage
-//! metering ([`KeyManager::usage`](crate::KeyManager::usage)) and the usage-threshold events.
+//! The request-path counters carry no organization label: it would need a per-organization
+//! map looked up (and grown) on the request path, which is the lock or allocation the
+//! counters avoid, and would multiply the series by the organizations. Per-organization
+//! figures come from the usage metering instead: [`KeyManager::usage`](crate::KeyManager::usage)
+//! reads them back, and [`usage_by_org`](Telemetry::usage_by_org) publishes the flusher's
+//! per-organization totals as `tower_api_key_org_requests_total{org_id}` for those who turn
+//! it on and accept one series per organization.
 //!
 //! ```
 //! use tower_api_key::telemetry::Telemetry;
@@ -167,6 +171,20 @@ impl Telemetry {
         self
     }
 
+    /// Also publish the requests counted per organization, by outcome
+    /// (`tower_api_key_org_requests_total{org_id, outcome}`), from a recorder that meters usage
+    /// ([`meter_usage`](crate::LastUsedRecorderLayer::meter_usage)).
+    ///
+    /// Opt in knowingly: one series per organization and outcome (four per organization), so
+    /// a platform with 100,000 organizations gets 400,000 series. The request path pays
+    /// nothing for it (the flusher adds each batch it writes), and the figures trail the
+    /// requests by at most a flush interval.
+    #[must_use]
+    pub fn usage_by_org<St: KeyStore>(mut self, layer: &LastUsedRecorderLayer<St>) -> Self {
+        self.sources.push(Arc::new(OrgUsageSource(layer.clone())));
+        self
+    }
+
     /// Publish the event counters and queue depth.
     #[cfg(feature = "events")]
     #[must_use]
@@ -219,6 +237,11 @@ fn describe() {
         "tower_api_key_session_acquires_total",
         Unit::Count,
         "Session-quota acquires, by result."
+    );
+    describe_counter!(
+        "tower_api_key_org_requests_total",
+        Unit::Count,
+        "Requests per organization, by outcome, as written by the usage flusher."
     );
     describe_counter!(
         "tower_api_key_last_used_flushes_total",
@@ -423,6 +446,28 @@ impl Source for SessionSource {
             .absolute(load(&self.0.accepted));
         counter!("tower_api_key_session_acquires_total", "result" => "refused")
             .absolute(load(&self.0.refused));
+    }
+}
+
+struct OrgUsageSource<St>(LastUsedRecorderLayer<St>);
+
+impl<St: KeyStore> Source for OrgUsageSource<St> {
+    fn publish(&self) {
+        for (org, c) in self.0.usage_by_org() {
+            for (outcome, n) in [
+                ("accepted", c.accepted),
+                ("rate_limited", c.rate_limited),
+                ("scope", c.scope),
+                ("session_quota", c.session_quota),
+            ] {
+                counter!(
+                    "tower_api_key_org_requests_total",
+                    "org_id" => org.as_str().to_owned(),
+                    "outcome" => outcome
+                )
+                .absolute(u64::try_from(n).unwrap_or(0));
+            }
+        }
     }
 }
 

@@ -171,7 +171,9 @@ async fn request_path_counters_match_the_requests_driven_through_the_stack() {
         .unwrap();
     // Every cache miss waits on the store (it yields once before answering).
     let store = CachedStore::new(TestStore::new(f.store.clone(), Mode::Yield));
-    let last_used = LastUsedRecorder::new(f.store.clone()).clock(f.clock.clone());
+    let last_used = LastUsedRecorder::new(f.store.clone())
+        .clock(f.clock.clone())
+        .meter_usage(true);
     let stack = ApiKeyAuth::new(store.clone())
         .clock(f.clock.clone())
         .invalid_key_limit(4, Duration::from_secs(60))
@@ -223,15 +225,34 @@ async fn request_path_counters_match_the_requests_driven_through_the_stack() {
     last_used.flush().await.unwrap();
     f.time.advance(Duration::from_secs(30));
 
-    metrics::with_local_recorder(&recorder, || {
-        Telemetry::new()
+    // Made under the recorder: `Telemetry::new` describes the metrics to the current one.
+    let telemetry = metrics::with_local_recorder(&recorder, || {
+        let telemetry = Telemetry::new()
             .cache(&store)
             .stack(&stack)
             .sessions(&sessions)
-            .last_used(&last_used)
-            .publish();
+            .last_used(&last_used);
+        telemetry.publish();
+        telemetry
+    });
+    // No organization label unless asked for.
+    assert!(!handle.render().contains("org_id="));
+    // The same sources again, plus the opt-in one: only what is new is added.
+    metrics::with_local_recorder(&recorder, || {
+        telemetry.usage_by_org(&last_used).publish();
     });
     let text = handle.render();
+    let org = |org: &str, outcome: &str| {
+        sample(
+            &text,
+            "tower_api_key_org_requests_total",
+            &format!(r#"org_id="{org}",outcome="{outcome}""#),
+        )
+    };
+    assert_eq!(org("org_free", "accepted"), 3.0);
+    assert_eq!(org("org_free", "rate_limited"), 0.0);
+    assert_eq!(org("org_ent", "accepted"), 2.0);
+    assert_eq!(org("org_ent", "rate_limited"), 1.0);
     let auth = |result: &str, reason: &str| {
         sample(
             &text,
@@ -307,6 +328,11 @@ async fn request_path_counters_match_the_requests_driven_through_the_stack() {
         30.0
     );
     assert!(text.contains("# TYPE tower_api_key_store_lookup_duration_seconds histogram"));
-    assert!(!text.contains("org_"), "no organization in any label");
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("org_id="))
+            .all(|l| l.starts_with("tower_api_key_org_requests_total{")),
+        "an organization label only on the opted-in series"
+    );
     promtool_check(&text);
 }

@@ -55,6 +55,9 @@ pub(super) struct Flush<St> {
     pending: Mutex<Pending>,
     /// Flushes done, failed, and their timing, for [`FlushStats`].
     stats: FlushCounters,
+    /// Counts written so far, per organization: what `Telemetry::usage_by_org` publishes.
+    /// Added to by the flusher only (one lock per flush, never on the request path).
+    org_totals: std::sync::Mutex<HashMap<OrgId, UsageCounts>>,
 }
 
 #[derive(Debug, Default)]
@@ -105,7 +108,16 @@ impl<St: KeyStore> Flush<St> {
             list,
             pending: Mutex::new(Pending::default()),
             stats: FlushCounters::default(),
+            org_totals: std::sync::Mutex::default(),
         }
+    }
+
+    /// The counts written so far, per organization, in no particular order.
+    pub(super) fn org_totals(&self) -> Vec<(OrgId, UsageCounts)> {
+        // A poisoned lock only means a thread panicked while adding: the totals are still
+        // counts, at worst missing that one batch.
+        let totals = self.org_totals.lock().unwrap_or_else(|e| e.into_inner());
+        totals.iter().map(|(org, c)| (org.clone(), *c)).collect()
     }
 
     /// The flushes so far.
@@ -202,6 +214,11 @@ impl<St: KeyStore> Flush<St> {
                 .collect();
             match bounded(timeout, self.store.record_usage(&batch)).await {
                 Ok(()) => {
+                    let mut totals = self.org_totals.lock().unwrap_or_else(|e| e.into_inner());
+                    for delta in &batch {
+                        *totals.entry(delta.org_id.clone()).or_default() += delta.counts;
+                    }
+                    drop(totals);
                     pending.usage.clear();
                     if pending.usage.capacity() > 1024 {
                         pending.usage.shrink_to(batch.len() / 2);

@@ -84,9 +84,10 @@ pub use flusher::{FlushError, FlushStats, FlusherHandle};
 
 use crate::clock::{Clock, Timestamp, duration_nanos};
 use crate::future::inner_accessors;
+use crate::ids::OrgId;
 use crate::principal::Principal;
 use crate::reject::{Responder, ResponseBody};
-use crate::store::{KeyStore, MarkList, UsageMeter, UsageOutcome, UsageRetention};
+use crate::store::{KeyStore, MarkList, UsageCounts, UsageMeter, UsageOutcome, UsageRetention};
 use flusher::Flush;
 
 /// The response future of [`LastUsedRecorder`].
@@ -320,6 +321,15 @@ impl<St: KeyStore> LastUsedRecorderLayer<St> {
     /// How the flushes went so far: count, failures, last duration, last success.
     pub fn flush_stats(&self) -> FlushStats {
         self.flush.stats()
+    }
+
+    /// The requests counted per organization since this recorder was made, as far as they
+    /// have been written to the store (so behind by at most a flush interval), in no
+    /// particular order. For per-organization metrics
+    /// ([`Telemetry::usage_by_org`](crate::telemetry)); empty unless
+    /// [`meter_usage`](Self::meter_usage) is on. One entry per organization seen.
+    pub fn usage_by_org(&self) -> Vec<(OrgId, UsageCounts)> {
+        self.flush.org_totals()
     }
 
     /// Whether no mark is waiting to be written.
