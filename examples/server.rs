@@ -560,7 +560,10 @@ struct Observability {
     observe: Option<Observe>,
     /// Where leaked keys are reported too.
     #[cfg(feature = "events")]
-    events: Option<tower_api_key::events::Events>,
+    events: tower_api_key::events::Events,
+    /// The recent events the dashboard lists as Alerts.
+    #[cfg(feature = "events")]
+    recent: tower_api_key::events::RecentEvents,
     #[cfg(feature = "metrics")]
     metrics: Option<(
         metrics_exporter_prometheus::PrometheusHandle,
@@ -750,7 +753,8 @@ fn app<B: RateLimitBackend>(
         .rate_limit(limit.draft_headers(true))
         .record_last_used(state.recorder.clone())
         .scope_guard(ScopeGuard::rules(scopes));
-    // Usage thresholds, invalid-key bursts and dead keys, as events (`--webhook-url`).
+    // Usage thresholds, invalid-key bursts and dead keys, as events (the dashboard's Alerts,
+    // and `--webhook-url`).
     if let Some(observe) = observability.observe {
         stack = stack.observe(observe);
     }
@@ -799,10 +803,7 @@ fn app<B: RateLimitBackend>(
         );
     });
     #[cfg(feature = "events")]
-    let leaks = match observability.events {
-        Some(events) => leaks.events(events),
-        None => leaks,
-    };
+    let leaks = leaks.events(observability.events);
     let open = open
         .route(
             "/security/secret-scanning",
@@ -824,6 +825,9 @@ fn app<B: RateLimitBackend>(
                 }
             }
         });
+    // The Activity page lists the organization's alerts (usage thresholds, dead and leaked keys).
+    #[cfg(feature = "events")]
+    let dashboard = dashboard.events(observability.recent);
     let open = open.nest("/dashboard", dashboard.router());
     // The routes outside the stack refuse a key in the URL as the stack does: a key that went
     // into a URL is in some log by now, whichever route it was sent to.
@@ -877,38 +881,82 @@ type Limiter = tower_api_key::RedisRateLimiter;
 #[cfg(not(feature = "redis"))]
 type Limiter = std::convert::Infallible;
 
-/// The events pipeline behind `--webhook-url`: the signals observer, its flusher, and the
-/// delivery to drain at shutdown.
-#[cfg_attr(not(feature = "webhook"), allow(dead_code))] // made only with feature webhook
+/// The events pipeline (feature `events`): every event is kept for the dashboard's Alerts
+/// and, with `--webhook-url`, POSTed to the webhook; the signals observer, its dead-key
+/// flusher, and the delivery to drain at shutdown.
+#[cfg(feature = "events")]
 struct Signalling {
-    observe: Observe,
-    #[cfg(feature = "events")]
     events: tower_api_key::events::Events,
-    #[cfg(feature = "webhook")]
-    flusher: tokio::task::JoinHandle<()>,
-    #[cfg(feature = "webhook")]
+    recent: tower_api_key::events::RecentEvents,
     signals: tower_api_key::events::Signals,
-    #[cfg(feature = "webhook")]
+    flusher: tokio::task::JoinHandle<()>,
     delivery: tower_api_key::events::Delivery,
 }
 
+#[cfg(feature = "events")]
 impl Signalling {
+    fn start(opts: &Options) -> Result<Self, String> {
+        use tower_api_key::events::{Events, RecentEvents};
+        // The latest 100 events of each organization, in memory: what the dashboard lists.
+        let recent = RecentEvents::new(100);
+        let mut builder = Events::builder().sink(recent.clone());
+        if let Some(webhook) = webhook_sink(opts)? {
+            builder = builder.sink(webhook);
+        }
+        let (events, delivery) = builder.start();
+        let signals = events.signals();
+        // Dead keys presented are counted per key and reported once per flush interval.
+        let flusher = signals.spawn_flusher(opts.flush_interval);
+        Ok(Self {
+            events,
+            recent,
+            signals,
+            flusher,
+            delivery,
+        })
+    }
+
+    /// The observer the auth, limit and session layers report to.
+    fn observe(&self) -> Option<Observe> {
+        Some(Observe::from(&self.signals))
+    }
+
     /// Report the dead keys still counted, then deliver what is queued (at most 5 s).
     async fn shutdown(self) {
-        #[cfg(feature = "webhook")]
-        {
-            self.flusher.abort();
-            self.signals.flush();
-            if !self.delivery.shutdown(Duration::from_secs(5)).await {
-                eprintln!("some events were not delivered before the deadline");
-            }
+        self.flusher.abort();
+        self.signals.flush();
+        if !self.delivery.shutdown(Duration::from_secs(5)).await {
+            eprintln!("some events were not delivered before the deadline");
         }
     }
 }
 
+/// Without feature `events`: no pipeline, and `--webhook-url` is refused.
+#[cfg(not(feature = "events"))]
+struct Signalling;
+
+#[cfg(not(feature = "events"))]
+impl Signalling {
+    fn start(opts: &Options) -> Result<Self, String> {
+        match opts.webhook_url {
+            Some(_) => {
+                Err("--webhook-url needs the example built with --features webhook".to_owned())
+            }
+            None => Ok(Self),
+        }
+    }
+
+    fn observe(&self) -> Option<Observe> {
+        None
+    }
+
+    async fn shutdown(self) {}
+}
+
+/// The `--webhook-url` sink, signed with `--webhook-secret`.
 #[cfg(feature = "webhook")]
-fn webhook_signals(opts: &Options) -> Result<Option<Signalling>, String> {
-    use tower_api_key::events::{Events, webhook::WebhookSink};
+fn webhook_sink(opts: &Options) -> Result<Option<tower_api_key::events::BoxedSink>, String> {
+    use tower_api_key::events::{BoxedSink, webhook::WebhookSink};
     let Some(url) = &opts.webhook_url else {
         return Ok(None);
     };
@@ -918,21 +966,11 @@ fn webhook_signals(opts: &Options) -> Result<Option<Signalling>, String> {
         .ok_or("--webhook-url needs --webhook-secret or WEBHOOK_SECRET")?;
     let sink =
         WebhookSink::new(url, secret).map_err(|e| format!("bad --webhook-url or secret: {e}"))?;
-    let (events, delivery) = Events::builder().sink(sink).start();
-    let signals = events.signals();
-    // Dead keys presented are counted per key and reported once per flush interval.
-    let flusher = signals.spawn_flusher(opts.flush_interval);
-    Ok(Some(Signalling {
-        observe: Observe::from(&signals),
-        events,
-        flusher,
-        signals,
-        delivery,
-    }))
+    Ok(Some(BoxedSink::new(sink)))
 }
 
-#[cfg(not(feature = "webhook"))]
-fn webhook_signals(opts: &Options) -> Result<Option<Signalling>, String> {
+#[cfg(all(feature = "events", not(feature = "webhook")))]
+fn webhook_sink(opts: &Options) -> Result<Option<tower_api_key::events::BoxedSink>, String> {
     match opts.webhook_url {
         Some(_) => Err("--webhook-url needs the example built with --features webhook".to_owned()),
         None => Ok(None),
@@ -944,7 +982,7 @@ fn webhook_signals(opts: &Options) -> Result<Option<Signalling>, String> {
 #[cfg(feature = "metrics")]
 fn prometheus(
     state: &AppState,
-    signals: Option<&Signalling>,
+    signals: &Signalling,
 ) -> (
     metrics_exporter_prometheus::PrometheusHandle,
     tower_api_key::telemetry::Telemetry,
@@ -967,10 +1005,7 @@ fn prometheus(
         .sessions(&state.quota)
         .last_used(&state.recorder);
     #[cfg(feature = "events")]
-    let telemetry = match signals {
-        Some(s) => telemetry.events(&s.events),
-        None => telemetry,
-    };
+    let telemetry = telemetry.events(&signals.events);
     #[cfg(not(feature = "events"))]
     let _ = signals;
     (handle, telemetry)
@@ -1023,25 +1058,26 @@ async fn main() {
     let recorder = LastUsedRecorder::new(store.clone()).meter_usage(true);
     let flusher = recorder.spawn_flusher(opts.flush_interval);
     let mut quota = SessionQuota::with_backend(sessions);
-    // Events (feature webhook): signals and leaked keys POSTed, signed, to `--webhook-url`.
-    let signals = match webhook_signals(&opts) {
+    // Events (feature events): signals, leaked keys and key changes, listed on the dashboard's
+    // Activity page and, with `--webhook-url` (feature webhook), POSTed there, signed.
+    let signals = match Signalling::start(&opts) {
         Ok(s) => s,
         Err(msg) => {
             eprintln!("{msg}");
             std::process::exit(2);
         }
     };
-    let observe = signals.as_ref().map(|s| s.observe.clone());
+    let observe = signals.observe();
     if let Some(observe) = &observe {
         quota = quota.observe(observe.clone());
     }
     // Key created / revoked / rotated / changed and plan changes, with who did it (the audit
-    // log), reach the webhook as events too.
+    // log), become events too (for the webhook; the dashboard shows them from the audit log).
     #[cfg_attr(not(feature = "events"), allow(unused_mut))]
     let mut manager = KeyManager::new(store);
     #[cfg(feature = "events")]
-    if let Some(s) = &signals {
-        manager = manager.on_audit(s.events.on_audit());
+    {
+        manager = manager.on_audit(signals.events.on_audit());
     }
     let state = AppState {
         manager,
@@ -1054,9 +1090,11 @@ async fn main() {
         trusted_proxies: opts.trusted_proxies.clone(),
         observe,
         #[cfg(feature = "events")]
-        events: signals.as_ref().map(|s| s.events.clone()),
+        events: signals.events.clone(),
+        #[cfg(feature = "events")]
+        recent: signals.recent.clone(),
         #[cfg(feature = "metrics")]
-        metrics: Some(prometheus(&state, signals.as_ref())),
+        metrics: Some(prometheus(&state, &signals)),
     };
     let listener = match tokio::net::TcpListener::bind(opts.addr).await {
         Ok(l) => l,
@@ -1100,9 +1138,7 @@ async fn main() {
         eprintln!("could not flush last-used times: {e}");
         std::process::exit(1);
     }
-    if let Some(signals) = signals {
-        signals.shutdown().await;
-    }
+    signals.shutdown().await;
     match served {
         Ok(served) => tracing::info!("{served}"),
         Err(e) => {

@@ -1358,4 +1358,107 @@ async fn the_activity_page_shows_a_revocation_by_the_signed_in_user() {
         !page.html.contains(&elsewhere),
         "another organization's entries stay out"
     );
+    assert!(
+        !page.html.contains(">Alerts<") && !page.html.contains("data-table=\"alerts\""),
+        "without Dashboard::events there is no Alerts section"
+    );
+}
+
+#[cfg(feature = "events")]
+#[tokio::test]
+async fn the_activity_page_lists_the_organizations_alerts_newest_first() {
+    use std::time::Duration;
+    use tower_api_key::events::{Actor, EventKind, Events, RecentEvents};
+    use tower_api_key::{Clock, Timestamp};
+
+    let recent = RecentEvents::new(50);
+    // 2026-12-05 07:27:31 UTC; the dead key is reported a minute later.
+    let (clock, manual) = Clock::manual(Timestamp::from_unix_secs(1_796_455_651));
+    let (events, delivery) = Events::builder().sink(recent.clone()).clock(clock).start();
+    let org_a = OrgId::from("org_a");
+    events.emit(
+        &org_a,
+        EventKind::UsageThreshold {
+            policy: "free".into(),
+            unit: "requests",
+            percent: 90,
+            limit: 1000,
+            window_secs: 3600,
+        },
+    );
+    events.emit(
+        &OrgId::from("org_b"),
+        EventKind::UsageThreshold {
+            policy: "policy_of_org_b".into(),
+            unit: "requests",
+            percent: 80,
+            limit: 10,
+            window_secs: 60,
+        },
+    );
+    manual.advance(Duration::from_secs(60));
+    events.emit(
+        &org_a,
+        EventKind::DeadKeyPresented {
+            key_id: KeyId::from("key_dead"),
+            status: "revoked",
+            times: 3,
+        },
+    );
+    // A key change: the audit table shows those, not the alerts.
+    events.emit(
+        &org_a,
+        EventKind::KeyCreated {
+            key_id: KeyId::from("key_new"),
+            actor: Actor::System,
+        },
+    );
+    assert!(delivery.shutdown(Duration::from_secs(5)).await);
+    assert_eq!(recent.list(&org_a).len(), 3);
+
+    let app = App::start_with(|d| d.events(recent.clone())).await;
+    let (client, _) = app.signed_in("org_a", &[MANAGE]).await;
+    let page = app.get(&client, "/dashboard/activity").await;
+    assert_eq!(page.status, StatusCode::OK);
+
+    let table = page
+        .html
+        .split("data-table=\"alerts\"")
+        .nth(1)
+        .expect("an alerts table");
+    let table = &table[..table.find("</table>").unwrap()];
+    let rows: Vec<&str> = table.split("<tr data-event-id=").skip(1).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    let cell = |row: &str, col: &str| {
+        let marker = format!("data-col=\"{col}\">");
+        let at = row.find(&marker).unwrap() + marker.len();
+        strip_tags(&row[at..at + row[at..].find("</td>").unwrap()])
+    };
+    assert!(
+        rows[0].contains("data-kind=\"dead_key_presented\""),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(cell(rows[0], "what"), "Revoked key still in use (3 times)");
+    assert_eq!(cell(rows[0], "key"), "key_dead");
+    assert_eq!(cell(rows[0], "when"), "2026-12-05 07:28 UTC");
+    assert!(
+        rows[1].contains("data-kind=\"usage_threshold\""),
+        "{}",
+        rows[1]
+    );
+    assert_eq!(
+        cell(rows[1], "what"),
+        "Usage reached 90 % of requests (policy free)"
+    );
+    assert_eq!(cell(rows[1], "key"), "—");
+    assert_eq!(cell(rows[1], "when"), "2026-12-05 07:27 UTC");
+    assert!(
+        !page.html.contains("policy_of_org_b"),
+        "another organization's alerts stay out"
+    );
+    assert!(
+        page.html.find("data-table=\"alerts\"") < page.html.find("data-table=\"activity\""),
+        "the alerts come above the audit table"
+    );
 }

@@ -1,6 +1,7 @@
 //! The example server's observability, end to end: the brute-force guard on the real binary,
 //! a key's creation and the invalid-key burst delivered signed to a webhook receiver run here,
-//! and `GET /metrics` with exact counters that `promtool check metrics` accepts.
+//! and `GET /metrics` with exact counters that `promtool check metrics` accepts; without a
+//! webhook, a revoked key still presented shows on the dashboard's Activity page as an alert.
 
 mod common;
 #[path = "common/server.rs"]
@@ -221,4 +222,97 @@ async fn key_changes_and_guessing_reach_the_webhook_and_guessing_is_blocked_and_
     );
     promtool_check(&text);
     receiver.abort();
+}
+
+/// The value of the hidden form field `name` in `html`.
+fn field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let at = html.find(&marker).expect("no such field") + marker.len();
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_revoked_key_still_presented_shows_as_an_alert_on_the_dashboard_without_a_webhook() {
+    // No --webhook-url: the events pipeline runs anyway, for the dashboard.
+    let srv = ExampleServer::start(&["--flush-interval-ms", "100"]);
+    let http = Client::new();
+    let seed = async |scopes: &[&str]| -> Value {
+        http.post(srv.url("/dev/seed"))
+            .json(&json!({"org_id": "org_alerts", "scopes": scopes}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let admin = seed(&["api_keys:manage"]).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let victim = seed(&["org:billing"]).await;
+    let victim_id = victim["api_key"]["id"].as_str().unwrap().to_owned();
+    let victim_key = victim["key"].as_str().unwrap().to_owned();
+    let revoked = http
+        .delete(srv.url(&format!("/v1/api-keys/{victim_id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success(), "{}", revoked.status());
+    let refused = http
+        .get(srv.url("/v1/usage"))
+        .bearer_auth(&victim_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    // Sign in to the dashboard with the management key.
+    let browser = Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = browser
+        .get(srv.url("/dashboard/sign-in"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let signed_in = browser
+        .post(srv.url("/dashboard/sign-in"))
+        .form(&[("csrf", field(&form, "csrf").as_str()), ("key", &admin)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+
+    // The dead key is reported by the signals' flusher (every 100 ms here): wait for it.
+    let row = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let page = browser
+                .get(srv.url("/dashboard/activity"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if let Some(at) = page.find("data-kind=\"dead_key_presented\"") {
+                let row = &page[at..];
+                break row[..row.find("</tr>").unwrap()].to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("no dead_key_presented alert within 10 s");
+    assert!(
+        row.contains(">Revoked key still in use (once)</td>"),
+        "{row}"
+    );
+    assert!(row.contains(&format!("<code>{victim_id}</code>")), "{row}");
 }

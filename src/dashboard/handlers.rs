@@ -472,7 +472,8 @@ async fn usage<St: KeyStore>(
     Ok(page.into_response())
 }
 
-/// The organization's audit log, newest first: who did what to which key, and when.
+/// The organization's recent alerts (with [`Dashboard::events`](super::Dashboard::events)) and
+/// its audit log, newest first: who did what to which key, and when.
 async fn activity<St: KeyStore>(
     State(dashboard): State<Shared<St>>,
     Extension(Base(base)): Extension<Base>,
@@ -483,5 +484,15 @@ async fn activity<St: KeyStore>(
         .audit_log(user.principal.org_id(), &AuditQuery::new().limit(100))
         .await?;
     let views: Vec<AuditEntryView> = entries.iter().map(AuditEntryView::of).collect();
-    Ok(pages::activity(&user.frame(&base), &views).into_response())
+    #[cfg(feature = "events")]
+    let alerts: Option<Vec<pages::Alert>> = dashboard.recent.as_ref().map(|recent| {
+        recent
+            .list(user.principal.org_id())
+            .iter()
+            .filter_map(pages::Alert::of)
+            .collect()
+    });
+    #[cfg(not(feature = "events"))]
+    let alerts: Option<Vec<pages::Alert>> = None;
+    Ok(pages::activity(&user.frame(&base), alerts.as_deref(), &views).into_response())
 }

@@ -23,7 +23,7 @@
 //! | `GET`, `POST /keys/{id}/rotate` | choose the old key's overlap; the answer shows the new secret once |
 //! | `GET`, `POST /keys/{id}/revoke` | a confirmation that says revocation is permanent |
 //! | `GET /usage` | the plan, its limits, current use if the host reports it ([`Dashboard::usage`]), the credit balance, refill and next refill ([`Dashboard::credits`]), and a chart of the last 24 hours of metered requests ([`KeyManager::usage`](crate::KeyManager::usage)) |
-//! | `GET /activity` | the organization's audit log, newest first: who (key, user or system) did what to which key, and when |
+//! | `GET /activity` | the organization's recent alerts ([`Dashboard::events`]: usage thresholds, revoked keys still in use, leaked and expiring keys), then its audit log, newest first: who (key, user or system) did what to which key, and when |
 //! | `GET /assets/dashboard.css`, `/assets/dashboard.js`, `/assets/favicon.svg` | the only assets; nothing is loaded from elsewhere |
 //!
 //! What it guarantees:
@@ -143,6 +143,8 @@ pub struct Dashboard<St, Ss = tower_sessions::MemoryStore> {
     session_ttl: Duration,
     usage: Option<UsageFn>,
     credits: Option<SharedCredits>,
+    #[cfg(feature = "events")]
+    recent: Option<crate::events::RecentEvents>,
 }
 
 impl<St, Ss: std::fmt::Debug> std::fmt::Debug for Dashboard<St, Ss> {
@@ -154,6 +156,7 @@ impl<St, Ss: std::fmt::Debug> std::fmt::Debug for Dashboard<St, Ss> {
             .field("session_ttl", &self.session_ttl)
             .field("usage", &self.usage.is_some())
             .field("credits", &self.credits.is_some())
+            .field("events", &self.recent_configured())
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +173,8 @@ impl<St: KeyStore> Dashboard<St> {
             session_ttl: Duration::from_secs(8 * 3600),
             usage: None,
             credits: None,
+            #[cfg(feature = "events")]
+            recent: None,
         }
     }
 }
@@ -186,6 +191,8 @@ impl<St: KeyStore, Ss: SessionStore + Clone> Dashboard<St, Ss> {
             session_ttl: self.session_ttl,
             usage: self.usage,
             credits: self.credits,
+            #[cfg(feature = "events")]
+            recent: self.recent,
         }
     }
 
@@ -194,6 +201,35 @@ impl<St: KeyStore, Ss: SessionStore + Clone> Dashboard<St, Ss> {
     /// their own. Read only: setting credits is for operators (the admin API or the CLI).
     pub fn credits<B: CreditBackend>(mut self, credits: Credits<B>) -> Self {
         self.credits = Some(Arc::new(credits));
+        self
+    }
+
+    /// List the organization's recent alerts on the Activity page, above the audit log: usage
+    /// thresholds, revoked or expired keys still presented, leaked keys and keys about to
+    /// expire, newest first, as `recent` keeps them (give the same [`RecentEvents`] to
+    /// [`Events::builder`](crate::events::Events::builder) as a sink). People look at the
+    /// dashboard, not at logs; without this the page shows the audit log alone.
+    ///
+    /// Key changes (`key_created`, …) are left out there: the audit log below shows them, with
+    /// who made them.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_api_key::dashboard::Dashboard;
+    /// use tower_api_key::events::{Events, RecentEvents};
+    /// use tower_api_key::{KeyManager, MemoryStore};
+    ///
+    /// let recent = RecentEvents::new(100);
+    /// let (events, _delivery) = Events::builder().sink(recent.clone()).start();
+    /// let manager = KeyManager::new(MemoryStore::new()).on_audit(events.on_audit());
+    /// let dashboard = Dashboard::new(manager).events(recent);
+    /// # let _ = dashboard; });
+    /// ```
+    ///
+    /// [`RecentEvents`]: crate::events::RecentEvents
+    #[cfg(feature = "events")]
+    pub fn events(mut self, recent: crate::events::RecentEvents) -> Self {
+        self.recent = Some(recent);
         self
     }
 
@@ -253,6 +289,8 @@ impl<St: KeyStore, Ss: SessionStore + Clone> Dashboard<St, Ss> {
             catalogue: self.catalogue,
             usage: self.usage,
             credits: self.credits,
+            #[cfg(feature = "events")]
+            recent: self.recent,
         });
         handlers::routes::<St>()
             .with_state(shared)
@@ -262,12 +300,26 @@ impl<St: KeyStore, Ss: SessionStore + Clone> Dashboard<St, Ss> {
     }
 }
 
+impl<St, Ss> Dashboard<St, Ss> {
+    #[cfg(feature = "events")]
+    fn recent_configured(&self) -> bool {
+        self.recent.is_some()
+    }
+
+    #[cfg(not(feature = "events"))]
+    fn recent_configured(&self) -> bool {
+        false
+    }
+}
+
 /// What the handlers share.
 pub(crate) struct Inner<St> {
     manager: KeyManager<St>,
     catalogue: ScopeCatalogue,
     usage: Option<UsageFn>,
     credits: Option<SharedCredits>,
+    #[cfg(feature = "events")]
+    recent: Option<crate::events::RecentEvents>,
 }
 
 type Shared<St> = Arc<Inner<St>>;

@@ -403,13 +403,121 @@ fn action_text(action: &str) -> &str {
     }
 }
 
-/// The Activity page: the organization's audit log, newest first.
-pub(super) fn activity(frame: &Frame<'_>, entries: &[AuditEntryView]) -> Markup {
+/// A recent event as the Activity page lists it: what a person reads, not the event's JSON.
+#[cfg_attr(not(feature = "events"), allow(dead_code))] // made only with feature events
+pub(super) struct Alert {
+    pub id: String,
+    /// Unix seconds.
+    pub at: u64,
+    /// The event's type (`usage_threshold`, …).
+    pub kind: &'static str,
+    pub text: String,
+    pub key_id: Option<String>,
+}
+
+#[cfg(feature = "events")]
+impl Alert {
+    /// The alert for `event`, or `None` for a key change (the audit log shows those, with who).
+    pub(super) fn of(event: &crate::events::Event) -> Option<Self> {
+        use crate::events::EventKind as K;
+        let (text, key_id) = match &event.kind {
+            K::KeyCreated { .. }
+            | K::KeyRevoked { .. }
+            | K::KeyRotated { .. }
+            | K::KeyUpdated { .. }
+            | K::PlanChanged { .. } => return None,
+            K::UsageThreshold {
+                policy,
+                unit,
+                percent,
+                ..
+            } => (
+                format!("Usage reached {percent} % of {unit} (policy {policy})"),
+                None,
+            ),
+            K::DeadKeyPresented {
+                key_id,
+                status,
+                times,
+            } => {
+                let status = if *status == "expired" {
+                    "Expired"
+                } else {
+                    "Revoked"
+                };
+                let times = if *times == 1 {
+                    "once".to_owned()
+                } else {
+                    format!("{times} times")
+                };
+                (format!("{status} key still in use ({times})"), Some(key_id))
+            }
+            K::KeyLeaked {
+                key_id,
+                url,
+                source,
+            } => {
+                let text = match url {
+                    Some(url) => format!("Key leaked (found at {url})"),
+                    None => format!("Key leaked (reported by {source})"),
+                };
+                (text, Some(key_id))
+            }
+            K::KeyExpiring { key_id, expires_at } => (
+                format!("Key expires on {}", format_time(*expires_at)),
+                Some(key_id),
+            ),
+            K::InvalidKeyBurst { client, attempts } => (
+                format!("Address {client} blocked after {attempts} invalid keys"),
+                None,
+            ),
+        };
+        Some(Self {
+            id: event.id.clone(),
+            at: event.at / 1000,
+            kind: event.kind.name(),
+            text,
+            key_id: key_id.map(ToString::to_string),
+        })
+    }
+}
+
+/// The Activity page: the organization's alerts (when the dashboard has them), then its audit
+/// log, newest first.
+pub(super) fn activity(
+    frame: &Frame<'_>,
+    alerts: Option<&[Alert]>,
+    entries: &[AuditEntryView],
+) -> Markup {
     layout(
         frame,
         "Activity",
         html! {
             h1 { "Activity" }
+            @if let Some(alerts) = alerts {
+                h2 { "Alerts" }
+                @if alerts.is_empty() {
+                    p.empty data-empty="alerts" { "No alerts." }
+                } @else {
+                    table.keys data-table="alerts" {
+                        thead { tr {
+                            th { "When" } th { "What" } th { "Key" }
+                        } }
+                        tbody {
+                            @for a in alerts {
+                                tr data-event-id=(a.id) data-kind=(a.kind) {
+                                    td data-col="when" { (format_time(a.at)) }
+                                    td data-col="what" { (a.text) }
+                                    td data-col="key" {
+                                        @match &a.key_id { Some(k) => code { (k) }, None => "—" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                h2 { "Key changes" }
+            }
             @if entries.is_empty() {
                 p.empty { "Nothing has happened yet." }
             } @else {
@@ -608,6 +716,73 @@ mod tests {
         assert_eq!(format_time(1_796_455_651), "2026-12-05 07:27 UTC");
         // The largest input formats without overflow.
         assert!(format_time(u64::MAX).ends_with(" UTC"));
+    }
+
+    #[cfg(feature = "events")]
+    #[test]
+    fn alerts_read_as_sentences_and_key_changes_are_left_to_the_audit_log() {
+        use crate::events::{Actor, Event, EventKind};
+        use crate::ids::{KeyId, OrgId};
+        let alert = |kind| {
+            Alert::of(&Event {
+                id: "evt_1".into(),
+                at: 1_796_455_651_000,
+                org_id: OrgId::from("org_1"),
+                kind,
+            })
+            .map(|a| (a.text, a.key_id))
+        };
+        let key = || KeyId::from("key_1");
+        assert_eq!(
+            alert(EventKind::KeyLeaked {
+                key_id: key(),
+                url: Some("https://example.com/x".into()),
+                source: "github".into(),
+            }),
+            Some((
+                "Key leaked (found at https://example.com/x)".into(),
+                Some("key_1".into())
+            ))
+        );
+        assert_eq!(
+            alert(EventKind::KeyLeaked {
+                key_id: key(),
+                url: None,
+                source: "public_revoke".into(),
+            }),
+            Some((
+                "Key leaked (reported by public_revoke)".into(),
+                Some("key_1".into())
+            ))
+        );
+        assert_eq!(
+            alert(EventKind::KeyExpiring {
+                key_id: key(),
+                expires_at: 1_796_455_651,
+            }),
+            Some((
+                "Key expires on 2026-12-05 07:27 UTC".into(),
+                Some("key_1".into())
+            ))
+        );
+        assert_eq!(
+            alert(EventKind::DeadKeyPresented {
+                key_id: key(),
+                status: "expired",
+                times: 1,
+            }),
+            Some((
+                "Expired key still in use (once)".into(),
+                Some("key_1".into())
+            ))
+        );
+        assert_eq!(
+            alert(EventKind::KeyRevoked {
+                key_id: key(),
+                actor: Actor::System,
+            }),
+            None
+        );
     }
 
     #[test]

@@ -172,6 +172,18 @@ try {
     assert((await first.locator('td[data-col="who"]').innerText()).startsWith("user"), "done by a user");
   });
 
+  await check("Alerts, above the audit log, say the revoked key is still in use", async () => {
+    // The server reports dead keys every 200 ms (--flush-interval-ms): a bounded wait.
+    const alert = page.locator('table[data-table="alerts"] tr[data-kind="dead_key_presented"]');
+    const deadline = Date.now() + 10_000;
+    while ((await alert.count()) === 0 && Date.now() < deadline) {
+      await page.waitForTimeout(200); // poll interval of a bounded wait, not a synchronization
+      await page.reload();
+    }
+    equal(await alert.count(), 1, "dead key alerts");
+    equal(await alert.locator('td[data-col="what"]').innerText(), "Revoked key still in use (once)", "alert text");
+  });
+
   await check("rotate with a 1 hour overlap: the old and the new key both work", async () => {
     const old = await createKey(page, "worker", ["browser_sessions:read"]);
     await page.goto(`${BASE}/dashboard`);
