@@ -67,13 +67,13 @@
 //! | feature | adds |
 //! |---|---|
 //! | `axum` | `Principal` / `Option<Principal>` extractors |
-//! | `tonic` | [`PrincipalExt`](grpc::PrincipalExt) for `tonic::Request` |
+//! | `tonic` | `grpc::PrincipalExt` for `tonic::Request` |
 //! | `sqlite` | `store::SqliteStore`: embedded durable store (sqlx, bundled SQLite) |
 //! | `postgres` | `store::PostgresStore` and `store::PgInvalidations` (`LISTEN/NOTIFY`) |
-//! | `redis` | [`RedisRateLimiter`] and [`RedisSessions`]: one rate limit and one session count shared by replicas |
+//! | `redis` | `RedisRateLimiter` and `RedisSessions`: one rate limit and one session count shared by replicas |
 //! | `events` | [`events`]: an event sink trait, non-blocking queues, delivery with retries |
 //! | `webhook` | `events::webhook::WebhookSink`: Standard Webhooks signed delivery |
-//! | `metrics` | [`telemetry::Telemetry`]: counters published through the `metrics` facade |
+//! | `metrics` | `telemetry::Telemetry`: counters published through the `metrics` facade |
 //! | `leaks` | [`leaks`]: the key pattern for secret scanners, GitHub's secret-scanning receiver and a public revoke endpoint |
 //! | `cli` | the `tower-api-key` operator CLI (a binary; the library does not use clap): see the README's "Going to production" |
 //!

@@ -70,7 +70,7 @@ struct FlushCounters {
 }
 
 /// How the flushes of a [`LastUsedRecorderLayer`](super::LastUsedRecorderLayer) went: for
-/// metrics ([`Telemetry::last_used`](crate::telemetry)) and health checks.
+/// metrics (`Telemetry::last_used`, feature `metrics`) and health checks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FlushStats {

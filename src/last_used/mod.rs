@@ -326,7 +326,7 @@ impl<St: KeyStore> LastUsedRecorderLayer<St> {
     /// The requests counted per organization since this recorder was made, as far as they
     /// have been written to the store (so behind by at most a flush interval), in no
     /// particular order. For per-organization metrics
-    /// ([`Telemetry::usage_by_org`](crate::telemetry)); empty unless
+    /// (`Telemetry::usage_by_org`, feature `metrics`); empty unless
     /// [`meter_usage`](Self::meter_usage) is on. One entry per organization seen.
     pub fn usage_by_org(&self) -> Vec<(OrgId, UsageCounts)> {
         self.flush.org_totals()
