@@ -2,6 +2,9 @@
 //! drain at shutdown, and the Standard Webhooks sink against a real HTTP receiver that checks
 //! each signature with its own HMAC.
 
+#[path = "common/observability.rs"]
+mod observability;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,10 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use observability::verify_webhook;
 use tokio::sync::{Notify, mpsc};
 use tower_api_key::events::webhook::WebhookSink;
 use tower_api_key::events::{
@@ -179,42 +179,6 @@ struct Received {
     bodies: Vec<serde_json::Value>,
 }
 
-/// Checks the signature as a receiver following the convention would, independently of the
-/// crate: HMAC-SHA256 keyed by the base64-decoded secret over `id.timestamp.body`.
-fn verify(headers: &HeaderMap, body: &[u8]) -> Result<String, &'static str> {
-    let h = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .ok_or("missing header")
-    };
-    let (id, ts, sig) = (
-        h("webhook-id")?,
-        h("webhook-timestamp")?,
-        h("webhook-signature")?,
-    );
-    let key = BASE64
-        .decode(SECRET.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    let expected = BASE64
-        .decode(sig.strip_prefix("v1,").ok_or("no v1")?)
-        .map_err(|_| "b64")?;
-    mac.verify_slice(&expected).map_err(|_| "bad signature")?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let ts: u64 = ts.parse().map_err(|_| "timestamp")?;
-    if ts.abs_diff(now) > 300 {
-        return Err("stale timestamp");
-    }
-    Ok(id)
-}
-
 #[tokio::test]
 async fn the_webhook_sink_signs_each_delivery_and_is_retried_after_500s_in_order() {
     let received = Arc::new(Mutex::new(Received::default()));
@@ -223,7 +187,7 @@ async fn the_webhook_sink_signs_each_delivery_and_is_retried_after_500s_in_order
             "/hooks",
             post(
                 |State(rx): State<Arc<Mutex<Received>>>, headers: HeaderMap, body: Bytes| async move {
-                    let id = match verify(&headers, &body) {
+                    let id = match verify_webhook(SECRET, &headers, &body) {
                         Ok(id) => id,
                         Err(why) => panic!("receiver refused a delivery: {why}"),
                     };

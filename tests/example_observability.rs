@@ -4,11 +4,11 @@
 //! webhook, a revoked key still presented shows on the dashboard's Activity page as an alert.
 
 mod common;
+#[path = "common/observability.rs"]
+mod observability;
 #[path = "common/server.rs"]
 mod server;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,88 +16,19 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, Mac};
+use observability::{promtool_check, sample, verify_webhook};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use server::ExampleServer;
-use sha2::Sha256;
 use tokio::sync::mpsc;
-
-const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tzLTEyMzQ=";
 
 /// The body of a delivery whose Standard Webhooks signature checks out, else an error.
 fn verified(headers: &HeaderMap, body: &[u8]) -> Result<Value, String> {
-    let h = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(format!("missing {name}"))
-    };
-    let (id, ts, sig) = (
-        h("webhook-id")?,
-        h("webhook-timestamp")?,
-        h("webhook-signature")?,
-    );
-    let key = BASE64
-        .decode(SECRET.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    let sig = BASE64
-        .decode(sig.strip_prefix("v1,").ok_or("no v1 signature")?)
-        .map_err(|e| e.to_string())?;
-    mac.verify_slice(&sig).map_err(|_| "bad signature")?;
+    verify_webhook(SECRET, headers, body)?;
     serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
-/// The value of the sample `name{labels}` (labels as rendered, `""` for none).
-fn sample(text: &str, name: &str, labels: &str) -> f64 {
-    let series = if labels.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{name}{{{labels}}}")
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
-/// `promtool check metrics` on `text`; required when `PROMTOOL` is set (CI), else run when
-/// found on the PATH.
-fn promtool_check(text: &str) {
-    let promtool = std::env::var("PROMTOOL").ok();
-    let program = promtool.as_deref().unwrap_or("promtool");
-    let child = Command::new(program)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) if promtool.is_none() => {
-            eprintln!("promtool not found ({e}); set PROMTOOL to require it");
-            return;
-        }
-        Err(e) => panic!("PROMTOOL={program} cannot run: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tzLTEyMzQ=";
 
 #[tokio::test]
 async fn key_changes_and_guessing_reach_the_webhook_and_guessing_is_blocked_and_counted() {

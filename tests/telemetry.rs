@@ -3,61 +3,16 @@
 #![cfg(all(feature = "metrics", feature = "events"))]
 
 mod common;
+#[path = "common/observability.rs"]
+mod observability;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
+use observability::{promtool_check, sample};
 use tower_api_key::events::{Actor, EventKind, Events, RecentEvents};
 use tower_api_key::telemetry::Telemetry;
 use tower_api_key::{CachedStore, KeyHash, KeyId, KeyStore, MemoryStore, OrgId};
-
-/// The value of the sample `name{labels}` (labels as rendered, `""` for none).
-fn sample(text: &str, name: &str, labels: &str) -> f64 {
-    let series = if labels.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{name}{{{labels}}}")
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
-/// `promtool check metrics` on `text`; required when `PROMTOOL` is set (CI), else run when
-/// found on the PATH.
-fn promtool_check(text: &str) {
-    let promtool = std::env::var("PROMTOOL").ok();
-    let program = promtool.as_deref().unwrap_or("promtool");
-    let child = Command::new(program)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) if promtool.is_none() => {
-            eprintln!("promtool not found ({e}); set PROMTOOL to require it");
-            return;
-        }
-        Err(e) => panic!("PROMTOOL={program} cannot run: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test]
 async fn published_counters_match_what_happened_and_pass_promtool() {
