@@ -7,15 +7,16 @@
 //! entries disappear once idle (allowance whole again, at most `per` after the last attempt) by
 //! the limiter's sweep; besides, at most [`MAX_ADDRESSES`] addresses are tracked at once: when
 //! the table is full after a sweep (at most one a second), attempts from new addresses are not
-//! counted (they still get 401; an address already blocked stays blocked). The blocked addresses are a second map, filled only when a block starts and pruned of
-//! ended blocks at the same time, so it never holds more entries than the first.
+//! counted (they still get 401; an address already blocked stays blocked). The blocked
+//! addresses are a second map, filled only when a block starts and pruned of ended blocks at
+//! the same time, so it never holds more entries than the first.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::Timestamp;
-use crate::rate_limit::AddrRateLimit;
+use crate::rate_limit::{AddrRateLimit, client_of};
 
 /// At most this many client addresses are tracked at once.
 pub(crate) const MAX_ADDRESSES: usize = 100_000;
@@ -80,7 +81,7 @@ impl InvalidKeyGuard {
     #[cold]
     #[inline(never)]
     fn blocked_slow(&self, ip: IpAddr, now: Timestamp) -> Option<u64> {
-        let until = *self.blocked.pin().get(&bucket(ip))?;
+        let until = *self.blocked.pin().get(&client_of(ip))?;
         let now = now.as_unix_nanos();
         (until > now).then(|| (until - now).div_ceil(1_000_000_000).max(1))
     }
@@ -120,7 +121,7 @@ impl InvalidKeyGuard {
         let until = now
             .saturating_add(Duration::from_secs(retry_after))
             .as_unix_nanos();
-        let key = bucket(ip);
+        let key = client_of(ip);
         let blocked = self.blocked.pin();
         let prev = blocked.insert(key, until).copied();
         let new_block = prev.is_none_or(|end| end <= now.as_unix_nanos());
@@ -139,17 +140,6 @@ impl InvalidKeyGuard {
     fn prune(&self, now: Timestamp) {
         let now = now.as_unix_nanos();
         self.blocked.pin().retain(|_, until| *until > now);
-    }
-}
-
-/// The address as the attempts are counted: IPv4 itself, IPv6 its `/64`.
-fn bucket(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-        v4 => v4,
     }
 }
 

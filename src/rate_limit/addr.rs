@@ -72,10 +72,19 @@ impl AddrRateLimit {
     }
 }
 
-/// The limiter's key for an address: the address, or its `/64` for IPv6.
+/// The client an address counts as: an IPv4 address itself, an IPv6 address its `/64` (what
+/// one host is usually given, so rotating within it gains nothing).
+pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+/// The limiter's key for an address: its [`client_of`], the `/64` written as such.
 fn bucket(ip: IpAddr) -> OrgId {
     let mut key = String::with_capacity(24);
-    match ip.to_canonical() {
+    match client_of(ip) {
         IpAddr::V4(v4) => {
             let _ = write!(key, "{v4}");
         }

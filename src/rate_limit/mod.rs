@@ -103,6 +103,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use addr::AddrRateLimit;
+pub(crate) use addr::client_of;
 pub use backend::{
     CheckResult, PoliciesCheck, PoliciesResult, RateLimitBackend, RateLimitError, Spend,
 };
