@@ -2,76 +2,16 @@
 //! the manager acts for; a failed audit write neither fails nor undoes the change; the
 //! `on_audit` hook sees every entry, and with `events` it emits the matching event.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
-use tower_api_key::store::{BoxFuture, KeyStore, LookupResult};
+use common::stores::{Mode, TestStore};
+
 use tower_api_key::{
-    Actor, AuditAction, AuditEntry, AuditQuery, Granularity, KeyChanges, KeyHash, KeyId,
-    KeyManager, KeyRecord, MemoryStore, NewKey, OrgId, Plan, Rotation, StoreError, Timestamp,
-    UsageDelta, UsageRow,
+    Actor, AuditAction, AuditEntry, AuditQuery, KeyChanges, KeyId, KeyManager, KeyStore,
+    MemoryStore, NewKey, OrgId, Plan, Rotation,
 };
-
-/// A memory store whose audit log is down.
-#[derive(Clone)]
-struct AuditDown(MemoryStore);
-
-impl KeyStore for AuditDown {
-    type Lookup = BoxFuture<'static, LookupResult>;
-
-    fn find_by_hash(&self, hash: &KeyHash) -> Self::Lookup {
-        Box::pin(self.0.find_by_hash(hash))
-    }
-    async fn insert(&self, r: KeyRecord) -> Result<(), StoreError> {
-        self.0.insert(r).await
-    }
-    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.get(id).await
-    }
-    async fn list(&self, org: &OrgId) -> Result<Vec<KeyRecord>, StoreError> {
-        self.0.list(org).await
-    }
-    async fn revoke(&self, id: &KeyId, t: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.revoke(id, t).await
-    }
-    async fn update(&self, id: &KeyId, c: &KeyChanges) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.update(id, c).await
-    }
-    async fn touch_last_used(&self, b: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
-        self.0.touch_last_used(b).await
-    }
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        self.0.record_usage(batch).await
-    }
-    async fn usage(
-        &self,
-        org: &OrgId,
-        from: Timestamp,
-        to: Timestamp,
-        granularity: Granularity,
-    ) -> Result<Vec<UsageRow>, StoreError> {
-        self.0.usage(org, from, to, granularity).await
-    }
-    async fn prune_usage(&self, g: Granularity, before: Timestamp) -> Result<u64, StoreError> {
-        self.0.prune_usage(g, before).await
-    }
-    async fn set_plan(&self, org: &OrgId, plan: Plan) -> Result<(), StoreError> {
-        self.0.set_plan(org, plan).await
-    }
-    async fn plan(&self, org: &OrgId) -> Result<Plan, StoreError> {
-        self.0.plan(org).await
-    }
-    async fn claim_expiry_reminders(
-        &self,
-        now: Timestamp,
-        until: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        self.0.claim_expiry_reminders(now, until, limit).await
-    }
-    async fn append_audit(&self, _entry: AuditEntry) -> Result<(), StoreError> {
-        Err(StoreError::unavailable("audit table is gone"))
-    }
-}
 
 /// What the hook saw: (action, actor, key).
 type Seen = Arc<Mutex<Vec<(AuditAction, Actor, Option<KeyId>)>>>;
@@ -133,7 +73,9 @@ async fn every_change_is_audited_as_the_manager_s_actor() {
 
 #[tokio::test]
 async fn a_failed_audit_write_neither_fails_nor_undoes_the_change() {
-    let (manager, seen) = recording(KeyManager::new(AuditDown(MemoryStore::new())));
+    let (manager, seen) = recording(KeyManager::new(
+        TestStore::new(MemoryStore::new(), Mode::Pass).audit_down(),
+    ));
     let org = OrgId::from("org_a");
     let created = manager.create(&org, NewKey::new("ci")).await.unwrap();
     let revoked = manager.revoke(&org, &created.record.id).await.unwrap();

@@ -190,6 +190,8 @@ pub mod stores {
         pub inner: MemoryStore,
         pub lookups: Arc<AtomicUsize>,
         pub mode: Mode,
+        /// Audit writes fail with `Unavailable` (the audit table is gone).
+        pub audit_down: bool,
     }
 
     impl TestStore {
@@ -198,7 +200,14 @@ pub mod stores {
                 inner,
                 lookups: Arc::new(AtomicUsize::new(0)),
                 mode,
+                audit_down: false,
             }
+        }
+
+        /// The same store, its audit writes failing.
+        pub fn audit_down(mut self) -> Self {
+            self.audit_down = true;
+            self
         }
         pub fn lookups(&self) -> usize {
             self.lookups.load(Ordering::SeqCst)
@@ -284,6 +293,21 @@ pub mod stores {
             limit: usize,
         ) -> Result<Vec<KeyRecord>, StoreError> {
             self.inner.claim_expiry_reminders(now, until, limit).await
+        }
+
+        async fn append_audit(&self, entry: tower_api_key::AuditEntry) -> Result<(), StoreError> {
+            if self.audit_down {
+                return Err(StoreError::unavailable("audit table is gone"));
+            }
+            self.inner.append_audit(entry).await
+        }
+
+        async fn audit_log(
+            &self,
+            org: &OrgId,
+            query: &tower_api_key::AuditQuery,
+        ) -> Result<Vec<tower_api_key::AuditEntry>, StoreError> {
+            self.inner.audit_log(org, query).await
         }
     }
 }
