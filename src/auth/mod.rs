@@ -159,8 +159,6 @@ impl<St: KeyStore> Authenticator<St> {
 
 impl<St> Authenticator<St> {
     /// Count a refusal made before any lookup; returns it.
-    #[cold]
-    #[inline(never)]
     fn counted(&self, rejection: Rejection) -> Rejection {
         self.counts.refused(&rejection);
         rejection
