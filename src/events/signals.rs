@@ -100,14 +100,12 @@ impl Events {
 }
 
 impl Signals {
-    /// The usage levels reported, in percent (default 80, 90, 100; each held in `1..=100`).
-    /// Set before giving the signals to a layer: a layer copies them.
+    /// The usage levels reported, in percent (default 80, 90, 100; each held in `1..=100`
+    /// by [`Observe`], which sorts them). Set before giving the signals to a layer: a layer
+    /// copies them.
     #[must_use]
     pub fn levels(mut self, levels: impl IntoIterator<Item = u8>) -> Self {
-        let mut v: Vec<u8> = levels.into_iter().map(|l| l.clamp(1, 100)).collect();
-        v.sort_unstable();
-        v.dedup();
-        self.levels = v.into();
+        self.levels = levels.into_iter().collect();
         self
     }
 
