@@ -224,16 +224,20 @@ impl AuditEntry {
 }
 
 /// Ids that sort by time, then in the order of this process, and do not collide across
-/// replicas: `aud_` + milliseconds (12 hex) + a process-wide sequence (10 hex) + 6 random
-/// base62.
-fn audit_id(at: Timestamp) -> String {
+/// replicas: `prefix` + milliseconds (12 hex) + a process-wide sequence (10 hex) + 6 random
+/// base62. Audit entries (`aud_`) and events (`evt_`) are named this way.
+pub(crate) fn time_ordered_id(prefix: &str, at: Timestamp) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed) & 0xff_ffff_ffff;
-    let mut id = format!("aud_{:012x}{seq:010x}", at.as_unix_millis());
+    let mut id = format!("{prefix}{:012x}{seq:010x}", at.as_unix_millis());
     // Without randomness the id is still unique within the process; across replicas the
     // suffix keeps ids apart. A failing RNG only shortens the id.
     let _ = crate::key::push_random_alphanumerics(&mut id, 6);
     id
+}
+
+fn audit_id(at: Timestamp) -> String {
+    time_ordered_id("aud_", at)
 }
 
 /// A page of the audit log: at most `limit` entries older than the entry `before`, newest

@@ -183,16 +183,9 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// Ids that sort in emission order within a process and do not collide across replicas:
-/// `evt_` + milliseconds (12 hex) + a process-wide sequence (10 hex) + 6 random base62.
+/// Ids that sort in emission order within a process and do not collide across replicas.
 fn event_id(at: Timestamp) -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed) & 0xff_ffff_ffff;
-    let mut id = format!("evt_{:012x}{seq:010x}", at.as_unix_millis());
-    // Without randomness the id is still unique within the process; across replicas the
-    // suffix keeps ids apart. A failing RNG only shortens the id.
-    let _ = crate::key::push_random_alphanumerics(&mut id, 6);
-    id
+    crate::audit::time_ordered_id("evt_", at)
 }
 
 /// How a delivery task retries a failed delivery: exponential backoff with full jitter,
